@@ -1,0 +1,3 @@
+from kfwguard.cli import main
+
+main()

@@ -1,0 +1,439 @@
+"""BanManager: the one place where a ban is decided, stored, applied, expired and restored.
+
+Order of operations for every ban: validate (ignore lists) → store in SQLite
+(committed) → queue for the kernel → applied in one nft transaction per
+event-loop tick, however many bans arrived in that tick. A crash between the
+store and the kernel loses nothing: the next start restores every stored ban.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from kfwguard.addresses import IgnoreList, IPAddress, IPNetwork
+from kfwguard.config import JailConfig
+from kfwguard.firewall.bantable import BanTable, Element, Target
+from kfwguard.firewall.nft import NftError
+from kfwguard.jails import ban_duration
+from kfwguard.model import BanRequest
+from kfwguard.store import BanRow, Store, StoreError
+
+log = structlog.get_logger("kfwguard.bans")
+
+MANUAL_JAIL = "manual"
+DEFAULT_MANUAL_BANTIME = 3600.0
+
+BanListener = Callable[[Sequence[BanRow]], None]
+
+
+class BanRefused(ValueError):
+    """A ban that must not happen (an ignored or protected address)."""
+
+
+def parse_stored_target(text: str) -> Target:
+    if "/" in text:
+        return ipaddress.ip_network(text, strict=False)
+    return ipaddress.ip_address(text)
+
+
+@dataclass
+class BanStats:
+    bans: int = 0
+    unbans: int = 0
+    refused: int = 0
+    kernel_errors: int = 0
+    store_errors: int = 0
+    table_restores: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+
+class BanManager:
+    def __init__(
+        self,
+        table: BanTable,
+        store: Store | None,
+        *,
+        jails: dict[str, JailConfig] | None = None,
+        ignore: IgnoreList | None = None,
+        clock: Callable[[], float] = time.time,
+        check_interval: float = 2.0,
+    ) -> None:
+        self.table = table
+        self.store = store
+        self.jails = jails or {}
+        self.ignore = ignore or IgnoreList()
+        self._clock = clock
+        self.check_interval = check_interval
+        self.persisting = store is not None
+        self.stats = BanStats()
+        # (target text, jail) -> row; the in-memory truth, mirrored in SQLite.
+        self._bans: dict[tuple[str, str], BanRow] = {}
+        self._by_target: dict[str, set[str]] = {}
+        # What we believe the kernel holds: target text -> absolute expiry.
+        self._kernel: dict[str, float] = {}
+        self._pending: dict[str, Target] = {}
+        self._pending_remove: dict[str, Target] = {}
+        self._flush_task: asyncio.Task[None] | None = None
+        self._retry_delay = 0.0
+        self.on_ban: list[BanListener] = []
+        self.on_unban: list[BanListener] = []
+        # Called with (decided_at, applied_at) of each applied ban.
+        self.on_applied: list[Callable[[float], None]] = []
+        self._decided_at: dict[str, float] = {}
+        self._lock = asyncio.Lock()
+
+    # -- queries -------------------------------------------------------------
+
+    def active(self) -> list[BanRow]:
+        now = self._clock()
+        return [r for r in self._bans.values() if r.expires_at > now]
+
+    def banned_since(self, host: IPAddress, jail: str) -> float | None:
+        row = self._bans.get((str(host), jail))
+        if row is None or row.expires_at <= self._clock():
+            return None
+        return row.banned_at
+
+    def is_banned(self, target: Target) -> bool:
+        return str(target) in self._by_target
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending) + len(self._pending_remove)
+
+    # -- start ---------------------------------------------------------------
+
+    def restore(self) -> int:
+        """Load bans still in force and put them all in the kernel in one transaction."""
+        now = self._clock()
+        rows: list[BanRow] = []
+        if self.store is not None:
+            try:
+                self.store.purge_expired(now)
+                rows = self.store.active_bans(now)
+            except StoreError as exc:
+                self._store_failed(exc)
+        for r in rows:
+            self._remember(r)
+        self.table.replace(self._all_elements(now))
+        self._kernel = {t: self._expiry_of(t) for t in self._by_target}
+        log.info("bans_restored", count=len(rows), targets=len(self._by_target))
+        return len(rows)
+
+    def adopt_kernel(self) -> int:
+        """Without a state database, keep what the kernel already holds rather than
+        starting with a silently empty ban list; make sure the table is intact."""
+        now = self._clock()
+        live: dict[str, float] = {}
+        if self.table.exists():
+            try:
+                live = self.table.list()
+            except NftError as exc:
+                log.error("kernel_bans_unreadable", error=str(exc))
+        for target, left in live.items():
+            expires = now + (left if left != float("inf") else 86400.0)
+            self._remember(BanRow(target, "restored", "kept from the kernel", now, expires, 1))
+        self.table.replace(self._all_elements(now))
+        self._kernel = {t: self._expiry_of(t) for t in self._by_target}
+        log.warning("bans_adopted_from_kernel", count=len(live))
+        return len(live)
+
+    # -- ban / unban -----------------------------------------------------------
+
+    def check_target(self, target: Target) -> None:
+        """Raise BanRefused if ``target`` may never be banned."""
+        if isinstance(target, ipaddress.IPv4Network | ipaddress.IPv6Network):
+            if self.ignore.overlaps(target):
+                raise BanRefused(f"{target} overlaps an ignored or protected address")
+            if target.prefixlen < (8 if target.version == 4 else 16):
+                raise BanRefused(f"{target} is too wide to ban")
+        elif target in self.ignore:
+            raise BanRefused(f"{target} is on an ignore list or is protected (node, loopback)")
+
+    def request(self, requests: Sequence[BanRequest]) -> list[BanRow]:
+        """Decide bans: store them, then queue them for the kernel. Returns the new rows."""
+        now = self._clock()
+        rows: list[BanRow] = []
+        for req in requests:
+            try:
+                self.check_target(req.target)
+            except BanRefused as exc:
+                self.stats.refused += 1
+                log.warning("ban_refused", target=str(req.target), jail=req.jail, why=str(exc))
+                continue
+            key = str(req.target)
+            offence = req.offence
+            duration = req.duration
+            cfg = self.jails.get(req.jail)
+            if cfg is not None and cfg.bantime_increment is not None:
+                offence = self._offence_count(key, req.jail) + 1
+                duration = ban_duration(cfg, offence)
+            rows.append(BanRow(key, req.jail, req.reason, now, now + duration, offence))
+            self._decided_at.setdefault(key, req.decided_at or now)
+        if not rows:
+            return []
+        self._persist(rows)
+        for r in rows:
+            self._remember(r)
+            self._pending[r.target] = parse_stored_target(r.target)
+            self._pending_remove.pop(r.target, None)
+        self.stats.bans += len(rows)
+        for r in rows:
+            log.info("ban", target=r.target, jail=r.jail, reason=r.reason,
+                     seconds=round(r.expires_at - r.banned_at), offence=r.offence)
+        for listener in self.on_ban:
+            listener(rows)
+        self._schedule_flush()
+        return rows
+
+    def unban(self, target: Target, jail: str | None = None) -> list[BanRow]:
+        """Lift the bans of ``target`` (in ``jail`` or in all jails). Returns the lifted rows."""
+        key = str(target)
+        jails = [jail] if jail is not None else sorted(self._by_target.get(key, ()))
+        rows = [self._bans[(key, j)] for j in jails if (key, j) in self._bans]
+        if not rows:
+            return []
+        if self.store is not None and self.persisting:
+            try:
+                self.store.delete_bans([(r.target, r.jail) for r in rows])
+            except StoreError as exc:
+                self._store_failed(exc)
+        for r in rows:
+            self._forget(r)
+        if key in self._by_target:
+            self._pending[key] = parse_stored_target(key)  # refresh to the remaining max
+        else:
+            self._pending.pop(key, None)
+            self._pending_remove[key] = parse_stored_target(key)
+        self.stats.unbans += len(rows)
+        for r in rows:
+            log.info("unban", target=r.target, jail=r.jail)
+        for listener in self.on_unban:
+            listener(rows)
+        self._schedule_flush()
+        return rows
+
+    def expire(self) -> list[BanRow]:
+        """Drop bans whose time is up from memory and the store (the kernel expires its own)."""
+        now = self._clock()
+        gone = [r for r in self._bans.values() if r.expires_at <= now]
+        for r in gone:
+            self._forget(r)
+            if r.target not in self._by_target:
+                self._kernel.pop(r.target, None)
+        if gone and self.store is not None and self.persisting:
+            try:
+                self.store.purge_expired(now)
+            except StoreError as exc:
+                self._store_failed(exc)
+        if gone:
+            self.stats.unbans += len(gone)
+            for listener in self.on_unban:
+                listener(gone)
+        return gone
+
+    # -- kernel ----------------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if self._flush_task is None or self._flush_task.done():
+            try:
+                self._flush_task = asyncio.get_running_loop().create_task(self._flush())
+            except RuntimeError:
+                self.flush_now()
+
+    async def flush(self) -> None:
+        """Apply everything pending now (awaits an ongoing flush first)."""
+        while self._pending or self._pending_remove:
+            if self._flush_task is not None and not self._flush_task.done():
+                await self._flush_task
+            else:
+                await self._flush()
+            if self._retry_delay:
+                break
+
+    async def _flush(self) -> None:
+        async with self._lock:
+            if self._retry_delay:
+                await asyncio.sleep(self._retry_delay)
+            while self._pending or self._pending_remove:
+                adds, removes = self._take_pending()
+                ok = await asyncio.to_thread(self._apply, adds, removes)
+                if not ok:
+                    self._retry_delay = min(max(self._retry_delay * 2, 0.5), 30.0)
+                    log.warning("kernel_retry_scheduled", seconds=self._retry_delay,
+                                pending=self.pending)
+                    asyncio.get_running_loop().call_later(self._retry_delay,
+                                                          self._schedule_flush)
+                    return
+                self._retry_delay = 0.0
+
+    def flush_now(self) -> bool:
+        """Apply pending changes synchronously (outside an event loop)."""
+        adds, removes = self._take_pending()
+        return self._apply(adds, removes)
+
+    def _take_pending(self) -> tuple[dict[str, Target], dict[str, Target]]:
+        adds, removes = self._pending, self._pending_remove
+        self._pending, self._pending_remove = {}, {}
+        return adds, removes
+
+    def _apply(self, adds: dict[str, Target], removes: dict[str, Target]) -> bool:
+        now = self._clock()
+        new: list[Element] = []
+        refresh: list[Element] = []
+        applied: list[str] = []
+        for key, target in adds.items():
+            expiry = self._expiry_of(key)
+            if expiry <= now:
+                continue
+            el = Element(target, expiry - now)
+            (refresh if key in self._kernel else new).append(el)
+            applied.append(key)
+        try:
+            self._apply_batches(new, refresh, list(removes.values()))
+        except NftError as exc:
+            self.stats.kernel_errors += 1
+            log.error("kernel_update_failed", error=str(exc)[:500], adds=len(adds),
+                      removes=len(removes))
+            # Keep them pending: a missing table is healed by the watcher,
+            # a full set may drain as bans expire.
+            for k, v in adds.items():
+                self._pending.setdefault(k, v)
+            for k, v in removes.items():
+                if k not in self._by_target:
+                    self._pending_remove.setdefault(k, v)
+            return False
+        for key in applied:
+            self._kernel[key] = self._expiry_of(key)
+        for key in removes:
+            self._kernel.pop(key, None)
+        done = time.time()
+        for key in applied:
+            decided = self._decided_at.pop(key, None)
+            if decided is not None:
+                for cb in self.on_applied:
+                    cb(max(0.0, done - decided))
+        return True
+
+    def _apply_batches(self, new: list[Element], refresh: list[Element],
+                       removes: list[Target]) -> None:
+        # One transaction; if the kernel refuses it (e.g. a full set), split it
+        # so one bad element cannot hold back the rest.
+        try:
+            if removes:
+                self.table.remove(removes)
+            self.table.add(new, refresh)
+        except NftError:
+            if len(new) + len(refresh) <= 1:
+                raise
+            half_n, half_r = len(new) // 2, len(refresh) // 2
+            errors: list[NftError] = []
+            for n, r in ((new[:half_n], refresh[:half_r]), (new[half_n:], refresh[half_r:])):
+                try:
+                    self.table.add(n, r)
+                except NftError as exc:
+                    errors.append(exc)
+            if errors:
+                raise errors[0] from None
+
+    async def watch_table(self) -> None:
+        """Recreate the table with every ban in force if someone deleted or flushed it."""
+        while True:
+            await asyncio.sleep(self.check_interval)
+            self.expire()
+            try:
+                intact = await asyncio.to_thread(self._table_intact)
+            except NftError as exc:
+                log.error("table_check_failed", error=str(exc))
+                continue
+            if intact:
+                continue
+            log.warning("table_missing_restoring", table=self.table.table,
+                        bans=len(self._by_target))
+            await self.rebuild()
+
+    def _table_intact(self) -> bool:
+        return self.table.is_intact()
+
+    async def rebuild(self) -> None:
+        async with self._lock:
+            now = self._clock()
+            elements = self._all_elements(now)
+            try:
+                await asyncio.to_thread(self.table.replace, elements)
+            except NftError as exc:
+                self.stats.kernel_errors += 1
+                log.error("table_restore_failed", error=str(exc)[:500])
+                return
+            self.stats.table_restores += 1
+            self._kernel = {str(e.target): now + e.timeout for e in elements}
+            self._pending.clear()
+            self._pending_remove.clear()
+            log.info("table_restored", table=self.table.table, bans=len(elements))
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _all_elements(self, now: float) -> list[Element]:
+        out = []
+        for key in self._by_target:
+            expiry = self._expiry_of(key)
+            if expiry > now:
+                out.append(Element(parse_stored_target(key), expiry - now))
+        return out
+
+    def _expiry_of(self, key: str) -> float:
+        return max((self._bans[(key, j)].expires_at for j in self._by_target.get(key, ())),
+                   default=0.0)
+
+    def _remember(self, row: BanRow) -> None:
+        self._bans[(row.target, row.jail)] = row
+        self._by_target.setdefault(row.target, set()).add(row.jail)
+
+    def _forget(self, row: BanRow) -> None:
+        self._bans.pop((row.target, row.jail), None)
+        jails = self._by_target.get(row.target)
+        if jails is not None:
+            jails.discard(row.jail)
+            if not jails:
+                del self._by_target[row.target]
+
+    def _offence_count(self, key: str, jail: str) -> int:
+        if self.store is None or not self.persisting:
+            row = self._bans.get((key, jail))
+            return row.offence if row else 0
+        try:
+            return self.store.offence_counts(jail, [key]).get(key, 0)
+        except StoreError as exc:
+            self._store_failed(exc)
+            return 0
+
+    def _persist(self, rows: list[BanRow]) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.save_bans(rows)
+            if not self.persisting:
+                self.persisting = True
+                log.info("state_persisting_again", path=str(self.store.path))
+        except StoreError as exc:
+            self._store_failed(exc)
+
+    def _store_failed(self, exc: StoreError) -> None:
+        self.stats.store_errors += 1
+        if self.persisting:
+            log.error("state_not_persisting", error=str(exc),
+                      note="bans continue from memory and the kernel")
+        self.persisting = False
+
+
+def protected_addresses(extra: Sequence[IPNetwork | IPAddress | str] = ()) -> IgnoreList:
+    """Loopback plus ``extra``: the base of every ignore list."""
+    from kfwguard.addresses import LOOPBACK_NETS
+
+    return IgnoreList([*LOOPBACK_NETS, *extra])

@@ -1,0 +1,89 @@
+"""The ``kfwguard`` command."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from kfwguard import __version__
+
+CONFIG_HELP = "config file (default /etc/kfwguard/kfwguard.yaml, else the embedded default)"
+
+config_option = click.option(
+    "-c", "--config", "config_path", type=click.Path(path_type=Path), default=None,
+    help=CONFIG_HELP,
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kfwguard")
+def main() -> None:
+    """kfwguard: ban abusive addresses on Kubernetes nodes with nftables."""
+
+
+@main.command()
+@config_option
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def run(config_path: Path | None, log_level: str) -> None:
+    """Run the daemon in the foreground."""
+    from kfwguard import daemon, logs
+
+    logs.configure(log_level)
+    sys.exit(daemon.run(config_path))
+
+
+@main.command("check-config")
+@config_option
+def check_config(config_path: Path | None) -> None:
+    """Validate the config and every filter it uses."""
+    from kfwguard.config import ConfigError, load_config_or_default
+    from kfwguard.daemon import build_filters
+    from kfwguard.matching import FilterError
+
+    try:
+        cfg, origin = load_config_or_default(config_path)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    problems = []
+    for j in cfg.jails:
+        if not j.enabled:
+            continue
+        try:
+            build_filters(cfg.model_copy(update={"jails": [j]}))
+        except FilterError as exc:
+            problems.append(f"{origin}: jail {j.name!r}: {exc}")
+    if problems:
+        click.echo("\n".join(problems), err=True)
+        sys.exit(2)
+    click.echo(f"{origin}: OK ({len(cfg.sources)} sources, {len(cfg.jails)} jails)")
+
+
+@main.command("test-filter")
+@click.argument("filter_arg", metavar="FILTER")
+@click.argument("logfile", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per matching line")
+@click.option("--filters-dir", "dirs", multiple=True, type=click.Path(path_type=Path),
+              help="search these folders before the shipped filters")
+def test_filter(filter_arg: str, logfile: Path, as_json: bool, dirs: tuple[Path, ...]) -> None:
+    """Run FILTER (a name or a path) over LOGFILE, like fail2ban-regex."""
+    from kfwguard.matching import testfilter
+
+    sys.exit(testfilter.main(filter_arg, logfile, as_json, list(dirs), sys.stdout))
+
+
+def _register() -> None:
+    from kfwguard.cli_baseline import baseline
+
+    main.add_command(baseline)
+    try:
+        from kfwguard.cli_control import register
+    except ImportError:
+        return
+    register(main)
+
+
+_register()

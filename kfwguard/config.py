@@ -1,0 +1,320 @@
+"""Typed configuration: YAML in, validated models out, errors that name file, line and key."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from kfwguard.durations import parse_duration
+
+DEFAULT_CONFIG_PATH = Path("/etc/kfwguard/kfwguard.yaml")
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if not isinstance(value, str):
+        raise ValueError("expected an address or CIDR string")
+    try:
+        return ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an IPv4/IPv6 address or CIDR") from exc
+
+
+Network = Annotated[
+    ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)
+]
+
+
+class Model(BaseModel):
+    """Base for every config model: unknown keys are refused, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NftablesConfig(Model):
+    table: str = Field("kfwguard", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
+    # Upper bound on elements per ban set; the kernel refuses more (counted, retried).
+    set_size: int = Field(1_000_000, ge=16, le=16_777_216)
+    # How often the daemon checks that its table is still there.
+    check_interval: Duration = 2.0
+
+
+class FileSourceConfig(Model):
+    name: str
+    type: Literal["file"]
+    path: Path
+    format: Literal["text", "json", "cri"] = "text"
+
+
+class JournaldSourceConfig(Model):
+    name: str
+    type: Literal["journald"]
+    match: dict[str, str | list[str]] = Field(default_factory=dict)
+    # A journal directory to read instead of the system journal (tests, containers).
+    path: Path | None = None
+
+
+SourceConfig = Annotated[FileSourceConfig | JournaldSourceConfig, Field(discriminator="type")]
+
+
+class BantimeIncrement(Model):
+    factor: float = Field(2.0, ge=1.0)
+    max: Duration = 7 * 86400.0
+
+
+class JailConfig(Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    source: str
+    filter: str
+    enabled: bool = True
+    maxretry: int = Field(5, ge=1)
+    findtime: Duration = 600.0
+    bantime: Duration = 3600.0
+    bantime_increment: BantimeIncrement | None = None
+    ignoreip: list[Network] = Field(default_factory=list)
+    actions: list[str] = Field(default_factory=list)
+
+    @field_validator("bantime", "findtime")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be longer than zero")
+        return v
+
+
+class WebhookActionConfig(Model):
+    type: Literal["webhook"]
+    url: str | None = None
+    url_file: Path | None = None
+    url_env: str | None = None
+    format: Literal["slack", "json"] = "slack"
+    # Bans within this window are sent as one message.
+    aggregate: Duration = 5.0
+    timeout: Duration = 10.0
+
+    @model_validator(mode="after")
+    def _one_url(self) -> WebhookActionConfig:
+        given = [x for x in (self.url, self.url_file, self.url_env) if x is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of url, url_file, url_env")
+        return self
+
+
+class AlertmanagerActionConfig(Model):
+    type: Literal["alertmanager"]
+    url: str | None = None
+    url_file: Path | None = None
+    url_env: str | None = None
+    timeout: Duration = 10.0
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_url(self) -> AlertmanagerActionConfig:
+        given = [x for x in (self.url, self.url_file, self.url_env) if x is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of url, url_file, url_env")
+        return self
+
+
+ActionConfig = Annotated[
+    WebhookActionConfig | AlertmanagerActionConfig, Field(discriminator="type")
+]
+
+
+class MetricsConfig(Model):
+    listen: str = "127.0.0.1:9741"
+
+
+class TrackerConfig(Model):
+    # Most addresses with failures remembered per jail; the oldest are evicted
+    # first, so a distributed attack cannot grow memory without bound.
+    max_entries: int = Field(200_000, ge=100)
+
+
+class PortRule(Model):
+    proto: Literal["tcp", "udp"]
+    ports: list[int | str]
+    from_: list[Network] = Field(default_factory=list, alias="from")
+    to: list[Network] = Field(default_factory=list)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class BaselineConfig(Model):
+    enabled: bool = False
+    table: str = Field("kfwguard_baseline", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
+    role: Literal["worker", "control-plane"] = "worker"
+    cni: Literal["flannel", "calico", "cilium", "none"] = "flannel"
+    admin_cidrs: list[Network] = Field(default_factory=list)
+    failsafe_ports: list[str] = Field(default_factory=lambda: ["tcp/22", "tcp/6443"])
+    cluster_cidrs: list[Network] = Field(default_factory=list)
+    control_plane_cidrs: list[Network] = Field(default_factory=list)
+    pod_cidrs: list[Network] = Field(default_factory=list)
+    service_cidrs: list[Network] = Field(default_factory=list)
+    reconcile_interval: Duration = 10.0
+    allow_in: list[PortRule] = Field(default_factory=list)
+    allow_out: list[PortRule] = Field(default_factory=list)
+
+
+class Config(Model):
+    state_dir: Path = Path("/var/lib/kfwguard")
+    control_socket: Path = Path("/run/kfwguard/control.sock")
+    nftables: NftablesConfig = Field(default_factory=NftablesConfig)  # type: ignore[arg-type]
+    filters_dirs: list[Path] = Field(default_factory=list)
+    ignoreip: list[Network] = Field(default_factory=list)
+    node_name: str | None = None
+    sources: list[SourceConfig] = Field(default_factory=list)
+    jails: list[JailConfig] = Field(default_factory=list)
+    actions: dict[str, ActionConfig] = Field(default_factory=dict)
+    metrics: MetricsConfig | None = None
+    tracker: TrackerConfig = Field(default_factory=TrackerConfig)  # type: ignore[arg-type]
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        names = [s.name for s in self.sources]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"source names must be unique; repeated: {sorted(dup)}")
+        jnames = [j.name for j in self.jails]
+        jdup = {n for n in jnames if jnames.count(n) > 1}
+        if jdup:
+            raise ValueError(f"jail names must be unique; repeated: {sorted(jdup)}")
+        for j in self.jails:
+            if j.source not in names:
+                raise ValueError(
+                    f"jail {j.name!r} names source {j.source!r}, which is not defined "
+                    f"(defined: {', '.join(names) or 'none'})"
+                )
+            for a in j.actions:
+                if a not in self.actions:
+                    raise ValueError(f"jail {j.name!r} names action {a!r}, which is not defined")
+        return self
+
+
+@dataclass(frozen=True)
+class ConfigError(Exception):
+    """A config problem, with enough context for an operator to fix it."""
+
+    path: str
+    problems: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return "\n".join(f"{self.path}: {p}" for p in self.problems)
+
+
+def _line_index(node: yaml.Node, prefix: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    out[prefix] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = k.value if isinstance(k, yaml.ScalarNode) else str(k)
+            out[(*prefix, key)] = k.start_mark.line + 1
+            _line_index(v, (*prefix, key), out)
+            # remember the key line too, so errors about a key point at the key
+            out[(*prefix, key, "__key__")] = k.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_index(item, (*prefix, i), out)
+
+
+def _locate(loc: Sequence[Any], lines: dict[tuple[Any, ...], int]) -> tuple[str, int | None]:
+    # pydantic puts union tags (e.g. 'file') into loc; keep only parts present in the YAML.
+    path: list[Any] = []
+    line = lines.get(())
+    for part in loc:
+        candidate = (*path, part)
+        if candidate in lines:
+            path.append(part)
+            line = lines[candidate]
+    key = ""
+    for p in path:
+        key += f"[{p}]" if isinstance(p, int) else (f".{p}" if key else str(p))
+    # the last loc component may be a key that is not in the YAML (missing field)
+    last = loc[-1] if loc else None
+    if last is not None and last not in path and isinstance(last, str) and not _is_tag(last):
+        key += f".{last}" if key else str(last)
+    return key or "(top level)", line
+
+
+def _is_tag(part: str) -> bool:
+    return part in {"file", "journald", "webhook", "alertmanager"} or "[" in part
+
+
+def _yaml_error(path: str, exc: yaml.YAMLError) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}: " if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc)
+    return ConfigError(path, (f"{where}invalid YAML: {problem}",))
+
+
+def parse_config(text: str, path: str = "<config>") -> Config:
+    """Validate config ``text``; raise ConfigError naming file, line and key."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(path, exc) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, ("line 1: the config must be a mapping of keys to values",))
+    lines: dict[tuple[Any, ...], int] = {}
+    if node is not None:
+        _line_index(node, (), lines)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key, line = _locate(err["loc"], lines)
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            where = f"line {line}: " if line else ""
+            problems.append(f"{where}{key}: {msg}")
+        raise ConfigError(path, tuple(problems)) from None
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate the config file at ``path``."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(p), ("no such file",)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(p), (f"cannot read: {exc}",)) from None
+    return parse_config(text, str(p))
+
+
+def default_config_text() -> str:
+    """The config shipped with the package, used when none exists on the node."""
+    return resources.files("kfwguard").joinpath("default.yaml").read_text(encoding="utf-8")
+
+
+def load_config_or_default(path: Path | str | None) -> tuple[Config, str]:
+    """Load ``path``; if no path was given and the default file is missing, use the
+    embedded default. Returns the config and where it came from."""
+    if path is None:
+        env = os.environ.get("KFWGUARD_CONFIG")
+        path = Path(env) if env else DEFAULT_CONFIG_PATH
+        if not Path(path).exists():
+            return parse_config(default_config_text(), "<embedded default>"), "<embedded default>"
+    return load_config(path), str(path)

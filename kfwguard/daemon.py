@@ -1,0 +1,379 @@
+"""Builds the running parts from the config and runs them until told to stop.
+
+Sources feed records to the jails of that source; jails' decisions go to the
+BanManager. SIGTERM/SIGINT stop cleanly (bans stay in the kernel and expire
+there), SIGHUP reloads the config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from kfwguard.addresses import LOOPBACK_NETS, IgnoreList
+from kfwguard.bans import MANUAL_JAIL, BanManager
+from kfwguard.config import Config, ConfigError, JailConfig, load_config_or_default
+from kfwguard.firewall.bantable import BanTable
+from kfwguard.firewall.nft import Nft
+from kfwguard.jails import Jail
+from kfwguard.matching import Filter, FilterError, load_filter
+from kfwguard.model import BanRequest, Record
+from kfwguard.node import protected_networks
+from kfwguard.notify import Notifier
+from kfwguard.sources import Source, build_source
+from kfwguard.store import Store, StoreError
+
+log = structlog.get_logger("kfwguard.daemon")
+
+# Positions are saved at most this often per source (and at stop): a crash
+# re-reads at most this much, and re-read lines never re-ban (jails count by
+# log time and skip what precedes a ban).
+CURSOR_SAVE_INTERVAL = 1.0
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why."""
+
+
+@dataclass
+class JailRuntime:
+    jail: Jail
+    filter: Filter
+
+
+@dataclass
+class SourceRuntime:
+    source: Source
+    jails: list[JailRuntime]
+    task: asyncio.Task[None] | None = None
+    last_saved: float = 0.0
+    unsaved: str | None = None
+    errors: int = 0
+    matches: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+def build_filters(cfg: Config) -> dict[str, Filter]:
+    """Load every filter the enabled jails use; raise FilterError on the first bad one."""
+    out: dict[str, Filter] = {}
+    for j in cfg.jails:
+        if j.enabled and j.filter not in out:
+            out[j.filter] = load_filter(j.filter, cfg.filters_dirs)
+    return out
+
+
+class Daemon:
+    def __init__(self, cfg: Config, cfg_path: str | None = None, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.cfg_path = cfg_path
+        self.clock = clock
+        self.started_at = clock()
+        self.notifier = Notifier()
+        self.store: Store | None = None
+        self.bans: BanManager | None = None
+        self.sources: dict[str, SourceRuntime] = {}
+        self.jails: dict[str, Jail] = {}
+        self.ignore = IgnoreList()
+        self._stop = asyncio.Event()
+        self._reload_requested = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        # Components added by other modules (control API, metrics, alerts,
+        # baseline) register start/stop hooks here.
+        self.on_start: list[Callable[[Daemon], Any]] = []
+        self.on_stop: list[Callable[[Daemon], Any]] = []
+        self.on_reload: list[Callable[[Daemon], Any]] = []
+
+    # -- building --------------------------------------------------------------
+
+    def _build_ignore(self, cfg: Config) -> IgnoreList:
+        ignore = IgnoreList([*LOOPBACK_NETS, *cfg.ignoreip])
+        for net in protected_networks():
+            ignore.add(net)
+        return ignore
+
+    def _build_pipeline(self, cfg: Config, filters: dict[str, Filter]) -> None:
+        assert self.bans is not None
+        bans = self.bans
+        self.jails = {}
+        by_source: dict[str, list[JailRuntime]] = {}
+        for jc in cfg.jails:
+            if not jc.enabled:
+                continue
+            jail_ignore = self.ignore
+            if jc.ignoreip:
+                jail_ignore = IgnoreList()
+                for n in [*jc.ignoreip]:
+                    jail_ignore.add(n)
+                jail_ignore = _union(self.ignore, jail_ignore)
+            jail = Jail(jc, jail_ignore, max_entries=cfg.tracker.max_entries,
+                        banned_since=bans.banned_since, clock=self.clock)
+            self.jails[jc.name] = jail
+            by_source.setdefault(jc.source, []).append(JailRuntime(jail, filters[jc.filter]))
+        self.sources = {}
+        for sc in cfg.sources:
+            if sc.name not in by_source:
+                continue
+            position = None
+            if self.store is not None:
+                try:
+                    position = self.store.load_cursor(sc.name)
+                except StoreError as exc:
+                    log.error("cursor_unreadable", source=sc.name, error=str(exc))
+            src = build_source(sc, position, clock=self.clock)
+            self.sources[sc.name] = SourceRuntime(src, by_source[sc.name])
+
+    # -- the pipeline ------------------------------------------------------------
+
+    def _sink_for(self, rt: SourceRuntime) -> Callable[[list[Record]], None]:
+        bans = self.bans
+        assert bans is not None
+        clock = self.clock
+        jails = rt.jails
+        matches = rt.matches
+
+        def sink(records: list[Record]) -> None:
+            now = clock()
+            requests: list[BanRequest] = []
+            for rec in records:
+                for jr in jails:
+                    try:
+                        m = jr.filter.match(rec, now)
+                    except Exception:  # a filter bug must not stop the source
+                        rt.errors += 1
+                        log.exception("filter_error", filter=jr.filter.name)
+                        continue
+                    if m is None:
+                        continue
+                    key = (jr.jail.name, m.rule)
+                    matches[key] = matches.get(key, 0) + 1
+                    req = jr.jail.add(m, now)
+                    if req is not None:
+                        requests.append(req)
+            if requests:
+                bans.request(requests)
+            if records and records[-1].position is not None:
+                rt.unsaved = records[-1].position
+                if now - rt.last_saved >= CURSOR_SAVE_INTERVAL:
+                    self._save_cursor(rt)
+
+        return sink
+
+    def _save_cursor(self, rt: SourceRuntime) -> None:
+        if rt.unsaved is None or self.store is None:
+            return
+        try:
+            self.store.save_cursor(rt.source.name, rt.unsaved)
+            rt.unsaved = None
+            rt.last_saved = self.clock()
+        except StoreError as exc:
+            log.error("cursor_not_saved", source=rt.source.name, error=str(exc))
+
+    async def _run_source(self, rt: SourceRuntime) -> None:
+        sink = self._sink_for(rt)
+        while True:
+            try:
+                await rt.source.run(sink)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Sources promise not to raise on bad input; if one does anyway,
+                # keep the daemon alive and restart that source.
+                rt.errors += 1
+                log.exception("source_crashed_restarting", source=rt.source.name)
+                await asyncio.sleep(1.0)
+
+    async def _save_cursors_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(CURSOR_SAVE_INTERVAL)
+            for rt in self.sources.values():
+                self._save_cursor(rt)
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval
+        if not interval:
+            return
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        try:
+            filters = build_filters(cfg)
+        except FilterError as exc:
+            raise StartupError(str(exc)) from exc
+        try:
+            self.store = Store.in_dir(cfg.state_dir)
+        except StoreError as exc:
+            # Keep banning, from memory; say loudly that nothing is persisted.
+            log.error("state_unavailable", error=str(exc),
+                      note="running without persistence; bans in the kernel are kept")
+            self.store = None
+        self.ignore = self._build_ignore(cfg)
+        nft = Nft()
+        table = BanTable(nft, cfg.nftables.table, cfg.nftables.set_size)
+        self.bans = BanManager(
+            table, self.store,
+            jails={j.name: j for j in cfg.jails},
+            ignore=self.ignore, clock=self.clock,
+            check_interval=cfg.nftables.check_interval,
+        )
+        if self.store is None:
+            self.bans.persisting = False
+            await asyncio.to_thread(self.bans.adopt_kernel)
+        else:
+            await asyncio.to_thread(self.bans.restore)
+        self._build_pipeline(cfg, filters)
+        for hook in self.on_start:
+            res = hook(self)
+            if asyncio.iscoroutine(res):
+                await res
+        self._start_tasks()
+        status = (f"{len(self.bans.active())} bans in force, "
+                  f"{len(self.sources)} sources, {len(self.jails)} jails")
+        self.notifier.ready(status)
+        log.info("started", config=self.cfg_path, sources=sorted(self.sources),
+                 jails=sorted(self.jails), bans=len(self.bans.active()),
+                 table=cfg.nftables.table)
+
+    def _start_tasks(self) -> None:
+        assert self.bans is not None
+        for rt in self.sources.values():
+            rt.task = asyncio.create_task(self._run_source(rt), name=f"source:{rt.source.name}")
+        self._tasks = [
+            asyncio.create_task(self.bans.watch_table(), name="watch_table"),
+            asyncio.create_task(self._save_cursors_periodically(), name="cursors"),
+            asyncio.create_task(self._watchdog(), name="watchdog"),
+        ]
+
+    async def _stop_sources(self) -> None:
+        tasks = [rt.task for rt in self.sources.values() if rt.task is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        for rt in self.sources.values():
+            self._save_cursor(rt)
+
+    async def reload(self) -> bool:
+        """Re-read the config; rebuild jails and sources. Bans are kept. False if refused."""
+        self.notifier.reloading()
+        try:
+            new, _ = load_config_or_default(self.cfg_path)
+            filters = build_filters(new)
+        except (ConfigError, FilterError) as exc:
+            log.error("reload_refused", error=str(exc))
+            self.notifier.status("reload refused: config invalid; running on the old one")
+            return False
+        if new.nftables.table != self.cfg.nftables.table or new.state_dir != self.cfg.state_dir:
+            log.warning("reload_needs_restart", keys="nftables.table, state_dir")
+        await self._stop_sources()
+        self.cfg = new
+        assert self.bans is not None
+        self.ignore = self._build_ignore(new)
+        self.bans.ignore = self.ignore
+        self.bans.jails = {j.name: j for j in new.jails}
+        self._build_pipeline(new, filters)
+        for rt in self.sources.values():
+            rt.task = asyncio.create_task(self._run_source(rt), name=f"source:{rt.source.name}")
+        for hook in self.on_reload:
+            res = hook(self)
+            if asyncio.iscoroutine(res):
+                await res
+        log.info("reloaded", sources=sorted(self.sources), jails=sorted(self.jails))
+        self.notifier.ready(f"reloaded: {len(self.sources)} sources, {len(self.jails)} jails")
+        return True
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload_requested.set()
+
+    async def serve(self) -> None:
+        """Run until SIGTERM/SIGINT; SIGHUP reloads."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        await self.start()
+        try:
+            while not self._stop.is_set():
+                stop = asyncio.create_task(self._stop.wait())
+                reload = asyncio.create_task(self._reload_requested.wait())
+                await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                reload.cancel()
+                if self._reload_requested.is_set() and not self._stop.is_set():
+                    self._reload_requested.clear()
+                    await self.reload()
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        self.notifier.stopping()
+        log.info("stopping")
+        await self._stop_sources()
+        if self.bans is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.bans.flush(), timeout=5.0)
+        for hook in self.on_stop:
+            with contextlib.suppress(Exception):
+                res = hook(self)
+                if asyncio.iscoroutine(res):
+                    await res
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.store is not None:
+            self.store.close()
+        log.info("stopped", note="bans stay in the kernel and expire there")
+
+    # -- manual bans (control API) ---------------------------------------------
+
+    def manual_jail(self) -> str:
+        return MANUAL_JAIL
+
+
+def _union(a: IgnoreList, b: IgnoreList) -> IgnoreList:
+    class _Both(IgnoreList):
+        def __contains__(self, addr: object) -> bool:
+            return addr in a or addr in b
+
+        def overlaps(self, net: Any) -> bool:
+            return a.overlaps(net) or b.overlaps(net)
+
+    return _Both()
+
+
+def run(cfg_path: Path | None) -> int:
+    """Entry point of ``kfwguard run``."""
+    try:
+        cfg, origin = load_config_or_default(cfg_path)
+    except ConfigError as exc:
+        log.error("config_invalid", error=str(exc))
+        return 2
+    daemon = Daemon(cfg, None if origin == "<embedded default>" else origin)
+    try:
+        asyncio.run(daemon.serve())
+    except StartupError as exc:
+        log.error("cannot_start", error=str(exc))
+        return 1
+    return 0
+
+
+__all__ = ["Daemon", "JailConfig", "StartupError", "run"]

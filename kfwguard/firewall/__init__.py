@@ -1,0 +1,1 @@
+"""Everything that talks to nftables: the ban table and the baseline policy."""

@@ -1,0 +1,48 @@
+"""The values that flow through the pipeline: Record → Match → BanRequest."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kfwguard.addresses import IPAddress, IPNetwork
+
+
+@dataclass(slots=True)
+class Record:
+    """One log event.
+
+    ``time`` is the event's own time when the source knows it (journald's
+    realtime stamp), else None and the filter reads it from the text.
+    ``fields`` holds journald fields or the parsed JSON object.
+    ``position`` is the opaque resume token for the source after this record.
+    """
+
+    text: str
+    time: float | None = None
+    fields: Mapping[str, Any] | None = None
+    position: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Match:
+    """A failure found by a filter: who, when, and which rule said so."""
+
+    host: IPAddress
+    time: float
+    filter: str
+    rule: str
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
+class BanRequest:
+    """A decision to ban ``target`` in ``jail`` for ``duration`` seconds."""
+
+    target: IPAddress | IPNetwork
+    jail: str
+    duration: float
+    reason: str
+    offence: int = 1
+    decided_at: float = 0.0

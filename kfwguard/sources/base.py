@@ -1,0 +1,37 @@
+"""What every source offers the daemon: a name, counters, a lag, and ``run(sink)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from kfwguard.model import Record
+
+# Called on the event loop with a non-empty batch, in log order. The daemon
+# persists ``batch[-1].position`` after the call returns; each record's
+# position is the resume token for the point just after that record.
+Sink = Callable[[list[Record]], None]
+
+# Lines (or joined CRI messages) longer than this are skipped and counted: a
+# filter has nothing to gain from them and buffering them costs memory.
+MAX_LINE = 64 * 1024
+
+# Most records handed to the sink in one call; the source yields to the event
+# loop between batches so one flooding source cannot starve the others.
+MAX_BATCH = 2000
+
+
+class Source(Protocol):
+    """A log source the daemon runs as one task."""
+
+    name: str
+    lines_read: int
+    skipped: dict[str, int]
+
+    def lag(self) -> float | None:
+        """Seconds between now and the time of the last record delivered, or None."""
+        ...
+
+    async def run(self, sink: Sink) -> None:
+        """Deliver records until cancelled; bad input is counted, never raised."""
+        ...

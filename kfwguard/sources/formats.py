@@ -1,0 +1,329 @@
+"""Byte stream → lines → records: the line splitter and the text/json/cri decoders.
+
+Pure code with no I/O, so the tricky parts (partial lines, over-long lines,
+CRI partial messages, positions) are tested without files or an event loop.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, Protocol
+
+from kfwguard.model import Record
+from kfwguard.sources.base import MAX_LINE
+
+# A complete line (without its b"\n") and the file offset just after its b"\n".
+Line = tuple[bytes, int]
+# Turns a file offset into the source's opaque position string.
+PositionOf = Callable[[int], str]
+
+
+def count(skipped: dict[str, int], reason: str, n: int = 1) -> None:
+    skipped[reason] = skipped.get(reason, 0) + n
+
+
+class LineSplitter:
+    """Splits chunks of a file into complete lines, tracking file offsets.
+
+    A trailing line without its newline stays buffered until the newline
+    arrives. A line longer than ``cap`` is dropped as soon as it is known to be
+    too long (counted as ``too_long``), so a 1 MiB line never sits in memory and
+    is never copied again and again as its chunks arrive.
+    """
+
+    def __init__(self, offset: int, skipped: dict[str, int], cap: int = MAX_LINE) -> None:
+        self.cap = cap
+        self.skipped = skipped
+        # Offset of the next byte to read.
+        self.read_offset = offset
+        # Offset where the line being assembled starts: always a line boundary,
+        # so it is the only safe place to resume from.
+        self.line_start = offset
+        self._buf = bytearray()
+        self._skipping = False
+        # Skipping a fragment on purpose, not an over-long line: do not count it.
+        self._quiet_skip = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes read but not yet part of a complete line."""
+        return self.read_offset - self.line_start
+
+    def skip_to_next_line(self) -> None:
+        """Drop everything up to the next newline without counting it (e.g. a
+        line that was already half written when tailing started)."""
+        self._buf.clear()
+        self._skipping = True
+        self._quiet_skip = True
+
+    def feed(self, data: bytes) -> list[Line]:
+        out: list[Line] = []
+        base = self.read_offset
+        self.read_offset += len(data)
+        start = 0
+        if self._skipping:
+            nl = data.find(b"\n")
+            if nl < 0:
+                return out
+            self._skipping = False
+            if not self._quiet_skip:
+                count(self.skipped, "too_long")
+            self._quiet_skip = False
+            start = nl + 1
+            self.line_start = base + start
+        elif self._buf:
+            nl = data.find(b"\n")
+            if nl < 0:
+                if len(self._buf) + len(data) > self.cap:
+                    self._buf.clear()
+                    self._skipping = True
+                else:
+                    self._buf += data
+                return out
+            if len(self._buf) + nl > self.cap:
+                count(self.skipped, "too_long")
+            else:
+                out.append((bytes(self._buf) + data[:nl], base + nl + 1))
+            self._buf.clear()
+            start = nl + 1
+            self.line_start = base + start
+        last = data.rfind(b"\n", start)
+        if last >= 0:
+            end = base + start
+            cap = self.cap
+            for line in data[start:last].split(b"\n"):
+                end += len(line) + 1
+                if len(line) > cap:
+                    count(self.skipped, "too_long")
+                else:
+                    out.append((line, end))
+            start = last + 1
+            self.line_start = base + start
+        rest = len(data) - start
+        if rest > self.cap:
+            self._skipping = True
+        elif rest:
+            self._buf += data[start:]
+        return out
+
+    def take_unterminated(self) -> Line | None:
+        """The buffered partial line, as if its newline had arrived (used when a
+        file is abandoned for its successor: its last line will never complete)."""
+        if self._skipping:
+            self._skipping = False
+            self.line_start = self.read_offset
+            return None
+        if not self._buf:
+            return None
+        line = bytes(self._buf)
+        self._buf.clear()
+        self.line_start = self.read_offset
+        # The position is the end of the file (not one past it): a restart
+        # resumes there and finds nothing more to read in this file.
+        return (line, self.read_offset)
+
+
+def _decode(line: bytes) -> str:
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    return line.decode("utf-8", "replace")
+
+
+class Decoder(Protocol):
+    """Turns complete lines into records; may hold state across lines (CRI)."""
+
+    def decode(self, lines: list[Line], position: PositionOf) -> list[Record]: ...
+
+    def finish(self, position: PositionOf, end: int) -> list[Record]:
+        """Records still held when the file ends for good (rotation)."""
+        ...
+
+    def reset(self) -> None:
+        """Forget held state (the file was truncated)."""
+        ...
+
+
+class TextDecoder:
+    """One record per non-empty line; the filter finds the time in the text."""
+
+    def __init__(self, skipped: dict[str, int]) -> None:
+        self.skipped = skipped
+
+    def decode(self, lines: list[Line], position: PositionOf) -> list[Record]:
+        return [
+            Record(text=_decode(line), position=position(end))
+            for line, end in lines
+            if line and line != b"\r"
+        ]
+
+    def finish(self, position: PositionOf, end: int) -> list[Record]:
+        return []
+
+    def reset(self) -> None:
+        pass
+
+
+class JsonDecoder:
+    """One record per line holding a JSON object; anything else is counted."""
+
+    def __init__(self, skipped: dict[str, int]) -> None:
+        self.skipped = skipped
+
+    def decode(self, lines: list[Line], position: PositionOf) -> list[Record]:
+        out: list[Record] = []
+        loads = json.loads
+        for line, end in lines:
+            text = _decode(line)
+            if not text:
+                continue
+            try:
+                obj = loads(text)
+            except (ValueError, RecursionError):
+                count(self.skipped, "invalid_json")
+                continue
+            if not isinstance(obj, dict):
+                count(self.skipped, "invalid_json")
+                continue
+            out.append(Record(text=text, fields=obj, position=position(end)))
+        return out
+
+    def finish(self, position: PositionOf, end: int) -> list[Record]:
+        return []
+
+    def reset(self) -> None:
+        pass
+
+
+_ts_cache: dict[str, float] = {}
+
+
+def parse_rfc3339(raw: bytes) -> float | None:
+    """RFC 3339 (nanosecond precision allowed, zone required) → epoch seconds."""
+    try:
+        s = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    if len(s) < 20 or s[10] not in "Tt":
+        return None
+    base, rest = s[:19], s[19:]
+    frac = 0.0
+    if rest.startswith("."):
+        i = 1
+        while i < len(rest) and rest[i].isdigit():
+            i += 1
+        if i == 1:
+            return None
+        frac = float("0" + rest[:i])
+        rest = rest[i:]
+    key = base + rest
+    secs = _ts_cache.get(key)
+    if secs is None:
+        zone = "+00:00" if rest in ("Z", "z") else rest
+        if len(zone) != 6 or zone[0] not in "+-":
+            return None
+        try:
+            secs = datetime.fromisoformat(base + zone).timestamp()
+        except ValueError:
+            return None
+        # Many lines share a second; the cache saves the datetime parse.
+        if len(_ts_cache) > 4096:
+            _ts_cache.clear()
+        _ts_cache[key] = secs
+    return secs + frac
+
+
+@dataclass(slots=True)
+class _Partial:
+    start: int
+    time: float
+    parts: list[bytes] = field(default_factory=list)
+    size: int = 0
+    too_long: bool = False
+
+
+_STREAMS = (b"stdout", b"stderr")
+
+
+class CriDecoder:
+    """Container runtime log lines: ``RFC3339Nano stream P|F message``.
+
+    P (partial) lines are joined per stream up to the F line. A record's
+    position never lies after the start of a message that is still being
+    joined, so a restart re-reads that message whole (at the cost of
+    repeating records of the other stream that were interleaved with it).
+    """
+
+    def __init__(self, skipped: dict[str, int]) -> None:
+        self.skipped = skipped
+        self._pending: dict[bytes, _Partial] = {}
+
+    def _safe(self, end: int) -> int:
+        if not self._pending:
+            return end
+        return min(end, min(p.start for p in self._pending.values()))
+
+    def decode(self, lines: list[Line], position: PositionOf) -> list[Record]:
+        out: list[Record] = []
+        pending = self._pending
+        for line, end in lines:
+            parts = line.split(b" ", 3)
+            if len(parts) < 3:
+                if line and line != b"\r":
+                    count(self.skipped, "invalid_cri")
+                continue
+            stream, tag = parts[1], parts[2].split(b":", 1)[0]
+            msg = parts[3] if len(parts) == 4 else b""
+            t = parse_rfc3339(parts[0])
+            if t is None or stream not in _STREAMS or tag not in (b"P", b"F"):
+                count(self.skipped, "invalid_cri")
+                continue
+            if tag == b"P":
+                p = pending.get(stream)
+                if p is None:
+                    p = pending[stream] = _Partial(start=end - len(line) - 1, time=t)
+                if not p.too_long:
+                    if p.size + len(msg) > MAX_LINE:
+                        p.too_long = True
+                        p.parts.clear()
+                    else:
+                        p.parts.append(msg)
+                        p.size += len(msg)
+                continue
+            p = pending.pop(stream, None)
+            if p is not None:
+                if p.too_long or p.size + len(msg) > MAX_LINE:
+                    count(self.skipped, "too_long")
+                    continue
+                p.parts.append(msg)
+                msg = b"".join(p.parts)
+                t = p.time
+            out.append(Record(text=_decode(msg), time=t, position=position(self._safe(end))))
+        return out
+
+    def finish(self, position: PositionOf, end: int) -> list[Record]:
+        # The runtime starts a new file for a new message; a message cut off
+        # at rotation is delivered as it is rather than lost.
+        out = []
+        for p in sorted(self._pending.values(), key=lambda p: p.start):
+            if p.too_long:
+                count(self.skipped, "too_long")
+            elif p.parts:
+                out.append(Record(text=_decode(b"".join(p.parts)), time=p.time))
+        self._pending.clear()
+        for r in out:
+            r.position = position(end)
+        return out
+
+    def reset(self) -> None:
+        self._pending.clear()
+
+
+def make_decoder(fmt: Literal["text", "json", "cri"], skipped: dict[str, int]) -> Decoder:
+    if fmt == "json":
+        return JsonDecoder(skipped)
+    if fmt == "cri":
+        return CriDecoder(skipped)
+    return TextDecoder(skipped)

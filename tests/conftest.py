@@ -1,0 +1,82 @@
+"""Shared fixtures: privilege checks, namespaces, a running journald.
+
+When CI=true, a test that needs root, network namespaces or nft fails instead
+of being skipped, so CI cannot go green by skipping the real-kernel tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.netns import Lab
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
+
+
+def need(condition: bool, why: str) -> None:
+    """Skip (or, under CI=true, fail) unless ``condition`` holds."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"required in CI: {why}")
+    pytest.skip(why)
+
+
+def have_netns() -> bool:
+    return (
+        os.geteuid() == 0
+        and shutil.which("ip") is not None
+        and shutil.which("nft") is not None
+    )
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    """A fresh set of kfwtest-* namespaces, removed afterwards."""
+    need(os.geteuid() == 0, "needs root")
+    need(shutil.which("ip") is not None, "needs iproute2 (ip)")
+    need(shutil.which("nft") is not None, "needs nftables (nft)")
+    lab = Lab()
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+def _start_journald() -> subprocess.Popen[bytes] | None:
+    if JOURNAL_SOCKET.exists():
+        return None
+    binary = "/lib/systemd/systemd-journald"
+    if not os.path.exists(binary):
+        return None
+    Path("/run/systemd/journal").mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([binary], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        if JOURNAL_SOCKET.exists():
+            break
+        time.sleep(0.05)
+    return proc
+
+
+@pytest.fixture(scope="session")
+def journald() -> Iterator[None]:
+    """A running systemd-journald (started here when none is running)."""
+    need(os.geteuid() == 0, "journald tests need root")
+    proc = _start_journald()
+    need(JOURNAL_SOCKET.exists(), "systemd-journald could not be started")
+    try:
+        import systemd.journal  # noqa: F401
+    except ImportError:
+        need(False, "systemd-python is not installed")
+    yield None
+    # journald is left running for later tests of this session: stopping it
+    # would drop entries other tests are waiting for.
+    del proc

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh Debian/Ubuntu machine (root),
+# then runs every check exactly as CI does: ruff, mypy, pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(nftables libsystemd-dev pkg-config iproute2 iputils-ping procps
+              systemd prometheus-alertmanager prometheus util-linux)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+VENV="${KFWGUARD_VENV:-.venv}"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/pip" install -q --disable-pip-version-check -e '.[journald,test]'
+
+"$VENV/bin/ruff" check kfwguard tests bench
+"$VENV/bin/mypy"
+"$VENV/bin/pytest" -p no:cacheprovider "$@"

@@ -1,0 +1,64 @@
+"""Address parsing: only exact addresses pass, mapped IPv6 folds to IPv4."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from kfwguard.addresses import IgnoreList, parse_host, parse_target, split_host_port
+
+
+class TestParseHost:
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [("1.2.3.4", "1.2.3.4"), ("::ffff:1.2.3.4", "1.2.3.4"), ("[2001:db8::1]", "2001:db8::1"),
+         ("2001:DB8:0::1", "2001:db8::1")],
+    )
+    def test_normalises(self, text: str, expected: str) -> None:
+        """Addresses are normalised so one host has one identity."""
+        assert expected == str(parse_host(text))
+
+    @pytest.mark.parametrize("text", ["", "1.2.3", "1.2.3.4.5", "300.1.1.1", "fe80::1%eth0",
+                                      "host", "1.2.3.4 ", "x" * 100])
+    def test_rejects_non_addresses(self, text: str) -> None:
+        """Text that is not exactly one address yields None."""
+        assert parse_host(text) is None
+
+
+class TestParseTarget:
+    def test_cidr_and_single(self) -> None:
+        """Targets may be addresses or CIDRs; a /32 is an address."""
+        assert ipaddress.ip_network("10.0.0.0/8") == parse_target("10.1.2.3/8")
+        assert ipaddress.ip_address("10.0.0.1") == parse_target("10.0.0.1/32")
+
+    def test_invalid(self) -> None:
+        """Garbage is refused with ValueError."""
+        with pytest.raises(ValueError):
+            parse_target("not-an-ip")
+
+
+class TestSplitHostPort:
+    @pytest.mark.parametrize(
+        ("text", "host"),
+        [("1.2.3.4:80", "1.2.3.4"), ("[2001:db8::1]:443", "2001:db8::1"), ("2001:db8::1", "2001:db8::1")],
+    )
+    def test_forms(self, text: str, host: str) -> None:
+        """IP:PORT and [IPv6]:PORT give the host part."""
+        assert host == split_host_port(text)
+
+
+class TestIgnoreList:
+    def test_membership(self) -> None:
+        """Addresses inside listed networks are ignored; others are not."""
+        ig = IgnoreList(["192.0.2.0/24", "2001:db8::/32", "10.0.0.1"])
+        assert ipaddress.ip_address("192.0.2.7") in ig
+        assert ipaddress.ip_address("2001:db8::5") in ig
+        assert ipaddress.ip_address("10.0.0.1") in ig
+        assert ipaddress.ip_address("10.0.0.2") not in ig
+
+    def test_overlap(self) -> None:
+        """A CIDR that would cover an ignored address overlaps the list."""
+        ig = IgnoreList(["10.0.0.1"])
+        assert ig.overlaps(ipaddress.ip_network("10.0.0.0/24"))
+        assert not ig.overlaps(ipaddress.ip_network("10.0.1.0/24"))
