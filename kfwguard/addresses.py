@@ -82,11 +82,12 @@ class IgnoreList:
             self._v6.append(net)
 
     def __contains__(self, addr: object) -> bool:
-        if isinstance(addr, ipaddress.IPv4Network | ipaddress.IPv6Network):
-            return any(
-                addr.version == n.version and addr.subnet_of(n)  # type: ignore[arg-type]
-                for n in (*self._v4, *self._v6)
-            ) or (addr.num_addresses == 1 and addr.network_address in self._exact)
+        if isinstance(addr, ipaddress.IPv4Network):
+            return any(addr.subnet_of(n) for n in self._v4) or (
+                addr.num_addresses == 1 and addr.network_address in self._exact)
+        if isinstance(addr, ipaddress.IPv6Network):
+            return any(addr.subnet_of(n) for n in self._v6) or (
+                addr.num_addresses == 1 and addr.network_address in self._exact)
         if not isinstance(addr, ipaddress.IPv4Address | ipaddress.IPv6Address):
             return False
         if addr in self._exact:
@@ -101,7 +102,7 @@ class IgnoreList:
         if any(a in net for a in self._exact):
             return True
         nets = self._v4 if net.version == 4 else self._v6
-        return any(net.overlaps(n) for n in nets)  # type: ignore[arg-type]
+        return any(net.overlaps(n) for n in nets)
 
     def __len__(self) -> int:
         return len(self._exact) + len(self._v4) + len(self._v6)

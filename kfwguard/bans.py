@@ -295,52 +295,59 @@ class BanManager:
             el = Element(target, expiry - now)
             (refresh if key in self._kernel else new).append(el)
             applied.append(key)
+        failed: set[str] = set()
+        error: NftError | None = None
         try:
-            self._apply_batches(new, refresh, list(removes.values()))
+            if removes:
+                self.table.remove(list(removes.values()))
         except NftError as exc:
+            error = exc
+            failed.update(removes)
+        else:
+            for key in removes:
+                self._kernel.pop(key, None)
+        for refused, add_error in self._add_isolating(new, refresh):
+            error = add_error
+            failed.add(str(refused.target))
+        if error is not None:
             self.stats.kernel_errors += 1
-            log.error("kernel_update_failed", error=str(exc)[:500], adds=len(adds),
-                      removes=len(removes))
+            log.error("kernel_update_failed", error=str(error)[:500], failed=len(failed),
+                      adds=len(adds), removes=len(removes))
             # Keep them pending: a missing table is healed by the watcher,
             # a full set may drain as bans expire.
-            for k, v in adds.items():
-                self._pending.setdefault(k, v)
-            for k, v in removes.items():
-                if k not in self._by_target:
-                    self._pending_remove.setdefault(k, v)
-            return False
-        for key in applied:
-            self._kernel[key] = self._expiry_of(key)
-        for key in removes:
-            self._kernel.pop(key, None)
+            for k in failed:
+                if k in adds:
+                    self._pending.setdefault(k, adds[k])
+                elif k in removes and k not in self._by_target:
+                    self._pending_remove.setdefault(k, removes[k])
         done = time.time()
         for key in applied:
+            if key in failed:
+                continue
+            self._kernel[key] = self._expiry_of(key)
             decided = self._decided_at.pop(key, None)
             if decided is not None:
                 for cb in self.on_applied:
                     cb(max(0.0, done - decided))
-        return True
+        return error is None
 
-    def _apply_batches(self, new: list[Element], refresh: list[Element],
-                       removes: list[Target]) -> None:
-        # One transaction; if the kernel refuses it (e.g. a full set), split it
-        # so one bad element cannot hold back the rest.
+    def _add_isolating(self, new: list[Element],
+                       refresh: list[Element]) -> list[tuple[Element, NftError]]:
+        """Add in one transaction; if the kernel refuses it (e.g. a full set), split
+        it so that the elements that can go in do. Returns the refused elements."""
+        if not new and not refresh:
+            return []
         try:
-            if removes:
-                self.table.remove(removes)
             self.table.add(new, refresh)
-        except NftError:
-            if len(new) + len(refresh) <= 1:
-                raise
-            half_n, half_r = len(new) // 2, len(refresh) // 2
-            errors: list[NftError] = []
-            for n, r in ((new[:half_n], refresh[:half_r]), (new[half_n:], refresh[half_r:])):
-                try:
-                    self.table.add(n, r)
-                except NftError as exc:
-                    errors.append(exc)
-            if errors:
-                raise errors[0] from None
+            return []
+        except NftError as exc:
+            if len(new) + len(refresh) == 1:
+                return [((new or refresh)[0], exc)]
+            if not self.table.exists():
+                return [(e, exc) for e in (*new, *refresh)]
+        hn, hr = (len(new) + 1) // 2, (len(refresh) + 1) // 2
+        return (self._add_isolating(new[:hn], refresh[:hr])
+                + self._add_isolating(new[hn:], refresh[hr:]))
 
     async def watch_table(self) -> None:
         """Recreate the table with every ban in force if someone deleted or flushed it."""

@@ -35,7 +35,7 @@ def parse_duration(value: object) -> float:
 
 def format_duration(seconds: float) -> str:
     """Render seconds compactly (``3600`` → ``1h``) for messages and listings."""
-    s = int(round(seconds))
+    s = round(seconds)
     if s <= 0:
         return "0s"
     out = []

@@ -133,7 +133,9 @@ def listen_tcp(host: Host, port: int) -> subprocess.Popen[bytes]:
     return p
 
 
-def base_config(workdir: Path, logfile: Path, table: str = "kfwtest", **jail: Any) -> dict[str, Any]:
+def base_config(
+    workdir: Path, logfile: Path, table: str = "kfwtest", **jail: Any
+) -> dict[str, Any]:
     j: dict[str, Any] = {"name": "sshd", "source": "auth", "filter": "sshd", "maxretry": 3,
                          "findtime": "10m", "bantime": "1h"}
     j.update(jail)

@@ -41,7 +41,8 @@ class TestParseTarget:
 class TestSplitHostPort:
     @pytest.mark.parametrize(
         ("text", "host"),
-        [("1.2.3.4:80", "1.2.3.4"), ("[2001:db8::1]:443", "2001:db8::1"), ("2001:db8::1", "2001:db8::1")],
+        [("1.2.3.4:80", "1.2.3.4"), ("[2001:db8::1]:443", "2001:db8::1"),
+         ("2001:db8::1", "2001:db8::1")],
     )
     def test_forms(self, text: str, host: str) -> None:
         """IP:PORT and [IPv6]:PORT give the host part."""
