@@ -1,0 +1,159 @@
+"""``kfwguard baseline …``: render, apply (optionally commit-confirmed), confirm, diff, rollback.
+
+Exit codes: 0 done; 1 the operation failed (nft refused, nothing to roll back,
+nothing to confirm, or ``diff`` found differences); 2 the config or policy is
+invalid; 3 a commit-confirmed apply was rolled back.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from kfwguard.config import Config, ConfigError, load_config_or_default
+from kfwguard.durations import format_duration, parse_duration
+from kfwguard.firewall import baseline as bl
+from kfwguard.firewall.nft import Nft, NftError
+
+config_option = click.option(
+    "-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+    default=None, help="config file (default: $KFWGUARD_CONFIG or /etc/kfwguard/kfwguard.yaml)")
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(message, err=True)
+    sys.exit(code)
+
+
+def _load(path: Path | None) -> tuple[Config, str]:
+    try:
+        return load_config_or_default(path)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+
+
+def _render(cfg: Config, source: str) -> str:
+    try:
+        return bl.render(cfg.baseline)
+    except bl.BaselineError as exc:
+        _fail("\n".join(f"{source}: {p}" for p in exc.problems), 2)
+
+
+def _nft() -> Nft:
+    try:
+        return Nft()
+    except NftError as exc:
+        _fail(f"nft: {exc}", 1)
+
+
+def _say(message: str) -> None:
+    # After SIGHUP the terminal is gone; a failed write must not stop the rollback.
+    try:
+        click.echo(message)
+    except OSError:
+        pass
+
+
+@click.group()
+def baseline() -> None:
+    """The baseline deny-all policy of this node."""
+
+
+@baseline.command()
+@config_option
+def render(config_path: Path | None) -> None:
+    """Print the nft script that apply would run."""
+    cfg, source = _load(config_path)
+    click.echo(_render(cfg, source), nl=False)
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if seconds <= 0:
+        raise click.BadParameter("must be longer than zero")
+    return seconds
+
+
+@baseline.command(name="apply")
+@config_option
+@click.option("--confirm-within", callback=_duration, default=None, metavar="DURATION",
+              help="stay in the foreground and roll back unless confirmed within DURATION "
+                   "(e.g. 60s); SIGINT, SIGTERM and SIGHUP roll back at once")
+def apply_cmd(config_path: Path | None, confirm_within: float | None) -> None:
+    """Check the policy with nft, then replace the baseline table in one transaction."""
+    cfg, source = _load(config_path)
+    script = _render(cfg, source)
+    nft = _nft()
+    table = cfg.baseline.table
+    try:
+        if confirm_within is None:
+            saved = bl.apply(nft, table, script, cfg.state_dir)
+            click.echo(f"applied table inet {table}; previous one saved in {saved}")
+            return
+        where = f" -c {Path(source).resolve()}" if not source.startswith("<") else ""
+        how = (f"to keep it, run within {format_duration(confirm_within)}:\n"
+               f"    kfwguard baseline confirm{where}")
+        kept = bl.apply_confirmed(nft, table, script, cfg.state_dir, confirm_within,
+                                  notify=_say, instructions=how)
+    except NftError as exc:
+        _fail(f"nft refused the policy; the live ruleset is unchanged:\n{exc}", 1)
+    except bl.BaselineError as exc:
+        _fail(str(exc), 1)
+    if not kept:
+        sys.exit(3)
+
+
+@baseline.command(name="confirm")
+@config_option
+@click.option("--timeout", callback=_duration, default="5s", metavar="DURATION",
+              help="how long to wait for the waiting apply to answer")
+def confirm_cmd(config_path: Path | None, timeout: float) -> None:
+    """Keep the policy that a commit-confirmed apply is waiting on."""
+    cfg, _ = _load(config_path)
+    try:
+        bl.confirm(cfg.state_dir, timeout=timeout)
+    except bl.BaselineError as exc:
+        _fail(str(exc), 1)
+    click.echo(f"confirmed: table inet {cfg.baseline.table} stays")
+
+
+@baseline.command(name="diff")
+@config_option
+def diff_cmd(config_path: Path | None) -> None:
+    """Show how the live table differs from the policy (exit 1 when it does)."""
+    cfg, source = _load(config_path)
+    _render(cfg, source)  # refuse an invalid policy with exit 2 before touching nft
+    nft = _nft()
+    try:
+        text = bl.diff(nft, cfg.baseline)
+    except (NftError, bl.BaselineError) as exc:
+        _fail(str(exc), 2)
+    if text:
+        click.echo(text, nl=False)
+        sys.exit(1)
+
+
+@baseline.command(name="rollback")
+@config_option
+def rollback_cmd(config_path: Path | None) -> None:
+    """Restore the baseline table saved by the last apply."""
+    cfg, _ = _load(config_path)
+    nft = _nft()
+    try:
+        bl.rollback(nft, cfg.state_dir)
+    except (NftError, bl.BaselineError) as exc:
+        _fail(str(exc), 1)
+    click.echo(f"restored table inet {cfg.baseline.table} from "
+               f"{bl.StateFiles(cfg.state_dir).previous}")
+
+
+if __name__ == "__main__":
+    baseline()
