@@ -80,8 +80,8 @@ class DirWatch:
         if self._fd < 0:
             return False
         wd = _lib().inotify_add_watch(self._fd, os.fsencode(self.directory), _MASK)
-        self._wd = wd
-        return wd >= 0
+        self._wd = int(wd)
+        return int(wd) >= 0
 
     def _readable(self) -> None:
         events: list[Event] = []
