@@ -56,6 +56,13 @@ def check_config(config_path: Path | None) -> None:
             build_filters(cfg.model_copy(update={"jails": [j]}))
         except FilterError as exc:
             problems.append(f"{origin}: jail {j.name!r}: {exc}")
+    if cfg.baseline.enabled:
+        from kfwguard.firewall.baseline import BaselineError, validate
+
+        try:
+            validate(cfg.baseline)
+        except BaselineError as exc:
+            problems.append(f"{origin}: baseline: {exc}")
     if problems:
         click.echo("\n".join(problems), err=True)
         sys.exit(2)
@@ -78,11 +85,9 @@ def test_filter(filter_arg: str, logfile: Path, as_json: bool, dirs: tuple[Path,
 def _register() -> None:
     from kfwguard.cli_baseline import baseline
 
+    from kfwguard.cli_control import register
+
     main.add_command(baseline)
-    try:
-        from kfwguard.cli_control import register
-    except ImportError:
-        return
     register(main)
 
 

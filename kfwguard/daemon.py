@@ -22,7 +22,8 @@ from kfwguard.addresses import LOOPBACK_NETS, IgnoreList
 from kfwguard.bans import MANUAL_JAIL, BanManager
 from kfwguard.config import Config, ConfigError, JailConfig, load_config_or_default
 from kfwguard.firewall.bantable import BanTable
-from kfwguard.firewall.nft import Nft
+from kfwguard.firewall.baseline import BaselineEnforcer, BaselineError, validate
+from kfwguard.firewall.nft import Nft, NftError
 from kfwguard.jails import Jail
 from kfwguard.matching import Filter, FilterError, load_filter
 from kfwguard.model import BanRequest, Record
@@ -82,6 +83,11 @@ class Daemon:
         self.sources: dict[str, SourceRuntime] = {}
         self.jails: dict[str, Jail] = {}
         self.ignore = IgnoreList()
+        self.nft: Nft | None = None
+        self.baseline: BaselineEnforcer | None = None
+        self._baseline_task: asyncio.Task[None] | None = None
+        # Called with a reason each time the baseline had drifted and was healed.
+        self.on_drift: list[Callable[[str], None]] = []
         self._stop = asyncio.Event()
         self._reload_requested = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -90,12 +96,16 @@ class Daemon:
         self.on_start: list[Callable[[Daemon], Any]] = []
         self.on_stop: list[Callable[[Daemon], Any]] = []
         self.on_reload: list[Callable[[Daemon], Any]] = []
+        from kfwguard.operator import install  # local: operator imports daemon's users
+
+        install(self)
 
     # -- building --------------------------------------------------------------
 
-    def _build_ignore(self, cfg: Config) -> IgnoreList:
+    async def _build_ignore(self, cfg: Config) -> IgnoreList:
         ignore = IgnoreList([*LOOPBACK_NETS, *cfg.ignoreip])
-        for net in protected_networks():
+        # pyroute2's synchronous IPRoute runs its own event loop: keep it off ours.
+        for net in await asyncio.to_thread(protected_networks):
             ignore.add(net)
         return ignore
 
@@ -211,7 +221,9 @@ class Daemon:
         cfg = self.cfg
         try:
             filters = build_filters(cfg)
-        except FilterError as exc:
+            if cfg.baseline.enabled:
+                validate(cfg.baseline)
+        except (FilterError, BaselineError) as exc:
             raise StartupError(str(exc)) from exc
         try:
             self.store = Store.in_dir(cfg.state_dir)
@@ -220,8 +232,8 @@ class Daemon:
             log.error("state_unavailable", error=str(exc),
                       note="running without persistence; bans in the kernel are kept")
             self.store = None
-        self.ignore = self._build_ignore(cfg)
-        nft = Nft()
+        self.ignore = await self._build_ignore(cfg)
+        nft = self.nft = Nft()
         table = BanTable(nft, cfg.nftables.table, cfg.nftables.set_size)
         self.bans = BanManager(
             table, self.store,
@@ -235,6 +247,7 @@ class Daemon:
         else:
             await asyncio.to_thread(self.bans.restore)
         self._build_pipeline(cfg, filters)
+        await self._start_baseline(cfg)
         for hook in self.on_start:
             res = hook(self)
             if asyncio.iscoroutine(res):
@@ -246,6 +259,29 @@ class Daemon:
         log.info("started", config=self.cfg_path, sources=sorted(self.sources),
                  jails=sorted(self.jails), bans=len(self.bans.active()),
                  table=cfg.nftables.table)
+
+    async def _start_baseline(self, cfg: Config) -> None:
+        """Apply the baseline now (a failure stops the start) and keep it in force."""
+        if self._baseline_task is not None:
+            self._baseline_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._baseline_task
+            self._baseline_task = None
+        self.baseline = None
+        if not cfg.baseline.enabled:
+            return
+        assert self.nft is not None
+        enforcer = BaselineEnforcer(cfg.baseline, self.nft, on_drift=self._drifted)
+        try:
+            await asyncio.to_thread(enforcer.apply)
+        except NftError as exc:
+            raise StartupError(f"baseline policy refused by nft: {exc}") from exc
+        self.baseline = enforcer
+        self._baseline_task = asyncio.create_task(enforcer.keep(), name="baseline")
+
+    def _drifted(self, reason: str) -> None:
+        for cb in self.on_drift:
+            cb(reason)
 
     def _start_tasks(self) -> None:
         assert self.bans is not None
@@ -273,7 +309,9 @@ class Daemon:
         try:
             new, _ = load_config_or_default(self.cfg_path)
             filters = build_filters(new)
-        except (ConfigError, FilterError) as exc:
+            if new.baseline.enabled:
+                validate(new.baseline)
+        except (ConfigError, FilterError, BaselineError) as exc:
             log.error("reload_refused", error=str(exc))
             self.notifier.status("reload refused: config invalid; running on the old one")
             return False
@@ -282,12 +320,17 @@ class Daemon:
         await self._stop_sources()
         self.cfg = new
         assert self.bans is not None
-        self.ignore = self._build_ignore(new)
+        self.ignore = await self._build_ignore(new)
         self.bans.ignore = self.ignore
         self.bans.jails = {j.name: j for j in new.jails}
         self._build_pipeline(new, filters)
         for rt in self.sources.values():
             rt.task = asyncio.create_task(self._run_source(rt), name=f"source:{rt.source.name}")
+        if new.baseline != (self.baseline.cfg if self.baseline else None):
+            try:
+                await self._start_baseline(new)
+            except StartupError as exc:
+                log.error("baseline_reload_failed", error=str(exc))
         for hook in self.on_reload:
             res = hook(self)
             if asyncio.iscoroutine(res):
@@ -334,9 +377,10 @@ class Daemon:
                 res = hook(self)
                 if asyncio.iscoroutine(res):
                     await res
-        for t in self._tasks:
+        tasks = [*self._tasks, *([self._baseline_task] if self._baseline_task else [])]
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         if self.store is not None:

@@ -86,7 +86,8 @@ class Store:
             # NORMAL in WAL mode: a committed transaction survives a process crash;
             # FULL adds an fsync per commit so it also survives a power cut.
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=5000")
+            # Only this process writes the DB; a long wait would stall the event loop.
+            self._db.execute("PRAGMA busy_timeout=1000")
             self._db.executescript(_SCHEMA)
             self._db.execute("SELECT count(*) FROM bans").fetchone()
         except sqlite3.Error as exc:

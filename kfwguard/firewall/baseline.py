@@ -740,6 +740,10 @@ class BaselineEnforcer:
     async def run(self) -> None:
         """Apply now (errors propagate), then every reconcile_interval check and heal."""
         await asyncio.to_thread(self.apply)
+        await self.keep()
+
+    async def keep(self) -> None:
+        """Every reconcile_interval, check the live table and heal drift (already applied)."""
         interval = max(self.cfg.reconcile_interval, 0.1)
         while True:
             await asyncio.sleep(interval)

@@ -56,11 +56,11 @@ class DaemonRun:
         return str(self.config.get("nftables", {}).get("table", "kfwguard"))
 
     def start(self, wait_ready: bool = True, env: dict[str, str] | None = None) -> None:
-        log = self.log_path.open("ab")
-        self.proc = self.host.popen(
-            [sys.executable, "-m", "kfwguard", "run", "-c", str(self.config_path)],
-            stdout=log, stderr=log, env={**os.environ, **(env or {})},
-        )
+        with self.log_path.open("ab") as log:
+            self.proc = self.host.popen(
+                [sys.executable, "-m", "kfwguard", "run", "-c", str(self.config_path)],
+                stdout=log, stderr=log, env={**os.environ, **(env or {})},
+            )
         if wait_ready:
             assert wait_until(lambda: '"started"' in self.log() or self.proc.poll() is not None,
                               timeout=30), self.log()

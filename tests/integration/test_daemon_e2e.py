@@ -48,6 +48,7 @@ def net(lab: Lab, tmp_path: Path) -> Iterator[Net]:
     finally:
         d.stop()
         server.kill()
+        server.wait()
 
 
 def append(path: Path, text: str | bytes) -> None:
