@@ -58,6 +58,7 @@ class SourceRuntime:
     last_saved: float = 0.0
     unsaved: str | None = None
     errors: int = 0
+    cursor_failing: bool = False
     matches: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
@@ -151,6 +152,11 @@ class Daemon:
 
         def sink(records: list[Record]) -> None:
             now = clock()
+            if not rt.last_saved and rt.unsaved is None:
+                # First delivery of a first run: persist where this batch begins
+                # before deciding anything, so a crash mid-batch resumes here.
+                rt.unsaved = rt.source.position()
+                self._save_cursor(rt)
             requests: list[BanRequest] = []
             for rec in records:
                 for jr in jails:
@@ -183,8 +189,13 @@ class Daemon:
             self.store.save_cursor(rt.source.name, rt.unsaved)
             rt.unsaved = None
             rt.last_saved = self.clock()
+            if rt.cursor_failing:
+                rt.cursor_failing = False
+                log.info("cursor_saved_again", source=rt.source.name)
         except StoreError as exc:
-            log.error("cursor_not_saved", source=rt.source.name, error=str(exc))
+            if not rt.cursor_failing:  # once per outage, not once per second
+                rt.cursor_failing = True
+                log.error("cursor_not_saved", source=rt.source.name, error=str(exc))
 
     async def _run_source(self, rt: SourceRuntime) -> None:
         sink = self._sink_for(rt)
@@ -205,6 +216,10 @@ class Daemon:
         while True:
             await asyncio.sleep(CURSOR_SAVE_INTERVAL)
             for rt in self.sources.values():
+                if rt.unsaved is None and not rt.last_saved:
+                    # Nothing delivered yet: save where reading began, so a crash
+                    # now does not make the next start a first run (start at end).
+                    rt.unsaved = rt.source.position()
                 self._save_cursor(rt)
 
     async def _watchdog(self) -> None:

@@ -32,6 +32,13 @@ class Source(Protocol):
         """Seconds between now and the time of the last record delivered, or None."""
         ...
 
+    def position(self) -> str | None:
+        """Resume token after the last record delivered, or, before any, where
+        reading began. The daemon saves it at start so that a crash before the
+        first record is saved does not turn the next start into a first run
+        (which starts at the end and would skip what was written meanwhile)."""
+        ...
+
     async def run(self, sink: Sink) -> None:
         """Deliver records until cancelled; bad input is counted, never raised."""
         ...

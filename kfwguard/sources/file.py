@@ -98,11 +98,15 @@ class FileSource:
         self._prefix = ""
         self._sig = b""
         self._last_time: float | None = None
+        self._delivered: str | None = None
         self._wake = asyncio.Event()
         self._said: set[str] = set()
         self._log = structlog.get_logger().bind(source=self.name, path=str(self.path))
 
     # -- API ------------------------------------------------------------------
+
+    def position(self) -> str | None:
+        return self._delivered
 
     def lag(self) -> float | None:
         if self._last_time is None:
@@ -230,6 +234,8 @@ class FileSource:
         self._split = LineSplitter(offset, self.skipped)
         if skip_fragment:
             self._split.skip_to_next_line()
+        else:
+            self._delivered = self._pos(offset)
         self._decoder.reset()
         self._sig = os.pread(fd, min(_SIG, offset), offset - min(_SIG, offset))
         self._said.discard("missing")
@@ -297,6 +303,7 @@ class FileSource:
             batch = records[i:i + MAX_BATCH]
             sink(batch)
             self.lines_read += len(batch)
+            self._delivered = batch[-1].position
         last = records[-1].time
         self._last_time = last if last is not None else self._clock()
 

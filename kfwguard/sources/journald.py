@@ -41,6 +41,9 @@ IDLE_POLL = 0.25
 # Wait before reopening the journal after an error, or while it is missing.
 REOPEN_WAIT = 1.0
 
+# A position that is not a cursor: where a first run began reading (epoch s).
+REALTIME_PREFIX = "realtime:"
+
 
 def _text(value: Any) -> str:
     if isinstance(value, list):
@@ -83,6 +86,13 @@ class JournaldSource:
         self._said: set[str] = set()
         self._log = structlog.get_logger().bind(source=self.name)
 
+    def position(self) -> str | None:
+        if self._cursor is not None:
+            return self._cursor
+        # No entry yet: remember where reading began, as a realtime stamp, so a
+        # restart before the first entry still reads what came after it.
+        return f"{REALTIME_PREFIX}{self._started:.6f}" if self._started else None
+
     def lag(self) -> float | None:
         if self._last_time is None:
             return None
@@ -92,7 +102,14 @@ class JournaldSource:
         loop = asyncio.get_running_loop()
         # Entries stamped from now on are new; journald stamps with the same
         # clock (the journal's realtime, not the injectable one).
-        self._started = time.time()
+        if self._cursor is not None and self._cursor.startswith(REALTIME_PREFIX):
+            try:
+                self._started = float(self._cursor[len(REALTIME_PREFIX):])
+            except ValueError:
+                self._started = time.time()
+            self._cursor = None
+        else:
+            self._started = time.time()
         try:
             while True:
                 if self._reader is None and not self._open(loop):

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from kfwguard.firewall.bantable import SENTINELS
 from tests.netns import Host
 
 
@@ -44,6 +45,7 @@ class DaemonRun:
         self.config_path = workdir / "kfwguard.yaml"
         self.config = config
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log_offset = 0
         self.log_path = workdir / "daemon.log"
         self.write_config(config)
 
@@ -56,14 +58,15 @@ class DaemonRun:
         return str(self.config.get("nftables", {}).get("table", "kfwguard"))
 
     def start(self, wait_ready: bool = True, env: dict[str, str] | None = None) -> None:
+        self.log_offset = len(self.log())
         with self.log_path.open("ab") as log:
             self.proc = self.host.popen(
                 [sys.executable, "-m", "kfwguard", "run", "-c", str(self.config_path)],
                 stdout=log, stderr=log, env={**os.environ, **(env or {})},
             )
         if wait_ready:
-            assert wait_until(lambda: '"started"' in self.log() or self.proc.poll() is not None,
-                              timeout=30), self.log()
+            assert wait_until(lambda: '"started"' in self.log()[self.log_offset:]
+                              or self.proc.poll() is not None, timeout=30), self.log()
             assert self.proc.poll() is None, self.log()
 
     def log(self) -> str:
@@ -113,6 +116,8 @@ class DaemonRun:
                     out[str(val)] = float(el["elem"].get("expires", -1))
                 else:
                     out[str(el)] = -1.0
+        for sentinel in SENTINELS.values():
+            out.pop(sentinel, None)
         return out
 
 

@@ -1,0 +1,115 @@
+"""Fault injection on the real daemon: crashes, a hostile kernel, a broken state DB."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+from pathlib import Path
+
+from tests.integration.daemon_harness import DaemonRun, base_config, sshd_fail, wait_until
+from tests.netns import Lab
+
+
+def stored(state: Path) -> tuple[int, int, int]:
+    """(rows, distinct targets, highest offence) in the daemon's state.db."""
+    db = sqlite3.connect(state / "state.db", timeout=10)
+    try:
+        row = db.execute("SELECT count(*), count(DISTINCT target), coalesce(max(offence), 0) "
+                         "FROM bans").fetchone()
+    finally:
+        db.close()
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def burst(n: int, base: int = 0) -> str:
+    return "".join(sshd_fail(f"10.{100 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}", port=1000)
+                   for i in range(base, base + n))
+
+
+class TestCrashSafety:
+    def test_kill9_mid_burst_loses_no_ban(self, lab: Lab, tmp_path: Path) -> None:
+        """kill -9 in the middle of a 10,000-offender burst: after a restart every
+        offender is in the kernel, none is stored twice, none re-banned from old lines."""
+        node = lab.host("node")
+        log = tmp_path / "auth.log"
+        log.write_text("")
+        cfg = base_config(tmp_path, log, maxretry=1,
+                          bantime_increment={"factor": 2, "max": "1d"})
+        d = DaemonRun(node, tmp_path, cfg)
+        d.start()
+        with log.open("a") as f:
+            f.write(burst(10_000))
+        state = tmp_path / "state"
+        assert wait_until(lambda: (state / "state.db").exists() and stored(state)[0] > 200,
+                          timeout=30)
+        assert d.proc is not None
+        os.kill(d.proc.pid, signal.SIGKILL)
+        d.proc.wait()
+        d.proc = None
+        decided = stored(state)[0]
+        d.start()
+        assert wait_until(lambda: stored(state)[0] == 10_000, timeout=60), d.log()
+        assert wait_until(lambda: len(d.elements("ban_v4")) == 10_000, timeout=30)
+        rows, distinct, offence = stored(state)
+        assert (10_000, 10_000, 1) == (rows, distinct, offence)
+        assert decided <= 10_000
+        d.stop()
+
+
+class TestStateMisbehaves:
+    def test_corrupt_state_keeps_kernel_bans(self, lab: Lab, tmp_path: Path) -> None:
+        """A corrupt state.db is reported; the daemon starts with the bans the kernel
+        holds (not a silently empty list) and keeps banning from memory."""
+        node = lab.host("node")
+        log = tmp_path / "auth.log"
+        log.write_text("")
+        d = DaemonRun(node, tmp_path, base_config(tmp_path, log, maxretry=1))
+        d.start()
+        with log.open("a") as f:
+            f.write(sshd_fail("198.51.100.1"))
+        assert wait_until(lambda: "198.51.100.1" in d.elements("ban_v4"))
+        d.stop()
+        db = tmp_path / "state" / "state.db"
+        for p in db.parent.glob("state.db*"):
+            p.unlink()
+        db.write_bytes(b"garbage, not sqlite" * 1000)
+        d.start()
+        assert "state_unavailable" in d.log()
+        assert "198.51.100.1" in d.elements("ban_v4")
+        with log.open("a") as f:
+            f.write(sshd_fail("198.51.100.2"))
+        assert wait_until(lambda: "198.51.100.2" in d.elements("ban_v4"))
+        assert d.alive()
+        d.stop()
+
+    def test_disk_full_keeps_banning(self, lab: Lab, tmp_path: Path) -> None:
+        """When the state disk is full, bans still reach the kernel and the daemon says
+        it is not persisting; it keeps running."""
+        node = lab.host("node")
+        log = tmp_path / "auth.log"
+        log.write_text("")
+        state = tmp_path / "state"
+        state.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(state)],
+                       check=True)
+        try:
+            d = DaemonRun(node, tmp_path, base_config(tmp_path, log, maxretry=1))
+            d.start()
+            filler = state / "filler"
+            with filler.open("wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * 65536)
+                        f.flush()
+                except OSError:
+                    pass
+            with log.open("a") as f:
+                f.write(burst(3000, base=50_000))
+            assert wait_until(lambda: len(d.elements("ban_v4")) == 3000, timeout=30), d.log()
+            assert "state_not_persisting" in d.log()
+            assert d.alive()
+            d.stop()
+        finally:
+            subprocess.run(["umount", "-l", str(state)], check=False)
