@@ -1,0 +1,74 @@
+"""Finding and loading filter files: explicit paths, operator dirs, then the shipped library."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from importlib.abc import Traversable
+from pathlib import Path
+
+from kfwguard.matching.engine import Filter, build
+from kfwguard.matching.spec import FilterError, parse_spec
+
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def shipped_dir() -> Traversable:
+    """The shipped filter library (package data, or ./filters in a source tree)."""
+    try:
+        return resources.files("kfwguard.filters")
+    except ModuleNotFoundError:
+        # Running from a checkout without installing: filters/ sits beside kfwguard/.
+        return Path(__file__).resolve().parents[2] / "filters"
+
+
+def shipped_filter_names() -> list[str]:
+    """Names of the filters shipped with kfwguard, sorted."""
+    return sorted(
+        p.name[: -len(".yaml")]
+        for p in shipped_dir().iterdir()
+        if p.name.endswith(".yaml") and p.is_file()
+    )
+
+
+def parse_filter(text: str, name: str, path: str = "<filter>") -> Filter:
+    """Compile filter YAML ``text`` as filter ``name``; FilterError on any problem."""
+    spec, lines = parse_spec(text, path)
+    return build(name, spec, path, lines)
+
+
+def _read(source: Traversable, path: str) -> str:
+    try:
+        return source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FilterError(path, "no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FilterError(path, f"cannot read: {exc}") from None
+
+
+def load_filter(name_or_path: str, dirs: Sequence[Path] = ()) -> Filter:
+    """Load a filter by path (contains '/' or ends in .yaml) or by name.
+
+    A name is looked up as ``<name>.yaml`` in each of ``dirs`` in order, then
+    in the shipped library; the filter's name is the file's stem.
+    """
+    if "/" in name_or_path or name_or_path.endswith(".yaml"):
+        path = Path(name_or_path)
+        return parse_filter(_read(path, str(path)), path.stem, str(path))
+    name_ok = 0 < len(name_or_path) <= 64 and set(name_or_path) <= _NAME_CHARS
+    if not name_ok or name_or_path[0] in "._-":
+        raise FilterError(name_or_path, "not a valid filter name (letters, digits, _ . -)")
+    file = f"{name_or_path}.yaml"
+    for d in dirs:
+        candidate = Path(d) / file
+        if candidate.is_file():
+            return parse_filter(_read(candidate, str(candidate)), name_or_path, str(candidate))
+    shipped = shipped_dir() / file
+    if shipped.is_file():
+        return parse_filter(_read(shipped, str(shipped)), name_or_path, str(shipped))
+    searched = [str(d) for d in dirs] + ["the shipped filters"]
+    raise FilterError(
+        name_or_path,
+        f"no filter of that name (looked in {', '.join(searched)}; "
+        f"shipped: {', '.join(shipped_filter_names()) or 'none'})",
+    )

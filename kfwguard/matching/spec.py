@@ -1,0 +1,196 @@
+r"""The filter file format: YAML in, validated models out, errors with file, line and key.
+
+One filter per file; its name is the file stem. Unknown keys are refused.
+
+Text filters::
+
+    description: OpenSSH authentication failures
+    format: text                 # default
+    prefix: [syslog]             # optional headers, each stripped when present:
+                                 #   syslog: "Nov 26 04:57:45 host prog[pid]: " (or an
+                                 #     RFC 3339 stamp first)
+                                 #   klog: "I1126 04:57:45.123456 1 f.go:1] "
+    programs: [sshd]             # optional: with a syslog header, the tag must be one of these
+    rules:                       # tried in order; the first that matches wins
+      - name: failed-auth
+        regex: '^Failed password for (?P<user>.*) from <HOST> port \d+ ssh2$'
+    ignoreregex: ['...']         # searched in the message of a matched line; vetoes it
+
+Rules are RE2 patterns matched at the start of the message (a leading ^
+is implied) over the message after the headers. Each has exactly one
+``<HOST>``; its text must parse as an IPv4/IPv6 address. Other named groups
+become ``Match.fields``. The event time is read from the header (klog before
+syslog), else the record's time, else ``now``.
+
+JSON filters (one JSON object per line)::
+
+    format: json
+    host: sourceIPs[-1]          # field path of the address (default for all rules)
+    host_port: false             # true: the value is IP:PORT / [IPv6]:PORT
+    time: [requestReceivedTimestamp, stageTimestamp]  # first usable path wins
+    fields: {uri: requestURI}    # copied into Match.fields
+    rules:
+      - name: unauthenticated
+        match: {stage: ResponseStarted, responseStatus.code: [401]}  # all must hold;
+                                                                     # a list is any-of
+        absent: [user.username]  # missing or null
+        exclude: {requestURI: [/healthz]}  # any equal value vetoes
+        # host, host_port, time and fields may be given per rule too
+
+Paths: ``a.b``, ``list[0]``, ``list[-1]``, ``annotations["k8s.io/key"]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+RULE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+JsonScalar = str | bool | int | float | None
+
+
+class FilterError(Exception):
+    """A filter that cannot be used, with enough context for an operator to fix it."""
+
+    def __init__(self, path: str, problems: str | Sequence[str]) -> None:
+        self.path = path
+        self.problems = (problems,) if isinstance(problems, str) else tuple(problems)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return "\n".join(f"{self.path}: {p}" for p in self.problems)
+
+
+def _as_list(value: object) -> object:
+    return [value] if isinstance(value, str) else value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TextRuleSpec(_Model):
+    name: str = Field(pattern=RULE_NAME)
+    regex: str = Field(min_length=1)
+
+
+class JsonRuleSpec(_Model):
+    name: str = Field(pattern=RULE_NAME)
+    # path -> value, or a list of values any of which is accepted
+    match: dict[str, JsonScalar | list[JsonScalar]] = Field(default_factory=dict)
+    # paths that must be missing or null
+    absent: list[str] = Field(default_factory=list)
+    # path -> value(s) that make the rule not apply
+    exclude: dict[str, JsonScalar | list[JsonScalar]] = Field(default_factory=dict)
+    host: str | None = None
+    host_port: bool | None = None
+    time: Annotated[list[str] | None, BeforeValidator(_as_list)] = None
+    fields: dict[str, str] = Field(default_factory=dict)
+
+
+class _FilterSpec(_Model):
+    description: str = ""
+
+
+class TextFilterSpec(_FilterSpec):
+    format: Literal["text"] = "text"
+    # Headers that may precede the message, stripped in this order when present.
+    prefix: Annotated[list[Literal["syslog", "klog"]], BeforeValidator(_as_list)] = Field(
+        default_factory=list
+    )
+    # With a syslog header, the tag's program must be one of these (if given).
+    programs: list[str] = Field(default_factory=list)
+    rules: list[TextRuleSpec] = Field(min_length=1)
+    ignoreregex: Annotated[list[str], BeforeValidator(_as_list)] = Field(default_factory=list)
+
+
+class JsonFilterSpec(_FilterSpec):
+    format: Literal["json"]
+    host: str | None = None
+    host_port: bool = False
+    time: Annotated[list[str], BeforeValidator(_as_list)] = Field(default_factory=list)
+    fields: dict[str, str] = Field(default_factory=dict)
+    rules: list[JsonRuleSpec] = Field(min_length=1)
+
+
+FilterSpec = TextFilterSpec | JsonFilterSpec
+
+
+def _line_index(node: yaml.Node, prefix: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    out.setdefault(prefix, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = k.value if isinstance(k, yaml.ScalarNode) else str(k)
+            out[(*prefix, key)] = k.start_mark.line + 1
+            _line_index(v, (*prefix, key), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_index(item, (*prefix, i), out)
+
+
+class Lines:
+    """Maps a key path in the YAML document to its line, for error messages."""
+
+    def __init__(self, text: str) -> None:
+        self._lines: dict[tuple[Any, ...], int] = {}
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError:
+            node = None
+        if node is not None:
+            _line_index(node, (), self._lines)
+
+    def where(self, loc: Sequence[Any]) -> str:
+        """``line N: rules[2].regex`` for the deepest part of ``loc`` found in the file."""
+        line = None
+        found: list[Any] = []
+        for part in loc:
+            if (*found, part) not in self._lines:
+                break
+            found.append(part)
+            line = self._lines[tuple(found)]
+        key = ""
+        for p in loc:
+            key += f"[{p}]" if isinstance(p, int) else (f".{p}" if key else str(p))
+        key = key or "(top level)"
+        return f"line {line}: {key}" if line else key
+
+
+def parse_spec(text: str, path: str) -> tuple[FilterSpec, Lines]:
+    """Validate filter YAML ``text``; FilterError names file, line and key."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or exc
+        raise FilterError(path, f"{where}invalid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise FilterError(path, "a filter file must be a mapping (description, format, rules …)")
+    lines = Lines(text)
+    fmt = data.get("format", "text")
+    model: type[TextFilterSpec] | type[JsonFilterSpec]
+    if fmt == "text":
+        model = TextFilterSpec
+    elif fmt == "json":
+        model = JsonFilterSpec
+    else:
+        raise FilterError(path, f"{lines.where(['format'])}: must be 'text' or 'json', not {fmt!r}")
+    try:
+        spec = model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = [p for p in err["loc"] if not (isinstance(p, str) and "[" in p)]
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{lines.where(loc)}: {msg}")
+        raise FilterError(path, problems) from None
+    names = [r.name for r in spec.rules]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise FilterError(path, f"{lines.where(['rules', i, 'name'])}: repeated rule {name!r}")
+    return spec, lines

@@ -1,0 +1,231 @@
+"""Event times from log stamps: syslog, klog, RFC 3339 and epoch numbers.
+
+Stamps repeat for every line logged within the same second, so each parser
+caches the whole-second part and only adds the fraction. No dateutil: every
+format here is fixed-width or nearly so and string slicing is enough.
+
+syslog and klog stamps carry no year and are in the node's local time. The
+year is the year of ``now`` (the injected clock, not the wall clock), minus
+one when that would put the event more than a day in the future: a December
+line read in January belongs to last year.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Final
+
+_MONTHS: Final = {
+    "Jan": 1, "Feb": 2, "Mar": 3, "Apr": 4, "May": 5, "Jun": 6,
+    "Jul": 7, "Aug": 8, "Sep": 9, "Oct": 10, "Nov": 11, "Dec": 12,
+}
+FUTURE_SLACK: Final = 86400.0
+_CACHE_MAX: Final = 4096
+
+# (month, day, hh, mm, ss, year) -> epoch of that local time, or None if invalid
+_local_cache: dict[tuple[int, int, int, int, int, int], float | None] = {}
+# (YYYY-MM-DDhh:mm:ss, zone) -> epoch seconds, or None if invalid
+_iso_cache: dict[tuple[str, str], float | None] = {}
+# Year boundaries of the last ``now`` seen, so the common case needs no localtime().
+_year_span: list[float] = [0.0, -1.0, 0.0]  # start, end, year
+
+
+def _digits(text: str) -> bool:
+    # str.isdigit() accepts non-ASCII digits that int() would also take; refuse them.
+    return text.isascii() and text.isdigit()
+
+
+def _year_of(now: float) -> int:
+    start, end, year = _year_span
+    if start <= now < end:
+        return int(year)
+    y = time.localtime(now).tm_year
+    _year_span[0] = time.mktime((y, 1, 1, 0, 0, 0, 0, 0, -1))
+    _year_span[1] = time.mktime((y + 1, 1, 1, 0, 0, 0, 0, 0, -1))
+    _year_span[2] = float(y)
+    return y
+
+
+def _local(year: int, month: int, day: int, hh: int, mm: int, ss: int) -> float | None:
+    key = (month, day, hh, mm, ss, year)
+    try:
+        return _local_cache[key]
+    except KeyError:
+        pass
+    value: float | None
+    try:
+        # datetime() validates (Feb 30, hour 25 …); mktime would silently roll over.
+        datetime(year, month, day, hh, mm, min(ss, 59))
+        value = time.mktime((year, month, day, hh, mm, ss, 0, 0, -1))
+    except (ValueError, OverflowError):
+        value = None
+    if len(_local_cache) >= _CACHE_MAX:
+        _local_cache.clear()
+    _local_cache[key] = value
+    return value
+
+
+def _fraction(text: str) -> float | None:
+    """``.123456`` → 0.123456; empty → 0.0; anything else → None."""
+    if not text:
+        return 0.0
+    if text[0] not in ".," or not _digits(text[1:]) or len(text) > 16:
+        return None
+    return int(text[1:]) / 10.0 ** (len(text) - 1)
+
+
+# whole-second stamp -> (epoch in the year of now, epoch a year earlier);
+# valid for the year in _pair_year only. syslog keys start with a letter,
+# klog keys with a digit, so they share one dict.
+_pair_cache: dict[str, tuple[float | None, float | None]] = {}
+_pair_year: list[int] = [0]
+
+
+def _no_year(key: str, now: float) -> float | None:
+    year = _year_of(now)
+    if _pair_year[0] != year:
+        _pair_cache.clear()
+        _pair_year[0] = year
+    pair = _pair_cache.get(key)
+    if pair is None:
+        pair = _pair(key, year)
+        if len(_pair_cache) >= _CACHE_MAX:
+            _pair_cache.clear()
+        _pair_cache[key] = pair
+    this_year, last_year = pair
+    if this_year is not None and this_year <= now + FUTURE_SLACK:
+        return this_year
+    return last_year
+
+
+def _pair(key: str, year: int) -> tuple[float | None, float | None]:
+    """Parse ``Nov 26 04:57:45`` or ``1126 04:57:45`` into local epochs for two years."""
+    if key[:1].isdigit():  # klog: mmdd hh:mm:ss
+        if len(key) != 13 or key[4] != " " or key[7] != ":" or key[10] != ":":
+            return None, None
+        mo, day_text, hh, mm, ss = key[:2], key[2:4], key[5:7], key[8:10], key[11:13]
+        if not _digits(mo):
+            return None, None
+        month: int | None = int(mo)
+    else:
+        if len(key) != 15 or key[3] != " " or key[9] != ":" or key[12] != ":":
+            return None, None
+        month = _MONTHS.get(key[:3])
+        day_text, hh, mm, ss = key[4:6].lstrip(" "), key[7:9], key[10:12], key[13:15]
+    if month is None or not (_digits(day_text) and _digits(hh) and _digits(mm) and _digits(ss)):
+        return None, None
+    d, h, m, sec = int(day_text), int(hh), int(mm), int(ss)
+    # Feb 29 read in a common year exists only in an earlier year, hence two.
+    return _local(year, month, d, h, m, sec), _local(year - 1, month, d, h, m, sec)
+
+
+def parse_syslog(stamp: str, now: float) -> float | None:
+    """Epoch for a syslog stamp ``Nov 26 04:57:45[.ffffff]`` (local time, year inferred)."""
+    t = _no_year(stamp[:15], now)
+    if t is None or len(stamp) == 15:
+        return t
+    frac = _fraction(stamp[15:])
+    return None if frac is None else t + frac
+
+
+def parse_klog(stamp: str, now: float) -> float | None:
+    """Epoch for a klog stamp ``I1126 04:57:45.123456`` or ``1126 04:57:45.123456``."""
+    if stamp[:1] in ("I", "W", "E", "F"):
+        stamp = stamp[1:]
+    t = _no_year(stamp[:13], now)
+    if t is None:
+        return None
+    frac = _fraction(stamp[13:])
+    return None if frac is None else t + frac
+
+
+def _zone_offset(zone: str) -> timezone | None:
+    if zone in ("Z", "z"):
+        return UTC
+    if len(zone) == 6 and zone[3] == ":":
+        hh, mm = zone[1:3], zone[4:6]
+    elif len(zone) == 5:
+        hh, mm = zone[1:3], zone[3:5]
+    elif len(zone) == 3:
+        hh, mm = zone[1:3], "00"
+    else:
+        return None
+    if zone[0] not in "+-" or not (_digits(hh) and _digits(mm)):
+        return None
+    delta = timedelta(hours=int(hh), minutes=int(mm))
+    if delta >= timedelta(hours=24):
+        return None
+    return timezone(-delta if zone[0] == "-" else delta)
+
+
+def _iso_seconds(base: str, zone: str) -> float | None:
+    y, mo, d, hh, mm, ss = base[0:4], base[5:7], base[8:10], base[11:13], base[14:16], base[17:19]
+    if not all(_digits(p) for p in (y, mo, d, hh, mm, ss)):
+        return None
+    try:
+        if not zone:
+            # No zone: the writer meant the node's local time.
+            datetime(int(y), int(mo), int(d), int(hh), int(mm), min(int(ss), 59))
+            return time.mktime((int(y), int(mo), int(d), int(hh), int(mm), int(ss), 0, 0, -1))
+        tz = _zone_offset(zone)
+        if tz is None:
+            return None
+        extra = 1 if ss == "60" else 0  # a leap second is the next second's start
+        dt = datetime(int(y), int(mo), int(d), int(hh), int(mm), int(ss) - extra, tzinfo=tz)
+        return dt.timestamp() + extra
+    except (ValueError, OverflowError):
+        return None
+
+
+def parse_rfc3339(text: str) -> float | None:
+    """Epoch for ``2026-11-26T04:57:45.123456789Z`` and ISO 8601 relatives.
+
+    Accepts ``T``, ``t`` or a space between date and time, any fraction
+    length, and a zone ``Z``, ``±hh:mm``, ``±hhmm``, ``±hh`` or none (local).
+    """
+    n = len(text)
+    if n < 19 or n > 64 or text[4] != "-" or text[7] != "-" or text[10] not in "Tt ":
+        return None
+    if text[13] != ":" or text[16] != ":":
+        return None
+    i = 19
+    frac = 0.0
+    if i < n and text[i] in ".,":
+        j = i + 1
+        while j < n and "0" <= text[j] <= "9":
+            j += 1
+        if j == i + 1:
+            return None
+        # Digits past microseconds are noise at float precision; bounded work.
+        digits = text[i + 1 : min(j, i + 10)]
+        frac = int(digits) / 10.0 ** len(digits)
+        i = j
+    base = text[:10] + text[11:19]
+    key = (base, text[i:])
+    try:
+        secs = _iso_cache[key]
+    except KeyError:
+        secs = _iso_seconds(text[:19], text[i:])
+        if len(_iso_cache) >= _CACHE_MAX:
+            _iso_cache.clear()
+        _iso_cache[key] = secs
+    return None if secs is None else secs + frac
+
+
+def parse_time_value(value: object) -> float | None:
+    """Epoch for a JSON time value: an RFC 3339 string or a number of seconds."""
+    if isinstance(value, str):
+        return parse_rfc3339(value)
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float) and 0 < value < 1e11:
+        return float(value)
+    return None
+
+
+def format_rfc3339(epoch: float) -> str:
+    """``epoch`` as RFC 3339 in UTC with microseconds, e.g. ``2026-11-26T04:57:45.123456Z``."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds").replace(
+        "+00:00", "Z"
+    )

@@ -1,0 +1,121 @@
+"""``kfwguard test-filter``: reading log files and its two output forms."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from kfwguard.matching.testfilter import iter_lines, main
+from kfwguard.matching.timeparse import parse_rfc3339
+
+NOW = parse_rfc3339("2026-11-26T12:00:00Z") or 0.0
+
+LOG = (
+    "Nov 26 04:57:45 node1 sshd[1]: Failed password for root from 192.0.2.1 port 22 ssh2\n"
+    "Nov 26 04:57:46 node1 sshd[1]: Accepted password for root from 10.0.0.1 port 22 ssh2\n"
+    "Invalid user bob from 2001:db8::1 port 22\n"
+)
+
+
+def run(tmp_path: Path, body: bytes, as_json: bool, filt: str = "sshd") -> tuple[int, str, str]:
+    log = tmp_path / "test.log"
+    log.write_bytes(body)
+    out, err = io.StringIO(), io.StringIO()
+    code = main(filt, log, as_json, [], out, err=err, now=NOW)
+    return code, out.getvalue(), err.getvalue()
+
+
+class TestIterLines:
+    def chunks(self, data: bytes, max_line: int = 10, chunk_size: int = 4) -> list[str | None]:
+        return list(iter_lines(io.BytesIO(data), max_line=max_line, chunk_size=chunk_size))
+
+    def test_lines_across_chunks(self) -> None:
+        """Lines split over chunk boundaries come out whole; CRLF loses its CR."""
+        assert ["abc", "defghij", "k"] == self.chunks(b"abc\ndefghij\r\nk")
+
+    def test_too_long_line_is_none(self) -> None:
+        """A line over the cap is yielded as None, once, and the next line is intact."""
+        assert ["a", None, "b", None] == self.chunks(b"a\n" + b"x" * 25 + b"\nb\n" + b"y" * 11)
+
+    def test_line_exactly_at_cap(self) -> None:
+        """A line of exactly the cap is kept."""
+        assert ["x" * 10] == self.chunks(b"x" * 10 + b"\n")
+
+    def test_invalid_utf8_replaced(self) -> None:
+        """Invalid UTF-8 is replaced, not an error."""
+        assert ["a\ufffdb"] == self.chunks(b"a\xffb\n", chunk_size=1024)
+
+    def test_megabyte_line_in_big_chunks(self) -> None:
+        """A 1 MiB line with default sizes is one None, then the rest of the file."""
+        data = b"x" * (1 << 20) + b"\nok\n"
+        assert [None, "ok"] == list(iter_lines(io.BytesIO(data)))
+
+
+class TestTestFilterJson:
+    def test_shape(self, tmp_path: Path) -> None:
+        """--json prints one object per match with line, host, time, filter, rule."""
+        code, out, err = run(tmp_path, LOG.encode(), as_json=True)
+        rows = [json.loads(line) for line in out.splitlines()]
+        assert (0, "") == (code, err)
+        assert [
+            {"line": 1, "host": "192.0.2.1", "filter": "sshd", "rule": "failed-auth"},
+            {"line": 3, "host": "2001:db8::1", "filter": "sshd", "rule": "invalid-user"},
+        ] == [{k: v for k, v in r.items() if k != "time"} for r in rows]
+
+    def test_time_is_rfc3339(self, tmp_path: Path) -> None:
+        """The time field is RFC 3339 in UTC; without a stamp it is now."""
+        _, out, _ = run(tmp_path, LOG.encode(), as_json=True)
+        times = [json.loads(line)["time"] for line in out.splitlines()]
+        assert "2026-11-26T12:00:00.000000Z" == times[1]
+        assert parse_rfc3339(times[0]) is not None
+
+    def test_stdout_is_only_json(self, tmp_path: Path) -> None:
+        """With --json nothing but JSON lines reaches stdout, even for hostile input."""
+        body = (LOG + "x" * 70000 + "\n\x00\xff garbage\n").encode("utf-8", "surrogateescape")
+        _, out, _ = run(tmp_path, body + b"\xff\xfe\n", as_json=True)
+        assert all(isinstance(json.loads(line), dict) for line in out.splitlines())
+
+    def test_json_filter(self, tmp_path: Path) -> None:
+        """JSON filters read one event per line."""
+        line = (
+            '{"level":"warn","ts":"2026-11-26T04:57:45.123Z","msg":"rejected connection on '
+            'client endpoint","remote-addr":"[2001:db8::9]:2379"}\n'
+        )
+        _, out, _ = run(tmp_path, line.encode(), as_json=True, filt="etcd")
+        assert [{
+            "line": 1, "host": "2001:db8::9", "time": "2026-11-26T04:57:45.123000Z",
+            "filter": "etcd", "rule": "rejected-client",
+        }] == [json.loads(x) for x in out.splitlines()]
+
+
+class TestTestFilterSummary:
+    def test_summary(self, tmp_path: Path) -> None:
+        """The human summary counts lines, matches, skips and per-rule hits."""
+        body = (LOG + "y" * 70000 + "\n").encode()
+        code, out, _ = run(tmp_path, body, as_json=False)
+        assert 0 == code
+        for expected in ("lines     4", "matched   2 from 2 distinct hosts", "too long  1",
+                         "failed-auth           1", "lines/s"):
+            assert expected in out
+
+    def test_unknown_filter(self, tmp_path: Path) -> None:
+        """An unknown filter is exit 1 with the reason on stderr, nothing on stdout."""
+        code, out, err = run(tmp_path, b"", as_json=True, filt="nope")
+        assert (1, "") == (code, out)
+        assert "no filter of that name" in err
+
+    def test_missing_log(self, tmp_path: Path) -> None:
+        """A missing log file is exit 1 with the reason on stderr."""
+        out, err = io.StringIO(), io.StringIO()
+        code = main("sshd", tmp_path / "missing.log", False, [], out, err=err, now=NOW)
+        assert (1, "") == (code, out.getvalue())
+        assert "missing.log" in err.getvalue()
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_empty_log(tmp_path: Path, as_json: bool) -> None:
+    """An empty log is fine in both modes."""
+    assert 0 == run(tmp_path, b"", as_json)[0]

@@ -1,0 +1,167 @@
+"""Event times read from log stamps."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from kfwguard.matching import timeparse
+from kfwguard.matching.timeparse import (
+    format_rfc3339,
+    parse_klog,
+    parse_rfc3339,
+    parse_syslog,
+    parse_time_value,
+)
+
+
+@pytest.fixture(autouse=True)
+def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run with the node's local time zone set to UTC, so local stamps are predictable."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    timeparse._pair_cache.clear()
+    timeparse._pair_year[0] = 0
+    timeparse._year_span[:] = [0.0, -1.0, 0.0]
+    yield
+    monkeypatch.undo()
+    time.tzset()
+    timeparse._pair_cache.clear()
+    timeparse._pair_year[0] = 0
+    timeparse._year_span[:] = [0.0, -1.0, 0.0]
+
+
+def at(text: str) -> float:
+    t = parse_rfc3339(text)
+    assert t is not None
+    return t
+
+
+NOW = at("2026-11-26T12:00:00Z")
+
+
+class TestRfc3339:
+    def test_utc_with_fraction(self) -> None:
+        """A Z stamp with microseconds is read exactly."""
+        assert 1795669065.123456 == pytest.approx(at("2026-11-26T04:57:45.123456Z"), abs=1e-6)
+
+    def test_nanoseconds(self) -> None:
+        """Fractions longer than microseconds are accepted (Go's RFC3339Nano)."""
+        assert at("2026-11-26T04:57:45.123456Z") == pytest.approx(
+            at("2026-11-26T04:57:45.123456789Z"), abs=1e-6
+        )
+
+    @pytest.mark.parametrize("zone", ["+01:00", "+0100", "+01"])
+    def test_offsets(self, zone: str) -> None:
+        """Numeric zone offsets in their three spellings shift the time."""
+        assert at("2026-11-26T03:57:45Z") == at(f"2026-11-26T04:57:45{zone}")
+
+    def test_negative_offset(self) -> None:
+        """A negative offset lies west of UTC."""
+        assert at("2026-11-26T09:57:45Z") == at("2026-11-26T04:57:45-05:00")
+
+    def test_space_separator(self) -> None:
+        """A space may stand between date and time."""
+        assert at("2026-11-26T04:57:45Z") == at("2026-11-26 04:57:45Z")
+
+    def test_no_zone_is_local(self) -> None:
+        """A stamp without a zone is the node's local time (UTC in this test)."""
+        assert at("2026-11-26T04:57:45Z") == at("2026-11-26T04:57:45")
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "",
+            "2026-13-01T00:00:00Z",
+            "2026-02-30T00:00:00Z",
+            "2026-11-26T25:00:00Z",
+            "2026-11-26T04:57:45.Z",
+            "2026-11-26T04:57:45+25:00",
+            "2026-11-26T04:57:45 garbage",
+            "٢٠٢٦-11-26T04:57:45Z",
+            "not a time at all, but long enough",
+        ],
+    )
+    def test_invalid(self, text: str) -> None:
+        """Anything that is not a valid stamp gives None, never an exception."""
+        assert None is parse_rfc3339(text)
+
+
+class TestSyslog:
+    def test_this_year(self) -> None:
+        """A stamp in the past of ``now`` belongs to now's year."""
+        assert at("2026-11-26T04:57:45Z") == parse_syslog("Nov 26 04:57:45", NOW)
+
+    def test_space_padded_day(self) -> None:
+        """Single-digit days are space-padded."""
+        assert at("2026-11-06T04:57:45Z") == parse_syslog("Nov  6 04:57:45", NOW)
+
+    def test_fraction(self) -> None:
+        """journalctl's short-precise stamps carry a fraction."""
+        assert at("2026-11-26T04:57:45.25Z") == parse_syslog("Nov 26 04:57:45.25", NOW)
+
+    def test_december_line_read_in_january(self) -> None:
+        """A stamp more than a day in the future is last year's."""
+        now = at("2027-01-01T00:00:10Z")
+        assert at("2026-12-31T23:59:59Z") == parse_syslog("Dec 31 23:59:59", now)
+
+    def test_slightly_future_is_this_year(self) -> None:
+        """Clock skew of less than a day keeps the current year."""
+        assert at("2026-11-26T20:00:00Z") == parse_syslog("Nov 26 20:00:00", NOW)
+
+    def test_year_follows_injected_clock(self) -> None:
+        """The year comes from ``now``, not from the wall clock."""
+        assert at("2031-03-01T00:00:00Z") == parse_syslog(
+            "Mar  1 00:00:00", at("2031-06-01T00:00:00Z")
+        )
+
+    @pytest.mark.parametrize(
+        "stamp", ["Foo 26 04:57:45", "Nov 31 04:57:45", "Nov 26 24:57:45", "Nov 26 04:57", ""]
+    )
+    def test_invalid(self, stamp: str) -> None:
+        """Malformed or impossible stamps give None."""
+        assert None is parse_syslog(stamp, NOW)
+
+
+class TestKlog:
+    def test_month_day_and_micros(self) -> None:
+        """``I1126 04:57:45.123456`` is Nov 26 with microseconds."""
+        assert at("2026-11-26T04:57:45.123456Z") == pytest.approx(
+            parse_klog("I1126 04:57:45.123456", NOW), abs=1e-6
+        )
+
+    def test_without_severity(self) -> None:
+        """The severity letter is optional."""
+        assert parse_klog("I1126 04:57:45.5", NOW) == parse_klog("1126 04:57:45.5", NOW)
+
+    def test_future_means_last_year(self) -> None:
+        """klog has no year either; the same inference applies."""
+        assert at("2025-12-31T23:00:00Z") == parse_klog("E1231 23:00:00.000000", NOW)
+
+    @pytest.mark.parametrize("stamp", ["I1326 04:57:45.1", "I1126 04:57:45.x", "Ixxxx"])
+    def test_invalid(self, stamp: str) -> None:
+        """Malformed klog stamps give None."""
+        assert None is parse_klog(stamp, NOW)
+
+
+class TestTimeValue:
+    def test_string(self) -> None:
+        """A JSON string is an RFC 3339 stamp."""
+        assert at("2026-11-26T04:57:45Z") == parse_time_value("2026-11-26T04:57:45Z")
+
+    def test_epoch_number(self) -> None:
+        """A JSON number is seconds since the epoch (zap's epoch encoder)."""
+        assert 1795669065.5 == parse_time_value(1795669065.5)
+
+    @pytest.mark.parametrize("value", [True, None, [], {}, -5, 1e30])
+    def test_other_values(self, value: object) -> None:
+        """Booleans, null, containers and absurd numbers are not times."""
+        assert None is parse_time_value(value)
+
+
+class TestFormat:
+    def test_round_trip(self) -> None:
+        """Formatting gives RFC 3339 in UTC with a Z and microseconds."""
+        assert "2026-11-26T04:57:45.123456Z" == format_rfc3339(at("2026-11-26T04:57:45.123456Z"))
