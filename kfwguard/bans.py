@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from kfwguard.store import BanRow, Store, StoreError
 log = structlog.get_logger("kfwguard.bans")
 
 MANUAL_JAIL = "manual"
+LOG_EACH_BAN_UP_TO = 50
 DEFAULT_MANUAL_BANTIME = 3600.0
 
 BanListener = Callable[[Sequence[BanRow]], None]
@@ -36,10 +38,18 @@ class BanRefused(ValueError):
     """A ban that must not happen (an ignored or protected address)."""
 
 
-def parse_stored_target(text: str) -> Target:
-    if "/" in text:
-        return ipaddress.ip_network(text, strict=False)
-    return ipaddress.ip_address(text)
+def valid_target_text(text: str) -> bool:
+    """True if ``text`` is an address or CIDR in the form we store (checked in C:
+    a restore of 100k bans cannot afford ipaddress objects)."""
+    addr, _, plen = text.partition("/")
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    try:
+        socket.inet_pton(family, addr)
+    except (OSError, ValueError):
+        return False
+    if not plen:
+        return True
+    return plen.isdigit() and int(plen) <= (128 if family == socket.AF_INET6 else 32)
 
 
 @dataclass
@@ -77,10 +87,13 @@ class BanManager:
         self._by_target: dict[str, set[str]] = {}
         # What we believe the kernel holds: target text -> absolute expiry.
         self._kernel: dict[str, float] = {}
-        self._pending: dict[str, Target] = {}
-        self._pending_remove: dict[str, Target] = {}
+        self._pending: set[str] = set()
+        self._pending_remove: set[str] = set()
+        # target text -> latest expiry over its jails
+        self._expiry: dict[str, float] = {}
         self._flush_task: asyncio.Task[None] | None = None
         self._retry_delay = 0.0
+        self._inflight = 0
         self.on_ban: list[BanListener] = []
         self.on_unban: list[BanListener] = []
         # Called with (decided_at, applied_at) of each applied ban.
@@ -105,24 +118,41 @@ class BanManager:
 
     @property
     def pending(self) -> int:
-        return len(self._pending) + len(self._pending_remove)
+        """Changes decided but not yet confirmed by the kernel (queued or in flight)."""
+        return len(self._pending) + len(self._pending_remove) + self._inflight
 
     # -- start ---------------------------------------------------------------
 
     def restore(self) -> int:
-        """Load bans still in force and put them all in the kernel in one transaction."""
+        """Put every ban still in force back in the kernel (one transaction), then
+        load them into memory. The kernel comes first: it is what protects."""
         now = self._clock()
         rows: list[BanRow] = []
+        checked = False
         if self.store is not None:
             try:
                 self.store.purge_expired(now)
+                expiries = self.store.active_expiries(now)
+                try:
+                    self.table.replace_expiring(expiries, now)
+                    checked = True  # the kernel parsed every target
+                except NftError:
+                    # One unparsable stored target would fail the whole batch:
+                    # drop what is invalid and try once more.
+                    good = [(t, e) for t, e in expiries if valid_target_text(t)]
+                    log.error("stored_bans_invalid", count=len(expiries) - len(good),
+                              note="skipped; the rest are restored")
+                    self.table.replace_expiring(good, now)
                 rows = self.store.active_bans(now)
             except StoreError as exc:
                 self._store_failed(exc)
+                self.table.replace([])
+        else:
+            self.table.replace([])
         for r in rows:
-            self._remember(r)
-        self.table.replace(self._all_elements(now))
-        self._kernel = {t: self._expiry_of(t) for t in self._by_target}
+            if checked or valid_target_text(r.target):
+                self._remember(r)
+        self._kernel = dict(self._expiry)
         log.info("bans_restored", count=len(rows), targets=len(self._by_target))
         return len(rows)
 
@@ -140,7 +170,7 @@ class BanManager:
             expires = now + (left if left != float("inf") else 86400.0)
             self._remember(BanRow(target, "restored", "kept from the kernel", now, expires, 1))
         self.table.replace(self._all_elements(now))
-        self._kernel = {t: self._expiry_of(t) for t in self._by_target}
+        self._kernel = dict(self._expiry)
         log.warning("bans_adopted_from_kernel", count=len(live))
         return len(live)
 
@@ -181,12 +211,17 @@ class BanManager:
         self._persist(rows)
         for r in rows:
             self._remember(r)
-            self._pending[r.target] = parse_stored_target(r.target)
-            self._pending_remove.pop(r.target, None)
+            self._pending.add(r.target)
+            self._pending_remove.discard(r.target)
         self.stats.bans += len(rows)
-        for r in rows:
-            log.info("ban", target=r.target, jail=r.jail, reason=r.reason,
-                     seconds=round(r.expires_at - r.banned_at), offence=r.offence)
+        if len(rows) <= LOG_EACH_BAN_UP_TO:
+            for r in rows:
+                log.info("ban", target=r.target, jail=r.jail, reason=r.reason,
+                         seconds=round(r.expires_at - r.banned_at), offence=r.offence)
+        else:
+            # A burst: one line, not thousands (the ban list and alerts have them all).
+            log.info("bans", count=len(rows), jails=sorted({r.jail for r in rows}),
+                     targets=[r.target for r in rows[:LOG_EACH_BAN_UP_TO]], more=True)
         for listener in self.on_ban:
             listener(rows)
         self._schedule_flush()
@@ -207,10 +242,10 @@ class BanManager:
         for r in rows:
             self._forget(r)
         if key in self._by_target:
-            self._pending[key] = parse_stored_target(key)  # refresh to the remaining max
+            self._pending.add(key)  # refresh to the remaining max
         else:
-            self._pending.pop(key, None)
-            self._pending_remove[key] = parse_stored_target(key)
+            self._pending.discard(key)
+            self._pending_remove.add(key)
         self.stats.unbans += len(rows)
         for r in rows:
             log.info("unban", target=r.target, jail=r.jail)
@@ -263,7 +298,11 @@ class BanManager:
                 await asyncio.sleep(self._retry_delay)
             while self._pending or self._pending_remove:
                 adds, removes = self._take_pending()
-                ok = await asyncio.to_thread(self._apply, adds, removes)
+                self._inflight = len(adds) + len(removes)
+                try:
+                    ok = await asyncio.to_thread(self._apply, adds, removes)
+                finally:
+                    self._inflight = 0
                 if not ok:
                     self._retry_delay = min(max(self._retry_delay * 2, 0.5), 30.0)
                     log.warning("kernel_retry_scheduled", seconds=self._retry_delay,
@@ -278,28 +317,28 @@ class BanManager:
         adds, removes = self._take_pending()
         return self._apply(adds, removes)
 
-    def _take_pending(self) -> tuple[dict[str, Target], dict[str, Target]]:
+    def _take_pending(self) -> tuple[set[str], set[str]]:
         adds, removes = self._pending, self._pending_remove
-        self._pending, self._pending_remove = {}, {}
+        self._pending, self._pending_remove = set(), set()
         return adds, removes
 
-    def _apply(self, adds: dict[str, Target], removes: dict[str, Target]) -> bool:
+    def _apply(self, adds: set[str], removes: set[str]) -> bool:
         now = self._clock()
         new: list[Element] = []
         refresh: list[Element] = []
         applied: list[str] = []
-        for key, target in adds.items():
-            expiry = self._expiry_of(key)
+        for key in adds:
+            expiry = self._expiry.get(key, 0.0)
             if expiry <= now:
                 continue
-            el = Element(target, expiry - now)
+            el = Element(key, expiry - now)
             (refresh if key in self._kernel else new).append(el)
             applied.append(key)
         failed: set[str] = set()
         error: NftError | None = None
         try:
             if removes:
-                self.table.remove(list(removes.values()))
+                self.table.remove(list(removes))
         except NftError as exc:
             error = exc
             failed.update(removes)
@@ -317,14 +356,14 @@ class BanManager:
             # a full set may drain as bans expire.
             for k in failed:
                 if k in adds:
-                    self._pending.setdefault(k, adds[k])
+                    self._pending.add(k)
                 elif k in removes and k not in self._by_target:
-                    self._pending_remove.setdefault(k, removes[k])
+                    self._pending_remove.add(k)
         done = time.time()
         for key in applied:
             if key in failed:
                 continue
-            self._kernel[key] = self._expiry_of(key)
+            self._kernel[key] = self._expiry.get(key, 0.0)
             decided = self._decided_at.pop(key, None)
             if decided is not None:
                 for cb in self.on_applied:
@@ -387,20 +426,23 @@ class BanManager:
     # -- helpers ---------------------------------------------------------------
 
     def _all_elements(self, now: float) -> list[Element]:
-        out = []
-        for key in self._by_target:
-            expiry = self._expiry_of(key)
-            if expiry > now:
-                out.append(Element(parse_stored_target(key), expiry - now))
-        return out
-
-    def _expiry_of(self, key: str) -> float:
-        return max((self._bans[(key, j)].expires_at for j in self._by_target.get(key, ())),
-                   default=0.0)
+        return [Element(key, expiry - now) for key, expiry in self._expiry.items()
+                if expiry > now]
 
     def _remember(self, row: BanRow) -> None:
-        self._bans[(row.target, row.jail)] = row
-        self._by_target.setdefault(row.target, set()).add(row.jail)
+        key = row.target
+        old = self._bans.get((key, row.jail))
+        self._bans[(key, row.jail)] = row
+        jails = self._by_target.get(key)
+        if jails is None:
+            self._by_target[key] = {row.jail}
+            self._expiry[key] = row.expires_at
+            return
+        jails.add(row.jail)
+        if old is not None and old.expires_at > row.expires_at:
+            self._recompute_expiry(key)  # a re-ban with a shorter time
+        elif row.expires_at > self._expiry.get(key, 0.0):
+            self._expiry[key] = row.expires_at
 
     def _forget(self, row: BanRow) -> None:
         self._bans.pop((row.target, row.jail), None)
@@ -409,6 +451,16 @@ class BanManager:
             jails.discard(row.jail)
             if not jails:
                 del self._by_target[row.target]
+                self._expiry.pop(row.target, None)
+                return
+        self._recompute_expiry(row.target)
+
+    def _recompute_expiry(self, key: str) -> None:
+        jails = self._by_target.get(key, ())
+        if jails:
+            self._expiry[key] = max(self._bans[(key, j)].expires_at for j in jails)
+        else:
+            self._expiry.pop(key, None)
 
     def _offence_count(self, key: str, jail: str) -> int:
         if self.store is None or not self.persisting:

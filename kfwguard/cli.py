@@ -84,7 +84,6 @@ def test_filter(filter_arg: str, logfile: Path, as_json: bool, dirs: tuple[Path,
 
 def _register() -> None:
     from kfwguard.cli_baseline import baseline
-
     from kfwguard.cli_control import register
 
     main.add_command(baseline)

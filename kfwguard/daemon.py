@@ -40,6 +40,11 @@ log = structlog.get_logger("kfwguard.daemon")
 CURSOR_SAVE_INTERVAL = 1.0
 
 
+# READY waits this long for sources to fix their starting point; a source
+# that takes longer (a hung NFS mount) is reported and READY is sent anyway.
+SOURCE_READY_TIMEOUT = 10.0
+
+
 class StartupError(Exception):
     """The daemon cannot start; the message says why."""
 
@@ -268,6 +273,7 @@ class Daemon:
             if asyncio.iscoroutine(res):
                 await res
         self._start_tasks()
+        await self._sources_ready()
         status = (f"{len(self.bans.active())} bans in force, "
                   f"{len(self.sources)} sources, {len(self.jails)} jails")
         self.notifier.ready(status)
@@ -308,6 +314,16 @@ class Daemon:
             asyncio.create_task(self._watchdog(), name="watchdog"),
         ]
 
+    async def _sources_ready(self) -> None:
+        """Wait until every source has fixed its starting point, so READY means
+        that a line written now will be read."""
+        waits = [rt.source.ready.wait() for rt in self.sources.values()]
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), SOURCE_READY_TIMEOUT)
+        except TimeoutError:
+            slow = [n for n, rt in self.sources.items() if not rt.source.ready.is_set()]
+            log.warning("sources_not_ready", sources=slow)
+
     async def _stop_sources(self) -> None:
         tasks = [rt.task for rt in self.sources.values() if rt.task is not None]
         for t in tasks:
@@ -341,6 +357,7 @@ class Daemon:
         self._build_pipeline(new, filters)
         for rt in self.sources.values():
             rt.task = asyncio.create_task(self._run_source(rt), name=f"source:{rt.source.name}")
+        await self._sources_ready()
         if new.baseline != (self.baseline.cfg if self.baseline else None):
             try:
                 await self._start_baseline(new)

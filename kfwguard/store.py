@@ -142,6 +142,16 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read bans: {exc}") from exc
 
+    def active_expiries(self, now: float) -> list[tuple[str, float]]:
+        """(target, latest expiry over its jails) for every ban in force: the
+        minimum needed to put the kernel back, as cheaply as SQLite can give it."""
+        try:
+            return self._db.execute(
+                "SELECT target, max(expires_at) FROM bans WHERE expires_at > ? "
+                "GROUP BY target", (now,)).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read bans: {exc}") from exc
+
     def purge_expired(self, now: float) -> int:
         try:
             with self._tx():

@@ -34,7 +34,12 @@ SENTINELS = {
 }
 
 
-def set_for(target: Target) -> str:
+def set_for(target: Target | str) -> str:
+    if isinstance(target, str):
+        # Normalised text (as BanManager keeps it): cheaper than parsing again.
+        if "/" in target:
+            return "ban_net_v6" if ":" in target else "ban_net_v4"
+        return "ban_v6" if ":" in target else "ban_v4"
     if isinstance(target, ipaddress.IPv4Address):
         return "ban_v4"
     if isinstance(target, ipaddress.IPv6Address):
@@ -49,7 +54,7 @@ def _ms(seconds: float) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Element:
-    target: Target
+    target: Target | str  # str: normalised address or CIDR text
     timeout: float  # seconds from now
 
 
@@ -82,6 +87,21 @@ class BanTable:
             f"add rule inet {t} prerouting ip6 saddr @ban_net_v6 counter drop\n"
             + "".join(f"add element inet {t} {s} {{ {v} }}\n" for s, v in SENTINELS.items())
         )
+
+    def replace_expiring(self, items: Sequence[tuple[str, float]], now: float) -> None:
+        """Like replace(), from (normalised target text, absolute expiry) pairs:
+        the restore path, where building objects per ban would cost seconds."""
+        groups: dict[str, list[str]] = {s: [] for s in SETS}
+        for target, expiry in items:
+            ms = int((expiry - now) * 1000)
+            if ms >= 1000:
+                groups[set_for(target)].append(f"{target} timeout {ms}ms")
+        t = self.table
+        script = [f"add table inet {t}\ndelete table inet {t}\n", self._definition()]
+        for name, elems in groups.items():
+            if elems:
+                script.append(f"add element inet {t} {name} {{ {', '.join(elems)} }}\n")
+        self.nft.run("".join(script))
 
     def _elements(self, verb: str, items: Iterable[Element]) -> str:
         by_set: dict[str, list[str]] = {}
@@ -140,7 +160,7 @@ class BanTable:
             script += self._elements("add", refresh)
         self.nft.run(script)
 
-    def remove(self, targets: Sequence[Target]) -> None:
+    def remove(self, targets: Sequence[Target | str]) -> None:
         """Remove elements; missing ones are not an error (add first, then delete)."""
         if not targets:
             return

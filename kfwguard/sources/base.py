@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
@@ -27,6 +28,9 @@ class Source(Protocol):
     name: str
     lines_read: int
     skipped: dict[str, int]
+    # Set by run() once the starting point is fixed (file opened and positioned,
+    # or the journal's start stamp taken): what is written after it is read.
+    ready: asyncio.Event
 
     def lag(self) -> float | None:
         """Seconds between now and the time of the last record delivered, or None."""

@@ -99,6 +99,9 @@ class FileSource:
         self._sig = b""
         self._last_time: float | None = None
         self._delivered: str | None = None
+        # Set once the starting position is fixed: lines written after this
+        # are read (the daemon reports READY only then).
+        self.ready = asyncio.Event()
         self._wake = asyncio.Event()
         self._said: set[str] = set()
         self._log = structlog.get_logger().bind(source=self.name, path=str(self.path))
@@ -125,6 +128,7 @@ class FileSource:
         try:
             self._watch(watch)
             self._start()
+            self.ready.set()
             while True:
                 self._wake.clear()
                 try:

@@ -83,6 +83,7 @@ class JournaldSource:
         self._interval = IDLE_POLL
         self._last_time: float | None = None
         self._wake = asyncio.Event()
+        self.ready = asyncio.Event()
         self._said: set[str] = set()
         self._log = structlog.get_logger().bind(source=self.name)
 
@@ -110,6 +111,7 @@ class JournaldSource:
             self._cursor = None
         else:
             self._started = time.time()
+        self.ready.set()
         try:
             while True:
                 if self._reader is None and not self._open(loop):
