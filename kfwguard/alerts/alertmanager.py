@@ -1,0 +1,105 @@
+"""Alertmanager API v2: one alert per ban, ``endsAt`` = ban expiry.
+
+Alertmanager identifies an alert by its label set, so a re-ban refreshes the
+same alert and an early unban re-sends it with ``endsAt`` = now to resolve it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+
+from kfwguard.alerts.base import (
+    AlertError,
+    Event,
+    PermanentAlertError,
+    SecretURL,
+    describe_error,
+    load_format,
+    render,
+    rfc3339,
+)
+from kfwguard.config import AlertmanagerActionConfig
+from kfwguard.durations import format_duration
+
+_LABEL_NAME = re.compile(r"[^A-Za-z0-9_]")
+_RETRY_STATUS = {408, 425, 429}
+
+
+def label_name(name: str) -> str:
+    """A valid Prometheus label name: Alertmanager refuses the whole POST otherwise."""
+    out = _LABEL_NAME.sub("_", name) or "_"
+    return "_" + out if out[0].isdigit() else out
+
+
+class AlertmanagerSender:
+    """Posts alerts for one ``type: alertmanager`` action."""
+
+    def __init__(self, name: str, cfg: AlertmanagerActionConfig, node: str) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.node = node
+        self.url = SecretURL(cfg.url, cfg.url_file, cfg.url_env)
+        self.format = load_format("alertmanager")
+        self.extra_labels = {label_name(k): v for k, v in cfg.labels.items()}
+        self._session: aiohttp.ClientSession | None = None
+
+    def alert(self, ev: Event) -> dict[str, Any]:
+        banned_at = float(ev["banned_at"])
+        expires_at = float(ev["expires_at"])
+        ends = min(expires_at, float(ev["at"])) if ev["event"] == "unban" else expires_at
+        labels = {
+            **self.extra_labels,
+            "alertname": str(self.format.get("alertname", "KfwguardBan")),
+            "jail": str(ev["jail"]),
+            "node": str(ev.get("node") or self.node),
+            "address": str(ev["target"]),
+        }
+        summary = render(str(self.format.get("summary", "${address} banned")),
+                         address=ev["target"], jail=ev["jail"], node=labels["node"],
+                         duration=format_duration(expires_at - banned_at),
+                         reason=ev.get("reason", ""), offence=ev.get("offence", 1))
+        return {
+            "labels": labels,
+            "annotations": {"summary": summary, "reason": str(ev.get("reason", "")),
+                            "offence": str(ev.get("offence", 1))},
+            "startsAt": rfc3339(banned_at),
+            "endsAt": rfc3339(ends),
+        }
+
+    def body(self, events: Sequence[Event]) -> list[dict[str, Any]]:
+        # The last event of an address wins: a ban then an unban in one batch
+        # must end resolved, and Alertmanager takes the alerts in order anyway.
+        latest: dict[tuple[str, str], Event] = {}
+        for ev in events:
+            latest[(str(ev["target"]), str(ev["jail"]))] = ev
+        return [self.alert(ev) for ev in latest.values()]
+
+    async def send(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        base = self.url.get()
+        url = base.rstrip("/") + "/api/v2/alerts"
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.cfg.timeout))
+        try:
+            async with self._session.post(url, json=self.body(events)) as resp:
+                status = resp.status
+                text = (await resp.text(errors="replace"))[:200]
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise AlertError(describe_error(exc, base)) from None
+        if 200 <= status < 300:
+            return
+        if status >= 500 or status in _RETRY_STATUS:
+            raise AlertError(f"HTTP {status}")
+        raise PermanentAlertError(describe_error(
+            PermanentAlertError(f"HTTP {status}: {text.strip()}"), base))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,144 @@
+"""Alerts for one daemon: ban listeners → outbox → one worker per action."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from kfwguard.alerts.alertmanager import AlertmanagerSender
+from kfwguard.alerts.base import Sender, ban_event
+from kfwguard.alerts.outbox import AlertWorker, Outbox
+from kfwguard.alerts.webhook import WebhookSender
+from kfwguard.config import ActionConfig, Config, WebhookActionConfig
+from kfwguard.store import BanRow, Store
+
+log = structlog.get_logger("kfwguard.alerts")
+
+
+def node_name(cfg: Config) -> str:
+    """The node as alerts name it: config, then the DaemonSet's downward-API
+    variable, then the host name (the node's own with host networking)."""
+    return cfg.node_name or os.environ.get("NODE_NAME") or socket.gethostname()
+
+
+def build_sender(name: str, cfg: ActionConfig, node: str) -> Sender:
+    if isinstance(cfg, WebhookActionConfig):
+        return WebhookSender(name, cfg, node)
+    return AlertmanagerSender(name, cfg, node)
+
+
+class AlertService:
+    """Queues an event per action for every ban and early unban, and delivers them."""
+
+    def __init__(self, cfg: Config, store: Store | None, *,
+                 clock: Callable[[], float] = time.time, **worker_options: Any) -> None:
+        self.clock = clock
+        self.outbox = Outbox(store, clock=clock)
+        self.worker_options = worker_options
+        self.workers: dict[str, AlertWorker] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._spooler: asyncio.Task[None] | None = None
+        self.configure(cfg)
+
+    def configure(self, cfg: Config) -> None:
+        """Take the routing (jail → actions) and node name from ``cfg``."""
+        self.cfg = cfg
+        self.node = node_name(cfg)
+        self.routes = {j.name: list(j.actions) for j in cfg.jails}
+
+    def actions_for(self, jail: str) -> list[str]:
+        """A jail's own actions. Bans in a jail the config does not name (manual
+        bans, jail "manual" by default) go to every action: an operator who set
+        up alerts wants to see those too."""
+        if jail in self.routes:
+            return self.routes[jail]
+        return list(self.cfg.actions)
+
+    # -- listeners (called by the BanManager; only queue) --------------------------
+
+    def on_ban(self, rows: Sequence[BanRow]) -> None:
+        now = self.clock()
+        self.outbox.put([(a, ban_event("ban", r, self.node, now))
+                         for r in rows for a in self.actions_for(r.jail)])
+
+    def on_unban(self, rows: Sequence[BanRow]) -> None:
+        now = self.clock()
+        # Expiries need no message: Alertmanager resolves at endsAt by itself,
+        # and a chat line for every expiry would drown the bans.
+        self.outbox.put([(a, ban_event("unban", r, self.node, now))
+                         for r in rows if r.expires_at > now
+                         for a in self.actions_for(r.jail)])
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._spooler = asyncio.create_task(self.outbox.spool(), name="alerts:spool")
+        await self._start_workers()
+
+    async def _start_workers(self) -> None:
+        for name, acfg in self.cfg.actions.items():
+            try:
+                sender = build_sender(name, acfg, self.node)
+            except (OSError, ValueError) as exc:
+                log.error("alert_action_unusable", action=name, error=str(exc))
+                continue
+            aggregate = acfg.aggregate if isinstance(acfg, WebhookActionConfig) else 0.0
+            worker = AlertWorker(sender, self.outbox, aggregate=aggregate, clock=self.clock,
+                                 **self.worker_options)
+            self.workers[name] = worker
+            self._tasks[name] = asyncio.create_task(worker.run(), name=f"alerts:{name}")
+        if self.workers:
+            log.info("alerts_ready", actions=sorted(self.workers))
+
+    async def _stop_workers(self) -> None:
+        for t in self._tasks.values():
+            t.cancel()
+        for t in self._tasks.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        for w in self.workers.values():
+            with contextlib.suppress(Exception):
+                await w.sender.close()
+        self._tasks.clear()
+        self.workers.clear()
+
+    async def reload(self, cfg: Config) -> None:
+        # Queued items stay; counters carry over so metrics stay monotonic.
+        old = {n: (w.sent, w.messages, w.failures, w.dropped) for n, w in self.workers.items()}
+        await self._stop_workers()
+        self.configure(cfg)
+        await self._start_workers()
+        for name, (sent, messages, failures, dropped) in old.items():
+            w = self.workers.get(name)
+            if w is not None:
+                w.sent, w.messages, w.failures, w.dropped = sent, messages, failures, dropped
+
+    async def stop(self) -> None:
+        if self._spooler is not None:
+            self._spooler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._spooler
+        # Whatever is still in memory goes to the store for the next start.
+        self.outbox.spool_now()
+        await self._stop_workers()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            name: {
+                "type": self.cfg.actions[name].type if name in self.cfg.actions else "?",
+                "queued": self.outbox.size(name),
+                "sent": w.sent,
+                "messages": w.messages,
+                "failures": w.failures,
+                "dropped": w.dropped,
+                "last_error": w.last_error,
+            }
+            for name, w in self.workers.items()
+        }

@@ -1,0 +1,102 @@
+"""Chat webhooks: Slack-compatible JSON (Mattermost, Rocket.Chat) or plain JSON.
+
+One send is one message summarising every event given, one line per (event,
+jail), so the outbox can turn a burst of bans into a single message.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+
+from kfwguard.alerts.base import (
+    AlertError,
+    Event,
+    PermanentAlertError,
+    SecretURL,
+    describe_error,
+    load_format,
+    render,
+)
+from kfwguard.config import WebhookActionConfig
+from kfwguard.durations import format_duration
+
+# Receivers answer these when they are busy or briefly broken: try again later.
+_RETRY_STATUS = {408, 425, 429}
+
+
+def summarise(events: Sequence[Event], fmt: dict[str, Any], node: str) -> str:
+    """The message text for ``events``: one line per (event, jail), in first-seen order."""
+    groups: dict[tuple[str, str], list[Event]] = {}
+    for ev in events:
+        groups.setdefault((ev["event"], ev["jail"]), []).append(ev)
+    max_listed = int(fmt.get("max_listed", 10))
+    lines = []
+    for (kind, jail), evs in groups.items():
+        targets = list(dict.fromkeys(str(e["target"]) for e in evs))
+        shown = [render(fmt.get("address", "${address}"), address=t)
+                 for t in targets[:max_listed]]
+        addresses = ", ".join(shown)
+        if len(targets) > max_listed:
+            addresses += f" … and {len(targets) - max_listed} more"
+        reasons = Counter(str(e.get("reason", "")) for e in evs)
+        longest = max(float(e["expires_at"]) - float(e["banned_at"]) for e in evs)
+        template = fmt.get(kind)
+        if not isinstance(template, str):
+            continue
+        lines.append(render(
+            template, count=len(targets), noun="address" if len(targets) == 1 else "addresses",
+            jail=jail, node=node, addresses=addresses, duration=format_duration(longest),
+            reason=reasons.most_common(1)[0][0],
+        ))
+    if len(lines) > 1 and isinstance(fmt.get("header"), str):
+        counts = Counter(e["event"] for e in events)
+        lines.insert(0, render(fmt["header"], node=node, bans=counts.get("ban", 0),
+                               unbans=counts.get("unban", 0)))
+    return "\n".join(lines)
+
+
+class WebhookSender:
+    """Posts chat messages for one ``type: webhook`` action."""
+
+    def __init__(self, name: str, cfg: WebhookActionConfig, node: str) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.node = node
+        self.url = SecretURL(cfg.url, cfg.url_file, cfg.url_env)
+        self.format = load_format(cfg.format)
+        self._session: aiohttp.ClientSession | None = None
+
+    def body(self, events: Sequence[Event]) -> dict[str, Any]:
+        text = summarise(events, self.format, self.node)
+        if self.cfg.format == "json":
+            return {"text": text, "node": self.node, "events": list(events)}
+        return {"text": text}
+
+    async def send(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        url = self.url.get()
+        body = self.body(events)
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.cfg.timeout))
+        try:
+            async with self._session.post(url, json=body) as resp:
+                status = resp.status
+                await resp.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise AlertError(describe_error(exc, url)) from None
+        if 200 <= status < 300:
+            return
+        if status >= 500 or status in _RETRY_STATUS:
+            raise AlertError(f"HTTP {status}")
+        raise PermanentAlertError(f"HTTP {status}: the receiver refused the message")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

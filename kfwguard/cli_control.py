@@ -1,0 +1,204 @@
+"""CLI commands that talk to the running daemon over its control socket:
+``ban``, ``unban``, ``list``, ``status``, ``reload``.
+
+Exit codes: 0 done; 1 the daemon refused or is not running; 2 bad input
+(an invalid address or duration, a broken config), refused before asking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Coroutine
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import click
+
+from kfwguard.addresses import parse_target
+from kfwguard.config import ConfigError, load_config_or_default
+from kfwguard.durations import format_duration, parse_duration
+
+if TYPE_CHECKING:
+    from kfwguard.control import ControlClient
+
+T = TypeVar("T")
+
+config_option = click.option(
+    "-c", "--config", "config_path", type=click.Path(path_type=Path), default=None,
+    help="config file naming control_socket (default /etc/kfwguard/kfwguard.yaml)",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="print JSON")
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"kfwguard: {message}", err=True)
+    sys.exit(code)
+
+
+def _client(config_path: Path | None) -> ControlClient:
+    # aiohttp's client is imported here, not at module load: `kfwguard --help`
+    # and `kfwguard run` should not pay for it twice.
+    from kfwguard.control import ControlClient
+
+    try:
+        cfg, _ = load_config_or_default(config_path)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+    return ControlClient(cfg.control_socket)
+
+
+def _call(coro: Coroutine[Any, Any, T]) -> T:
+    from kfwguard.control import ControlError
+
+    try:
+        return asyncio.run(coro)
+    except ControlError as exc:
+        _fail(str(exc), 1)
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
+
+
+def format_table(rows: list[list[str]], header: list[str]) -> str:
+    """Columns padded to their widest cell; the last column is left ragged."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    out = []
+    for r in [header, *rows]:
+        cells = [c.ljust(w) for c, w in zip(r, widths, strict=False)] + [r[-1]]
+        out.append("  ".join(cells).rstrip())
+    return "\n".join(out)
+
+
+@click.command()
+@click.argument("address")
+@click.option("--jail", default=None, help="jail to ban in (default: manual)")
+@click.option("--for", "duration", default=None, metavar="DURATION",
+              help="ban length, e.g. 30m, 12h, 7d (default: the jail's bantime, else 1h)")
+@click.option("--reason", default=None, help="why, for the list and the alerts")
+@config_option
+def ban(address: str, jail: str | None, duration: str | None, reason: str | None,
+        config_path: Path | None) -> None:
+    """Ban ADDRESS (an IPv4 or IPv6 address, or a CIDR) by hand."""
+    try:
+        target = parse_target(address)
+    except ValueError:
+        _fail(f"{address!r} is not an IPv4 or IPv6 address or CIDR", 2)
+    seconds = None
+    if duration is not None:
+        try:
+            seconds = parse_duration(duration)
+        except ValueError as exc:
+            _fail(str(exc), 2)
+        if seconds <= 0:
+            _fail("--for must be longer than zero", 2)
+    out = _call(_client(config_path).ban(str(target), jail, seconds, reason))
+    for row in out.get("banned", []):
+        click.echo(f"banned {row['target']} in jail {row['jail']} for "
+                   f"{format_duration(row['expires_at'] - row['banned_at'])} "
+                   f"(until {_when(row['expires_at'])})")
+    if not out.get("applied", True):
+        click.echo("kfwguard: stored, but the kernel update is still pending "
+                   "(the daemon keeps retrying)", err=True)
+
+
+@click.command()
+@click.argument("address")
+@click.option("--jail", default=None, help="lift only the ban in this jail")
+@config_option
+def unban(address: str, jail: str | None, config_path: Path | None) -> None:
+    """Lift the bans of ADDRESS (in every jail, or in --jail)."""
+    try:
+        target = parse_target(address)
+    except ValueError:
+        _fail(f"{address!r} is not an IPv4 or IPv6 address or CIDR", 2)
+    out = _call(_client(config_path).unban(str(target), jail))
+    for row in out.get("unbanned", []):
+        click.echo(f"unbanned {row['target']} in jail {row['jail']}")
+
+
+@click.command("list")
+@json_option
+@config_option
+def list_bans(as_json: bool, config_path: Path | None) -> None:
+    """List the bans in force."""
+    rows = _call(_client(config_path).bans())
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no bans in force")
+        return
+    table = [[r["target"], r["jail"], _when(r["banned_at"]), _when(r["expires_at"]),
+              r["reason"]] for r in rows]
+    click.echo(format_table(table, ["ADDRESS", "JAIL", "BANNED AT", "EXPIRES AT", "REASON"]))
+
+
+@click.command()
+@json_option
+@config_option
+def status(as_json: bool, config_path: Path | None) -> None:
+    """Show sources, jails, bans, alerts and the baseline of the running daemon."""
+    st = _call(_client(config_path).status())
+    if as_json:
+        click.echo(json.dumps(st, indent=2))
+        return
+    click.echo(render_status(st))
+
+
+def render_status(st: dict[str, Any]) -> str:
+    b = st.get("bans", {})
+    lines = [
+        f"kfwguard {st.get('version', '?')}, up {format_duration(st.get('uptime', 0))}, "
+        f"config {st.get('config')}, table {st.get('table')}",
+        f"bans: {b.get('active', 0)} active, {b.get('pending', 0)} pending, "
+        f"{b.get('total', 0)} decided, {b.get('unbans', 0)} lifted, "
+        f"{b.get('refused', 0)} refused, {b.get('kernel_errors', 0)} kernel errors",
+        "state: " + ("persisting" if st.get("persisting") else
+                     "NOT PERSISTING (bans live in memory and the kernel only)"),
+    ]
+    sources = st.get("sources") or {}
+    if sources:
+        rows = []
+        for name, s in sorted(sources.items()):
+            lag = s.get("lag")
+            skipped = sum((s.get("skipped") or {}).values())
+            rows.append([name, str(s.get("lines_read", 0)), str(skipped),
+                         "-" if lag is None else f"{lag:.1f}s"])
+        lines += ["", format_table(rows, ["SOURCE", "LINES", "SKIPPED", "LAG"])]
+    jails = st.get("jails") or {}
+    if jails:
+        rows = []
+        for name, j in sorted(jails.items()):
+            matches = sum((j.get("matches") or {}).values())
+            rows.append([name, str(j.get("failures", "-")), str(matches),
+                         str(j.get("bans_active", 0)), str(j.get("bans_total", "-"))])
+        lines += ["", format_table(rows, ["JAIL", "FAILING", "MATCHES", "BANNED", "BANS"])]
+    alerts = st.get("alerts") or {}
+    if alerts:
+        rows = [[name, a.get("type", "?"), str(a.get("queued", 0)), str(a.get("sent", 0)),
+                 str(a.get("failures", 0)), a.get("last_error") or ""]
+                for name, a in sorted(alerts.items())]
+        lines += ["", format_table(rows, ["ACTION", "TYPE", "QUEUED", "SENT", "FAILURES",
+                                          "LAST ERROR"])]
+    baseline = st.get("baseline")
+    lines += ["", "baseline: " + (", ".join(f"{k}={v}" for k, v in baseline.items())
+                                   if baseline else "not enforced")]
+    return "\n".join(lines)
+
+
+@click.command()
+@config_option
+def reload(config_path: Path | None) -> None:
+    """Make the daemon re-read its config (bans are kept)."""
+    out = _call(_client(config_path).reload())
+    click.echo(f"reloaded: {len(out.get('sources', []))} sources, "
+               f"{len(out.get('jails', []))} jails")
+
+
+def register(main: click.Group) -> None:
+    for cmd in (ban, unban, list_bans, status, reload):
+        main.add_command(cmd)

@@ -1,0 +1,460 @@
+"""The control API: JSON over HTTP on a root-only Unix socket, and its client.
+
+Two locks keep it root-only: the socket file is mode 0600 in a 0700
+directory, and every request's peer credentials (SO_PEERCRED) are checked,
+so a socket that someone chmods, or a file descriptor passed on, still
+answers nobody but uid 0.
+
+Endpoints:
+
+- ``POST /bans`` ``{target, jail?, duration?, reason?}``: a manual ban through
+  the BanManager (stored, applied in a batch, alerted, restored after restart)
+- ``DELETE /bans/{target}?jail=NAME``: lift a ban (in one jail or all)
+- ``GET /bans``: bans in force
+- ``GET /status``: sources, jails, bans, persistence, baseline, alerts
+- ``POST /reload``: re-read the config (like SIGHUP), errors reported back
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import socket
+import stat
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from kfwguard import __version__
+from kfwguard.addresses import parse_target
+from kfwguard.bans import DEFAULT_MANUAL_BANTIME, MANUAL_JAIL, BanRefused
+from kfwguard.config import ConfigError, load_config_or_default
+from kfwguard.durations import parse_duration
+from kfwguard.model import BanRequest
+from kfwguard.store import BanRow
+
+if TYPE_CHECKING:
+    from kfwguard.daemon import Daemon
+
+log = structlog.get_logger("kfwguard.control")
+
+_JAIL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_PEERCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
+# How long a manual ban waits for the kernel before answering; the ban is
+# stored either way and the BanManager keeps retrying the kernel.
+_APPLY_WAIT = 5.0
+_MAX_REASON = 200
+
+StatusExtra = Callable[[], dict[str, Any]]
+
+
+class ControlUnavailable(Exception):
+    """The control socket cannot be served (e.g. another daemon answers on it)."""
+
+
+def _json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def ban_to_json(row: BanRow, now: float) -> dict[str, Any]:
+    return {
+        "target": row.target,
+        "jail": row.jail,
+        "reason": row.reason,
+        "banned_at": row.banned_at,
+        "expires_at": row.expires_at,
+        "remaining": max(0.0, row.expires_at - now),
+        "offence": row.offence,
+    }
+
+
+def peer_uid(transport: asyncio.BaseTransport | None) -> int | None:
+    """The uid of the process at the other end of a Unix socket, or None if unknown."""
+    if transport is None:
+        return None
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    except OSError:
+        return None
+    _pid, uid, _gid = _PEERCRED.unpack(raw)
+    return int(uid)
+
+
+def daemon_status(daemon: Daemon) -> dict[str, Any]:
+    """Everything ``kfwguard status`` shows, read from the daemon's own counters."""
+    now = time.time()
+    bans = daemon.bans
+    active = bans.active() if bans is not None else []
+    per_jail_active: dict[str, int] = {}
+    for row in active:
+        per_jail_active[row.jail] = per_jail_active.get(row.jail, 0) + 1
+    matches: dict[str, dict[str, int]] = {}
+    sources: dict[str, Any] = {}
+    for name, rt in daemon.sources.items():
+        src = rt.source
+        lag = src.lag()
+        sources[name] = {
+            "lines_read": src.lines_read,
+            "skipped": dict(src.skipped),
+            "lag": None if lag is None else round(lag, 3),
+            "errors": rt.errors,
+            "jails": [jr.jail.name for jr in rt.jails],
+        }
+        for (jail_name, rule), n in rt.matches.items():
+            per_rule = matches.setdefault(jail_name, {})
+            per_rule[rule] = per_rule.get(rule, 0) + n
+    jails: dict[str, Any] = {}
+    for name, jail in daemon.jails.items():
+        jails[name] = {
+            "source": jail.cfg.source,
+            "filter": jail.cfg.filter,
+            "failures": len(jail),
+            "matches": matches.get(name, {}),
+            "bans_total": jail.stats.bans,
+            "bans_active": per_jail_active.get(name, 0),
+            "ignored": jail.stats.ignored,
+            "actions": list(jail.cfg.actions),
+        }
+    for name, n in per_jail_active.items():
+        # Manual bans and jails removed by a reload still hold bans.
+        if name not in jails:
+            jails[name] = {"bans_active": n}
+    baseline = getattr(daemon, "baseline", None)
+    return {
+        "version": __version__,
+        "config": daemon.cfg_path or "<embedded default>",
+        "uptime": round(now - daemon.started_at, 1),
+        "table": daemon.cfg.nftables.table,
+        "sources": sources,
+        "jails": jails,
+        "bans": {
+            "active": len(active),
+            "pending": bans.pending if bans is not None else 0,
+            "total": bans.stats.bans if bans is not None else 0,
+            "unbans": bans.stats.unbans if bans is not None else 0,
+            "refused": bans.stats.refused if bans is not None else 0,
+            "kernel_errors": bans.stats.kernel_errors if bans is not None else 0,
+            "table_restores": bans.stats.table_restores if bans is not None else 0,
+        },
+        "persisting": bool(bans.persisting) if bans is not None else False,
+        "baseline": baseline_status(baseline),
+    }
+
+
+def baseline_status(baseline: object) -> dict[str, Any] | None:
+    """The baseline's own status() if it offers one, else what its attributes tell."""
+    if baseline is None:
+        return None
+    status = getattr(baseline, "status", None)
+    if callable(status):
+        with contextlib.suppress(Exception):
+            out = status()
+            if isinstance(out, dict):
+                return out
+    info: dict[str, Any] = {"state": "enforced"}
+    cfg = getattr(baseline, "cfg", None)
+    for attr in ("table", "role", "cni"):
+        value = getattr(cfg, attr, None)
+        if isinstance(value, str):
+            info[attr] = value
+    drift = getattr(baseline, "drift_count", None)
+    if isinstance(drift, int):
+        info["drift_count"] = drift
+    return info
+
+
+class ControlServer:
+    """Serves the control API for one daemon on ``path``."""
+
+    def __init__(self, daemon: Daemon, path: Path, *,
+                 extra_status: dict[str, StatusExtra] | None = None) -> None:
+        self.daemon = daemon
+        self.path = path
+        # Other parts (alerts) add their sections to /status here.
+        self.extra_status: dict[str, StatusExtra] = extra_status or {}
+        self._runner: web.AppRunner | None = None
+        self._reload_lock = asyncio.Lock()
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._root_only], client_max_size=64 * 1024)
+        app.router.add_post("/bans", self.post_ban)
+        app.router.add_get("/bans", self.get_bans)
+        app.router.add_delete("/bans/{target:.+}", self.delete_ban)
+        app.router.add_get("/status", self.get_status)
+        app.router.add_post("/reload", self.post_reload)
+        return app
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        sock = self._bind()
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        self._runner = runner
+        log.info("control_listening", socket=str(self.path))
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(self.path.lstat().st_mode):
+                self.path.unlink()
+
+    def _bind(self) -> socket.socket:
+        path = self.path
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True, mode=0o700)
+        if path.exists() or path.is_symlink():
+            st = path.lstat()
+            if not stat.S_ISSOCK(st.st_mode):
+                raise ControlUnavailable(f"{path} exists and is not a socket")
+            if _answers(path):
+                raise ControlUnavailable(f"another kfwguard answers on {path}")
+            path.unlink()  # left over by a daemon that died
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.bind(str(path))
+            # Tighten before listen(): until then every connect is refused,
+            # so there is no moment when the socket answers with a wider mode.
+            os.chmod(path, 0o600)
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        return sock
+
+    # -- middleware ----------------------------------------------------------
+
+    @web.middleware
+    async def _root_only(self, request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+        uid = peer_uid(request.transport)
+        if uid != 0:
+            log.warning("control_refused", uid=uid, path=request.path)
+            return _json_error(403, "the control socket answers root only")
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception as exc:  # one bad request must not take the API down
+            log.exception("control_error", path=request.path)
+            return _json_error(500, f"internal error: {type(exc).__name__}")
+
+    # -- handlers ------------------------------------------------------------
+
+    async def post_ban(self, request: web.Request) -> web.Response:
+        bans = self.daemon.bans
+        if bans is None:
+            return _json_error(503, "the daemon is still starting")
+        try:
+            body = await request.json()
+        except ValueError:
+            return _json_error(400, "the body must be a JSON object")
+        if not isinstance(body, dict) or not isinstance(body.get("target"), str):
+            return _json_error(400, 'give {"target": ADDRESS[, "jail", "duration", "reason"]}')
+        try:
+            target = parse_target(body["target"])
+        except ValueError as exc:
+            return _json_error(400, str(exc))
+        jail = body.get("jail") or MANUAL_JAIL
+        if not isinstance(jail, str) or not _JAIL_NAME.match(jail):
+            return _json_error(400, "a jail name is 1-64 letters, digits, '_', '.' or '-'")
+        jail_cfg = {j.name: j for j in self.daemon.cfg.jails}.get(jail)
+        duration = jail_cfg.bantime if jail_cfg is not None else DEFAULT_MANUAL_BANTIME
+        if body.get("duration") is not None:
+            try:
+                duration = parse_duration(body["duration"])
+            except ValueError as exc:
+                return _json_error(400, str(exc))
+            if duration <= 0:
+                return _json_error(400, "a ban lasts longer than zero")
+        reason = body.get("reason") or "by operator"
+        if not isinstance(reason, str):
+            return _json_error(400, "reason must be a string")
+        try:
+            bans.check_target(target)
+        except BanRefused as exc:
+            return _json_error(400, str(exc))
+        now = time.time()
+        rows = bans.request([BanRequest(target=target, jail=jail, duration=duration,
+                                        reason=f"manual: {reason[:_MAX_REASON]}",
+                                        decided_at=now)])
+        if not rows:
+            return _json_error(400, f"{target} cannot be banned")
+        applied = await _wait_applied(bans.flush())
+        log.info("manual_ban", target=str(target), jail=jail, seconds=round(duration))
+        return web.json_response({"banned": [ban_to_json(r, now) for r in rows],
+                                  "applied": applied})
+
+    async def delete_ban(self, request: web.Request) -> web.Response:
+        bans = self.daemon.bans
+        if bans is None:
+            return _json_error(503, "the daemon is still starting")
+        try:
+            target = parse_target(request.match_info["target"])
+        except ValueError as exc:
+            return _json_error(400, str(exc))
+        jail = request.query.get("jail") or None
+        rows = bans.unban(target, jail)
+        if not rows:
+            where = f" in jail {jail}" if jail else ""
+            return _json_error(404, f"{target} is not banned{where}")
+        applied = await _wait_applied(bans.flush())
+        now = time.time()
+        return web.json_response({"unbanned": [ban_to_json(r, now) for r in rows],
+                                  "applied": applied})
+
+    async def get_bans(self, request: web.Request) -> web.Response:
+        bans = self.daemon.bans
+        now = time.time()
+        rows = sorted(bans.active() if bans is not None else [],
+                      key=lambda r: (r.banned_at, r.target, r.jail))
+        return web.json_response([ban_to_json(r, now) for r in rows])
+
+    async def get_status(self, request: web.Request) -> web.Response:
+        out = daemon_status(self.daemon)
+        for key, fn in self.extra_status.items():
+            out[key] = fn()
+        return web.json_response(out)
+
+    async def post_reload(self, request: web.Request) -> web.Response:
+        async with self._reload_lock:
+            # Validate first so the operator sees why a reload is refused, not
+            # only the daemon's log.
+            problem = await asyncio.to_thread(_config_problem, self.daemon.cfg_path)
+            if problem is not None:
+                return _json_error(400, f"reload refused, running on the old config:\n{problem}")
+            ok = await self.daemon.reload()
+        if not ok:
+            return _json_error(400, "reload refused, running on the old config (see the log)")
+        return web.json_response({"reloaded": True, "sources": sorted(self.daemon.sources),
+                                  "jails": sorted(self.daemon.jails)})
+
+
+def _config_problem(path: str | None) -> str | None:
+    from kfwguard.daemon import build_filters
+    from kfwguard.matching import FilterError
+
+    try:
+        cfg, _ = load_config_or_default(path)
+        build_filters(cfg)
+    except (ConfigError, FilterError) as exc:
+        return str(exc)
+    return None
+
+
+async def _wait_applied(flush: Awaitable[None]) -> bool:
+    try:
+        await asyncio.wait_for(flush, timeout=_APPLY_WAIT)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _answers(path: Path) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1.0)
+    try:
+        s.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        s.close()
+    return True
+
+
+# -- client --------------------------------------------------------------------
+
+
+class ControlError(Exception):
+    """The daemon answered with an error, or could not be reached."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DaemonNotRunning(ControlError):
+    """Nothing answers on the control socket."""
+
+
+class ControlClient:
+    """Talks to a running daemon over its control socket."""
+
+    def __init__(self, path: Path, timeout: float = 30.0) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    async def call(self, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+        conn = aiohttp.UnixConnector(path=str(self.path))
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        try:
+            async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session, \
+                    session.request(method, f"http://kfwguard{url}", json=body) as resp:
+                try:
+                    data = await resp.json(content_type=None)
+                except ValueError:
+                    data = None
+                if resp.status >= 400:
+                    msg = data.get("error") if isinstance(data, dict) else None
+                    raise ControlError(msg or f"HTTP {resp.status}", resp.status)
+                return data
+        except aiohttp.ClientConnectorError as exc:
+            err = exc.os_error
+            if isinstance(err, PermissionError):
+                raise ControlError(f"permission denied on {self.path}: "
+                                   "the control socket answers root only") from None
+            if isinstance(err, FileNotFoundError | ConnectionRefusedError):
+                raise DaemonNotRunning(f"kfwguard is not running (nothing answers on "
+                                       f"{self.path})") from None
+            raise ControlError(f"cannot reach kfwguard on {self.path}: {err}") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ControlError(f"kfwguard on {self.path} did not answer: "
+                               f"{type(exc).__name__} {exc}") from None
+
+    async def ban(self, target: str, jail: str | None = None, duration: float | None = None,
+                  reason: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"target": target}
+        if jail:
+            body["jail"] = jail
+        if duration is not None:
+            body["duration"] = duration
+        if reason:
+            body["reason"] = reason
+        out: dict[str, Any] = await self.call("POST", "/bans", body)
+        return out
+
+    async def unban(self, target: str, jail: str | None = None) -> dict[str, Any]:
+        url = "/bans/" + quote(target, safe="")
+        if jail:
+            url += "?jail=" + quote(jail, safe="")
+        out: dict[str, Any] = await self.call("DELETE", url)
+        return out
+
+    async def bans(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = await self.call("GET", "/bans")
+        return out
+
+    async def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = await self.call("GET", "/status")
+        return out
+
+    async def reload(self) -> dict[str, Any]:
+        out: dict[str, Any] = await self.call("POST", "/reload")
+        return out

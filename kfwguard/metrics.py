@@ -1,0 +1,225 @@
+"""Prometheus metrics, read from the daemon's own counters at scrape time.
+
+A custom collector reads what the daemon already counts (sources, jails, the
+BanManager, alert workers, the baseline), so nothing is counted twice. Only
+what the daemon does not keep is recorded here: bans per jail and the ban
+latency histogram, both fed by BanManager listeners. Every instance has its
+own CollectorRegistry, so several daemons (tests) can run in one process.
+
+Names follow ``kfwguard_<noun>_<unit>_total`` for counters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import prometheus_client.exposition
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from kfwguard import __version__
+from kfwguard.store import BanRow
+
+if TYPE_CHECKING:
+    from kfwguard.alerts import AlertService
+    from kfwguard.daemon import Daemon
+
+log = structlog.get_logger("kfwguard.metrics")
+
+# The classic text format: every Prometheus 2.x parses it, and our names need
+# none of 1.0.0's escaping. Newer prometheus_client default to 1.0.0.
+CONTENT_TYPE = str(getattr(prometheus_client.exposition, "CONTENT_TYPE_PLAIN_0_0_4",
+                           CONTENT_TYPE_LATEST))
+
+# From one event-loop tick (~ms) to the kernel retry back-off (seconds).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0, 30.0)
+
+
+class DaemonCollector(Collector):
+    """Reads the daemon's counters when Prometheus scrapes."""
+
+    def __init__(self, daemon: Daemon, metrics: Metrics) -> None:
+        self.daemon = daemon
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        d = self.daemon
+        info = GaugeMetricFamily("kfwguard_build_info", "kfwguard version", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+
+        lines = CounterMetricFamily("kfwguard_source_lines", "Log lines (records) read",
+                                    labels=["source"])
+        skipped = CounterMetricFamily("kfwguard_source_skipped",
+                                      "Lines skipped without matching, by reason",
+                                      labels=["source", "reason"])
+        lag = GaugeMetricFamily("kfwguard_source_lag_seconds",
+                                "Now minus the time of the last record read", labels=["source"])
+        errors = CounterMetricFamily("kfwguard_source_errors",
+                                     "Source crashes and filter errors", labels=["source"])
+        matches: dict[tuple[str, str], int] = {}
+        for name, rt in d.sources.items():
+            src = rt.source
+            lines.add_metric([name], src.lines_read)
+            for reason, n in sorted(src.skipped.items()):
+                skipped.add_metric([name, reason], n)
+            value = src.lag()
+            if value is not None:
+                lag.add_metric([name], value)
+            errors.add_metric([name], rt.errors)
+            for key, n in rt.matches.items():
+                matches[key] = matches.get(key, 0) + n
+        yield from (lines, skipped, lag, errors)
+
+        m = CounterMetricFamily("kfwguard_matches", "Failures found, by jail and filter rule",
+                                labels=["jail", "rule"])
+        for (jail_name, rule), n in sorted(matches.items()):
+            m.add_metric([jail_name, rule], n)
+        yield m
+
+        tracked = GaugeMetricFamily("kfwguard_jail_tracked_addresses",
+                                    "Addresses with failures counted in a jail", labels=["jail"])
+        for name, jail in d.jails.items():
+            tracked.add_metric([name], len(jail))
+        yield tracked
+
+        bans = CounterMetricFamily("kfwguard_bans", "Bans decided, by jail", labels=["jail"])
+        for jail_name, n in sorted(self.metrics.bans_by_jail.items()):
+            bans.add_metric([jail_name], n)
+        yield bans
+
+        bm = d.bans
+        active = GaugeMetricFamily("kfwguard_bans_active", "Bans in force")
+        active.add_metric([], len(bm.active()) if bm is not None else 0)
+        yield active
+        pending = GaugeMetricFamily("kfwguard_bans_pending",
+                                    "Ban and unban changes not yet applied to the kernel")
+        pending.add_metric([], bm.pending if bm is not None else 0)
+        yield pending
+        stats = bm.stats if bm is not None else None
+        for name, doc, attr in (
+            ("kfwguard_unbans", "Bans lifted (by hand or expired)", "unbans"),
+            ("kfwguard_bans_refused", "Bans refused (ignored or protected addresses)",
+             "refused"),
+            ("kfwguard_kernel_update_errors", "nftables updates that failed", "kernel_errors"),
+            ("kfwguard_state_errors", "State database errors", "store_errors"),
+            ("kfwguard_table_restores", "Times the ban table was recreated after removal",
+             "table_restores"),
+        ):
+            c = CounterMetricFamily(name, doc)
+            c.add_metric([], getattr(stats, attr) if stats is not None else 0)
+            yield c
+        persisting = GaugeMetricFamily("kfwguard_state_persisting",
+                                       "1 while bans are written to the state database")
+        persisting.add_metric([], 1 if bm is not None and bm.persisting else 0)
+        yield persisting
+
+        alerts = self.metrics.alerts
+        sent = CounterMetricFamily("kfwguard_alerts_sent", "Alert events delivered",
+                                   labels=["action"])
+        failures = CounterMetricFamily("kfwguard_alert_failures",
+                                       "Failed alert deliveries", labels=["action"])
+        dropped = CounterMetricFamily("kfwguard_alerts_dropped",
+                                      "Alert events given up on (refused or too old)",
+                                      labels=["action"])
+        queued = GaugeMetricFamily("kfwguard_alerts_queued", "Alert events waiting for delivery",
+                                   labels=["action"])
+        if alerts is not None:
+            for name, w in sorted(alerts.workers.items()):
+                sent.add_metric([name], w.sent)
+                failures.add_metric([name], w.failures)
+                dropped.add_metric([name], w.dropped)
+                queued.add_metric([name], alerts.outbox.size(name))
+        yield from (sent, failures, dropped, queued)
+
+        baseline = getattr(d, "baseline", None)
+        drift = getattr(baseline, "drift_count", None) if baseline is not None else None
+        if isinstance(drift, int | float):
+            c = CounterMetricFamily("kfwguard_baseline_drift",
+                                    "Times the baseline ruleset was found changed and repaired")
+            c.add_metric([], drift)
+            yield c
+
+
+class Metrics:
+    """The daemon's registry, the listeners that feed it, and the HTTP endpoint."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.registry = CollectorRegistry()
+        self.alerts: AlertService | None = None
+        self.bans_by_jail: dict[str, int] = {}
+        self.latency = Histogram("kfwguard_ban_latency_seconds",
+                                 "From the ban decision to the kernel update",
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.registry.register(DaemonCollector(daemon, self))
+        self._runner: web.AppRunner | None = None
+        self.listen: str | None = None
+
+    # -- listeners ----------------------------------------------------------------
+
+    def on_ban(self, rows: Sequence[BanRow]) -> None:
+        for r in rows:
+            self.bans_by_jail[r.jail] = self.bans_by_jail.get(r.jail, 0) + 1
+
+    def on_applied(self, seconds: float) -> None:
+        self.latency.observe(seconds)
+
+    def exposition(self) -> bytes:
+        return bytes(generate_latest(self.registry))
+
+    # -- HTTP ---------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.Response:
+        # Scrapes run on the event loop: the collector reads the daemon's
+        # dicts without racing the pipeline.
+        return web.Response(body=self.exposition(),
+                            headers={"Content-Type": CONTENT_TYPE})
+
+    async def start(self, listen: str) -> None:
+        host, port = parse_listen(listen)
+        app = web.Application()
+        app.router.add_get("/metrics", self.handle)
+        app.router.add_get("/", self._index)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.listen = listen
+        log.info("metrics_listening", listen=listen)
+
+    async def _index(self, request: web.Request) -> web.Response:
+        return web.Response(text="kfwguard: metrics at /metrics\n")
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            with contextlib.suppress(Exception):
+                await self._runner.cleanup()
+            self._runner = None
+            self.listen = None
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` → (host, port). Raises ValueError."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"metrics.listen {text!r}: expected HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def registry_of(daemon: Any) -> CollectorRegistry | None:
+    """The metrics registry of a daemon that has the operator surface installed."""
+    op = getattr(daemon, "operator", None)
+    metrics = getattr(op, "metrics", None)
+    return metrics.registry if metrics is not None else None

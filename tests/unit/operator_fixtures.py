@@ -1,0 +1,116 @@
+"""Helpers for the operator-surface unit tests (control API, alerts, metrics).
+
+``MemTable`` stands in for the kernel's ban table so that a real BanManager
+and a real Daemon object can be exercised without nft; the kernel side is
+covered by the integration tests. ``Receiver`` is a real HTTP server on
+loopback that records what it is sent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from kfwguard.addresses import LOOPBACK_NETS, IgnoreList
+from kfwguard.bans import BanManager
+from kfwguard.config import parse_config
+from kfwguard.daemon import Daemon
+from kfwguard.firewall.bantable import Element, Target
+from kfwguard.store import Store
+
+
+class MemTable:
+    """The BanTable interface, held in a dict: target text → seconds left."""
+
+    table = "memtable"
+
+    def __init__(self) -> None:
+        self.elements: dict[str, float] = {}
+
+    def exists(self) -> bool:
+        return True
+
+    def is_intact(self) -> bool:
+        return True
+
+    def replace(self, elements: Sequence[Element]) -> None:
+        self.elements = {str(e.target): e.timeout for e in elements}
+
+    def add(self, elements: Sequence[Element], refresh: Sequence[Element] = ()) -> None:
+        for e in [*elements, *refresh]:
+            self.elements[str(e.target)] = e.timeout
+
+    def remove(self, targets: Sequence[Target]) -> None:
+        for t in targets:
+            self.elements.pop(str(t), None)
+
+    def list(self) -> dict[str, float]:
+        return dict(self.elements)
+
+    def count(self) -> int:
+        return len(self.elements)
+
+
+def make_daemon(tmp_path: Path, **config: Any) -> tuple[Daemon, MemTable]:
+    """A Daemon (not started) with a store and a BanManager over a MemTable."""
+    cfg_data: dict[str, Any] = {
+        "state_dir": str(tmp_path / "state"),
+        "control_socket": str(tmp_path / "run" / "control.sock"),
+    }
+    cfg_data.update(config)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    cfg_path = tmp_path / "kfwguard.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg_data))
+    cfg = parse_config(cfg_path.read_text(), str(cfg_path))
+    daemon = Daemon(cfg, str(cfg_path))
+    daemon.store = Store.in_dir(cfg.state_dir)
+    table = MemTable()
+    daemon.bans = BanManager(table, daemon.store,  # type: ignore[arg-type]
+                             jails={j.name: j for j in cfg.jails},
+                             ignore=IgnoreList(LOOPBACK_NETS))
+    return daemon, table
+
+
+class Receiver:
+    """A real HTTP server on 127.0.0.1 recording every POST body.
+
+    ``statuses`` are answered in turn (then 200), to play a receiver that is
+    failing for a while."""
+
+    def __init__(self, statuses: Sequence[int] = ()) -> None:
+        self.statuses = list(statuses)
+        self.posts: list[tuple[str, Any]] = []
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        status = self.statuses.pop(0) if self.statuses else 200
+        if status == 200:
+            self.posts.append((request.path_qs, json.loads(body)))
+        return web.Response(status=status, text="ok" if status == 200 else "no")
+
+    async def start(self) -> Receiver:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def url(self, path: str = "/hooks/T0KEN-abcdef123456") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
