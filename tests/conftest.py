@@ -6,6 +6,7 @@ of being skipped, so CI cannot go green by skipping the real-kernel tests.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import subprocess
@@ -49,6 +50,27 @@ def lab() -> Iterator[Lab]:
         yield lab
     finally:
         lab.close()
+
+
+CLONE_NEWNET = 0x40000000
+
+
+@pytest.fixture
+def private_netns() -> Iterator[None]:
+    """Run this test (its thread, and threads and processes it starts) in a fresh
+    network namespace with loopback up, so it can use the real kernel (nft sets,
+    sockets) without touching the host's; the original namespace is restored after."""
+    need(os.geteuid() == 0, "needs root (a private network namespace)")
+    libc = ctypes.CDLL(None, use_errno=True)
+    original = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        if libc.unshare(CLONE_NEWNET) != 0:
+            need(False, f"unshare(CLONE_NEWNET) failed: errno {ctypes.get_errno()}")
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+        yield None
+    finally:
+        libc.setns(original, CLONE_NEWNET)
+        os.close(original)
 
 
 def _start_journald() -> subprocess.Popen[bytes] | None:

@@ -1,8 +1,8 @@
 """Helpers for the operator-surface unit tests (control API, alerts, metrics).
 
-``MemTable`` stands in for the kernel's ban table so that a real BanManager
-and a real Daemon object can be exercised without nft; the kernel side is
-covered by the integration tests. ``Receiver`` is a real HTTP server on
+``make_daemon`` builds a real Daemon with a real BanManager over a real ban
+table; tests using it take the ``private_netns`` fixture, so the table lives in
+a network namespace of their own. ``Receiver`` is a real HTTP server on
 loopback that records what it is sent.
 """
 
@@ -20,44 +20,14 @@ from kfwguard.addresses import LOOPBACK_NETS, IgnoreList
 from kfwguard.bans import BanManager
 from kfwguard.config import parse_config
 from kfwguard.daemon import Daemon
-from kfwguard.firewall.bantable import Element, Target
+from kfwguard.firewall.bantable import BanTable
+from kfwguard.firewall.nft import Nft
 from kfwguard.store import Store
 
 
-class MemTable:
-    """The BanTable interface, held in a dict: target text → seconds left."""
-
-    table = "memtable"
-
-    def __init__(self) -> None:
-        self.elements: dict[str, float] = {}
-
-    def exists(self) -> bool:
-        return True
-
-    def is_intact(self) -> bool:
-        return True
-
-    def replace(self, elements: Sequence[Element]) -> None:
-        self.elements = {str(e.target): e.timeout for e in elements}
-
-    def add(self, elements: Sequence[Element], refresh: Sequence[Element] = ()) -> None:
-        for e in [*elements, *refresh]:
-            self.elements[str(e.target)] = e.timeout
-
-    def remove(self, targets: Sequence[Target]) -> None:
-        for t in targets:
-            self.elements.pop(str(t), None)
-
-    def list(self) -> dict[str, float]:
-        return dict(self.elements)
-
-    def count(self) -> int:
-        return len(self.elements)
-
-
-def make_daemon(tmp_path: Path, **config: Any) -> tuple[Daemon, MemTable]:
-    """A Daemon (not started) with a store and a BanManager over a MemTable."""
+def make_daemon(tmp_path: Path, **config: Any) -> tuple[Daemon, BanTable]:
+    """A Daemon (not started) with a store and a BanManager over a fresh ban table
+    in the current network namespace (use with the ``private_netns`` fixture)."""
     cfg_data: dict[str, Any] = {
         "state_dir": str(tmp_path / "state"),
         "control_socket": str(tmp_path / "run" / "control.sock"),
@@ -69,8 +39,9 @@ def make_daemon(tmp_path: Path, **config: Any) -> tuple[Daemon, MemTable]:
     cfg = parse_config(cfg_path.read_text(), str(cfg_path))
     daemon = Daemon(cfg, str(cfg_path))
     daemon.store = Store.in_dir(cfg.state_dir)
-    table = MemTable()
-    daemon.bans = BanManager(table, daemon.store,  # type: ignore[arg-type]
+    table = BanTable(Nft(), "kfwtest")
+    table.replace([])
+    daemon.bans = BanManager(table, daemon.store,
                              jails={j.name: j for j in cfg.jails},
                              ignore=IgnoreList(LOOPBACK_NETS))
     return daemon, table

@@ -18,6 +18,9 @@ from kfwguard.control import ControlServer
 from kfwguard.daemon import Daemon
 from tests.unit.operator_fixtures import make_daemon
 
+# A real ban table in a network namespace of the test's own (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("private_netns")
+
 REPO = Path(__file__).resolve().parents[2]
 
 

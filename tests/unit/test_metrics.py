@@ -18,6 +18,9 @@ from kfwguard.sources.base import Sink
 from tests.conftest import need
 from tests.unit.operator_fixtures import make_daemon
 
+# A real ban table in a network namespace of the test's own (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("private_netns")
+
 
 class CountingSource:
     """The Source protocol's counters, without reading anything."""
