@@ -9,6 +9,7 @@ loopback that records what it is sent.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,9 @@ def make_daemon(tmp_path: Path, **config: Any) -> tuple[Daemon, BanTable]:
     cfg = parse_config(cfg_path.read_text(), str(cfg_path))
     daemon = Daemon(cfg, str(cfg_path))
     daemon.store = Store.in_dir(cfg.state_dir)
+    # Never create tables in the host's namespace (a test missing the fixture).
+    assert os.stat("/proc/thread-self/ns/net").st_ino != os.stat("/proc/1/ns/net").st_ino, \
+        "make_daemon needs the private_netns fixture"
     table = BanTable(Nft(), "kfwtest")
     table.replace([])
     daemon.bans = BanManager(table, daemon.store,
