@@ -53,6 +53,9 @@ def lab() -> Iterator[Lab]:
 
 
 CLONE_NEWNET = 0x40000000
+# The namespace the test run started in: the host's (or CI's). Nothing may
+# create nft tables here.
+HOST_NETNS = os.stat("/proc/self/ns/net").st_ino
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from kfwguard.daemon import Daemon
 from kfwguard.firewall.bantable import BanTable
 from kfwguard.firewall.nft import Nft
 from kfwguard.store import Store
+from tests.conftest import HOST_NETNS
 
 
 def make_daemon(tmp_path: Path, **config: Any) -> tuple[Daemon, BanTable]:
@@ -41,7 +42,7 @@ def make_daemon(tmp_path: Path, **config: Any) -> tuple[Daemon, BanTable]:
     daemon = Daemon(cfg, str(cfg_path))
     daemon.store = Store.in_dir(cfg.state_dir)
     # Never create tables in the host's namespace (a test missing the fixture).
-    assert os.stat("/proc/thread-self/ns/net").st_ino != os.stat("/proc/1/ns/net").st_ino, \
+    assert os.stat("/proc/thread-self/ns/net").st_ino != HOST_NETNS, \
         "make_daemon needs the private_netns fixture"
     table = BanTable(Nft(), "kfwtest")
     table.replace([])
