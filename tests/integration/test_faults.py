@@ -58,6 +58,29 @@ class TestCrashSafety:
         d.stop()
 
 
+    def test_power_cut_between_stored_and_applied(self, lab: Lab, tmp_path: Path) -> None:
+        """A ban that was stored but whose kernel state is lost (kill -9 and the
+        table gone, as after a power cut and reboot) is in the kernel after the next
+        start, with its remaining time."""
+        node = lab.host("node")
+        log = tmp_path / "auth.log"
+        log.write_text("")
+        d = DaemonRun(node, tmp_path, base_config(tmp_path, log, maxretry=1, bantime="2h"))
+        d.start()
+        with log.open("a") as f:
+            f.write(sshd_fail("198.51.100.44"))
+        state = tmp_path / "state"
+        assert wait_until(lambda: stored(state)[0] == 1)
+        assert d.proc is not None
+        os.kill(d.proc.pid, signal.SIGKILL)
+        d.proc.wait()
+        d.proc = None
+        node.run("nft", "flush", "ruleset")  # the kernel forgot everything
+        d.start()
+        left = d.elements("ban_v4").get("198.51.100.44")
+        assert left is not None and 3600_000 < left <= 7200_000
+
+
 class TestStateMisbehaves:
     def test_corrupt_state_keeps_kernel_bans(self, lab: Lab, tmp_path: Path) -> None:
         """A corrupt state.db is reported; the daemon starts with the bans the kernel
