@@ -79,6 +79,7 @@ class TestCrashSafety:
         d.start()
         left = d.elements("ban_v4").get("198.51.100.44")
         assert left is not None and 3600 < left <= 7200  # seconds left
+        d.stop()
 
 
 class TestStateMisbehaves:
