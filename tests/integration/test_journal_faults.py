@@ -1,0 +1,94 @@
+"""journald misbehaving under the daemon: restarted, vacuumed, a corrupt file.
+
+These restart the machine's journald (the test session's own, started by the
+`journald` fixture when none runs); entries are tagged per test.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from kfwguard.store import Store
+from tests.conftest import JOURNAL_SOCKET, _start_journald
+from tests.integration.daemon_harness import DaemonRun, wait_until
+from tests.integration.test_k8s_e2e import journald_config, send_fail
+from tests.netns import Lab
+
+RUNTIME_JOURNAL = Path("/run/log/journal")
+
+
+def restart_journald() -> None:
+    """Stop every running journald and start a fresh one (as a crash + restart)."""
+    pids = subprocess.run(["pgrep", "-x", "systemd-journal"], capture_output=True,
+                          text=True).stdout.split()
+    for pid in pids:
+        subprocess.run(["kill", "-TERM", pid], check=False)
+    for _ in range(100):
+        alive = subprocess.run(["pgrep", "-x", "systemd-journal"], capture_output=True,
+                               text=True).stdout.split()
+        if not alive:
+            break
+        time.sleep(0.05)
+    JOURNAL_SOCKET.unlink(missing_ok=True)
+    _start_journald()
+    assert wait_until(JOURNAL_SOCKET.exists, timeout=10)
+
+
+@pytest.mark.journald
+@pytest.mark.usefixtures("journald")
+class TestJournalFaults:
+    def test_journald_restart_and_vacuum(self, lab: Lab, tmp_path: Path) -> None:
+        """After journald is restarted and old journal files are vacuumed, the daemon
+        still reads new entries and bans from them, without crashing."""
+        tag = uuid.uuid4().hex
+        node = lab.host("node")
+        d = DaemonRun(node, tmp_path, journald_config(tmp_path, tag))
+        d.start()
+        send_fail(tag, "198.51.100.61", 1)
+        time.sleep(0.3)
+        restart_journald()
+        subprocess.run(["journalctl", "--rotate"], check=False, capture_output=True)
+        subprocess.run(["journalctl", "--vacuum-files=1"], check=False, capture_output=True)
+        for i in range(3):
+            send_fail(tag, "198.51.100.62", 10 + i)
+        assert wait_until(lambda: "198.51.100.62" in d.elements("ban_v4"), timeout=20), d.log()
+        assert d.alive()
+        d.stop(signal.SIGTERM)
+
+    def test_corrupt_journal_file_in_directory(self, lab: Lab, tmp_path: Path) -> None:
+        """A journal directory holding a corrupt file next to good ones is read: the
+        good entries ban, the garbage does not crash the daemon."""
+        tag = uuid.uuid4().hex
+        t0 = time.time() - 1
+        for i in range(3):
+            send_fail(tag, "198.51.100.71", 20 + i)
+        subprocess.run(["journalctl", "--flush"], check=False, capture_output=True)
+        subprocess.run(["journalctl", "--sync"], check=False, capture_output=True)
+        time.sleep(0.3)
+        jdir = tmp_path / "journal"
+        jdir.mkdir()
+        for f in RUNTIME_JOURNAL.glob("*/*.journal"):
+            shutil.copy(f, jdir / f.name)
+        (jdir / "system@garbage.journal").write_bytes(b"LPKSHHRH" + b"\xff" * 4096)
+        (jdir / "truncated.journal").write_bytes(
+            next(iter(sorted(jdir.glob("*.journal")))).read_bytes()[:1000])
+        cfg = journald_config(tmp_path, tag)
+        cfg["sources"][0]["path"] = str(jdir)
+        node = lab.host("node")
+        d = DaemonRun(node, tmp_path, cfg)
+        # The entries are older than a first run's start: resume from a position
+        # saved as if a previous run had begun reading just before them.
+        store = Store.in_dir(tmp_path / "state")
+        store.save_cursor("sshd", f"realtime:{t0}")
+        store.close()
+        d.start()
+        assert wait_until(lambda: "198.51.100.71" in d.elements("ban_v4"), timeout=20), d.log()
+        assert d.alive()
+        d.stop()
