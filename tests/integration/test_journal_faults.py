@@ -21,7 +21,11 @@ from tests.integration.daemon_harness import DaemonRun, wait_until
 from tests.integration.test_k8s_e2e import journald_config, send_fail
 from tests.netns import Lab
 
-RUNTIME_JOURNAL = Path("/run/log/journal")
+# journald writes to /var/log/journal when it exists, else to /run/log/journal.
+JOURNAL_DIRS = (Path("/run/log/journal"), Path("/var/log/journal"))
+# journalds started here stay running for the rest of the session (others'
+# entries go to them); keeping the handles avoids reaping warnings.
+_STARTED: list[subprocess.Popen[bytes] | None] = []
 
 
 def restart_journald() -> None:
@@ -37,7 +41,7 @@ def restart_journald() -> None:
             break
         time.sleep(0.05)
     JOURNAL_SOCKET.unlink(missing_ok=True)
-    _start_journald()
+    _STARTED.append(_start_journald())
     assert wait_until(JOURNAL_SOCKET.exists, timeout=10)
 
 
@@ -74,8 +78,9 @@ class TestJournalFaults:
         time.sleep(0.3)
         jdir = tmp_path / "journal"
         jdir.mkdir()
-        for f in RUNTIME_JOURNAL.glob("*/*.journal"):
-            shutil.copy(f, jdir / f.name)
+        for root in JOURNAL_DIRS:
+            for f in root.glob("*/*.journal"):
+                shutil.copy(f, jdir / f"{root.parts[1]}-{f.name}")
         (jdir / "system@garbage.journal").write_bytes(b"LPKSHHRH" + b"\xff" * 4096)
         (jdir / "truncated.journal").write_bytes(
             next(iter(sorted(jdir.glob("*.journal")))).read_bytes()[:1000])
