@@ -1,9 +1,9 @@
 """kfwguard's matching pipeline alone, in-process: bytes → lines → records → filter → jail.
 
-The same steps the daemon takes for a file source (``LineSplitter`` over
-large chunks, ``TextDecoder`` with the source's position strings,
-``Filter.match``, ``Jail.add``), without the event loop, inotify or the
-kernel. Run as ``python -m bench.pipeline CORPUS [FILTER]`` in a fresh
+The same steps the daemon takes for a file source (``LineSplitter.feed_block``
+over large chunks, a ``TextBlock`` with the source's position string,
+``Filter.scan_lines``, ``Jail.add_failure``), without the event loop,
+inotify or the kernel. Run as ``python -m bench.pipeline CORPUS [FILTER]`` in a fresh
 process (so one run's memory does not weigh on the next); prints JSON.
 """
 
@@ -19,7 +19,7 @@ from kfwguard.addresses import IgnoreList
 from kfwguard.config import JailConfig
 from kfwguard.jails import Jail
 from kfwguard.matching import load_filter
-from kfwguard.sources.formats import LineSplitter, TextDecoder
+from kfwguard.sources.formats import LineSplitter, TextBlock, TextDecoder
 
 CHUNK = 256 * 1024  # what the file source reads at a time
 
@@ -43,16 +43,24 @@ def run(data: bytes, filter_name: str = "sshd", now: float | None = None) -> dic
     def position(off: int) -> str:
         return prefix + str(off) + "}"
 
-    match, add = flt.match, jail.add
+    add = jail.add_failure
     lines = matches = bans = 0
     view = memoryview(data)
     for i in range(0, len(data), CHUNK):
-        for rec in decoder.decode(split.feed(bytes(view[i:i + CHUNK])), position):
-            lines += 1
-            m = match(rec, now)
-            if m is not None:
+        chunk = bytes(view[i:i + CHUNK])
+        found = split.feed_block(chunk)
+        if found is None:  # what the file source does for an unusual chunk
+            records = decoder.decode(split.feed(chunk), position)
+            lines += len(records)
+            hits = flt.hits(records, now)
+        else:
+            block = TextBlock(found[0], found[1], position)
+            lines += len(block)
+            hits = flt.scan_lines(block.data, now)
+        for _, _status, rule, host, key, t in hits:
+            if host is not None:
                 matches += 1
-                if add(m, now) is not None:
+                if add(host, key, t, now, flt.name, rule or "") is not None:
                     bans += 1
     done = time.perf_counter()
     return {"lines": lines, "matches": matches, "bans": bans,

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +26,12 @@ from kfwguard.firewall.baseline import BaselineEnforcer, BaselineError, validate
 from kfwguard.firewall.nft import Nft, NftError
 from kfwguard.jails import Jail
 from kfwguard.matching import Filter, FilterError, load_filter
+from kfwguard.matching.engine import Hit
 from kfwguard.model import BanRequest, Record
 from kfwguard.node import protected_networks
 from kfwguard.notify import Notifier
 from kfwguard.sources import Source, build_source
+from kfwguard.sources.formats import TextBlock
 from kfwguard.store import Store, StoreError
 
 log = structlog.get_logger("kfwguard.daemon")
@@ -148,14 +150,35 @@ class Daemon:
 
     # -- the pipeline ------------------------------------------------------------
 
-    def _sink_for(self, rt: SourceRuntime) -> Callable[[list[Record]], None]:
+    def _sink_for(self, rt: SourceRuntime) -> Callable[[Sequence[Record]], None]:
         bans = self.bans
         assert bans is not None
         clock = self.clock
         jails = rt.jails
         matches = rt.matches
 
-        def sink(records: list[Record]) -> None:
+        def hits_of(jr: JailRuntime, records: Sequence[Record], now: float) -> list[Hit]:
+            """The filter's findings for the batch; a filter bug costs its record only."""
+            flt = jr.filter
+            try:
+                if isinstance(records, TextBlock):
+                    # Raw lines: lines no rule can match never become objects.
+                    return flt.scan_lines(records.data, now)
+                return flt.hits(records, now)
+            except Exception:
+                pass
+            # Again record by record, so that only the record that trips the
+            # bug is lost.
+            out: list[Hit] = []
+            for rec in records:
+                try:
+                    out += flt.hits([rec], now)
+                except Exception:
+                    rt.errors += 1
+                    log.exception("filter_error", filter=flt.name)
+            return out
+
+        def sink(records: Sequence[Record]) -> None:
             now = clock()
             if not rt.last_saved and rt.unsaved is None:
                 # First delivery of a first run: persist where this batch begins
@@ -163,25 +186,29 @@ class Daemon:
                 rt.unsaved = rt.source.position()
                 self._save_cursor(rt)
             requests: list[BanRequest] = []
-            for rec in records:
-                for jr in jails:
-                    try:
-                        m = jr.filter.match(rec, now)
-                    except Exception:  # a filter bug must not stop the source
-                        rt.errors += 1
-                        log.exception("filter_error", filter=jr.filter.name)
-                        continue
-                    if m is None:
-                        continue
-                    key = (jr.jail.name, m.rule)
-                    matches[key] = matches.get(key, 0) + 1
-                    req = jr.jail.add(m, now)
+            for jr in jails:
+                jail = jr.jail
+                add = jail.add_failure
+                fname = jr.filter.name
+                counts: dict[str | None, int] = {}
+                for _, _status, rule, host, key, t in hits_of(jr, records, now):
+                    if host is None:
+                        continue  # bad-host or ignored: not a failure
+                    counts[rule] = counts.get(rule, 0) + 1
+                    req = add(host, key, t, now, fname, rule or "")
                     if req is not None:
                         requests.append(req)
+                for rule, n in counts.items():
+                    k = (jail.name, rule or "")
+                    matches[k] = matches.get(k, 0) + n
             if requests:
                 bans.request(requests)
-            if records and records[-1].position is not None:
-                rt.unsaved = records[-1].position
+            position = (
+                records.end_position if isinstance(records, TextBlock)
+                else records[-1].position if records else None
+            )
+            if position is not None:
+                rt.unsaved = position
                 if now - rt.last_saved >= CURSOR_SAVE_INTERVAL:
                     self._save_cursor(rt)
 

@@ -7,7 +7,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kfwguard.addresses import IgnoreList, IPAddress
+from kfwguard.addresses import IgnoreList, IPAddress, host_key
 from kfwguard.config import JailConfig
 from kfwguard.model import BanRequest, Match
 
@@ -54,57 +54,75 @@ class Jail:
         self.max_entries = max_entries
         self._banned_since = banned_since
         self._clock = clock
-        self._failures: OrderedDict[IPAddress, list[float]] = OrderedDict()
+        # Keyed by host_key: ipaddress objects hash in Python code.
+        self._failures: OrderedDict[int, list[float]] = OrderedDict()
         self.stats = JailStats()
 
     def __len__(self) -> int:
         return len(self._failures)
 
     def failures_of(self, host: IPAddress) -> int:
-        return len(self._failures.get(host, ()))
+        return len(self._failures.get(host_key(host), ()))
 
     def add(self, match: Match, now: float | None = None) -> BanRequest | None:
         """Record one failure; return a ban request when the address reaches maxretry."""
         now = self._clock() if now is None else now
-        host = match.host
-        self.stats.matches += 1
+        return self.add_failure(
+            match.host, host_key(match.host), match.time, now, match.filter, match.rule
+        )
+
+    def add_failure(
+        self, host: IPAddress, key: int, t: float, now: float, filter: str, rule: str
+    ) -> BanRequest | None:
+        """``add`` for the daemon's hot path: the match's parts, ``key`` = host_key(host)."""
+        stats = self.stats
+        stats.matches += 1
         if host in self.ignore:
-            self.stats.ignored += 1
+            stats.ignored += 1
             return None
-        t = match.time if match.time <= now + _FUTURE_SLACK else now
+        if t > now + _FUTURE_SLACK:
+            t = now
         findtime = self.cfg.findtime
         if t < now - findtime:
             # Old lines (a resumed or replayed log) never ban anyone.
-            self.stats.stale += 1
+            stats.stale += 1
             return None
-        since = self._banned_since(host, self.name)
-        if since is not None and t <= since:
-            self.stats.already_banned += 1
-            return None
-        times = self._failures.get(host)
+        failures = self._failures
+        times = failures.get(key)
         if times is None:
-            times = []
-            self._failures[host] = times
-            if len(self._failures) > self.max_entries:
-                self._failures.popitem(last=False)
-                self.stats.evicted += 1
+            times = failures[key] = []
+            if len(failures) > self.max_entries:
+                failures.popitem(last=False)
+                stats.evicted += 1
         else:
-            self._failures.move_to_end(host)
+            failures.move_to_end(key)
         times.append(t)
         cutoff = t - findtime
         if times[0] < cutoff:
             times[:] = [x for x in times if x >= cutoff]
         if len(times) < self.cfg.maxretry:
             return None
-        del self._failures[host]
-        self.stats.bans += 1
+        # Only now ask whether a ban is in force (a look-up by text in the
+        # ban table): failures logged at or before its start do not count.
+        since = self._banned_since(host, self.name)
+        if since is not None and times[0] <= since:
+            kept = [x for x in times if x > since]
+            stats.already_banned += len(times) - len(kept)
+            if not kept:
+                del failures[key]
+                return None
+            times[:] = kept
+            if len(times) < self.cfg.maxretry:
+                return None
+        del failures[key]
+        stats.bans += 1
         return BanRequest(
             target=host,
             jail=self.name,
             duration=self.cfg.bantime,
-            reason=f"{len(times)} failures in {int(findtime)}s ({match.filter}/{match.rule})",
+            reason=f"{len(times)} failures in {int(findtime)}s ({filter}/{rule})",
             decided_at=now,
         )
 
     def forget(self, host: IPAddress) -> None:
-        self._failures.pop(host, None)
+        self._failures.pop(host_key(host), None)

@@ -16,6 +16,16 @@ more than the scan itself on a log line, so the hot path avoids calls:
 For batches (``scan``, ``match_many``) one unanchored RE2 search over the
 joined lines finds the candidate lines, so lines no rule can match cost no
 Python work at all; candidates then take the per-line path above.
+
+For a block of raw lines (``scan_lines``: what a file source reads) text
+filters go further: one RE2 program, searched over the whole block in
+multi-line mode, holds the syslog header, the program names and every rule
+with only its host captured. Each call finds the next line that matters and
+says at once which rule matched and where the host is, so a failure costs
+one RE2 call and a few dict look-ups, and other lines cost nothing in Python.
+Lines the program does not settle exactly (no header, an ISO stamp, CRLF,
+invalid UTF-8) are found by a second alternative of the same program that
+is a superset of all rules, and take the per-line path.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from typing import Any, Final, Literal
 
 import re2
 
-from kfwguard.addresses import IPAddress, parse_host, split_host_port
+from kfwguard.addresses import IPAddress, host_key, parse_host, split_host_port
 from kfwguard.matching import patterns, prefix, timeparse
 from kfwguard.matching.jsonpath import MISSING, Step, json_equal, lookup, parse_path
 from kfwguard.matching.spec import (
@@ -74,6 +84,33 @@ def _outcome(check: Check) -> Outcome:
     return Outcome(status, check[1], check[2])
 
 Spans = Sequence[tuple[int, int]]
+
+# What ``scan_lines`` reports for a line: (offset of the line's end in the
+# block, status, rule, host, host_key(host), time). host is None and the key
+# 0 unless the status is "match". A plain tuple: one is built per failure.
+Hit = tuple[int, Status, str | None, IPAddress | None, int, float]
+
+
+def _hit(end: int, check: Check) -> Hit:
+    m = check[2]
+    if m is None:
+        return end, check[0], check[1], None, 0, 0.0
+    return end, check[0], check[1], m.host, host_key(m.host), m.time
+
+
+def split_block(data: bytes) -> tuple[list[Record], list[int]]:
+    """The records of a block of lines (as a text file source makes them) and
+    the offset of each one's line end in ``data``; empty lines make none."""
+    records: list[Record] = []
+    ends: list[int] = []
+    pos = 0
+    for line in data.split(b"\n"):
+        end = pos + len(line)
+        pos = end + 1
+        if line and line != b"\r":
+            records.append(Record(line.decode("utf-8", "replace").removesuffix("\r")))
+            ends.append(end)
+    return records, ends
 
 
 def _compile(pattern: str) -> Any:
@@ -178,6 +215,21 @@ class Filter:
         """Matches among ``records`` as (index, Match): ``match`` for a batch."""
         return [(i, c[2]) for i, c in self._scan(records, now) if c[2] is not None]
 
+    def hits(self, records: Sequence[Record], now: float) -> list[Hit]:
+        """``scan`` as compact tuples (the index of the record first), for the daemon."""
+        return [_hit(i, c) for i, c in self._scan(records, now)]
+
+    def scan_lines(self, data: bytes, now: float) -> list[Hit]:
+        """``scan`` for a block of raw lines separated by b"\\n", in order.
+
+        Each line is what a text file source would make a record of (UTF-8
+        with invalid bytes replaced, one trailing b"\\r" dropped, empty lines
+        skipped); the hits are what ``evaluate`` gives those records, without
+        building a record for lines that do not match.
+        """
+        records, ends = split_block(data)
+        return [_hit(ends[i], c) for i, c in self._scan(records, now)]
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} rules={list(self.rules)}>"
 
@@ -276,6 +328,8 @@ class TextFilter(Filter):
         self._programs = frozenset(spec.programs)
         self._host = HostCache()
         self._scanner = _scanner([patterns.expand_host(r.regex) for r in spec.rules])
+        self._hosts: dict[bytes, tuple[IPAddress, int] | None] = {}
+        self._lines = _LineProgram.build(spec, self._heads, self._head_len)
 
     @property
     def rules(self) -> tuple[str, ...]:
@@ -328,6 +382,78 @@ class TextFilter(Filter):
         if len(out) > 1:
             out.sort(key=lambda item: item[0])
         return out
+
+    def scan_lines(self, data: bytes, now: float) -> list[Hit]:
+        program = self._lines
+        if program is None or b"\r\n" in data or data.endswith(b"\r"):
+            # A CR before the newline is dropped by the per-line decoding,
+            # which the block program does not know about.
+            return super().scan_lines(data, now)
+        if not data.isascii():
+            try:
+                data.decode()
+            except UnicodeDecodeError:
+                # The per-line path matches U+FFFD where RE2 sees invalid bytes.
+                return super().scan_lines(data, now)
+        end = len(data)
+        if program.valid is not None and program.valid(data, 0, end)[0][0] < 0:
+            return super().scan_lines(data, now)
+        search = program.candidates
+        head_len = program.head_len
+        heads = program.heads
+        hosts = self._hosts
+        ignore = self._ignore
+        find = data.find
+        out: list[Hit] = []
+        last_stamp = b""
+        last_t = now
+        pos = 0
+        while pos < end:
+            found = search(data, pos, end)[0]
+            start = found[0]
+            if start < 0:
+                break
+            nl = find(b"\n", found[1])
+            if nl < 0:
+                nl = end
+            pos = nl + 1
+            message = data[found[1] - head_len : nl]
+            spans = None
+            for rule in heads[message[:head_len]]:
+                spans = rule.run(message)
+                if spans is not None:
+                    break
+            if spans is None:
+                continue
+            text = message[spans[rule.host][0] : spans[rule.host][1]]
+            try:
+                host = hosts[text]
+            except KeyError:
+                host = self._new_host(text)
+            if host is None:
+                out.append((nl, "bad-host", rule.name, None, 0, 0.0))
+                continue
+            if ignore is not None and ignore.search(message) is not None:
+                out.append((nl, "ignored", rule.name, None, 0, 0.0))
+                continue
+            if program.valid is None:
+                last_t = now  # no header, no stamp: the record's time is unknown
+            else:
+                stamp = data[start : start + 15]
+                if stamp != last_stamp:
+                    last_stamp = stamp
+                    t = timeparse.parse_syslog(stamp.decode(), now)
+                    last_t = now if t is None else t
+            out.append((nl, "match", rule.name, host[0], host[1], last_t))
+        return out
+
+    def _new_host(self, text: bytes) -> tuple[IPAddress, int] | None:
+        addr = self._host(text.decode())
+        value = None if addr is None else (addr, host_key(addr))
+        if len(self._hosts) >= _HOST_CACHE_MAX:
+            self._hosts.clear()
+        self._hosts[text] = value
+        return value
 
     def _strip(self, text: str) -> tuple[str, prefix.Header | None]:
         """The message, and the most precise header; header None + "" = another program."""
@@ -402,6 +528,98 @@ class TextFilter(Filter):
             if (s := spans[idx][0]) != -1 and (e := spans[idx][1]) >= s
         }
         return "match", rule.name, Match(host, t, self.name, rule.name, fields)
+
+
+_MONTH_RE: Final = "(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+# A syslog header exactly as prefix.strip_syslog reads it, for whole-second
+# stamps: host up to 255 characters, then a tag without spaces or colons up
+# to the first ": ".
+_STAMP_HOST_RE: Final = (
+    _MONTH_RE + " [ 0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9] [!-~]{1,255} "
+)
+_TAG_MAX: Final = 100  # strip_syslog allows 127; tags longer than this take the slow path
+_ANY_TAG_RE: Final = f"[!-9;-~]{{1,{_TAG_MAX}}}: "
+_TAG_CHARS: Final = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-/@"
+)
+
+
+def _raw(pattern: str, anchor_name: str, *, never_nl: bool = False) -> Callable[..., Spans]:
+    options = re2.Options()
+    options.never_nl = never_nl
+    options.never_capture = True
+    options.max_mem = 64 << 20  # a bigger DFA cache keeps long scans off the NFA
+    regexp = re2.compile(pattern, options)
+    raw = getattr(regexp, "_regexp", None)
+    anchor = getattr(getattr(re2, "_Anchor", None), anchor_name, None)
+    if raw is None or anchor is None or not hasattr(raw, "Match"):
+        raise re2.error("no raw RE2 object in this re2 binding")
+    call = raw.Match
+
+    def run(data: bytes, pos: int, end: int) -> Spans:
+        spans: Spans = call(anchor, data, pos, end)
+        return spans
+
+    return run
+
+
+@dataclass(frozen=True, slots=True)
+class _LineProgram:
+    """How a text filter reads a block of lines without a record per line.
+
+    ``valid`` (one DFA pass over the block, no captures) says whether every
+    line is either empty or starts with a syslog header of the exact shape
+    below; only then is ``candidates`` trusted. ``candidates`` finds, in one
+    call per line, the next line whose header names an allowed program and
+    whose message starts with one of the rules' literal heads (all of one
+    length, so the match end says where the message starts). That is exactly
+    the set of lines the per-line path would try a rule on; each then runs
+    the rules of its head, as the per-line path does. A block that is not
+    ``valid`` (other stamp forms, lines without a header) takes the per-line
+    path whole.
+    """
+
+    valid: Callable[[bytes, int, int], Spans] | None
+    candidates: Callable[[bytes, int, int], Spans]
+    head_len: int
+    heads: dict[bytes, tuple[_TextRule, ...]]
+
+    @staticmethod
+    def build(spec: TextFilterSpec, heads: dict[str, tuple[_TextRule, ...]],
+              head_len: int) -> _LineProgram | None:
+        if not head_len or not all(h.isascii() for h in heads):
+            return None
+        head_re = "(?:" + "|".join(re2.escape(h) for h in heads) + ")"
+        try:
+            if not spec.prefix:
+                return _LineProgram(None, _raw("(?m)^" + head_re, "UNANCHORED"), head_len,
+                                    {h.encode(): r for h, r in heads.items()})
+            if list(spec.prefix) != ["syslog"]:
+                return None  # klog and mixed headers: the per-line path
+            if any(h[:3] in _MONTHS_SET for h in heads):
+                return None  # a head that looks like a stamp: lines could be misread
+            if spec.programs:
+                if any(not p or not set(p) <= _TAG_CHARS for p in spec.programs):
+                    return None
+                tag = "(?:" + "|".join(
+                    re2.escape(p) + rf"(?:\[[!-9;-~]{{0,{_TAG_MAX - len(p) - 1}}})?"
+                    for p in spec.programs if len(p) < _TAG_MAX
+                ) + "): "
+            else:
+                tag = _ANY_TAG_RE
+            line = _STAMP_HOST_RE + _ANY_TAG_RE + "[^\n]*"
+            valid = _raw("(?:(?:" + line + ")?\n)*(?:" + line + ")?", "ANCHOR_BOTH")
+            candidates = _raw("(?m)^" + _STAMP_HOST_RE + tag + head_re, "UNANCHORED",
+                              never_nl=True)
+        except re2.error:
+            return None
+        return _LineProgram(valid, candidates, head_len,
+                            {h.encode(): r for h, r in heads.items()})
+
+
+_MONTHS_SET: Final = frozenset(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+)
 
 
 def _scanner(rules: Sequence[str]) -> Callable[[bytes, int], int] | None:

@@ -120,13 +120,22 @@ def _pair(key: str, year: int) -> tuple[float | None, float | None]:
     return _local(year, month, d, h, m, sec), _local(year - 1, month, d, h, m, sec)
 
 
+# The last (stamp, now) parsed and its result: consecutive lines share a
+# second, and the daemon passes one ``now`` per batch.
+_last_syslog: list[tuple[str, float, float | None]] = [("", 0.0, None)]
+
+
 def parse_syslog(stamp: str, now: float) -> float | None:
     """Epoch for a syslog stamp ``Nov 26 04:57:45[.ffffff]`` (local time, year inferred)."""
+    last_stamp, last_now, last_t = _last_syslog[0]
+    if stamp == last_stamp and now == last_now:
+        return last_t
     t = _no_year(stamp[:15], now)
-    if t is None or len(stamp) == 15:
-        return t
-    frac = _fraction(stamp[15:])
-    return None if frac is None else t + frac
+    if t is not None and len(stamp) != 15:
+        frac = _fraction(stamp[15:])
+        t = None if frac is None else t + frac
+    _last_syslog[0] = (stamp, now, t)
+    return t
 
 
 def parse_klog(stamp: str, now: float) -> float | None:

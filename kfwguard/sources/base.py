@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from kfwguard.model import Record
@@ -11,7 +11,7 @@ from kfwguard.model import Record
 # Called on the event loop with a non-empty batch, in log order. The daemon
 # persists ``batch[-1].position`` after the call returns; each record's
 # position is the resume token for the point just after that record.
-Sink = Callable[[list[Record]], None]
+Sink = Callable[[Sequence[Record]], None]
 
 # Lines (or joined CRI messages) longer than this are skipped and counted: a
 # filter has nothing to gain from them and buffering them costs memory.

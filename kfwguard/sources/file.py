@@ -24,7 +24,7 @@ import structlog
 from kfwguard.config import FileSourceConfig
 from kfwguard.model import Record
 from kfwguard.sources.base import MAX_BATCH, MAX_LINE, Sink
-from kfwguard.sources.formats import Line, LineSplitter, make_decoder
+from kfwguard.sources.formats import Line, LineSplitter, TextBlock, make_decoder
 from kfwguard.sources.inotify import (
     IN_IGNORED,
     IN_MOVED_FROM,
@@ -284,8 +284,10 @@ class FileSource:
             if not data:
                 return
             self._sig = (self._sig + data[-_SIG:])[-_SIG:]
-            lines = split.feed(data)
-            if lines:
+            block = split.feed_block(data) if self.format == "text" else None
+            if block is not None:
+                await self._deliver_block(sink, *block)
+            elif lines := split.feed(data):
                 await self._deliver(sink, self._decoder.decode(lines, self._pos))
             # Fairness: let other sources and the daemon run between chunks.
             await asyncio.sleep(0)
@@ -297,6 +299,28 @@ class FileSource:
         if not n:
             return True
         return os.pread(fd, n, self._split.read_offset - n) == self._sig
+
+    async def _deliver_block(self, sink: Sink, data: bytes, start: int) -> None:
+        """Deliver complete lines as TextBlocks of at most MAX_BATCH lines each."""
+        first = True
+        while data:
+            if data.count(b"\n") > MAX_BATCH:
+                rest = data.split(b"\n", MAX_BATCH)[-1]  # C-level; short lines only
+                cut = len(data) - len(rest)
+            else:
+                cut = len(data)
+            block = TextBlock(data[:cut], start, self._pos)
+            data, start = data[cut:], start + cut
+            n = len(block)
+            if not n:
+                continue
+            if not first:
+                await asyncio.sleep(0)
+            first = False
+            sink(block)
+            self.lines_read += n
+            self._last_time = self._clock()
+            self._delivered = block.end_position
 
     async def _deliver(self, sink: Sink, records: list[Record]) -> None:
         if not records:

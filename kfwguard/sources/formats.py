@@ -7,11 +7,11 @@ CRI partial messages, positions) are tested without files or an event loop.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import accumulate
-from typing import Literal, Protocol
+from typing import Literal, Protocol, overload
 
 from kfwguard.model import Record
 from kfwguard.sources.base import MAX_LINE
@@ -114,6 +114,47 @@ class LineSplitter:
             self._buf += data[start:]
         return out
 
+    def feed_block(self, data: bytes) -> tuple[bytes, int] | None:
+        """``feed`` without a Python object per line, when nothing special happens.
+
+        Returns the complete lines of ``data`` (with the line held from the
+        previous chunk) as one bytes object ending in b"\\n", and the file
+        offset of its first byte; or None, having changed nothing, when the
+        chunk needs ``feed``: a line is being skipped, a complete line is
+        over the cap, or there is no complete line.
+        """
+        if self._skipping:
+            return None
+        last = data.rfind(b"\n")
+        if last < 0:
+            return None
+        # Every line must fit the cap: from any line start, the next newline
+        # is at most cap+1 bytes on (a few C-level finds per chunk).
+        cap = self.cap
+        held = len(self._buf)
+        pos = 0
+        if held:
+            first = data.find(b"\n")
+            if held + first > cap:
+                return None
+            pos = first + 1
+        while pos <= last:
+            window = pos + cap + 1
+            if data.find(b"\n", pos, window) < 0:
+                return None
+            pos = data.rfind(b"\n", pos, window) + 1
+        start = self.line_start
+        block = bytes(self._buf) + data[: last + 1] if held else data[: last + 1]
+        self._buf.clear()
+        self.read_offset += len(data)
+        self.line_start = self.read_offset - (len(data) - last - 1)
+        rest = len(data) - last - 1
+        if rest > cap:
+            self._skipping = True
+        elif rest:
+            self._buf += data[last + 1 :]
+        return block, start
+
     def take_unterminated(self) -> Line | None:
         """The buffered partial line, as if its newline had arrived (used when a
         file is abandoned for its successor: its last line will never complete)."""
@@ -170,6 +211,53 @@ class TextDecoder:
 
     def reset(self) -> None:
         pass
+
+
+class TextBlock(Sequence[Record]):
+    """Complete lines of a text file as one bytes object: a batch for the sink.
+
+    The daemon's filters read ``data`` whole (``Filter.scan_lines``), so a
+    line nobody matches never becomes a Python object. Anything else sees
+    the same records ``TextDecoder`` would make, built on first use.
+    """
+
+    __slots__ = ("_position", "_records", "data", "end_position", "start")
+
+    def __init__(self, data: bytes, start: int, position: PositionOf) -> None:
+        self.data = data
+        self.start = start
+        self._position = position
+        # Where a restart resumes once this batch is handled.
+        self.end_position = position(start + len(data))
+        self._records: list[Record] | None = None
+
+    def records(self) -> list[Record]:
+        if self._records is None:
+            lines: list[Line] = []
+            offset = self.start
+            for line in self.data[:-1].split(b"\n"):
+                offset += len(line) + 1
+                lines.append((line, offset))
+            self._records = TextDecoder({}).decode(lines, self._position)
+        return self._records
+
+    def __len__(self) -> int:
+        data = self.data
+        if b"\n\n" in data or b"\n\r\n" in data or data.startswith((b"\n", b"\r\n")):
+            return len(self.records())  # empty lines make no record
+        return data.count(b"\n")
+
+    @overload
+    def __getitem__(self, index: int) -> Record: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Record]: ...
+
+    def __getitem__(self, index: int | slice) -> Record | Sequence[Record]:
+        return self.records()[index]
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records())
 
 
 class JsonDecoder:

@@ -63,3 +63,31 @@ class TestIgnoreList:
         ig = IgnoreList(["10.0.0.1"])
         assert ig.overlaps(ipaddress.ip_network("10.0.0.0/24"))
         assert not ig.overlaps(ipaddress.ip_network("10.0.1.0/24"))
+
+
+class TestParseHostFastPath:
+    def test_agrees_with_ipaddress(self) -> None:
+        """inet_pton's answers equal ipaddress's on valid, mangled and hostile text."""
+        cases = ["1.2.3.4", "01.2.3.4", "1.2.3", "256.1.1.1", " 1.2.3.4", "1.2.3.4 ", "::",
+                 "::1", "::ffff:1.2.3.4", "::ffff:01.2.3.4", "1::2::3", "1:2:3:4:5:6:7:8",
+                 "1:2:3:4:5:6:7::", "::1.2.3.4", "12345::", "0x1.2.3.4", "1.2.3.٣", "[::1]",
+                 "::FFFF:10.0.0.1", "1:2:3:4:5:6:1.2.3.4"]
+        for text in cases:
+            inner = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+            try:
+                expected: object = ipaddress.ip_address(inner)
+            except ValueError:
+                expected = None
+            if isinstance(expected, ipaddress.IPv6Address) and expected.ipv4_mapped:
+                expected = expected.ipv4_mapped
+            assert expected == parse_host(text), text
+
+    def test_ignore_ranges(self) -> None:
+        """Network ranges and exact addresses of both families are found by key."""
+        ig = IgnoreList(["10.0.0.0/8", "2001:db8::/32", "192.0.2.7", "::1"])
+        assert ipaddress.ip_address("10.255.0.1") in ig
+        assert ipaddress.ip_address("2001:db8::5") in ig
+        assert ipaddress.ip_address("192.0.2.7") in ig
+        assert ipaddress.ip_address("::1") in ig
+        assert ipaddress.ip_address("0.0.0.1") not in ig  # same int as ::1, other family
+        assert ipaddress.ip_address("11.0.0.1") not in ig

@@ -90,3 +90,19 @@ class TestBanDuration:
     def test_without_increment(self) -> None:
         """Without bantime_increment every ban lasts bantime."""
         assert 3600.0 == ban_duration(cfg(), 7)
+
+
+class TestAddFailure:
+    def test_ban_table_asked_only_at_maxretry(self) -> None:
+        """banned_since is consulted once, when an address reaches maxretry."""
+        asked: list[str] = []
+
+        def since(a: object, jail: str) -> float | None:
+            asked.append(str(a))
+            return None
+
+        j = Jail(cfg(maxretry=3), IgnoreList(), clock=lambda: NOW, banned_since=since)
+        assert j.add(m("203.0.113.1", NOW)) is None
+        assert j.add(m("203.0.113.1", NOW)) is None
+        assert j.add(m("203.0.113.1", NOW)) is not None
+        assert ["203.0.113.1"] == asked

@@ -186,3 +186,33 @@ class TestPosition:
         for bad in (None, "", "x", "[]", '{"dev": 1}', '{"dev":1,"ino":2,"off":-1}',
                     '{"dev":1,"ino":true,"off":0}'):
             assert parse_position(bad) is None
+
+
+class TestFeedBlock:
+    def test_same_lines_as_feed(self) -> None:
+        """feed_block delivers the bytes and offsets feed would, a partial line held."""
+        a, b = LineSplitter(10, {}), LineSplitter(10, {})
+        for chunk in (b"ab\ncd", b"e\n\nfg\nh", b"ij\n"):
+            lines = a.feed(chunk)
+            found = b.feed_block(chunk)
+            assert found is not None
+            data, start = found
+            assert b"".join(line + b"\n" for line, _ in lines) == data
+            assert lines[0][1] - len(lines[0][0]) - 1 == start
+            assert (a.line_start, a.read_offset) == (b.line_start, b.read_offset)
+
+    def test_declines_over_long_lines(self) -> None:
+        """A chunk with an over-long line is left to feed, which counts it."""
+        s = LineSplitter(0, {}, cap=4)
+        assert s.feed_block(b"ab\nabcdefgh\n") is None
+        assert 0 == s.read_offset
+
+    def test_text_block_records(self) -> None:
+        """A TextBlock's records are TextDecoder's, with the same positions."""
+        from kfwguard.sources.formats import TextBlock
+
+        block = TextBlock(b"a\n\nb\r\n", 5, pos)
+        expected = TextDecoder({}).decode([(b"a", 7), (b"", 8), (b"b\r", 11)], pos)
+        assert expected == list(block)
+        assert 2 == len(block)
+        assert "11" == block.end_position
