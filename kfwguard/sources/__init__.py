@@ -23,6 +23,10 @@ def build_source(
 ) -> Source:
     """The running source for ``cfg``, resuming at ``position`` when given."""
     if isinstance(cfg, FileSourceConfig):
+        from kfwguard.sources.globfile import GlobFileSource, is_glob
+
+        if is_glob(str(cfg.path)):
+            return GlobFileSource(cfg, position, clock=clock)
         from kfwguard.sources.file import FileSource
 
         return FileSource(cfg, position, clock=clock)

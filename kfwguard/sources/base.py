@@ -26,8 +26,16 @@ class Source(Protocol):
     """A log source the daemon runs as one task."""
 
     name: str
-    lines_read: int
-    skipped: dict[str, int]
+
+    @property
+    def lines_read(self) -> int:
+        """Records delivered so far."""
+        ...
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Inputs skipped, by reason (too_long, invalid_json, …)."""
+        ...
     # Set by run() once the starting point is fixed (file opened and positioned,
     # or the journal's start stamp taken): what is written after it is read.
     ready: asyncio.Event
