@@ -99,38 +99,33 @@ class JailConfig(Model):
         return v
 
 
-class WebhookActionConfig(Model):
-    type: Literal["webhook"]
+class _URLAction(Model):
+    """An action that posts to a URL, which may carry a secret token: give it
+    inline, from a file, or from an environment variable."""
+
     url: str | None = None
     url_file: Path | None = None
     url_env: str | None = None
+    timeout: Duration = 10.0
+
+    @model_validator(mode="after")
+    def _one_url(self) -> _URLAction:
+        given = [x for x in (self.url, self.url_file, self.url_env) if x is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of url, url_file, url_env")
+        return self
+
+
+class WebhookActionConfig(_URLAction):
+    type: Literal["webhook"]
     format: Literal["slack", "json"] = "slack"
     # Bans within this window are sent as one message.
     aggregate: Duration = 5.0
-    timeout: Duration = 10.0
-
-    @model_validator(mode="after")
-    def _one_url(self) -> WebhookActionConfig:
-        given = [x for x in (self.url, self.url_file, self.url_env) if x is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of url, url_file, url_env")
-        return self
 
 
-class AlertmanagerActionConfig(Model):
+class AlertmanagerActionConfig(_URLAction):
     type: Literal["alertmanager"]
-    url: str | None = None
-    url_file: Path | None = None
-    url_env: str | None = None
-    timeout: Duration = 10.0
     labels: dict[str, str] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _one_url(self) -> AlertmanagerActionConfig:
-        given = [x for x in (self.url, self.url_file, self.url_env) if x is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of url, url_file, url_env")
-        return self
 
 
 ActionConfig = Annotated[

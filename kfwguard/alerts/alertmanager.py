@@ -10,14 +10,10 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-import aiohttp
-
 from kfwguard.alerts.base import (
-    AlertError,
     Event,
-    PermanentAlertError,
+    JsonPoster,
     SecretURL,
-    describe_error,
     load_format,
     render,
     rfc3339,
@@ -45,7 +41,7 @@ class AlertmanagerSender:
         self.url = SecretURL(cfg.url, cfg.url_file, cfg.url_env)
         self.format = load_format("alertmanager")
         self.extra_labels = {label_name(k): v for k, v in cfg.labels.items()}
-        self._session: aiohttp.ClientSession | None = None
+        self._poster = JsonPoster(cfg.timeout)
 
     def alert(self, ev: Event) -> dict[str, Any]:
         banned_at = float(ev["banned_at"])
@@ -82,24 +78,7 @@ class AlertmanagerSender:
         if not events:
             return
         base = self.url.get()
-        url = base.rstrip("/") + "/api/v2/alerts"
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.cfg.timeout))
-        try:
-            async with self._session.post(url, json=self.body(events)) as resp:
-                status = resp.status
-                text = (await resp.text(errors="replace"))[:200]
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise AlertError(describe_error(exc, base)) from None
-        if 200 <= status < 300:
-            return
-        if status >= 500 or status in _RETRY_STATUS:
-            raise AlertError(f"HTTP {status}")
-        raise PermanentAlertError(describe_error(
-            PermanentAlertError(f"HTTP {status}: {text.strip()}"), base))
+        await self._poster.post(base.rstrip("/") + "/api/v2/alerts", self.body(events), base)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._poster.close()

@@ -146,3 +146,41 @@ def redact(text: str, url: str) -> str:
 def describe_error(exc: BaseException, url: str) -> str:
     """A one-line, redacted description of a delivery error."""
     return redact(f"{type(exc).__name__}: {exc}", url)[:300]
+
+
+# Receivers answer these when they are busy or briefly broken: try again later.
+RETRY_STATUS = frozenset({408, 425, 429})
+
+
+class JsonPoster:
+    """One HTTP session that POSTs JSON to a secret URL and sorts the outcome into
+    success, AlertError (retry) or PermanentAlertError (drop), never leaking the URL."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._session: Any = None
+
+    async def post(self, url: str, body: object, secret: str) -> None:
+        """POST ``body`` to ``url``; ``secret`` is what must be redacted from errors."""
+        import aiohttp  # only senders need it; keeps it out of test-filter's start
+
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout))
+        try:
+            async with self._session.post(url, json=body) as resp:
+                status = resp.status
+                text = (await resp.text(errors="replace"))[:200]
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise AlertError(describe_error(exc, secret)) from None
+        if 200 <= status < 300:
+            return
+        if status >= 500 or status in RETRY_STATUS:
+            raise AlertError(f"HTTP {status}")
+        raise PermanentAlertError(describe_error(
+            PermanentAlertError(f"HTTP {status}: {text.strip()}"), secret))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -10,22 +10,15 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-import aiohttp
-
 from kfwguard.alerts.base import (
-    AlertError,
     Event,
-    PermanentAlertError,
+    JsonPoster,
     SecretURL,
-    describe_error,
     load_format,
     render,
 )
 from kfwguard.config import WebhookActionConfig
 from kfwguard.durations import format_duration
-
-# Receivers answer these when they are busy or briefly broken: try again later.
-_RETRY_STATUS = {408, 425, 429}
 
 
 def summarise(events: Sequence[Event], fmt: dict[str, Any], node: str) -> str:
@@ -68,7 +61,7 @@ class WebhookSender:
         self.node = node
         self.url = SecretURL(cfg.url, cfg.url_file, cfg.url_env)
         self.format = load_format(cfg.format)
-        self._session: aiohttp.ClientSession | None = None
+        self._poster = JsonPoster(cfg.timeout)
 
     def body(self, events: Sequence[Event]) -> dict[str, Any]:
         text = summarise(events, self.format, self.node)
@@ -80,23 +73,7 @@ class WebhookSender:
         if not events:
             return
         url = self.url.get()
-        body = self.body(events)
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.cfg.timeout))
-        try:
-            async with self._session.post(url, json=body) as resp:
-                status = resp.status
-                await resp.read()
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise AlertError(describe_error(exc, url)) from None
-        if 200 <= status < 300:
-            return
-        if status >= 500 or status in _RETRY_STATUS:
-            raise AlertError(f"HTTP {status}")
-        raise PermanentAlertError(f"HTTP {status}: the receiver refused the message")
+        await self._poster.post(url, self.body(events), url)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._poster.close()
