@@ -40,6 +40,9 @@ class Operator:
         bans.on_applied.append(self.metrics.on_applied)
         bans.on_ban.append(self.alerts.on_ban)
         bans.on_unban.append(self.alerts.on_unban)
+        alerts = self.alerts
+        daemon.on_drift.append(
+            lambda reason: alerts.on_drift(daemon.cfg.baseline.table, reason))
         await self.alerts.start()
 
         control = ControlServer(daemon, daemon.cfg.control_socket,

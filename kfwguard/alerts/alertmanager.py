@@ -47,14 +47,19 @@ class AlertmanagerSender:
         banned_at = float(ev["banned_at"])
         expires_at = float(ev["expires_at"])
         ends = min(expires_at, float(ev["at"])) if ev["event"] == "unban" else expires_at
+        drift = ev["event"] == "drift"
+        alertname = (self.format.get("drift_alertname", "KfwguardBaselineDrift") if drift
+                     else self.format.get("alertname", "KfwguardBan"))
         labels = {
             **self.extra_labels,
-            "alertname": str(self.format.get("alertname", "KfwguardBan")),
+            "alertname": str(alertname),
             "jail": str(ev["jail"]),
             "node": str(ev.get("node") or self.node),
             "address": str(ev["target"]),
         }
-        summary = render(str(self.format.get("summary", "${address} banned")),
+        template = (self.format.get("drift_summary", "baseline ${address} drifted: ${reason}")
+                    if drift else self.format.get("summary", "${address} banned"))
+        summary = render(str(template),
                          address=ev["target"], jail=ev["jail"], node=labels["node"],
                          duration=format_duration(expires_at - banned_at),
                          reason=ev.get("reason", ""), offence=ev.get("offence", 1))

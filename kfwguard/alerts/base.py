@@ -56,6 +56,26 @@ def ban_event(kind: str, row: BanRow, node: str, at: float | None = None) -> Eve
     }
 
 
+# A drift alert stays firing this long in Alertmanager: the daemon heals drift
+# at once, so there is no later "resolved" moment to wait for.
+DRIFT_ALERT_SECONDS = 15 * 60.0
+
+
+def drift_event(table: str, reason: str, node: str, at: float) -> Event:
+    """The queued form of a healed baseline drift (sent to every action)."""
+    return {
+        "event": "drift",
+        "target": table,
+        "jail": "baseline",
+        "reason": reason,
+        "banned_at": at,
+        "expires_at": at + DRIFT_ALERT_SECONDS,
+        "offence": 1,
+        "node": node,
+        "at": at,
+    }
+
+
 def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z")

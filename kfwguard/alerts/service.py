@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 
 from kfwguard.alerts.alertmanager import AlertmanagerSender
-from kfwguard.alerts.base import Sender, ban_event
+from kfwguard.alerts.base import Sender, ban_event, drift_event
 from kfwguard.alerts.outbox import AlertWorker, Outbox
 from kfwguard.alerts.webhook import WebhookSender
 from kfwguard.config import ActionConfig, Config, WebhookActionConfig
@@ -75,6 +75,12 @@ class AlertService:
         self.outbox.put([(a, ban_event("unban", r, self.node, now))
                          for r in rows if r.expires_at > now
                          for a in self.actions_for(r.jail)])
+
+    def on_drift(self, table: str, reason: str) -> None:
+        """The baseline had drifted and was put back: every action hears of it."""
+        now = self.clock()
+        self.outbox.put([(a, drift_event(table, reason, self.node, now))
+                         for a in self.cfg.actions])
 
     # -- lifecycle ---------------------------------------------------------------
 

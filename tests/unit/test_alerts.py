@@ -20,6 +20,7 @@ from kfwguard.alerts.base import (
     SecretURL,
     ban_event,
     describe_error,
+    drift_event,
     load_format,
     redact,
 )
@@ -384,3 +385,26 @@ node_name: node-7
         svc.on_unban([row("192.0.2.1", "sshd"), row("192.0.2.2", "sshd", seconds=-1)])
         assert [("chat", "unban", "192.0.2.1")] == self.queued(svc)
 
+
+    def test_drift_goes_to_every_action(self) -> None:
+        """A healed baseline drift is queued for every configured action."""
+        svc = self.service()
+        svc.on_drift("kfwguard_baseline", "chain input was flushed")
+        assert [("chat", "drift", "kfwguard_baseline"),
+                ("am", "drift", "kfwguard_baseline")] == self.queued(svc)
+
+
+class TestDriftMessages:
+    def test_chat_and_alertmanager_render_drift(self) -> None:
+        """Drift renders as its own chat line and as a KfwguardBaselineDrift alert
+        naming the table and what had changed."""
+        ev = drift_event("kfwguard_baseline", "rule edited in chain input", "node-1", NOW)
+        text = summarise([ev], load_format("slack"), "node-1")
+        assert ":warning: baseline table *`kfwguard_baseline`* on node-1 had drifted and " \
+               "was put back: rule edited in chain input" == text
+        am = AlertmanagerSender("am", AlertmanagerActionConfig.model_validate(
+            {"type": "alertmanager", "url": "http://am.example"}), "node-1")
+        [alert] = am.body([ev])
+        assert ("KfwguardBaselineDrift", "kfwguard_baseline") == \
+            (alert["labels"]["alertname"], alert["labels"]["address"])
+        assert "rule edited in chain input" in alert["annotations"]["summary"]
