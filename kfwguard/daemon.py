@@ -112,7 +112,8 @@ class Daemon:
 
     async def _build_ignore(self, cfg: Config) -> IgnoreList:
         ignore = IgnoreList([*LOOPBACK_NETS, *cfg.ignoreip])
-        # pyroute2's synchronous IPRoute runs its own event loop: keep it off ours.
+        # Runs a child process (pyroute2 stays out of the daemon) and waits for
+        # it, up to node.CHILD_TIMEOUT: keep that wait off our event loop.
         for net in await asyncio.to_thread(protected_networks):
             ignore.add(net)
         return ignore

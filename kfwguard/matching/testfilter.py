@@ -19,7 +19,6 @@ from kfwguard.matching.engine import MAX_LINE, Filter
 from kfwguard.matching.loader import load_filter
 from kfwguard.matching.spec import FilterError
 from kfwguard.matching.timeparse import format_rfc3339
-from kfwguard.model import Record
 
 CHUNK = 1 << 20
 
@@ -98,48 +97,107 @@ def main(
         return 1
 
 
-BATCH = 4096
+def _whole_lines(block: bytes, max_line: int) -> Iterator[bytes | None]:
+    """``block`` (whole lines, the last ending in b"\\n") with each line over
+    ``max_line`` bytes cut out and replaced by one None, in order.
+
+    A line from ``pos`` is too long exactly when the ``max_line + 1`` bytes
+    from ``pos`` hold no newline, so one ``rfind`` per window of that size
+    checks a block: no per-line work.
+    """
+    limit = max_line + 1
+    end = len(block)
+    pos = seg = 0
+    while end - pos > limit:
+        nl = block.rfind(b"\n", pos, pos + limit)
+        if nl >= 0:
+            pos = nl + 1
+            continue
+        if pos > seg:
+            yield block[seg:pos]
+        yield None
+        pos = seg = block.find(b"\n", pos + limit) + 1
+    if seg == 0:
+        yield block
+    elif seg < end:
+        yield block[seg:]
+
+
+def iter_blocks(
+    stream: BinaryIO, max_line: int = MAX_LINE, chunk_size: int = CHUNK
+) -> Iterator[bytes | None]:
+    """The lines of ``stream`` in order, as blocks of whole lines each ending in
+    b"\\n" (one is added to a last line that lacks it), and None for each line
+    over ``max_line`` bytes (dropped unread into memory, like ``iter_lines``).
+
+    Each block holds ``block.count(b"\\n")`` lines of the file; a file that
+    ends in a newline has no extra empty line after it.
+    """
+    pending = b""  # the start of a line, never more than max_line bytes
+    skipping = False  # inside a line already known to be too long
+    while chunk := stream.read(chunk_size):
+        start = 0
+        if skipping:
+            nl = chunk.find(b"\n")
+            if nl < 0:
+                continue
+            skipping = False
+            yield None
+            start = nl + 1
+        last = chunk.rfind(b"\n", start)
+        if last < 0:
+            if len(pending) + len(chunk) - start > max_line:
+                pending, skipping = b"", True
+            else:
+                pending += chunk[start:]
+            continue
+        block = pending + chunk[start : last + 1] if pending else chunk[start : last + 1]
+        yield from _whole_lines(block, max_line)
+        pending = chunk[last + 1 :]
+        if len(pending) > max_line:
+            pending, skipping = b"", True
+    if skipping:
+        yield None
+    elif pending:
+        yield pending + b"\n"
 
 
 def _run(filt: Filter, stream: BinaryIO, name: str, as_json: bool, out: TextIO, now: float) -> int:
     statuses: Counter[str] = Counter()
     per_rule: Counter[str] = Counter()
-    hosts: set[str] = set()
-    lines = 0
-    batch: list[Record] = []
-    numbers: list[int] = []
-
-    def flush() -> None:
-        # Filter.scan finds the few interesting lines of a batch in one pass.
-        for i, outcome in filt.scan(batch, now):
-            statuses[outcome.status] += 1
-            m = outcome.match
-            if m is None:
-                continue
-            per_rule[m.rule] += 1
-            hosts.add(str(m.host))
-            if as_json:
-                out.write(json.dumps({
-                    "line": numbers[i],
-                    "host": str(m.host),
-                    "time": format_rfc3339(m.time),
-                    "filter": m.filter,
-                    "rule": m.rule,
-                }) + "\n")
-        batch.clear()
-        numbers.clear()
+    hosts: set[object] = set()
+    lines = 0  # lines before the current block
+    write = out.write
+    dumps = json.dumps
+    filter_name = filt.name
 
     started = time.perf_counter()
-    for number, text in enumerate(iter_lines(stream), 1):
-        lines = number
-        if text is None:
+    for block in iter_blocks(stream, chunk_size=CHUNK):
+        if block is None:
+            lines += 1
             statuses["too-long"] += 1
             continue
-        batch.append(Record(text=text))
-        numbers.append(number)
-        if len(batch) >= BATCH:
-            flush()
-    flush()
+        # Filter.scan_lines finds the few interesting lines of a block in one
+        # pass; the others never become Python objects.
+        hits = filt.scan_lines(block, now)
+        seen, number = 0, lines
+        for end, status, rule, host, _key, t in hits:
+            statuses[status] += 1
+            if host is None or rule is None:
+                continue
+            per_rule[rule] += 1
+            hosts.add(host)
+            if as_json:
+                number += block.count(b"\n", seen, end) + 1
+                seen = end + 1
+                write(dumps({
+                    "line": number,
+                    "host": str(host),
+                    "time": format_rfc3339(t),
+                    "filter": filter_name,
+                    "rule": rule,
+                }) + "\n")
+        lines += block.count(b"\n")
     elapsed = time.perf_counter() - started
     if as_json:
         return 0

@@ -7,8 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from kfwguard.matching.testfilter import iter_lines, main
+from kfwguard.matching import testfilter
+from kfwguard.matching.testfilter import iter_blocks, iter_lines, main
 from kfwguard.matching.timeparse import parse_rfc3339
 
 NOW = parse_rfc3339("2026-11-26T12:00:00Z") or 0.0
@@ -54,6 +57,50 @@ class TestIterLines:
         assert [None, "ok"] == list(iter_lines(io.BytesIO(data)))
 
 
+class TestIterBlocks:
+    def blocks(self, data: bytes, max_line: int = 10, chunk_size: int = 4) -> list[bytes | None]:
+        return list(iter_blocks(io.BytesIO(data), max_line=max_line, chunk_size=chunk_size))
+
+    def test_blocks_are_whole_lines(self) -> None:
+        """Every block is whole lines ending in a newline; one is added to a last line without."""
+        assert b"abc\ndefghij\r\nk\n" == b"".join(
+            b for b in self.blocks(b"abc\ndefghij\r\nk") if b is not None)
+
+    def test_trailing_newline_adds_no_line(self) -> None:
+        """A file ending in a newline has exactly as many lines as newlines."""
+        blocks = self.blocks(b"a\nb\nc\n", chunk_size=1024)
+        assert 3 == sum(b.count(b"\n") for b in blocks if b is not None)
+
+    def test_too_long_lines_cut_out_in_place(self) -> None:
+        """Over-long lines become None where they were, within and across chunks."""
+        data = b"a\n" + b"x" * 25 + b"\nb\n" + b"y" * 11 + b"\nc\n" + b"z" * 30
+        assert [b"a\n", None, b"b\n", None, b"c\n", None] == self.blocks(data, chunk_size=1024)
+        assert [b"a\n", None, b"b\n", None, b"c\n", None] == [
+            b for b in self.blocks(data, chunk_size=3) if b != b""]
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.sampled_from([b"", b"a", b"bc\r", b"x" * 9, b"y" * 10, b"z" * 11,
+                                     b"\xff", b"w" * 40]), max_size=12),
+           st.booleans(), st.integers(1, 30))
+    def test_same_lines_as_iter_lines(self, lines: list[bytes], final_nl: bool,
+                                      chunk_size: int) -> None:
+        """Blocks split into lines give exactly what iter_lines gives, in the same order."""
+        data = b"\n".join(lines) + (b"\n" if final_nl and lines else b"")
+        flat: list[str | None] = []
+        for b in self.blocks(data, chunk_size=chunk_size):
+            if b is None:
+                flat.append(None)
+                continue
+            flat.extend(x.removesuffix(b"\r").decode("utf-8", "replace")
+                        for x in b[:-1].split(b"\n"))
+        assert iter_lines_exact(data, chunk_size) == flat
+
+
+def iter_lines_exact(data: bytes, chunk_size: int) -> list[str | None]:
+    """iter_lines' lines for ``data`` (max_line 10)."""
+    return list(iter_lines(io.BytesIO(data), max_line=10, chunk_size=chunk_size))
+
+
 class TestTestFilterJson:
     def test_shape(self, tmp_path: Path) -> None:
         """--json prints one object per match with line, host, time, filter, rule."""
@@ -91,7 +138,40 @@ class TestTestFilterJson:
         }] == [json.loads(x) for x in out.splitlines()]
 
 
+    def test_line_numbers_across_blocks(self, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+        """Line numbers stay 1-based and exact across reads, empty and over-long lines."""
+        monkeypatch.setattr(testfilter, "CHUNK", 100)
+        fail = LOG.splitlines()[0] + "\n"
+        noise = "Nov 26 04:57:46 node1 cron[2]: ok\n"
+        body = fail + noise * 3 + "\n" + "y" * 70000 + "\n" + fail + noise + fail
+        _, out, _ = run(tmp_path, body.encode(), as_json=True)
+        assert [1, 7, 9] == [json.loads(x)["line"] for x in out.splitlines()]
+
+
 class TestTestFilterSummary:
+    def test_line_count_exact(self, tmp_path: Path) -> None:
+        """A file ending in a newline counts no extra empty line after it."""
+        body = ("Nov 26 04:57:46 node1 cron[2]: ok\n" * 1000).encode()
+        _, out, _ = run(tmp_path, body, as_json=False)
+        assert "lines     1000\n" in out
+        _, out, _ = run(tmp_path, body + b"tail", as_json=False)
+        assert "lines     1001\n" in out
+
+    def test_ignored_and_bad_host_counted(self, tmp_path: Path) -> None:
+        """ignoreregex hits and non-address hosts are counted apart from matches."""
+        filt = tmp_path / "app.yaml"
+        filt.write_text(
+            "format: text\nprefix: [syslog]\nrules:\n  - name: fail\n"
+            "    regex: '^login failed from (?P<host>\\S+)$'\n"
+            "ignoreregex: 'from 192\\.0\\.2\\.99$'\n")
+        body = "".join(f"Nov 26 04:57:45 n app: login failed from {h}\n"
+                       for h in ("192.0.2.1", "nope", "192.0.2.99"))
+        _, out, _ = run(tmp_path, body.encode(), as_json=False, filt=str(filt))
+        for expected in ("lines     3\n", "matched   1 from 1 distinct hosts", "ignored   1 ",
+                         "bad host  1 ", "too long  0 "):
+            assert expected in out
+
     def test_summary(self, tmp_path: Path) -> None:
         """The human summary counts lines, matches, skips and per-rule hits."""
         body = (LOG + "y" * 70000 + "\n").encode()
