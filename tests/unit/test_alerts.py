@@ -299,7 +299,9 @@ class TestAlertWorker:
                              backoff_base=0.01)
         box.put([("chat", e) for e in bans(2)])
         box.spool_now()
-        await self.run_worker(worker, lambda: bool(receiver.posts))
+        # The receiver records the POST before the worker has read the answer:
+        # wait for the outbox to be cleared too.
+        await self.run_worker(worker, lambda: bool(receiver.posts) and not box.size("chat"))
         assert 2 == worker.failures
         assert 0 == box.size("chat")
 
