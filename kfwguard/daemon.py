@@ -280,13 +280,16 @@ class Daemon:
             log.error("state_unavailable", error=str(exc),
                       note="running without persistence; bans in the kernel are kept")
             self.store = None
-        self.ignore = await self._build_ignore(cfg)
+        # The node's own addresses come from a child process; look them up while
+        # the bans go back into the kernel, which comes first: it is what protects.
+        # (Restored bans were checked against the ignore lists when decided.)
+        ignore_lookup = asyncio.create_task(self._build_ignore(cfg))
         nft = self.nft = Nft()
         table = BanTable(nft, cfg.nftables.table, cfg.nftables.set_size)
         self.bans = BanManager(
             table, self.store,
             jails={j.name: j for j in cfg.jails},
-            ignore=self.ignore, clock=self.clock,
+            ignore=IgnoreList([*LOOPBACK_NETS, *cfg.ignoreip]), clock=self.clock,
             check_interval=cfg.nftables.check_interval,
         )
         if self.store is None:
@@ -294,6 +297,7 @@ class Daemon:
             await asyncio.to_thread(self.bans.adopt_kernel)
         else:
             await asyncio.to_thread(self.bans.restore)
+        self.ignore = self.bans.ignore = await ignore_lookup
         self._build_pipeline(cfg, filters)
         await self._start_baseline(cfg)
         for hook in self.on_start:
