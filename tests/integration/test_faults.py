@@ -6,6 +6,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 from tests.integration.daemon_harness import DaemonRun, base_config, sshd_fail, wait_until
@@ -134,6 +135,69 @@ class TestStateMisbehaves:
             assert wait_until(lambda: len(d.elements("ban_v4")) == 3000, timeout=30), d.log()
             assert "state_not_persisting" in d.log()
             assert d.alive()
+            d.stop()
+        finally:
+            subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+class TestLogsMisbehave:
+    def test_rotation_copytruncate_and_deletion_during_burst(self, lab: Lab,
+                                                             tmp_path: Path) -> None:
+        """Offenders written across a rename rotation, a copytruncate and a deleted log
+        that reappears, all in one burst, are each banned: no line lost."""
+        node = lab.host("node")
+        log = tmp_path / "auth.log"
+        log.write_text("")
+        d = DaemonRun(node, tmp_path, base_config(tmp_path, log, maxretry=1))
+        d.start()
+        with log.open("a") as f:
+            f.write(burst(1000, base=0))
+        log.rename(tmp_path / "auth.log.1")  # rotation by rename, then more lines
+        with (tmp_path / "auth.log.1").open("a") as f:
+            f.write(burst(500, base=1000))
+        with log.open("a") as f:
+            f.write(burst(1000, base=1500))
+        assert wait_until(lambda: stored(tmp_path / "state")[0] == 2500, timeout=30), d.log()
+        # copytruncate: copy away, truncate in place, keep writing
+        subprocess.run(["cp", str(log), str(tmp_path / "auth.log.2")], check=True)
+        with log.open("r+") as f:
+            f.truncate(0)
+        with log.open("a") as f:
+            f.write(burst(1000, base=2500))
+        assert wait_until(lambda: stored(tmp_path / "state")[0] == 3500, timeout=30), d.log()
+        log.unlink()  # deleted, then it comes back
+        time.sleep(0.3)
+        with log.open("a") as f:
+            f.write(burst(500, base=3500))
+        assert wait_until(lambda: len(d.elements("ban_v4")) == 4000, timeout=30), d.log()
+        assert (4000, 4000) == stored(tmp_path / "state")[:2]
+        assert d.alive()
+        d.stop()
+
+    def test_read_only_state_keeps_kernel_bans(self, lab: Lab, tmp_path: Path) -> None:
+        """A state directory on a read-only filesystem is reported; the daemon starts
+        with the bans the kernel holds and keeps banning from memory."""
+        node = lab.host("node")
+        log = tmp_path / "auth.log"
+        log.write_text("")
+        state = tmp_path / "state"
+        state.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(state)],
+                       check=True)
+        try:
+            d = DaemonRun(node, tmp_path, base_config(tmp_path, log, maxretry=1))
+            d.start()
+            with log.open("a") as f:
+                f.write(sshd_fail("198.51.100.81"))
+            assert wait_until(lambda: "198.51.100.81" in d.elements("ban_v4"))
+            d.stop()
+            subprocess.run(["mount", "-o", "remount,ro", str(state)], check=True)
+            d.start()
+            assert "state_unavailable" in d.log()[d.log_offset:]
+            assert "198.51.100.81" in d.elements("ban_v4")
+            with log.open("a") as f:
+                f.write(sshd_fail("198.51.100.82"))
+            assert wait_until(lambda: "198.51.100.82" in d.elements("ban_v4"))
             d.stop()
         finally:
             subprocess.run(["umount", "-l", str(state)], check=False)
