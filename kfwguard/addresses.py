@@ -138,6 +138,13 @@ class IgnoreList:
                 addr.num_addresses == 1 and addr.network_address in self._exact)
         return False
 
+    def extended(self, items: Iterable[IPNetwork | IPAddress | str]) -> IgnoreList:
+        """A new list holding this one's entries and ``items`` (a jail's own ignoreip)."""
+        out = IgnoreList([*self._exact, *self._v4, *self._v6])
+        for item in items:
+            out.add(item)
+        return out
+
     def overlaps(self, net: IPNetwork) -> bool:
         """True if banning ``net`` would also ban something on this list."""
         if net.num_addresses == 1:

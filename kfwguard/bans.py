@@ -13,11 +13,11 @@ import ipaddress
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 
-from kfwguard.addresses import IgnoreList, IPAddress, IPNetwork
+from kfwguard.addresses import IgnoreList, IPAddress
 from kfwguard.config import JailConfig
 from kfwguard.firewall.bantable import BanTable, Element, Target
 from kfwguard.firewall.nft import NftError
@@ -60,7 +60,6 @@ class BanStats:
     kernel_errors: int = 0
     store_errors: int = 0
     table_restores: int = 0
-    latencies: list[float] = field(default_factory=list)
 
 
 class BanManager:
@@ -112,9 +111,6 @@ class BanManager:
         if row is None or row.expires_at <= self._clock():
             return None
         return row.banned_at
-
-    def is_banned(self, target: Target) -> bool:
-        return str(target) in self._by_target
 
     @property
     def pending(self) -> int:
@@ -394,7 +390,7 @@ class BanManager:
             await asyncio.sleep(self.check_interval)
             self.expire()
             try:
-                intact = await asyncio.to_thread(self._table_intact)
+                intact = await asyncio.to_thread(self.table.is_intact)
             except NftError as exc:
                 log.error("table_check_failed", error=str(exc))
                 continue
@@ -403,9 +399,6 @@ class BanManager:
             log.warning("table_missing_restoring", table=self.table.table,
                         bans=len(self._by_target))
             await self.rebuild()
-
-    def _table_intact(self) -> bool:
-        return self.table.is_intact()
 
     async def rebuild(self) -> None:
         async with self._lock:
@@ -489,10 +482,3 @@ class BanManager:
             log.error("state_not_persisting", error=str(exc),
                       note="bans continue from memory and the kernel")
         self.persisting = False
-
-
-def protected_addresses(extra: Sequence[IPNetwork | IPAddress | str] = ()) -> IgnoreList:
-    """Loopback plus ``extra``: the base of every ignore list."""
-    from kfwguard.addresses import LOOPBACK_NETS
-
-    return IgnoreList([*LOOPBACK_NETS, *extra])

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from kfwguard.addresses import LOOPBACK_NETS, IgnoreList
-from kfwguard.bans import MANUAL_JAIL, BanManager
+from kfwguard.bans import BanManager
 from kfwguard.config import Config, ConfigError, JailConfig, load_config_or_default
 from kfwguard.firewall.bantable import BanTable
 from kfwguard.firewall.baseline import BaselineEnforcer, BaselineError, validate
@@ -126,12 +126,7 @@ class Daemon:
         for jc in cfg.jails:
             if not jc.enabled:
                 continue
-            jail_ignore = self.ignore
-            if jc.ignoreip:
-                jail_ignore = IgnoreList()
-                for n in [*jc.ignoreip]:
-                    jail_ignore.add(n)
-                jail_ignore = _union(self.ignore, jail_ignore)
+            jail_ignore = self.ignore.extended(jc.ignoreip) if jc.ignoreip else self.ignore
             jail = Jail(jc, jail_ignore, max_entries=cfg.tracker.max_entries,
                         banned_since=bans.banned_since, clock=self.clock)
             self.jails[jc.name] = jail
@@ -181,11 +176,9 @@ class Daemon:
 
         def sink(records: Sequence[Record]) -> None:
             now = clock()
-            if not rt.last_saved and rt.unsaved is None:
-                # First delivery of a first run: persist where this batch begins
-                # before deciding anything, so a crash mid-batch resumes here.
-                rt.unsaved = rt.source.position()
-                self._save_cursor(rt)
+            # Before deciding anything, persist where this batch begins, so a
+            # crash mid-batch resumes here.
+            self._save_start_position(rt)
             requests: list[BanRequest] = []
             for jr in jails:
                 jail = jr.jail
@@ -214,6 +207,13 @@ class Daemon:
                     self._save_cursor(rt)
 
         return sink
+
+    def _save_start_position(self, rt: SourceRuntime) -> None:
+        """Until a position has been saved, save where reading began: without it a
+        crash makes the next start a first run, which starts at the end."""
+        if not rt.last_saved and rt.unsaved is None:
+            rt.unsaved = rt.source.position()
+            self._save_cursor(rt)
 
     def _save_cursor(self, rt: SourceRuntime) -> None:
         if rt.unsaved is None or self.store is None:
@@ -249,10 +249,7 @@ class Daemon:
         while True:
             await asyncio.sleep(CURSOR_SAVE_INTERVAL)
             for rt in self.sources.values():
-                if rt.unsaved is None and not rt.last_saved:
-                    # Nothing delivered yet: save where reading began, so a crash
-                    # now does not make the next start a first run (start at end).
-                    rt.unsaved = rt.source.position()
+                self._save_start_position(rt)
                 self._save_cursor(rt)
 
     async def _watchdog(self) -> None:
@@ -450,22 +447,6 @@ class Daemon:
         if self.store is not None:
             self.store.close()
         log.info("stopped", note="bans stay in the kernel and expire there")
-
-    # -- manual bans (control API) ---------------------------------------------
-
-    def manual_jail(self) -> str:
-        return MANUAL_JAIL
-
-
-def _union(a: IgnoreList, b: IgnoreList) -> IgnoreList:
-    class _Both(IgnoreList):
-        def __contains__(self, addr: object) -> bool:
-            return addr in a or addr in b
-
-        def overlaps(self, net: Any) -> bool:
-            return a.overlaps(net) or b.overlaps(net)
-
-    return _Both()
 
 
 def run(cfg_path: Path | None) -> int:

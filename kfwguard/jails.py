@@ -123,6 +123,3 @@ class Jail:
             reason=f"{len(times)} failures in {int(findtime)}s ({filter}/{rule})",
             decided_at=now,
         )
-
-    def forget(self, host: IPAddress) -> None:
-        self._failures.pop(host_key(host), None)

@@ -91,3 +91,11 @@ class TestParseHostFastPath:
         assert ipaddress.ip_address("::1") in ig
         assert ipaddress.ip_address("0.0.0.1") not in ig  # same int as ::1, other family
         assert ipaddress.ip_address("11.0.0.1") not in ig
+
+    def test_extended_keeps_both(self) -> None:
+        """A jail's own ignoreip extends the global list without changing it."""
+        base = IgnoreList(["192.0.2.0/24", "10.0.0.1"])
+        jail = base.extended([ipaddress.ip_network("198.51.100.0/24")])
+        for a in ("192.0.2.9", "10.0.0.1", "198.51.100.7"):
+            assert ipaddress.ip_address(a) in jail
+        assert ipaddress.ip_address("198.51.100.7") not in base
