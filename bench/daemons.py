@@ -122,8 +122,6 @@ class Kfwguard:
             ok = wait_until(lambda: '"started"' in self.log() or not self.alive(), timeout=60)
             if not ok or not self.alive():
                 raise RuntimeError(f"kfwguard did not start:\n{self.log()[-3000:]}")
-            # "started" is logged as the source tasks are created; let them open the file.
-            time.sleep(0.3)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.integration.daemon_harness import DaemonRun, base_config, sshd_fail, wait_until
 from tests.netns import Lab
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[None]:
+    """A small filesystem of its own at ``path`` (to fill it, or make it read-only)."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                   check=True)
+    try:
+        yield None
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def stored(state: Path) -> tuple[int, int, int]:
@@ -116,10 +130,7 @@ class TestStateMisbehaves:
         log = tmp_path / "auth.log"
         log.write_text("")
         state = tmp_path / "state"
-        state.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(state)],
-                       check=True)
-        try:
+        with tmpfs(state, "1m"):
             d = DaemonRun(node, tmp_path, base_config(tmp_path, log, maxretry=1))
             d.start()
             filler = state / "filler"
@@ -136,8 +147,6 @@ class TestStateMisbehaves:
             assert "state_not_persisting" in d.log()
             assert d.alive()
             d.stop()
-        finally:
-            subprocess.run(["umount", "-l", str(state)], check=False)
 
 
 class TestLogsMisbehave:
@@ -181,10 +190,7 @@ class TestLogsMisbehave:
         log = tmp_path / "auth.log"
         log.write_text("")
         state = tmp_path / "state"
-        state.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(state)],
-                       check=True)
-        try:
+        with tmpfs(state, "4m"):
             d = DaemonRun(node, tmp_path, base_config(tmp_path, log, maxretry=1))
             d.start()
             with log.open("a") as f:
@@ -199,5 +205,3 @@ class TestLogsMisbehave:
                 f.write(sshd_fail("198.51.100.82"))
             assert wait_until(lambda: "198.51.100.82" in d.elements("ban_v4"))
             d.stop()
-        finally:
-            subprocess.run(["umount", "-l", str(state)], check=False)
