@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -76,32 +77,54 @@ def private_netns() -> Iterator[None]:
         os.close(original)
 
 
-def _start_journald() -> subprocess.Popen[bytes] | None:
-    if JOURNAL_SOCKET.exists():
-        return None
+# journalds started by the tests run for the rest of the session (other tests'
+# entries go to them); holding the handles keeps Popen from warning that a
+# child it forgot is still running.
+_JOURNALDS: list[subprocess.Popen[bytes]] = []
+
+
+def journald_alive() -> bool:
+    """True when something receives on journald's socket. The socket file alone
+    proves nothing: a journald that was killed leaves it behind in /run."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        probe.connect(str(JOURNAL_SOCKET))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def _start_journald() -> None:
+    """Start systemd-journald unless one is already receiving; wait until it is."""
+    if journald_alive():
+        return
     binary = "/lib/systemd/systemd-journald"
     if not os.path.exists(binary):
-        return None
+        return
+    # A stale socket left by a dead journald would make the new one's bind
+    # fail (or fool the wait below), so it goes first.
+    JOURNAL_SOCKET.unlink(missing_ok=True)
     Path("/run/systemd/journal").mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([binary], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        if JOURNAL_SOCKET.exists():
-            break
+    _JOURNALDS.append(
+        subprocess.Popen([binary], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    for _ in range(200):
+        if journald_alive():
+            return
         time.sleep(0.05)
-    return proc
 
 
 @pytest.fixture(scope="session")
 def journald() -> Iterator[None]:
     """A running systemd-journald (started here when none is running)."""
     need(os.geteuid() == 0, "journald tests need root")
-    proc = _start_journald()
-    need(JOURNAL_SOCKET.exists(), "systemd-journald could not be started")
+    _start_journald()
+    need(journald_alive(), "systemd-journald could not be started")
     try:
         import systemd.journal  # noqa: F401
     except ImportError:
         need(False, "systemd-python is not installed")
-    yield None
     # journald is left running for later tests of this session: stopping it
     # would drop entries other tests are waiting for.
-    del proc
+    yield None

@@ -16,16 +16,13 @@ from pathlib import Path
 import pytest
 
 from kfwguard.store import Store
-from tests.conftest import JOURNAL_SOCKET, _start_journald
+from tests.conftest import _start_journald, journald_alive
 from tests.integration.daemon_harness import DaemonRun, wait_until
 from tests.integration.test_k8s_e2e import journald_config, send_fail
 from tests.netns import Lab
 
 # journald writes to /var/log/journal when it exists, else to /run/log/journal.
 JOURNAL_DIRS = (Path("/run/log/journal"), Path("/var/log/journal"))
-# journalds started here stay running for the rest of the session (others'
-# entries go to them); keeping the handles avoids reaping warnings.
-_STARTED: list[subprocess.Popen[bytes] | None] = []
 
 
 def restart_journald() -> None:
@@ -40,9 +37,8 @@ def restart_journald() -> None:
         if not alive:
             break
         time.sleep(0.05)
-    JOURNAL_SOCKET.unlink(missing_ok=True)
-    _STARTED.append(_start_journald())
-    assert wait_until(JOURNAL_SOCKET.exists, timeout=10)
+    _start_journald()
+    assert journald_alive()
 
 
 @pytest.mark.journald
