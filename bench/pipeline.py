@@ -2,7 +2,7 @@
 
 The same steps the daemon takes for a file source (``LineSplitter.feed_block``
 over large chunks, a ``TextBlock`` with the source's position string,
-``Filter.scan_lines``, ``Jail.add_failure``), without the event loop,
+``Filter.scan_lines``, ``Jail.add_hits``), without the event loop,
 inotify or the kernel. Run as ``python -m bench.pipeline CORPUS [FILTER]`` in a fresh
 process (so one run's memory does not weigh on the next); prints JSON.
 """
@@ -43,7 +43,6 @@ def run(data: bytes, filter_name: str = "sshd", now: float | None = None) -> dic
     def position(off: int) -> str:
         return prefix + str(off) + "}"
 
-    add = jail.add_failure
     lines = matches = bans = 0
     view = memoryview(data)
     for i in range(0, len(data), CHUNK):
@@ -57,11 +56,9 @@ def run(data: bytes, filter_name: str = "sshd", now: float | None = None) -> dic
             block = TextBlock(found[0], found[1], position)
             lines += len(block)
             hits = flt.scan_lines(block.data, now)
-        for _, _status, rule, host, key, t in hits:
-            if host is not None:
-                matches += 1
-                if add(host, key, t, now, flt.name, rule or "") is not None:
-                    bans += 1
+        requests, counts = jail.add_hits(hits, now, flt.name)
+        matches += sum(counts.values())
+        bans += len(requests)
     done = time.perf_counter()
     return {"lines": lines, "matches": matches, "bans": bans,
             "load_seconds": loaded - started, "seconds": done - loaded,

@@ -182,16 +182,8 @@ class Daemon:
             requests: list[BanRequest] = []
             for jr in jails:
                 jail = jr.jail
-                add = jail.add_failure
-                fname = jr.filter.name
-                counts: dict[str | None, int] = {}
-                for _, _status, rule, host, key, t in hits_of(jr, records, now):
-                    if host is None:
-                        continue  # bad-host or ignored: not a failure
-                    counts[rule] = counts.get(rule, 0) + 1
-                    req = add(host, key, t, now, fname, rule or "")
-                    if req is not None:
-                        requests.append(req)
+                found, counts = jail.add_hits(hits_of(jr, records, now), now, jr.filter.name)
+                requests += found
                 for rule, n in counts.items():
                     k = (jail.name, rule or "")
                     matches[k] = matches.get(k, 0) + n

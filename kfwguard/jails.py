@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from kfwguard.addresses import IgnoreList, IPAddress, host_key
 from kfwguard.config import JailConfig
 from kfwguard.model import BanRequest, Match
+
+# A filter's hit (matching.engine.Hit): (line end, status, rule, host, host_key, time).
+Failure = tuple[int, str, str | None, IPAddress | None, int, float]
 
 # Clock skew and year inference can put a log time slightly ahead of ours;
 # beyond this, the line's time is not trusted and our clock is used instead.
@@ -74,52 +77,79 @@ class Jail:
     def add_failure(
         self, host: IPAddress, key: int, t: float, now: float, filter: str, rule: str
     ) -> BanRequest | None:
-        """``add`` for the daemon's hot path: the match's parts, ``key`` = host_key(host)."""
+        """``add`` for one failure given as its parts, ``key`` = host_key(host)."""
+        requests, _ = self.add_hits(((0, "match", rule, host, key, t),), now, filter)
+        return requests[0] if requests else None
+
+    def add_hits(
+        self, hits: Iterable[Failure], now: float, filter: str
+    ) -> tuple[list[BanRequest], dict[str | None, int]]:
+        """Record the failures among ``filter``'s hits (``Filter.scan_lines``: hits
+        without a host are not failures). Returns the ban requests they trigger
+        and how many failures each rule found. The daemon's hot path: one call
+        per batch, the common case (below maxretry) inline."""
         stats = self.stats
-        stats.matches += 1
-        if host in self.ignore:
-            stats.ignored += 1
-            return None
-        if t > now + _FUTURE_SLACK:
-            t = now
-        findtime = self.cfg.findtime
-        if t < now - findtime:
-            # Old lines (a resumed or replayed log) never ban anyone.
-            stats.stale += 1
-            return None
         failures = self._failures
-        times = failures.get(key)
-        if times is None:
-            times = failures[key] = []
-            if len(failures) > self.max_entries:
-                failures.popitem(last=False)
-                stats.evicted += 1
-        else:
-            failures.move_to_end(key)
-        times.append(t)
-        cutoff = t - findtime
-        if times[0] < cutoff:
-            times[:] = [x for x in times if x >= cutoff]
-        if len(times) < self.cfg.maxretry:
-            return None
-        # Only now ask whether a ban is in force (a look-up by text in the
-        # ban table): failures logged at or before its start do not count.
+        get = failures.get
+        to_end = failures.move_to_end
+        ignored = self.ignore.has_key
+        findtime = self.cfg.findtime
+        maxretry = self.cfg.maxretry
+        oldest = now - findtime
+        latest = now + _FUTURE_SLACK
+        requests: list[BanRequest] = []
+        counts: dict[str | None, int] = {}
+        for _, _status, rule, host, key, t in hits:
+            if host is None:
+                continue  # bad-host or ignored by the filter
+            counts[rule] = counts.get(rule, 0) + 1
+            if ignored(key):
+                stats.ignored += 1
+                continue
+            if t > latest:
+                t = now
+            if t < oldest:
+                # Old lines (a resumed or replayed log) never ban anyone.
+                stats.stale += 1
+                continue
+            times = get(key)
+            if times is None:
+                times = failures[key] = [t]
+                if len(failures) > self.max_entries:
+                    failures.popitem(last=False)
+                    stats.evicted += 1
+            else:
+                to_end(key)
+                times.append(t)
+                if times[0] < t - findtime:
+                    times[:] = [x for x in times if x >= t - findtime]
+            if len(times) >= maxretry:
+                request = self._decide(host, key, times, now, filter, rule or "")
+                if request is not None:
+                    requests.append(request)
+        stats.matches += sum(counts.values())
+        return requests, counts
+
+    def _decide(self, host: IPAddress, key: int, times: list[float], now: float,
+                filter: str, rule: str) -> BanRequest | None:
+        """``times`` reached maxretry: a ban request, unless a ban in force already
+        covers those failures (a look-up by text in the ban table, so only now)."""
         since = self._banned_since(host, self.name)
         if since is not None and times[0] <= since:
             kept = [x for x in times if x > since]
-            stats.already_banned += len(times) - len(kept)
+            self.stats.already_banned += len(times) - len(kept)
             if not kept:
-                del failures[key]
+                del self._failures[key]
                 return None
             times[:] = kept
             if len(times) < self.cfg.maxretry:
                 return None
-        del failures[key]
-        stats.bans += 1
+        del self._failures[key]
+        self.stats.bans += 1
         return BanRequest(
             target=host,
             jail=self.name,
             duration=self.cfg.bantime,
-            reason=f"{len(times)} failures in {int(findtime)}s ({filter}/{rule})",
+            reason=f"{len(times)} failures in {int(self.cfg.findtime)}s ({filter}/{rule})",
             decided_at=now,
         )

@@ -18,18 +18,19 @@ joined lines finds the candidate lines, so lines no rule can match cost no
 Python work at all; candidates then take the per-line path above.
 
 For a block of raw lines (``scan_lines``: what a file source reads) text
-filters go further: one RE2 program, searched over the whole block in
-multi-line mode, holds the syslog header, the program names and every rule
-with only its host captured. Each call finds the next line that matters and
-says at once which rule matched and where the host is, so a failure costs
-one RE2 call and a few dict look-ups, and other lines cost nothing in Python.
-Lines the program does not settle exactly (no header, an ISO stamp, CRLF,
-invalid UTF-8) are found by a second alternative of the same program that
-is a superset of all rules, and take the per-line path.
+filters go further. One RE2 DFA pass checks that every line has a plain
+syslog header (else the block takes the per-record path whole); then one
+hyperscan scan of the block, with every rule in one database, reports the
+lines some rule could match, and only those lines run their rule's RE2
+regex, for the verdict and the host. Other lines never become Python
+objects. Where hyperscan is missing or cannot compile a rule, an RE2 search
+for the lines whose message starts with a rule's literal head does the same
+job, one call per candidate line.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -121,6 +122,25 @@ def _compile(pattern: str) -> Any:
             f"RE2 cannot compile it ({exc}); kfwguard matches in linear time, so "
             "backreferences and lookaround (?= (?! (?<= (?<! are not available"
         ) from None
+
+
+def _spans(regexp: Any) -> Callable[[bytes, int, int], Spans]:
+    """``(data, pos, end)`` → spans of an anchored-at-start match ((-1, -1) first when
+    none): the raw RE2 call without a Python frame around it where the binding has one."""
+    raw = getattr(regexp, "_regexp", None)
+    anchor = getattr(getattr(re2, "_Anchor", None), "ANCHOR_START", None)
+    if raw is not None and anchor is not None and hasattr(raw, "Match"):
+        return functools.partial(raw.Match, anchor)
+    none = [(-1, -1)] * (regexp.groups + 1)
+
+    def slow(data: bytes, pos: int, end: int) -> Spans:
+        m = regexp.match(data[pos:end])
+        return none if m is None else [
+            (a + pos, b + pos) if a >= 0 else (a, b)
+            for a, b in (m.span(i) for i in range(regexp.groups + 1))
+        ]
+
+    return slow
 
 
 def _anchored(regexp: Any) -> Callable[[bytes], Spans | None]:
@@ -238,6 +258,7 @@ class Filter:
 class _TextRule:
     name: str
     run: Callable[[bytes], Spans | None]
+    spans: Callable[[bytes, int, int], Spans]  # run, frameless: (-1, -1) first if no match
     host: int
     fields: tuple[tuple[str, int], ...]
 
@@ -254,7 +275,8 @@ def _encode(text: str) -> bytes:
 class TextFilter(Filter):
     """Regex rules over a text message, anchored at the message start."""
 
-    def __init__(self, name: str, spec: TextFilterSpec, path: str, lines: Lines) -> None:
+    def __init__(self, name: str, spec: TextFilterSpec, path: str, lines: Lines,
+                 accelerate: bool = True) -> None:
         self.name = name
         self.format = "text"
         self.description = spec.description
@@ -277,6 +299,7 @@ class TextFilter(Filter):
                 _TextRule(
                     name=rule.name,
                     run=_anchored(compiled),
+                    spans=_spans(compiled),
                     host=index["host"],
                     fields=tuple((k, v) for k, v in sorted(index.items()) if k != "host"),
                 )
@@ -329,7 +352,11 @@ class TextFilter(Filter):
         self._host = HostCache()
         self._scanner = _scanner([patterns.expand_host(r.regex) for r in spec.rules])
         self._hosts: dict[bytes, tuple[IPAddress, int] | None] = {}
-        self._lines = _LineProgram.build(spec, self._heads, self._head_len)
+        self._lines = _LineProgram.build(
+            spec, self._heads, self._head_len, rules,
+            [r.regex.replace(patterns.HOST_TAG, _HS_HOST) for r in spec.rules]
+            if accelerate else (),
+        )
 
     @property
     def rules(self) -> tuple[str, ...]:
@@ -398,6 +425,8 @@ class TextFilter(Filter):
         end = len(data)
         if program.valid is not None and program.valid(data, 0, end)[0][0] < 0:
             return super().scan_lines(data, now)
+        if program.lines is not None:
+            return self._scan_events(data, now, program.lines, program.valid is not None)
         search = program.candidates
         head_len = program.head_len
         heads = program.heads
@@ -446,6 +475,63 @@ class TextFilter(Filter):
                     last_t = now if t is None else t
             out.append((nl, "match", rule.name, host[0], host[1], last_t))
         return out
+
+    def _scan_events(self, data: bytes, now: float, lines: _HsLines,
+                     header: bool) -> list[Hit]:
+        """``scan_lines`` over a checked block, from hyperscan's events: only the
+        reported lines become Python work, one RE2 call each."""
+        events = lines.events(data)
+        out: list[Hit] = []
+        if not events:
+            return out
+        shift = lines.shift
+        mask = (1 << shift) - 1
+        rules = lines.calls
+        rfind = data.rfind
+        find = data.find
+        hosts = self._hosts
+        ignore = self._ignore
+        last_stamp = b""
+        last_t = now
+        done = -1
+        for event in events:
+            nl = event >> shift
+            if nl == done:
+                continue  # an earlier rule (in file order) matched this line
+            start = rfind(b"\n", 0, nl) + 1
+            # The checked header: stamp (15), host up to a space, tag up to ": ".
+            message = data[find(b": ", find(b" ", start + 16)) + 2 : nl] if header else (
+                data[start:nl])
+            run, host_group, name = rules[event & mask]
+            spans = run(message, 0, len(message))
+            if spans[0][0] < 0:
+                continue
+            done = nl
+            where = spans[host_group]
+            text = message[where[0] : where[1]]
+            try:
+                host = hosts[text]
+            except KeyError:
+                host = self._new_host(text)
+            if host is None:
+                out.append((nl, "bad-host", name, None, 0, 0.0))
+                continue
+            if ignore is not None and ignore.search(message) is not None:
+                out.append((nl, "ignored", name, None, 0, 0.0))
+                continue
+            if header:
+                stamp = data[start : start + 15]
+                if stamp != last_stamp:
+                    last_stamp = stamp
+                    t = timeparse.parse_syslog(stamp.decode(), now)
+                    last_t = now if t is None else t
+            out.append((nl, "match", name, host[0], host[1], last_t))
+        return out
+
+    @property
+    def accelerated(self) -> bool:
+        """True when blocks of lines are scanned by hyperscan (else by RE2 alone)."""
+        return self._lines is not None and self._lines.lines is not None
 
     def _new_host(self, text: bytes) -> tuple[IPAddress, int] | None:
         addr = self._host(text.decode())
@@ -583,17 +669,21 @@ class _LineProgram:
     candidates: Callable[[bytes, int, int], Spans]
     head_len: int
     heads: dict[bytes, tuple[_TextRule, ...]]
+    # The hyperscan form of ``candidates``, when hyperscan can compile it.
+    lines: _HsLines | None = None
 
     @staticmethod
     def build(spec: TextFilterSpec, heads: dict[str, tuple[_TextRule, ...]],
-              head_len: int) -> _LineProgram | None:
+              head_len: int, rules: Sequence[_TextRule] = (),
+              bodies: Sequence[str] = ()) -> _LineProgram | None:
         if not head_len or not all(h.isascii() for h in heads):
             return None
         head_re = "(?:" + "|".join(re2.escape(h) for h in heads) + ")"
         try:
             if not spec.prefix:
                 return _LineProgram(None, _raw("(?m)^" + head_re, "UNANCHORED"), head_len,
-                                    {h.encode(): r for h, r in heads.items()})
+                                    {h.encode(): r for h, r in heads.items()},
+                                    _HsLines.build("", rules, bodies))
             if list(spec.prefix) != ["syslog"]:
                 return None  # klog and mixed headers: the per-line path
             if any(h[:3] in _MONTHS_SET for h in heads):
@@ -605,8 +695,13 @@ class _LineProgram:
                     re2.escape(p) + rf"(?:\[[!-9;-~]{{0,{_TAG_MAX - len(p) - 1}}})?"
                     for p in spec.programs if len(p) < _TAG_MAX
                 ) + "): "
+                # The same for hyperscan: unbounded, as ``valid`` bounds the tag.
+                hs_tag = "(?:" + "|".join(
+                    re2.escape(p) for p in spec.programs if len(p) < _TAG_MAX
+                ) + r")(?:\[[!-9;-~]*)?: "
             else:
                 tag = _ANY_TAG_RE
+                hs_tag = "[!-9;-~]+: "
             line = _STAMP_HOST_RE + _ANY_TAG_RE + "[^\n]*"
             valid = _raw("(?:(?:" + line + ")?\n)*(?:" + line + ")?", "ANCHOR_BOTH")
             candidates = _raw("(?m)^" + _STAMP_HOST_RE + tag + head_re, "UNANCHORED",
@@ -614,7 +709,94 @@ class _LineProgram:
         except re2.error:
             return None
         return _LineProgram(valid, candidates, head_len,
-                            {h.encode(): r for h, r in heads.items()})
+                            {h.encode(): r for h, r in heads.items()},
+                            _HsLines.build(_HS_HEADER + hs_tag, rules, bodies))
+
+
+# A superset of _STAMP_HOST_RE for hyperscan, whose bounded repeats are slow:
+# ``valid`` has already checked the exact shape of every line of the block.
+_HS_HEADER: Final = "[A-Z][a-z][a-z] [ 0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9] [!-~]+ "
+# A superset of patterns.HOST_PATTERN (its characters, any number): it halves
+# hyperscan's compile time, and RE2 checks the exact host on reported lines.
+_HS_HOST: Final = r"[0-9A-Fa-f:.\[\]]+"
+
+
+def _block_safe(body: str) -> bool:
+    """True when ``body`` (a rule without its leading ``^``) means the same inside a
+    multi-line buffer: no ``^``, ``\\A``, ``\\z`` or flag groups, whose meaning
+    would change there (a ``$`` only gains line ends, which is harmless)."""
+    return not (
+        "^" in body.replace("[^", "") or "\\A" in body or "\\z" in body or "(?" in (
+            body.replace("(?:", "").replace("(?P<", "").replace("(?<", "")
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _HsLines:
+    """All of a text filter's rules in one hyperscan database, scanned over a block.
+
+    Pattern i is ``^`` + header + rule i + ``[^\\n]*$`` in multi-line mode, so
+    hyperscan reports at most one event per (rule, line), at the line's end,
+    for every line on which rule i could match the message (and for a few
+    more: the host is any run of address characters, a final ``$`` is
+    dropped, a class like ``[^x]`` may run across lines in hyperscan, and its
+    character classes differ from RE2's at the edges). Each reported line
+    then runs rule i's own RE2 regex on the message, exactly as the per-line
+    path does, so the result is RE2's; hyperscan only saves the calls for
+    the lines that cannot match, all in one C loop per block.
+    """
+
+    database: Any
+    calls: tuple[tuple[Callable[[bytes, int, int], Spans], int, str], ...]  # per rule
+    shift: int
+
+    @staticmethod
+    def build(header: str, rules: Sequence[_TextRule],
+              bodies: Sequence[str]) -> _HsLines | None:
+        if not rules or len(rules) != len(bodies):
+            return None
+        try:
+            import hyperscan
+        except ImportError:  # a platform without a wheel: the RE2 candidates serve
+            return None
+        expressions = []
+        for body in bodies:
+            body = body[1:] if body.startswith("^") else body
+            if body.endswith("$") and (len(body) - len(body[:-1].rstrip("\\"))) % 2:
+                # Rule i + anything to the line end is a superset of rule i + "$"
+                # (hyperscan refuses a "$" before more pattern).
+                body = body[:-1]
+            if not _block_safe(body):
+                return None
+            expressions.append(
+                ("^" + header + "(?:" + patterns.strip_group_names(body) + ")[^\n]*$").encode()
+            )
+        database = hyperscan.Database()
+        try:
+            database.compile(
+                expressions=expressions, ids=list(range(len(expressions))),
+                elements=len(expressions),
+                flags=hyperscan.HS_FLAG_MULTILINE | hyperscan.HS_FLAG_UTF8,
+            )
+        except hyperscan.error:  # syntax hyperscan lacks (\\C, \\pN...): RE2 alone
+            return None
+        return _HsLines(database, tuple((r.spans, r.host, r.name) for r in rules),
+                        max(1, (len(rules) - 1).bit_length()))
+
+    def events(self, data: bytes) -> list[int]:
+        """(line end << shift | rule index) for each reported line, ascending: the
+        lines in order, and on one line the rules in file order."""
+        found: list[int] = []
+        add = found.append
+        shift = self.shift
+
+        def on_match(rule: int, _start: int, end: int, _flags: int, _ctx: object) -> None:
+            add(end << shift | rule)
+
+        self.database.scan(data, match_event_handler=on_match)
+        found.sort()
+        return found
 
 
 _MONTHS_SET: Final = frozenset(
@@ -832,8 +1014,10 @@ class JsonFilter(Filter):
         return "match", rule.name, Match(host, t, self.name, rule.name, fields)
 
 
-def build(name: str, spec: TextFilterSpec | JsonFilterSpec, path: str, lines: Lines) -> Filter:
-    """The compiled filter for a validated spec."""
+def build(name: str, spec: TextFilterSpec | JsonFilterSpec, path: str, lines: Lines,
+          accelerate: bool = True) -> Filter:
+    """The compiled filter for a validated spec; ``accelerate=False`` leaves hyperscan
+    out (the results are the same: tests compare the two)."""
     if isinstance(spec, TextFilterSpec):
-        return TextFilter(name, spec, path, lines)
+        return TextFilter(name, spec, path, lines, accelerate)
     return JsonFilter(name, spec, path, lines)

@@ -31,10 +31,11 @@ def shipped_filter_names() -> list[str]:
     )
 
 
-def parse_filter(text: str, name: str, path: str = "<filter>") -> Filter:
+def parse_filter(text: str, name: str, path: str = "<filter>", *,
+                 accelerate: bool = True) -> Filter:
     """Compile filter YAML ``text`` as filter ``name``; FilterError on any problem."""
     spec, lines = parse_spec(text, path)
-    return build(name, spec, path, lines)
+    return build(name, spec, path, lines, accelerate)
 
 
 def _read(source: Traversable, path: str) -> str:
@@ -46,7 +47,8 @@ def _read(source: Traversable, path: str) -> str:
         raise FilterError(path, f"cannot read: {exc}") from None
 
 
-def load_filter(name_or_path: str, dirs: Sequence[Path] = ()) -> Filter:
+def load_filter(name_or_path: str, dirs: Sequence[Path] = (), *,
+                accelerate: bool = True) -> Filter:
     """Load a filter by path (contains '/' or ends in .yaml) or by name.
 
     A name is looked up as ``<name>.yaml`` in each of ``dirs`` in order, then
@@ -54,7 +56,8 @@ def load_filter(name_or_path: str, dirs: Sequence[Path] = ()) -> Filter:
     """
     if "/" in name_or_path or name_or_path.endswith(".yaml"):
         path = Path(name_or_path)
-        return parse_filter(_read(path, str(path)), path.stem, str(path))
+        return parse_filter(_read(path, str(path)), path.stem, str(path),
+                            accelerate=accelerate)
     name_ok = 0 < len(name_or_path) <= 64 and set(name_or_path) <= _NAME_CHARS
     if not name_ok or name_or_path[0] in "._-":
         raise FilterError(name_or_path, "not a valid filter name (letters, digits, _ . -)")
@@ -62,10 +65,12 @@ def load_filter(name_or_path: str, dirs: Sequence[Path] = ()) -> Filter:
     for d in dirs:
         candidate = Path(d) / file
         if candidate.is_file():
-            return parse_filter(_read(candidate, str(candidate)), name_or_path, str(candidate))
+            return parse_filter(_read(candidate, str(candidate)), name_or_path,
+                                str(candidate), accelerate=accelerate)
     shipped = shipped_dir() / file
     if shipped.is_file():
-        return parse_filter(_read(shipped, str(shipped)), name_or_path, str(shipped))
+        return parse_filter(_read(shipped, str(shipped)), name_or_path, str(shipped),
+                            accelerate=accelerate)
     searched = [str(d) for d in dirs] + ["the shipped filters"]
     raise FilterError(
         name_or_path,

@@ -23,8 +23,8 @@ _MONTHS: Final = {
 FUTURE_SLACK: Final = 86400.0
 _CACHE_MAX: Final = 4096
 
-# (month, day, hh, mm, ss, year) -> epoch of that local time, or None if invalid
-_local_cache: dict[tuple[int, int, int, int, int, int], float | None] = {}
+# (month, day, hh, mm, year) -> epoch of that local minute, or None if invalid
+_local_cache: dict[tuple[int, int, int, int, int], float | None] = {}
 # (YYYY-MM-DDhh:mm:ss, zone) -> epoch seconds, or None if invalid
 _iso_cache: dict[tuple[str, str], float | None] = {}
 # Year boundaries of the last ``now`` seen, so the common case needs no localtime().
@@ -48,22 +48,24 @@ def _year_of(now: float) -> int:
 
 
 def _local(year: int, month: int, day: int, hh: int, mm: int, ss: int) -> float | None:
-    key = (month, day, hh, mm, ss, year)
+    if ss > 60:  # 60 is a leap second, which mktime rolls into the next minute
+        return None
+    # Per minute, not per second: a busy log has a new stamp every second, and
+    # UTC offsets change only on whole minutes, so the second is just added.
+    key = (month, day, hh, mm, year)
     try:
-        return _local_cache[key]
+        minute = _local_cache[key]
     except KeyError:
-        pass
-    value: float | None
-    try:
-        # datetime() validates (Feb 30, hour 25 …); mktime would silently roll over.
-        datetime(year, month, day, hh, mm, min(ss, 59))
-        value = time.mktime((year, month, day, hh, mm, ss, 0, 0, -1))
-    except (ValueError, OverflowError):
-        value = None
-    if len(_local_cache) >= _CACHE_MAX:
-        _local_cache.clear()
-    _local_cache[key] = value
-    return value
+        try:
+            # datetime() validates (Feb 30, hour 25 …); mktime would silently roll over.
+            datetime(year, month, day, hh, mm)
+            minute = time.mktime((year, month, day, hh, mm, 0, 0, 0, -1))
+        except (ValueError, OverflowError):
+            minute = None
+        if len(_local_cache) >= _CACHE_MAX:
+            _local_cache.clear()
+        _local_cache[key] = minute
+    return None if minute is None else minute + ss
 
 
 def _fraction(text: str) -> float | None:

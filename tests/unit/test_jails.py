@@ -106,3 +106,32 @@ class TestAddFailure:
         assert j.add(m("203.0.113.1", NOW)) is None
         assert j.add(m("203.0.113.1", NOW)) is not None
         assert ["203.0.113.1"] == asked
+
+
+class TestAddHits:
+    def test_batch_counts_rules_and_bans_like_single_adds(self) -> None:
+        """add_hits over a filter's hits decides exactly what one add per failure
+        decides, skips hits without a host (bad-host, ignored by the filter),
+        counts failures per rule, and honours the ignore list by key."""
+        from kfwguard.addresses import host_key
+
+        def hit(addr: str, t: float, rule: str = "r") -> tuple[int, str, str, object, int, float]:
+            a = ipaddress.ip_address(addr)
+            return (0, "match", rule, a, host_key(a), t)
+
+        hits = [
+            hit("203.0.113.1", NOW - 30), (0, "bad-host", "r", None, 0, 0.0),
+            hit("203.0.113.1", NOW - 20, "s"), hit("10.0.0.7", NOW - 20),
+            hit("10.0.0.7", NOW - 10), hit("10.0.0.7", NOW - 5),
+            hit("203.0.113.1", NOW - 10), hit("203.0.113.2", NOW - 9000),
+        ]
+        batch = Jail(cfg(), IgnoreList(["10.0.0.0/8"]), clock=lambda: NOW)
+        requests, counts = batch.add_hits(hits, NOW, "sshd")  # type: ignore[arg-type]
+        assert [ipaddress.ip_address("203.0.113.1")] == [r.target for r in requests]
+        assert {"r": 6, "s": 1} == counts
+        assert (7, 3, 1, 1) == (batch.stats.matches, batch.stats.ignored,
+                                batch.stats.stale, batch.stats.bans)
+
+        single = Jail(cfg(), IgnoreList(["10.0.0.0/8"]), clock=lambda: NOW)
+        one_by_one = [single.add(m(str(h[3]), h[5])) for h in hits if h[3] is not None]
+        assert [r.target for r in one_by_one if r is not None] == [r.target for r in requests]

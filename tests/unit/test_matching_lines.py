@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kfwguard.matching import Filter, load_filter
+from kfwguard.matching import Filter, load_filter, parse_filter
 from kfwguard.matching.engine import split_block
 
 NOW = time.mktime((2026, 11, 26, 12, 0, 0, 0, 0, -1))
@@ -36,25 +37,30 @@ def per_record(flt: Filter, data: bytes) -> list[tuple[object, ...]]:
     return list(Filter.scan_lines(flt, data, NOW))
 
 
+# Both block paths: hyperscan's events and RE2's candidate search.
+ENGINES = pytest.mark.parametrize("accelerate", [True, False], ids=["hyperscan", "re2"])
+
+
+@ENGINES
 class TestScanLines:
-    def test_samples_agree(self) -> None:
+    def test_samples_agree(self, accelerate: bool) -> None:
         """On every shipped text sample, the block program and the per-record path agree."""
         for name in ("sshd", "kubelet"):
-            flt = load_filter(name)
+            flt = load_filter(name, accelerate=accelerate)
             data = (SAMPLES / f"{name}.log").read_bytes()
             assert per_record(flt, data) == flt.scan_lines(data, NOW)
 
-    def test_edges_agree(self) -> None:
+    def test_edges_agree(self, accelerate: bool) -> None:
         """Other headers, programs, tags and headerless lines are decided as per record."""
-        flt = load_filter("sshd")
+        flt = load_filter("sshd", accelerate=accelerate)
         data = ("\n".join(EDGES) + "\n").encode()
         hits = flt.scan_lines(data, NOW)
         assert per_record(flt, data) == hits
         assert {"match", "bad-host"} == {h[1] for h in hits}
 
-    def test_crlf_and_invalid_utf8_agree(self) -> None:
+    def test_crlf_and_invalid_utf8_agree(self, accelerate: bool) -> None:
         """CRLF endings and invalid UTF-8 (decoded with U+FFFD per record) give the same hits."""
-        flt = load_filter("sshd")
+        flt = load_filter("sshd", accelerate=accelerate)
         line = (b"Nov 26 04:57:45 h sshd[1]: Failed password for r\xffoot "
                 b"from 203.0.113.1 port 2 ssh2")
         for data in (line + b"\r\n", line + b"\n", line.replace(b"\xff", b"") + b"\r\n"):
@@ -62,9 +68,9 @@ class TestScanLines:
             assert per_record(flt, data) == hits
             assert 1 == len(hits)
 
-    def test_split_block(self) -> None:
+    def test_split_block(self, accelerate: bool) -> None:
         """split_block makes a record per non-empty line, CR dropped, with its line end."""
-        flt = load_filter("sshd")
+        flt = load_filter("sshd", accelerate=accelerate)
         records, ends = split_block(b"a\n\nb\r\nc")
         assert ["a", "b", "c"] == [r.text for r in records]
         assert [1, 5, 7] == ends
@@ -72,8 +78,65 @@ class TestScanLines:
 
     @settings(max_examples=200, deadline=None)
     @given(st.lists(st.sampled_from(EDGES) | st.text(max_size=60), max_size=12))
-    def test_random_blocks_agree(self, lines: list[str]) -> None:
+    def test_random_blocks_agree(self, accelerate: bool, lines: list[str]) -> None:
         """Any mix of edge lines and random text gives the per-record result."""
-        flt = load_filter("sshd")
+        flt = load_filter("sshd", accelerate=accelerate)
         data = "\n".join(lines).encode("utf-8", "surrogatepass")
         assert per_record(flt, data) == flt.scan_lines(data, NOW)
+
+
+# Rules on the edges of what hyperscan is given: a class that runs across
+# lines there, no final "$", a "$" inside, syntax hyperscan lacks.
+ODD_RULES = """
+format: text
+prefix: [syslog]
+programs: [app]
+rules:
+  - name: across
+    regex: '^open [^x]*from <HOST>$'
+  - name: open-ended
+    regex: '^hello <HOST>'
+"""
+INNER_DOLLAR = """  - name: inner-dollar
+    regex: '^(?:bye <HOST>$|ciao x)'
+"""
+ODD_LINES = [
+    "Nov 26 04:57:45 h app[1]: open a",
+    "Nov 26 04:57:45 h app[1]: b from 203.0.113.1",
+    "Nov 26 04:57:45 h app[1]: open q from 203.0.113.2",
+    "Nov 26 04:57:45 h app[1]: hello 203.0.113.3 and more",
+    "Nov 26 04:57:45 h app[1]: hello 203.0.113.300",
+    "Nov 26 04:57:45 h app[1]: hello [2001:db8::1]",
+    "Nov 26 04:57:45 h other[1]: hello 203.0.113.4",
+    "Nov 26 04:57:45 h app[1]: bye 203.0.113.5",
+]
+
+
+class TestHyperscanPath:
+    def test_shipped_sshd_is_scanned_by_hyperscan(self) -> None:
+        """hyperscan is a dependency on this platform: the sshd filter must use it
+        (a silent fallback to RE2 alone would only show up as lost speed)."""
+        assert load_filter("sshd").accelerated
+        assert not load_filter("sshd", accelerate=False).accelerated
+
+    def test_lines_across_and_open_ended_rules_agree(self) -> None:
+        """A class that hyperscan lets run into the next line reports a line where
+        the rule does not match; RE2's check on that line drops it, and every
+        other line gets the per-record result."""
+        flt = parse_filter(ODD_RULES, "odd")
+        assert flt.accelerated
+        data = ("\n".join(ODD_LINES) + "\n").encode()
+        hits = flt.scan_lines(data, NOW)
+        assert per_record(flt, data) == hits
+        assert ["across", "open-ended", "open-ended"] == [
+            h[2] for h in hits if h[1] == "match"]
+
+    def test_unsupported_syntax_falls_back_to_re2(self) -> None:
+        """A rule hyperscan cannot compile (a "$" before more pattern) leaves the
+        filter on RE2's block path, with the same results."""
+        flt = parse_filter(ODD_RULES + INNER_DOLLAR, "odd")
+        assert not flt.accelerated
+        data = ("\n".join(ODD_LINES) + "\n").encode()
+        hits = flt.scan_lines(data, NOW)
+        assert per_record(flt, data) == hits
+        assert "inner-dollar" in [h[2] for h in hits]
