@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import click
 
@@ -17,7 +19,34 @@ config_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(click.Group):
+    """A group whose other commands are imported only when they run (or are listed):
+    ``test-filter`` and ``run`` start without the config, baseline and control
+    modules' imports (pydantic's schemas alone take a quarter of a second)."""
+
+    LAZY: ClassVar[dict[str, tuple[str, str]]] = {
+        "baseline": ("kfwguard.cli_baseline", "baseline"),
+        "ban": ("kfwguard.cli_control", "ban"),
+        "unban": ("kfwguard.cli_control", "unban"),
+        "list": ("kfwguard.cli_control", "list_bans"),
+        "status": ("kfwguard.cli_control", "status"),
+        "reload": ("kfwguard.cli_control", "reload"),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = super().get_command(ctx, cmd_name)
+        if found is not None or cmd_name not in self.LAZY:
+            return found
+        module, attr = self.LAZY[cmd_name]
+        command = getattr(importlib.import_module(module), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kfwguard")
 def main() -> None:
     """kfwguard: ban abusive addresses on Kubernetes nodes with nftables."""
@@ -81,13 +110,3 @@ def test_filter(filter_arg: str, logfile: Path, as_json: bool, dirs: tuple[Path,
 
     sys.exit(testfilter.main(filter_arg, logfile, as_json, list(dirs), sys.stdout))
 
-
-def _register() -> None:
-    from kfwguard.cli_baseline import baseline
-    from kfwguard.cli_control import register
-
-    main.add_command(baseline)
-    register(main)
-
-
-_register()

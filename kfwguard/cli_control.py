@@ -199,6 +199,3 @@ def reload(config_path: Path | None) -> None:
                f"{len(out.get('jails', []))} jails")
 
 
-def register(main: click.Group) -> None:
-    for cmd in (ban, unban, list_bans, status, reload):
-        main.add_command(cmd)
