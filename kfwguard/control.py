@@ -13,6 +13,9 @@ Endpoints:
 - ``GET /bans``: bans in force
 - ``GET /status``: sources, jails, bans, persistence, baseline, alerts
 - ``POST /reload``: re-read the config (like SIGHUP), errors reported back
+
+The server is kfwguard.httpserver (no aiohttp in the daemon for this); the
+client, used by the CLI only, is aiohttp's, imported when it is called.
 """
 
 from __future__ import annotations
@@ -30,15 +33,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import aiohttp
 import structlog
-from aiohttp import web
 
 from kfwguard import __version__
 from kfwguard.addresses import parse_target
 from kfwguard.bans import DEFAULT_MANUAL_BANTIME, MANUAL_JAIL, BanRefused
 from kfwguard.config import ConfigError, load_config_or_default
 from kfwguard.durations import parse_duration
+from kfwguard.httpserver import (
+    HTTPError,
+    HTTPServer,
+    Request,
+    Response,
+    Route,
+    Router,
+    error_response,
+    json_response,
+)
 from kfwguard.model import BanRequest
 from kfwguard.store import BanRow
 
@@ -61,8 +72,8 @@ class ControlUnavailable(Exception):
     """The control socket cannot be served (e.g. another daemon answers on it)."""
 
 
-def _json_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def _json_error(status: int, message: str) -> Response:
+    return error_response(status, message)
 
 
 def ban_to_json(row: BanRow, now: float) -> dict[str, Any]:
@@ -184,32 +195,33 @@ class ControlServer:
         self.path = path
         # Other parts (alerts) add their sections to /status here.
         self.extra_status: dict[str, StatusExtra] = extra_status or {}
-        self._runner: web.AppRunner | None = None
+        self._server: HTTPServer | None = None
         self._reload_lock = asyncio.Lock()
-
-    def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._root_only], client_max_size=64 * 1024)
-        app.router.add_post("/bans", self.post_ban)
-        app.router.add_get("/bans", self.get_bans)
-        app.router.add_delete("/bans/{target:.+}", self.delete_ban)
-        app.router.add_get("/status", self.get_status)
-        app.router.add_post("/reload", self.post_reload)
-        return app
+        self.router = Router([
+            Route("POST", "/bans", self.post_ban),
+            Route("GET", "/bans", self.get_bans),
+            Route("DELETE", "/bans/{target}", self.delete_ban),
+            Route("GET", "/status", self.get_status),
+            Route("POST", "/reload", self.post_reload),
+        ])
 
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
         sock = self._bind()
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await runner.setup()
-        await web.SockSite(runner, sock).start()
-        self._runner = runner
+        server = HTTPServer(self._root_only, max_body=64 * 1024)
+        try:
+            await server.start_unix(sock)
+        except BaseException:
+            sock.close()
+            raise
+        self._server = server
         log.info("control_listening", socket=str(self.path))
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._server is not None:
+            await self._server.close()
+            self._server = None
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISSOCK(self.path.lstat().st_mode):
                 self.path.unlink()
@@ -238,19 +250,17 @@ class ControlServer:
         sock.setblocking(False)
         return sock
 
-    # -- middleware ----------------------------------------------------------
+    # -- every request -------------------------------------------------------
 
-    @web.middleware
-    async def _root_only(self, request: web.Request,
-                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                         ) -> web.StreamResponse:
+    async def _root_only(self, request: Request) -> Response:
+        """Refuse any peer but root before routing or reading a body."""
         uid = peer_uid(request.transport)
         if uid != 0:
             log.warning("control_refused", uid=uid, path=request.path)
             return _json_error(403, "the control socket answers root only")
         try:
-            return await handler(request)
-        except web.HTTPException:
+            return await self.router(request)
+        except HTTPError:
             raise
         except Exception as exc:  # one bad request must not take the API down
             log.exception("control_error", path=request.path)
@@ -258,7 +268,7 @@ class ControlServer:
 
     # -- handlers ------------------------------------------------------------
 
-    async def post_ban(self, request: web.Request) -> web.Response:
+    async def post_ban(self, request: Request) -> Response:
         bans = self.daemon.bans
         if bans is None:
             return _json_error(503, "the daemon is still starting")
@@ -299,10 +309,10 @@ class ControlServer:
             return _json_error(400, f"{target} cannot be banned")
         applied = await _wait_applied(bans.flush())
         log.info("manual_ban", target=str(target), jail=jail, seconds=round(duration))
-        return web.json_response({"banned": [ban_to_json(r, now) for r in rows],
-                                  "applied": applied})
+        return json_response({"banned": [ban_to_json(r, now) for r in rows],
+                              "applied": applied})
 
-    async def delete_ban(self, request: web.Request) -> web.Response:
+    async def delete_ban(self, request: Request) -> Response:
         bans = self.daemon.bans
         if bans is None:
             return _json_error(503, "the daemon is still starting")
@@ -317,23 +327,23 @@ class ControlServer:
             return _json_error(404, f"{target} is not banned{where}")
         applied = await _wait_applied(bans.flush())
         now = time.time()
-        return web.json_response({"unbanned": [ban_to_json(r, now) for r in rows],
-                                  "applied": applied})
+        return json_response({"unbanned": [ban_to_json(r, now) for r in rows],
+                              "applied": applied})
 
-    async def get_bans(self, request: web.Request) -> web.Response:
+    async def get_bans(self, request: Request) -> Response:
         bans = self.daemon.bans
         now = time.time()
         rows = sorted(bans.active() if bans is not None else [],
                       key=lambda r: (r.banned_at, r.target, r.jail))
-        return web.json_response([ban_to_json(r, now) for r in rows])
+        return json_response([ban_to_json(r, now) for r in rows])
 
-    async def get_status(self, request: web.Request) -> web.Response:
+    async def get_status(self, request: Request) -> Response:
         out = daemon_status(self.daemon)
         for key, fn in self.extra_status.items():
             out[key] = fn()
-        return web.json_response(out)
+        return json_response(out)
 
-    async def post_reload(self, request: web.Request) -> web.Response:
+    async def post_reload(self, request: Request) -> Response:
         async with self._reload_lock:
             # Validate first so the operator sees why a reload is refused, not
             # only the daemon's log.
@@ -343,8 +353,8 @@ class ControlServer:
             ok = await self.daemon.reload()
         if not ok:
             return _json_error(400, "reload refused, running on the old config (see the log)")
-        return web.json_response({"reloaded": True, "sources": sorted(self.daemon.sources),
-                                  "jails": sorted(self.daemon.jails)})
+        return json_response({"reloaded": True, "sources": sorted(self.daemon.sources),
+                              "jails": sorted(self.daemon.jails)})
 
 
 def _config_problem(path: str | None) -> str | None:
@@ -402,6 +412,8 @@ class ControlClient:
         self.timeout = timeout
 
     async def call(self, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+        import aiohttp  # the client side only: the daemon never loads it for this
+
         conn = aiohttp.UnixConnector(path=str(self.path))
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         try:

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import prometheus_client.exposition
 import structlog
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from kfwguard import __version__
+from kfwguard.httpserver import HTTPServer, Request, Response, Route, Router, text_response
 from kfwguard.store import BanRow
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ class Metrics:
                                  "From the ban decision to the kernel update",
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         self.registry.register(DaemonCollector(daemon, self))
-        self._runner: web.AppRunner | None = None
+        self._server: HTTPServer | None = None
         self.listen: str | None = None
 
     # -- listeners ----------------------------------------------------------------
@@ -176,36 +176,34 @@ class Metrics:
 
     # -- HTTP ---------------------------------------------------------------------
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: Request) -> Response:
         # Scrapes run on the event loop: the collector reads the daemon's
         # dicts without racing the pipeline.
-        return web.Response(body=self.exposition(),
-                            headers={"Content-Type": CONTENT_TYPE})
+        return Response(body=self.exposition(), content_type=CONTENT_TYPE)
 
     async def start(self, listen: str) -> None:
         host, port = parse_listen(listen)
-        app = web.Application()
-        app.router.add_get("/metrics", self.handle)
-        app.router.add_get("/", self._index)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner = runner
+        router = Router([Route("GET", "/metrics", self.handle), Route("GET", "/", self._index)])
+        server = HTTPServer(router, max_body=0)
+        await server.start_tcp(host, port)
+        self._server = server
         self.listen = listen
         log.info("metrics_listening", listen=listen)
 
-    async def _index(self, request: web.Request) -> web.Response:
-        return web.Response(text="kfwguard: metrics at /metrics\n")
+    @property
+    def port(self) -> int | None:
+        """The TCP port the endpoint is bound to (``:0`` in ``listen`` picks one)."""
+        socks = self._server.sockets if self._server is not None else []
+        return int(socks[0].getsockname()[1]) if socks else None
+
+    async def _index(self, request: Request) -> Response:
+        return text_response("kfwguard: metrics at /metrics\n")
 
     async def stop(self) -> None:
-        if self._runner is not None:
+        if self._server is not None:
             with contextlib.suppress(Exception):
-                await self._runner.cleanup()
-            self._runner = None
+                await self._server.close()
+            self._server = None
             self.listen = None
 
 

@@ -119,9 +119,8 @@ class TestMetrics:
         metrics = metrics_with_activity(tmp_path)
         await metrics.start("127.0.0.1:0")
         try:
-            assert metrics._runner is not None
-            [site] = metrics._runner.sites
-            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            port = metrics.port
+            assert port is not None
             async with aiohttp.ClientSession() as s, \
                     s.get(f"http://127.0.0.1:{port}/metrics") as resp:
                 assert 200 == resp.status

@@ -1,0 +1,124 @@
+"""kfwguard.httpserver, the small HTTP/1.1 server behind the control socket and
+/metrics: routing, the HTTP version echoed, bounded heads and bodies, and one
+request per connection."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+
+from kfwguard.httpserver import (
+    MAX_HEAD,
+    HTTPServer,
+    Request,
+    Response,
+    Route,
+    Router,
+    json_response,
+)
+
+
+async def echo(request: Request) -> Response:
+    return json_response({"method": request.method, "path": request.path,
+                          "match": request.match_info, "query": request.query,
+                          "body": await request.json() if request.method == "POST" else None})
+
+
+async def boom(request: Request) -> Response:
+    raise RuntimeError("bug")
+
+
+@pytest.fixture
+async def port() -> AsyncIterator[int]:
+    router = Router([Route("GET", "/items", echo), Route("POST", "/items", echo),
+                     Route("DELETE", "/items/{name}", echo), Route("GET", "/boom", boom)])
+    server = HTTPServer(router, max_body=100)
+    await server.start_tcp("127.0.0.1", 0)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        await server.close()
+
+
+async def exchange(port: int, raw: bytes) -> tuple[str, dict[str, str], bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    await writer.drain()
+    data = await reader.read()  # the server closes after one response
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, *lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines)}
+    return status, headers, body
+
+
+class TestHTTPServer:
+    async def test_routes_decode_path_and_query(self, port: int) -> None:
+        """A {name} route takes the percent-decoded rest of the path, slashes included."""
+        status, headers, body = await exchange(
+            port, b"DELETE /items/10.0.0.0%2F8?jail=a%20b HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert "HTTP/1.1 200 OK" == status
+        assert "close" == headers["connection"]
+        assert headers["content-type"].startswith("application/json")
+        assert (b'{"method": "DELETE", "path": "/items/10.0.0.0/8", "match": '
+                b'{"name": "10.0.0.0/8"}, "query": {"jail": "a b"}, "body": null}') == body
+
+    async def test_json_body(self, port: int) -> None:
+        """A POST body of Content-Length bytes is read when the handler asks for it."""
+        status, _, body = await exchange(
+            port, b'POST /items HTTP/1.1\r\nContent-Length: 8\r\n\r\n{"a": 1}')
+        assert "HTTP/1.1 200 OK" == status
+        assert b'"body": {"a": 1}' in body
+
+    async def test_http10_answered_in_kind(self, port: int) -> None:
+        """An HTTP/1.0 request gets an HTTP/1.0 status line."""
+        status, _, _ = await exchange(port, b"GET /items HTTP/1.0\r\n\r\n")
+        assert "HTTP/1.0 200 OK" == status
+
+    async def test_head_has_no_body(self, port: int) -> None:
+        """HEAD on a GET route: the headers of the GET, no body."""
+        status, headers, body = await exchange(port, b"HEAD /items HTTP/1.1\r\n\r\n")
+        assert ("HTTP/1.1 200 OK", b"") == (status, body)
+        assert int(headers["content-length"]) > 0
+
+    async def test_unknown_path_and_method(self, port: int) -> None:
+        """404 for an unknown path, 405 naming the allowed methods for a known one."""
+        status, _, body = await exchange(port, b"GET /nothing HTTP/1.1\r\n\r\n")
+        assert "HTTP/1.1 404 Not Found" == status
+        assert b'"error"' in body
+        status, headers, _ = await exchange(port, b"PUT /items HTTP/1.1\r\n\r\n")
+        assert "HTTP/1.1 405 Method Not Allowed" == status
+        assert "GET, POST" == headers["allow"]
+
+    async def test_body_over_limit_refused(self, port: int) -> None:
+        """A body larger than max_body is refused (413) without being read."""
+        status, _, _ = await exchange(
+            port, b"POST /items HTTP/1.1\r\nContent-Length: 101\r\n\r\n" + b"x" * 101)
+        assert "HTTP/1.1 413 Request Entity Too Large" == status
+
+    async def test_malformed_and_oversized_heads(self, port: int) -> None:
+        """A broken request line is a 400; a head past MAX_HEAD a 431."""
+        status, _, _ = await exchange(port, b"GET\r\n\r\n")
+        assert "HTTP/1.1 400 Bad Request" == status
+        status, _, _ = await exchange(
+            port, b"GET /items HTTP/1.1\r\nX: " + b"a" * MAX_HEAD + b"\r\n\r\n")
+        assert "HTTP/1.1 431 Request Header Fields Too Large" == status
+
+    async def test_handler_error_is_500(self, port: int) -> None:
+        """A handler that raises costs its request only (500), not the server."""
+        status, _, body = await exchange(port, b"GET /boom HTTP/1.1\r\n\r\n")
+        assert "HTTP/1.1 500 Internal Server Error" == status
+        assert b"RuntimeError" in body
+        status, _, _ = await exchange(port, b"GET /items HTTP/1.1\r\n\r\n")
+        assert "HTTP/1.1 200 OK" == status
+
+    async def test_peer_leaving_early(self, port: int) -> None:
+        """A client that closes mid-head gets nothing and the server keeps serving."""
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"GET /ite")
+        s.close()
+        status, _, _ = await exchange(port, b"GET /items HTTP/1.1\r\n\r\n")
+        assert "HTTP/1.1 200 OK" == status
