@@ -279,8 +279,10 @@ class BanManager:
                 self.flush_now()
 
     async def flush(self) -> None:
-        """Apply everything pending now (awaits an ongoing flush first)."""
-        while self._pending or self._pending_remove:
+        """Apply everything pending now (awaits an ongoing flush first: it may
+        already have taken changes out of pending that are not applied yet)."""
+        while (self._pending or self._pending_remove
+               or (self._flush_task is not None and not self._flush_task.done())):
             if self._flush_task is not None and not self._flush_task.done():
                 await self._flush_task
             else:
