@@ -17,6 +17,7 @@ another path). Modes:
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import shutil
 import sys
@@ -60,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         why = install_fail2ban()
         ctx.with_f2b = why is None and fail2ban_installed()
         ctx.f2b_reason = why or ""
+    # Byte-compile the package, as `pip install .` does on a node: a checkout
+    # installed editable (or PYTHONDONTWRITEBYTECODE, set on some machines)
+    # would recompile every module at each start and time the compiler.
+    compileall.compile_dir(REPO / "kfwguard", quiet=1)
     info = machine()
     command = "python -m bench.run" + {"smoke": " --smoke", "quick": " --quick"}.get(
         plan.name, "") + "".join(f" --only {o}" for o in args.only or ())

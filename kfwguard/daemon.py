@@ -257,12 +257,6 @@ class Daemon:
     async def start(self) -> None:
         cfg = self.cfg
         try:
-            filters = build_filters(cfg)
-            if cfg.baseline.enabled:
-                validate(cfg.baseline)
-        except (FilterError, BaselineError) as exc:
-            raise StartupError(str(exc)) from exc
-        try:
             self.store = Store.in_dir(cfg.state_dir)
         except StoreError as exc:
             # Keep banning, from memory; say loudly that nothing is persisted.
@@ -286,6 +280,15 @@ class Daemon:
             await asyncio.to_thread(self.bans.adopt_kernel)
         else:
             await asyncio.to_thread(self.bans.restore)
+        # Filters compile after the restore: the kernel's bans do not wait for
+        # them, and a broken filter stops the start with the bans in force.
+        try:
+            filters = build_filters(cfg)
+            if cfg.baseline.enabled:
+                validate(cfg.baseline)
+        except (FilterError, BaselineError) as exc:
+            ignore_lookup.cancel()
+            raise StartupError(str(exc)) from exc
         self.ignore = self.bans.ignore = await ignore_lookup
         self._build_pipeline(cfg, filters)
         await self._start_baseline(cfg)
