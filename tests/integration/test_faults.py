@@ -96,6 +96,34 @@ class TestCrashSafety:
         assert left is not None and 3600 < left <= 7200  # seconds left
         d.stop()
 
+    def test_broken_filter_stops_start_with_bans_restored(
+        self, lab: Lab, tmp_path: Path
+    ) -> None:
+        """A config whose filter no longer compiles stops the start with an error
+        naming it, and the stored bans are back in the kernel anyway: the
+        restore comes before the filters, so a bad edit cannot unprotect a node."""
+        node = lab.host("node")
+        log = tmp_path / "auth.log"
+        log.write_text("")
+        d = DaemonRun(node, tmp_path, base_config(tmp_path, log, maxretry=1, bantime="2h"))
+        d.start()
+        with log.open("a") as f:
+            f.write(sshd_fail("198.51.100.45"))
+        assert wait_until(lambda: stored(tmp_path / "state")[0] == 1)
+        d.stop()
+        node.run("nft", "flush", "ruleset")
+        broken = tmp_path / "filters"
+        broken.mkdir()
+        (broken / "sshd.yaml").write_text(
+            "format: text\nrules:\n  - {name: r, regex: '^(?=x)<HOST>'}\n")
+        d.write_config({**d.config, "filters_dirs": [str(broken)]})
+        d.start(wait_ready=False)
+        assert d.proc is not None
+        assert 1 == d.proc.wait(timeout=30), d.log()
+        assert "cannot_start" in d.log() and "sshd.yaml" in d.log()
+        assert "198.51.100.45" in d.elements("ban_v4")
+        d.proc = None
+
 
 class TestStateMisbehaves:
     def test_corrupt_state_keeps_kernel_bans(self, lab: Lab, tmp_path: Path) -> None:
