@@ -767,11 +767,10 @@ class _HsLines:
                 # Rule i + anything to the line end is a superset of rule i + "$"
                 # (hyperscan refuses a "$" before more pattern).
                 body = body[:-1]
-            if not _block_safe(body):
+            hs_body = patterns.for_hyperscan(patterns.strip_group_names(body))
+            if hs_body is None or not _block_safe(body):
                 return None
-            expressions.append(
-                ("^" + header + "(?:" + patterns.strip_group_names(body) + ")[^\n]*$").encode()
-            )
+            expressions.append(("^" + header + "(?:" + hs_body + ")[^\n]*$").encode())
         database = hyperscan.Database()
         try:
             database.compile(

@@ -159,3 +159,62 @@ def literal_prefixes(pattern: str) -> tuple[str, ...]:
     if not rest:
         return ()
     return (optional + rest, rest) if optional else (rest,)
+
+
+# RE2's \s (no vertical tab, unlike PCRE's and so hyperscan's).
+_RE2_SPACE: Final = "\\t\\n\\f\\r "
+
+
+def for_hyperscan(pattern: str) -> str | None:
+    """``pattern`` (RE2 syntax) rewritten so that hyperscan matches at least what
+    RE2 matches, or None when that cannot be promised.
+
+    The two differ in ``\\s``: hyperscan's (PCRE's) includes the vertical tab,
+    RE2's does not, so ``\\S`` would match less in hyperscan and a line could
+    slip past the block scan. Both become RE2's explicit sets. ``\\p``/``\\P``
+    (Unicode classes), ``\\Q`` quoting and ``\\S`` inside a class are refused.
+    """
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    in_class = False
+    while i < n:
+        c = pattern[i]
+        if c == "\\" and i + 1 < n:
+            e = pattern[i + 1]
+            if e in "pPQ":
+                return None
+            if e == "s":
+                out.append(_RE2_SPACE if in_class else f"[{_RE2_SPACE}]")
+            elif e == "S":
+                if in_class:
+                    return None
+                out.append(f"[^{_RE2_SPACE}]")
+            else:
+                out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if in_class:
+            if pattern.startswith("[:", i):  # [:alpha:], the same in both
+                end = pattern.find(":]", i + 2)
+                if end == -1:
+                    return None
+                out.append(pattern[i : end + 2])
+                i = end + 2
+                continue
+            in_class = c != "]"
+            out.append(c)
+            i += 1
+            continue
+        if c == "[":
+            in_class = True
+            j = i + 1
+            if j < n and pattern[j] == "^":
+                j += 1
+            if j < n and pattern[j] == "]":  # a leading ] is a literal member
+                j += 1
+            out.append(pattern[i:j])
+            i = j
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)

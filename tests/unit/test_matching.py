@@ -671,3 +671,16 @@ class TestScan:
         """Records whose text holds a newline are still matched one by one."""
         records = [Record("noise\nmore"), Record("Invalid user a from 192.0.2.9")]
         assert [1] == [i for i, _ in load_filter("sshd").match_many(records, NOW)]
+
+
+class TestForHyperscan:
+    def test_space_classes_become_re2s_sets(self) -> None:
+        """\\s and \\S are rewritten to RE2's own sets (no vertical tab), inside and
+        outside classes; what cannot be promised (\\p, \\Q, \\S in a class) is refused."""
+        from kfwguard.matching.patterns import for_hyperscan
+
+        assert r"a[\t\n\f\r ]b[^\t\n\f\r ]" == for_hyperscan(r"a\sb\S")
+        assert r"[^\t\n\f\r ]x[]\t\n\f\r ]" == for_hyperscan(r"[^\s]x[]\s]")
+        assert r"[[:space:]\d]\." == for_hyperscan(r"[[:space:]\d]\.")
+        for refused in (r"[\S]", r"\pL", r"\p{Greek}", r"\PL", r"\Qa.b\E"):
+            assert for_hyperscan(refused) is None, refused
