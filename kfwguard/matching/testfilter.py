@@ -164,8 +164,8 @@ def iter_blocks(
 
 def _run(filt: Filter, stream: BinaryIO, name: str, as_json: bool, out: TextIO, now: float) -> int:
     statuses: Counter[str] = Counter()
-    per_rule: Counter[str] = Counter()
-    hosts: set[object] = set()
+    per_rule: dict[str, int] = dict.fromkeys(filt.rules, 0)
+    hosts: set[int] = set()  # host_key: ipaddress objects hash in Python code
     lines = 0  # lines before the current block
     write = out.write
     dumps = json.dumps
@@ -181,12 +181,12 @@ def _run(filt: Filter, stream: BinaryIO, name: str, as_json: bool, out: TextIO, 
         # pass; the others never become Python objects.
         hits = filt.scan_lines(block, now)
         seen, number = 0, lines
-        for end, status, rule, host, _key, t in hits:
-            statuses[status] += 1
+        for end, status, rule, host, key, t in hits:
             if host is None or rule is None:
+                statuses[status] += 1
                 continue
             per_rule[rule] += 1
-            hosts.add(host)
+            hosts.add(key)
             if as_json:
                 number += block.count(b"\n", seen, end) + 1
                 seen = end + 1
@@ -199,6 +199,7 @@ def _run(filt: Filter, stream: BinaryIO, name: str, as_json: bool, out: TextIO, 
                 }) + "\n")
         lines += block.count(b"\n")
     elapsed = time.perf_counter() - started
+    statuses["match"] += sum(per_rule.values())
     if as_json:
         return 0
     rate = f"{lines / elapsed:,.0f} lines/s" if elapsed > 0 else "n/a"
