@@ -60,14 +60,14 @@ class DaemonRun:
     def start(self, wait_ready: bool = True, env: dict[str, str] | None = None) -> None:
         self.log_offset = len(self.log())
         with self.log_path.open("ab") as log:
-            self.proc = self.host.popen(
+            proc = self.proc = self.host.popen(
                 [sys.executable, "-m", "kfwguard", "run", "-c", str(self.config_path)],
                 stdout=log, stderr=log, env={**os.environ, **(env or {})},
             )
         if wait_ready:
             assert wait_until(lambda: '"started"' in self.log()[self.log_offset:]
-                              or self.proc.poll() is not None, timeout=30), self.log()
-            assert self.proc.poll() is None, self.log()
+                              or proc.poll() is not None, timeout=30), self.log()
+            assert proc.poll() is None, self.log()
 
     def log(self) -> str:
         try:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.integration.daemon_harness import DaemonRun, base_config, sshd_fail, wait_until
-from tests.netns import Lab
+from tests.netns import Host, Lab
 
 
 @contextlib.contextmanager
@@ -36,6 +36,18 @@ def stored(state: Path) -> tuple[int, int, int]:
     finally:
         db.close()
     return int(row[0]), int(row[1]), int(row[2])
+
+
+def one_ban_stored(node: Host, tmp_path: Path, addr: str) -> DaemonRun:
+    """A running daemon (maxretry 1, bantime 2h) that has banned and stored ``addr``."""
+    log = tmp_path / "auth.log"
+    log.write_text("")
+    d = DaemonRun(node, tmp_path, base_config(tmp_path, log, maxretry=1, bantime="2h"))
+    d.start()
+    with log.open("a") as f:
+        f.write(sshd_fail(addr))
+    assert wait_until(lambda: stored(tmp_path / "state")[0] == 1)
+    return d
 
 
 def burst(n: int, base: int = 0) -> str:
@@ -78,14 +90,7 @@ class TestCrashSafety:
         table gone, as after a power cut and reboot) is in the kernel after the next
         start, with its remaining time."""
         node = lab.host("node")
-        log = tmp_path / "auth.log"
-        log.write_text("")
-        d = DaemonRun(node, tmp_path, base_config(tmp_path, log, maxretry=1, bantime="2h"))
-        d.start()
-        with log.open("a") as f:
-            f.write(sshd_fail("198.51.100.44"))
-        state = tmp_path / "state"
-        assert wait_until(lambda: stored(state)[0] == 1)
+        d = one_ban_stored(node, tmp_path, "198.51.100.44")
         assert d.proc is not None
         os.kill(d.proc.pid, signal.SIGKILL)
         d.proc.wait()
@@ -103,13 +108,7 @@ class TestCrashSafety:
         naming it, and the stored bans are back in the kernel anyway: the
         restore comes before the filters, so a bad edit cannot unprotect a node."""
         node = lab.host("node")
-        log = tmp_path / "auth.log"
-        log.write_text("")
-        d = DaemonRun(node, tmp_path, base_config(tmp_path, log, maxretry=1, bantime="2h"))
-        d.start()
-        with log.open("a") as f:
-            f.write(sshd_fail("198.51.100.45"))
-        assert wait_until(lambda: stored(tmp_path / "state")[0] == 1)
+        d = one_ban_stored(node, tmp_path, "198.51.100.45")
         d.stop()
         node.run("nft", "flush", "ruleset")
         broken = tmp_path / "filters"
