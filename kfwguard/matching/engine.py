@@ -99,6 +99,19 @@ def _hit(end: int, check: Check) -> Hit:
     return end, check[0], check[1], m.host, host_key(m.host), m.time
 
 
+def _has_long_line(data: bytes) -> bool:
+    """True if a line of ``data`` has more than MAX_LINE bytes (a few C-level finds
+    per block: each step jumps to the last newline within the next window)."""
+    pos, end = 0, len(data)
+    while end - pos > MAX_LINE:
+        window = pos + MAX_LINE + 1
+        nl = data.rfind(b"\n", pos, window)
+        if nl < 0:
+            return True
+        pos = nl + 1
+    return False
+
+
 def split_block(data: bytes) -> tuple[list[Record], list[int]]:
     """The records of a block of lines (as a text file source makes them) and
     the offset of each one's line end in ``data``; empty lines make none."""
@@ -423,6 +436,8 @@ class TextFilter(Filter):
                 # The per-line path matches U+FFFD where RE2 sees invalid bytes.
                 return super().scan_lines(data, now)
         end = len(data)
+        if _has_long_line(data):
+            return super().scan_lines(data, now)  # it says "too-long" for that line
         if program.valid is not None and program.valid(data, 0, end)[0][0] < 0:
             return super().scan_lines(data, now)
         if program.lines is not None:

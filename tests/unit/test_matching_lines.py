@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kfwguard.matching import Filter, load_filter, parse_filter
-from kfwguard.matching.engine import split_block
+from kfwguard.matching.engine import MAX_LINE, split_block
 
 NOW = time.mktime((2026, 11, 26, 12, 0, 0, 0, 0, -1))
 SAMPLES = Path(__file__).resolve().parents[2] / "filters" / "samples"
@@ -76,6 +76,18 @@ class TestScanLines:
             hits = flt.scan_lines(data, NOW)
             assert per_record(flt, data) == hits
             assert 1 == len(hits)
+
+    def test_over_long_line_agrees(self, accelerate: bool) -> None:
+        """A line over MAX_LINE bytes is "too-long" on the block path too (never
+        matched), and the lines around it are still decided."""
+        flt = load_filter("sshd", accelerate=accelerate)
+        long_line = ("Nov 26 04:57:45 h sshd[1]: Failed password for " + "x" * MAX_LINE
+                     + " from 203.0.113.9 port 22 ssh2")
+        for lines in ([long_line], [EDGES[0], long_line, EDGES[2]]):
+            data = ("\n".join(lines) + "\n").encode()
+            hits = flt.scan_lines(data, NOW)
+            assert per_record(flt, data) == hits
+            assert "too-long" in [h[1] for h in hits]
 
     def test_split_block(self, accelerate: bool) -> None:
         """split_block makes a record per non-empty line, CR dropped, with its line end."""
