@@ -56,6 +56,10 @@ MAX_LINE: Final = 64 * 1024
 _HOST_CACHE_MAX: Final = 8192
 
 Status = Literal["match", "nomatch", "ignored", "bad-host", "too-long"]
+# How a text filter may scan a block of lines: True = the fastest available
+# (the C++ extension, else hyperscan), one of them by name, or False = RE2
+# from Python alone. All give the same hits; tests compare them.
+Accel = bool | Literal["native", "hyperscan"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +267,18 @@ class Filter:
         records, ends = split_block(data)
         return [_hit(ends[i], c) for i, c in self._scan(records, now)]
 
+    @property
+    def block_engine(self) -> str:
+        """What scans blocks of lines (``scan_lines``): "native" (C++), "hyperscan",
+        "re2" (from Python), or "per-record"."""
+        return "per-record"
+
+    @property
+    def accelerated(self) -> bool:
+        """True when blocks of lines are scanned by C++ or hyperscan, not RE2 calls
+        from Python."""
+        return self.block_engine in ("native", "hyperscan")
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} rules={list(self.rules)}>"
 
@@ -289,7 +305,7 @@ class TextFilter(Filter):
     """Regex rules over a text message, anchored at the message start."""
 
     def __init__(self, name: str, spec: TextFilterSpec, path: str, lines: Lines,
-                 accelerate: bool = True) -> None:
+                 accelerate: Accel = True) -> None:
         self.name = name
         self.format = "text"
         self.description = spec.description
@@ -368,7 +384,9 @@ class TextFilter(Filter):
         self._lines = _LineProgram.build(
             spec, self._heads, self._head_len, rules,
             [r.regex.replace(patterns.HOST_TAG, _HS_HOST) for r in spec.rules]
-            if accelerate else (),
+            if accelerate in (True, "hyperscan") else (),
+            [patterns.expand_host(r.regex) for r in spec.rules]
+            if accelerate in (True, "native") else (),
         )
 
     @property
@@ -440,6 +458,8 @@ class TextFilter(Filter):
             return super().scan_lines(data, now)  # it says "too-long" for that line
         if program.valid is not None and program.valid(data, 0, end)[0][0] < 0:
             return super().scan_lines(data, now)
+        if program.native is not None:
+            return self._scan_native(data, now, program.native, program.valid is not None)
         if program.lines is not None:
             return self._scan_events(data, now, program.lines, program.valid is not None)
         search = program.candidates
@@ -543,10 +563,54 @@ class TextFilter(Filter):
             out.append((nl, "match", name, host[0], host[1], last_t))
         return out
 
+    def _scan_native(self, data: bytes, now: float, native: Any, header: bool) -> list[Hit]:
+        """``scan_lines`` over a checked block by the C++ scanner: Python sees only the
+        lines that matched, with their rule and the host's span."""
+        try:
+            found: list[tuple[int, int, int, int]] = native.scan(data)
+        except ValueError:  # a header of another shape: the per-record path decides
+            return Filter.scan_lines(self, data, now)
+        out: list[Hit] = []
+        names = self._names
+        rfind = data.rfind
+        find = data.find
+        hosts = self._hosts
+        ignore = self._ignore
+        last_stamp = b""
+        last_t = now
+        for nl, rule_id, host_start, host_end in found:
+            name = names[rule_id]
+            text = data[host_start:host_end] if host_start >= 0 else b""
+            try:
+                host = hosts[text]
+            except KeyError:
+                host = self._new_host(text)
+            if host is None:
+                out.append((nl, "bad-host", name, None, 0, 0.0))
+                continue
+            start = rfind(b"\n", 0, nl) + 1
+            if ignore is not None:
+                message = data[find(b": ", find(b" ", start + 16)) + 2 : nl] if header else (
+                    data[start:nl])
+                if ignore.search(message) is not None:
+                    out.append((nl, "ignored", name, None, 0, 0.0))
+                    continue
+            if header:
+                stamp = data[start : start + 15]
+                if stamp != last_stamp:
+                    last_stamp = stamp
+                    t = timeparse.parse_syslog(stamp.decode(), now)
+                    last_t = now if t is None else t
+            out.append((nl, "match", name, host[0], host[1], last_t))
+        return out
+
     @property
-    def accelerated(self) -> bool:
-        """True when blocks of lines are scanned by hyperscan (else by RE2 alone)."""
-        return self._lines is not None and self._lines.lines is not None
+    def block_engine(self) -> str:
+        if self._lines is None:
+            return "per-record"
+        if self._lines.native is not None:
+            return "native"
+        return "hyperscan" if self._lines.lines is not None else "re2"
 
     def _new_host(self, text: bytes) -> tuple[IPAddress, int] | None:
         addr = self._host(text.decode())
@@ -686,11 +750,13 @@ class _LineProgram:
     heads: dict[bytes, tuple[_TextRule, ...]]
     # The hyperscan form of ``candidates``, when hyperscan can compile it.
     lines: _HsLines | None = None
+    # The whole scan in C++ (kfwguard.matching._native), when it was built.
+    native: Any = None
 
     @staticmethod
     def build(spec: TextFilterSpec, heads: dict[str, tuple[_TextRule, ...]],
               head_len: int, rules: Sequence[_TextRule] = (),
-              bodies: Sequence[str] = ()) -> _LineProgram | None:
+              bodies: Sequence[str] = (), full: Sequence[str] = ()) -> _LineProgram | None:
         if not head_len or not all(h.isascii() for h in heads):
             return None
         head_re = "(?:" + "|".join(re2.escape(h) for h in heads) + ")"
@@ -698,7 +764,8 @@ class _LineProgram:
             if not spec.prefix:
                 return _LineProgram(None, _raw("(?m)^" + head_re, "UNANCHORED"), head_len,
                                     {h.encode(): r for h, r in heads.items()},
-                                    _HsLines.build("", rules, bodies))
+                                    _HsLines.build("", rules, bodies),
+                                    _native_matcher(rules, full, (), header=False))
             if list(spec.prefix) != ["syslog"]:
                 return None  # klog and mixed headers: the per-line path
             if any(h[:3] in _MONTHS_SET for h in heads):
@@ -725,7 +792,8 @@ class _LineProgram:
             return None
         return _LineProgram(valid, candidates, head_len,
                             {h.encode(): r for h, r in heads.items()},
-                            _HsLines.build(_HS_HEADER + hs_tag, rules, bodies))
+                            _HsLines.build(_HS_HEADER + hs_tag, rules, bodies),
+                            _native_matcher(rules, full, spec.programs, header=True))
 
 
 # A superset of _STAMP_HOST_RE for hyperscan, whose bounded repeats are slow:
@@ -811,6 +879,23 @@ class _HsLines:
         self.database.scan(data, match_event_handler=on_match)
         found.sort()
         return found
+
+
+def _native_matcher(rules: Sequence[_TextRule], full: Sequence[str],
+                    programs: Sequence[str], *, header: bool) -> Any:
+    """The C++ block scanner for these rules (``full``: as RE2 compiles them), or
+    None where the extension was not built (no compiler or RE2 headers)."""
+    if not rules or len(rules) != len(full) or any(not p.isascii() for p in programs):
+        return None
+    try:
+        from kfwguard.matching import _native  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    try:
+        return _native.Matcher([p.encode() for p in full], [r.host for r in rules],
+                               [p.encode() for p in programs], header)
+    except ValueError:  # RE2 in C++ refused what the binding took: stay in Python
+        return None
 
 
 _MONTHS_SET: Final = frozenset(
@@ -1029,7 +1114,7 @@ class JsonFilter(Filter):
 
 
 def build(name: str, spec: TextFilterSpec | JsonFilterSpec, path: str, lines: Lines,
-          accelerate: bool = True) -> Filter:
+          accelerate: Accel = True) -> Filter:
     """The compiled filter for a validated spec; ``accelerate=False`` leaves hyperscan
     out (the results are the same: tests compare the two)."""
     if isinstance(spec, TextFilterSpec):

@@ -7,7 +7,7 @@ from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
 
-from kfwguard.matching.engine import Filter, build
+from kfwguard.matching.engine import Accel, Filter, build
 from kfwguard.matching.spec import FilterError, parse_spec
 
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
@@ -32,7 +32,7 @@ def shipped_filter_names() -> list[str]:
 
 
 def parse_filter(text: str, name: str, path: str = "<filter>", *,
-                 accelerate: bool = True) -> Filter:
+                 accelerate: Accel = True) -> Filter:
     """Compile filter YAML ``text`` as filter ``name``; FilterError on any problem."""
     spec, lines = parse_spec(text, path)
     return build(name, spec, path, lines, accelerate)
@@ -48,7 +48,7 @@ def _read(source: Traversable, path: str) -> str:
 
 
 def load_filter(name_or_path: str, dirs: Sequence[Path] = (), *,
-                accelerate: bool = True) -> Filter:
+                accelerate: Accel = True) -> Filter:
     """Load a filter by path (contains '/' or ends in .yaml) or by name.
 
     A name is looked up as ``<name>.yaml`` in each of ``dirs`` in order, then

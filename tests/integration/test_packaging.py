@@ -7,13 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import need
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 class TestInstalledPackage:
     def test_wheel_carries_filters_actions_and_default(self, tmp_path: Path) -> None:
-        """`pip install .` yields a package whose shipped filters, actions and default
-        config load from site-packages, with no source tree around."""
+        """`pip install .` yields a package whose shipped filters, actions, default
+        config and compiled block scanner load from site-packages, with no source
+        tree around."""
         wheels = tmp_path / "wheels"
         subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
                         str(wheels), str(REPO)],
@@ -32,6 +35,7 @@ class TestInstalledPackage:
             "print(json.dumps({'file': kfwguard.__file__,"
             " 'filters': sorted(shipped_filter_names()),"
             " 'loaded': [load_filter(j.filter).name for j in cfg.jails],"
+            " 'engine': load_filter('sshd').block_engine,"
             " 'actions': sorted(p.name for p in resources.files('kfwguard.actions').iterdir()"
             " if p.name.endswith('.yaml'))}))\n"
         )
@@ -45,3 +49,5 @@ class TestInstalledPackage:
         assert {"sshd", "kubelet", "kube-apiserver-audit", "etcd"} <= set(info["filters"])
         assert ["sshd", "kubelet", "kube-apiserver-audit", "etcd"] == info["loaded"]
         assert info["actions"]
+        # The wheel carries the C++ block scanner where it could be built.
+        need(info["engine"] == "native", "the wheel has no C++ scanner (g++, libre2-dev)")
