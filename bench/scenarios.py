@@ -462,7 +462,8 @@ def restore(ctx: Context) -> Section:
 # -- 5. memory -------------------------------------------------------------------
 
 
-HOST_CACHE = 8192  # kfwguard.matching.engine._HOST_CACHE_MAX
+# Host texts a filter may hold: two generations of engine._HOST_CACHE_MAX.
+HOST_CACHE = 2 * 16384
 IN_FLIGHT_MIB = 16
 
 
@@ -590,7 +591,7 @@ def memory(ctx: Context) -> Section:
     per_entry = tracker_bytes_per_entry()
     kf = _flood_run("kfwguard", plan, 600.0)
     # The cap: RSS before the flood, plus a full tracker and a full host cache
-    # of the filter (8192 addresses) at twice the measured cost per entry
+    # of the filter (HOST_CACHE addresses) at twice the measured cost per entry
     # (allocator slack), plus 16 MiB for what is in flight (a 256 KiB read,
     # up to 2000 records per batch, their matches).
     cap = (kf["start_rss"] + 2 * per_entry * (plan.max_entries + HOST_CACHE) / 2**20

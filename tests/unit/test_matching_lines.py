@@ -207,3 +207,43 @@ class TestHyperscanPath:
         hits = flt.scan_lines(data, NOW)
         assert per_record(flt, data) == hits
         assert "inner-dollar" in [h[2] for h in hits]
+
+
+class TestHostCache:
+    def test_two_generations_keep_the_working_set_and_stay_bounded(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The block path's host cache holds at most two generations of
+        _HOST_CACHE_MAX texts; an address seen in the previous generation is
+        not parsed again (a flood of new addresses cannot make every line of
+        a recurring attacker re-parse), and results do not depend on the cache."""
+        from kfwguard.addresses import parse_host as real
+        from kfwguard.matching import engine
+
+        monkeypatch.setattr(engine, "_HOST_CACHE_MAX", 4)
+        parsed: list[str] = []
+
+        def counting(text: str) -> object:
+            parsed.append(text)
+            return real(text)
+
+        monkeypatch.setattr(engine, "parse_host", counting)
+        flt = load_filter("sshd")
+
+        def scan(*hosts: str) -> list[str]:
+            data = "".join(
+                f"Nov 26 04:57:45 h sshd[1]: Failed password for root from {h} port 2 ssh2\n"
+                for h in hosts).encode()
+            return [str(hit[3]) for hit in flt.scan_lines(data, NOW)]
+
+        first = [f"203.0.113.{i}" for i in range(1, 7)]
+        assert first == scan(*first)
+        assert first == parsed
+        parsed.clear()
+        assert ["203.0.113.1", "203.0.113.6"] == scan("203.0.113.1", "203.0.113.6")
+        assert [] == parsed  # from the old generation and the current one
+        assert ["203.0.113.99"] == scan("203.0.113.99")
+        assert ["203.0.113.99"] == parsed
+        for i in range(100, 140):
+            scan(f"198.51.100.{i}")
+        assert len(flt._hosts) + len(flt._hosts_old) <= 8  # type: ignore[attr-defined]
