@@ -107,8 +107,17 @@ def machine() -> dict[str, str]:
         "python": sys.version.split()[0],
         "fail2ban": _cmd("fail2ban-server", "-V"),
         "nft": _cmd("nft", "--version"),
+        "kfwguard block scan": _block_engine(),
         "load average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
+
+
+def _block_engine() -> str:
+    """Which engine scans the sshd filter's blocks here (the C++ scanner is
+    optional at install): the figures depend on it."""
+    from kfwguard.matching import load_filter
+
+    return load_filter("sshd").block_engine
 
 
 def _num(v: float | None, unit: str) -> str:
