@@ -280,13 +280,17 @@ class BanManager:
 
     async def flush(self) -> None:
         """Apply everything pending now (awaits an ongoing flush first: it may
-        already have taken changes out of pending that are not applied yet)."""
+        already have taken changes out of pending that are not applied yet).
+
+        The work runs in the one flush task every ban shares, awaited through
+        a shield: a caller that stops waiting (``wait_for`` on a manual ban)
+        cancels only its own wait, never the batch in flight or what is queued
+        behind it."""
         while (self._pending or self._pending_remove
                or (self._flush_task is not None and not self._flush_task.done())):
-            if self._flush_task is not None and not self._flush_task.done():
-                await self._flush_task
-            else:
-                await self._flush()
+            if self._flush_task is None or self._flush_task.done():
+                self._flush_task = asyncio.get_running_loop().create_task(self._flush())
+            await asyncio.shield(self._flush_task)
             if self._retry_delay:
                 break
 

@@ -117,3 +117,38 @@ class TestBanManager:
         assert r["errors"] >= 1  # type: ignore[operator]
         assert 0 < r["kernel"] < 40  # type: ignore[operator]
         assert r["pending"] > 0  # type: ignore[operator]
+
+
+class TestFlushCancellation:
+    def test_caller_giving_up_does_not_cancel_the_shared_flush(
+        self, lab: Lab, tmp_path: Path
+    ) -> None:
+        """A caller of flush() that stops waiting (the control API's 5 s wait on a
+        manual ban, via wait_for) must not cancel the flush task every ban
+        shares: the batch in flight and the bans queued behind it still reach
+        the kernel, with nobody asking again."""
+        r = run_in(lab, f"""
+            async def main():
+                m = manager({str(tmp_path)!r}, set_size=100000); m.restore()
+                m.request([req(str(ipaddress.ip_address(0x0A000000 + i)))
+                           for i in range(30000)])
+                await asyncio.sleep(0)  # the shared flush task takes that batch
+                m.request([req("203.0.113.7")])  # queued behind it
+                try:
+                    await asyncio.wait_for(m.flush(), timeout=0.001)
+                    gave_up = False
+                except TimeoutError:
+                    gave_up = True
+                for _ in range(300):
+                    if not m.pending:
+                        break
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.2)
+                live = m.table.list()
+                return dict(gave_up=gave_up, pending=m.pending,
+                            queued="203.0.113.7" in live, batch=len(live))
+            print(json.dumps(asyncio.run(main())))
+        """)
+        assert r["gave_up"] is True
+        assert (0, True) == (r["pending"], r["queued"])
+        assert r["batch"] >= 30001  # type: ignore[operator]
