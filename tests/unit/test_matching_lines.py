@@ -247,3 +247,26 @@ class TestHostCache:
         for i in range(100, 140):
             scan(f"198.51.100.{i}")
         assert len(flt._hosts) + len(flt._hosts_old) <= 8  # type: ignore[attr-defined]
+
+
+class TestNativeScannerInput:
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=400) | st.lists(
+        st.sampled_from([*SAMPLE_LINES, "", "x", "Nov 26 04:57:45 h", "Nov 26 04:57:45 h sshd"]),
+        max_size=6).map(lambda ls: "\n".join(ls).encode()))
+    def test_any_bytes_give_hits_inside_the_block_or_a_clear_error(self, data: bytes) -> None:
+        """The C++ scanner is called directly on arbitrary bytes (no header check,
+        invalid UTF-8, NULs, short and unterminated lines): it never crashes,
+        returns spans inside the block, or refuses with ValueError."""
+        from tests.conftest import need
+
+        flt = load_filter("sshd", accelerate="native")
+        need(flt.block_engine == "native", "the C++ scanner was not built")
+        native = flt._lines.native  # type: ignore[attr-defined]
+        try:
+            hits = native.scan(data)
+        except ValueError:
+            return
+        for end, rule, start, stop in hits:
+            assert 0 <= end <= len(data) and 0 <= rule < len(flt.rules)
+            assert (start, stop) == (-1, -1) or 0 <= start <= stop <= end
