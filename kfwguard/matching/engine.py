@@ -103,6 +103,12 @@ def _hit(end: int, check: Check) -> Hit:
     return end, check[0], check[1], m.host, host_key(m.host), m.time
 
 
+def _found(nl: int, rule: int, begin: int, host: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A block scanner's finding: the host's span in a message starting at ``begin``
+    moved to block offsets ((-1, -1), a host group that took no part, stays)."""
+    return (nl, rule, -1, -1) if host[0] < 0 else (nl, rule, begin + host[0], begin + host[1])
+
+
 def _has_long_line(data: bytes) -> bool:
     """True if a line of ``data`` has more than MAX_LINE bytes (a few C-level finds
     per block: each step jumps to the last newline within the next window)."""
@@ -286,6 +292,7 @@ class Filter:
 @dataclass(frozen=True, slots=True)
 class _TextRule:
     name: str
+    index: int  # in file order: what the block scanners report
     run: Callable[[bytes], Spans | None]
     spans: Callable[[bytes, int, int], Spans]  # run, frameless: (-1, -1) first if no match
     host: int
@@ -327,6 +334,7 @@ class TextFilter(Filter):
             rules.append(
                 _TextRule(
                     name=rule.name,
+                    index=len(rules),
                     run=_anchored(compiled),
                     spans=_spans(compiled),
                     host=index["host"],
@@ -466,103 +474,52 @@ class TextFilter(Filter):
         search = program.candidates
         head_len = program.head_len
         heads = program.heads
-        hosts = self._hosts
-        ignore = self._ignore
         find = data.find
-        out: list[Hit] = []
-        last_stamp = b""
-        last_t = now
+        found: list[tuple[int, int, int, int]] = []
         pos = 0
         while pos < end:
-            found = search(data, pos, end)[0]
-            start = found[0]
-            if start < 0:
+            at = search(data, pos, end)[0][1]
+            if at < 0:
                 break
-            nl = find(b"\n", found[1])
+            nl = find(b"\n", at)
             if nl < 0:
                 nl = end
             pos = nl + 1
-            message = data[found[1] - head_len : nl]
-            spans = None
+            begin = at - head_len
+            message = data[begin:nl]
             for rule in heads[message[:head_len]]:
                 spans = rule.run(message)
                 if spans is not None:
+                    found.append(_found(nl, rule.index, begin, spans[rule.host]))
                     break
-            if spans is None:
-                continue
-            text = message[spans[rule.host][0] : spans[rule.host][1]]
-            try:
-                host = hosts[text]
-            except KeyError:
-                host = self._new_host(text)
-            if host is None:
-                out.append((nl, "bad-host", rule.name, None, 0, 0.0))
-                continue
-            if ignore is not None and ignore.search(message) is not None:
-                out.append((nl, "ignored", rule.name, None, 0, 0.0))
-                continue
-            if program.valid is None:
-                last_t = now  # no header, no stamp: the record's time is unknown
-            else:
-                stamp = data[start : start + 15]
-                if stamp != last_stamp:
-                    last_stamp = stamp
-                    t = timeparse.parse_syslog(stamp.decode(), now)
-                    last_t = now if t is None else t
-            out.append((nl, "match", rule.name, host[0], host[1], last_t))
-        return out
+        return self._hits(data, now, found, program.valid is not None)
 
     def _scan_events(self, data: bytes, now: float, lines: _HsLines,
                      header: bool) -> list[Hit]:
         """``scan_lines`` over a checked block, from hyperscan's events: only the
         reported lines become Python work, one RE2 call each."""
         events = lines.events(data)
-        out: list[Hit] = []
-        if not events:
-            return out
         shift = lines.shift
         mask = (1 << shift) - 1
         rules = lines.calls
         rfind = data.rfind
         find = data.find
-        hosts = self._hosts
-        ignore = self._ignore
-        last_stamp = b""
-        last_t = now
+        found: list[tuple[int, int, int, int]] = []
         done = -1
         for event in events:
             nl = event >> shift
             if nl == done:
                 continue  # an earlier rule (in file order) matched this line
-            start = rfind(b"\n", 0, nl) + 1
-            # The checked header: stamp (15), host up to a space, tag up to ": ".
-            message = data[find(b": ", find(b" ", start + 16)) + 2 : nl] if header else (
-                data[start:nl])
-            run, host_group, name = rules[event & mask]
-            spans = run(message, 0, len(message))
-            if spans[0][0] < 0:
-                continue
-            done = nl
-            where = spans[host_group]
-            text = message[where[0] : where[1]]
-            try:
-                host = hosts[text]
-            except KeyError:
-                host = self._new_host(text)
-            if host is None:
-                out.append((nl, "bad-host", name, None, 0, 0.0))
-                continue
-            if ignore is not None and ignore.search(message) is not None:
-                out.append((nl, "ignored", name, None, 0, 0.0))
-                continue
-            if header:
-                stamp = data[start : start + 15]
-                if stamp != last_stamp:
-                    last_stamp = stamp
-                    t = timeparse.parse_syslog(stamp.decode(), now)
-                    last_t = now if t is None else t
-            out.append((nl, "match", name, host[0], host[1], last_t))
-        return out
+            begin = rfind(b"\n", 0, nl) + 1
+            if header:  # the checked header: stamp (15), host up to a space, tag to ": "
+                begin = find(b": ", find(b" ", begin + 16)) + 2
+            rule_id = event & mask
+            run, host_group = rules[rule_id]
+            spans = run(data[begin:nl], 0, nl - begin)
+            if spans[0][0] >= 0:
+                done = nl
+                found.append(_found(nl, rule_id, begin, spans[host_group]))
+        return self._hits(data, now, found, header)
 
     def _scan_native(self, data: bytes, now: float, native: Any, header: bool) -> list[Hit]:
         """``scan_lines`` over a checked block by the C++ scanner: Python sees only the
@@ -571,6 +528,14 @@ class TextFilter(Filter):
             found: list[tuple[int, int, int, int]] = native.scan(data)
         except ValueError:  # a header of another shape: the per-record path decides
             return Filter.scan_lines(self, data, now)
+        return self._hits(data, now, found, header)
+
+    def _hits(self, data: bytes, now: float, found: list[tuple[int, int, int, int]],
+              header: bool) -> list[Hit]:
+        """The hits of a checked block from the lines a scanner found a rule match
+        on: (line end, rule index, host start, host end; (-1, -1) for a host
+        group that took no part), offsets into the block. Every block scanner
+        ends here, so the host cache, ignoreregex and stamps work one way."""
         out: list[Hit] = []
         names = self._names
         rfind = data.rfind
@@ -578,7 +543,7 @@ class TextFilter(Filter):
         hosts = self._hosts
         ignore = self._ignore
         last_stamp = b""
-        last_t = now
+        last_t = now  # without a header the record's time is unknown: now
         for nl, rule_id, host_start, host_end in found:
             name = names[rule_id]
             text = data[host_start:host_end] if host_start >= 0 else b""
@@ -842,7 +807,7 @@ class _HsLines:
     """
 
     database: Any
-    calls: tuple[tuple[Callable[[bytes, int, int], Spans], int, str], ...]  # per rule
+    calls: tuple[tuple[Callable[[bytes, int, int], Spans], int], ...]  # run, host group
     shift: int
 
     @staticmethod
@@ -874,7 +839,7 @@ class _HsLines:
             )
         except hyperscan.error:  # syntax hyperscan lacks (\\C, \\pN...): RE2 alone
             return None
-        return _HsLines(database, tuple((r.spans, r.host, r.name) for r in rules),
+        return _HsLines(database, tuple((r.spans, r.host) for r in rules),
                         max(1, (len(rules) - 1).bit_length()))
 
     def events(self, data: bytes) -> list[int]:
