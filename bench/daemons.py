@@ -131,10 +131,7 @@ class Kfwguard:
         self.proc = None
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return _read_log(self.log_path)
 
 
 class Fail2ban:
@@ -218,10 +215,15 @@ class Fail2ban:
         self.proc = None
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return _read_log(self.log_path)
+
+
+def _read_log(path: Path) -> str:
+    """A daemon's log so far ("" before it has written one)."""
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
 
 
 def _stop(proc: subprocess.Popen[bytes] | None) -> None:

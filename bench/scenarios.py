@@ -296,8 +296,14 @@ def _burst_run(kind: str, n: int, cap: float, seed: int) -> dict[str, Any]:
                             "--timeout", str(cap), timeout=cap)
         finally:
             d.stop()
+    return _until_all(res, res["start"], n, cap)
+
+
+def _until_all(res: dict[str, Any], start: float, n: int, cap: float) -> dict[str, Any]:
+    """A probe's ``wait`` result as a run's figures: seconds from ``start`` until
+    all ``n`` were in the kernel (None if the cap came first) and the rate."""
     done = res["done"]
-    elapsed = (done - res["start"]) if done is not None else None
+    elapsed = done - start if done is not None else None
     return {"elapsed": elapsed, "present": res["present"], "n": n, "cap": cap,
             "rate": (n / elapsed) if elapsed else res["present"] / cap}
 
@@ -416,10 +422,7 @@ def _restore_run(kind: str, n: int, cap: float, seed: int) -> dict[str, Any]:
             wait_until(lambda: ('"started"' in d.log() or "Jail 'sshd' started" in d.log()),
                        timeout=30)
             d.stop()
-    done = res["done"]
-    elapsed = done - start if done is not None else None
-    return {"elapsed": elapsed, "present": res["present"], "n": n, "cap": cap,
-            "rate": (n / elapsed) if elapsed else res["present"] / cap}
+    return _until_all(res, start, n, cap)
 
 
 def restore(ctx: Context) -> Section:
