@@ -149,7 +149,9 @@ def _compile(pattern: str) -> Any:
 
 def _spans(regexp: Any) -> Callable[[bytes, int, int], Spans]:
     """``(data, pos, end)`` → spans of an anchored-at-start match ((-1, -1) first when
-    none): the raw RE2 call without a Python frame around it where the binding has one."""
+    none): the raw RE2 call without a Python frame around it where the binding has one.
+    The public ``re2`` wrapper builds a generator and a match object per call (~4x
+    the cost of the scan); it is only the fallback."""
     raw = getattr(regexp, "_regexp", None)
     anchor = getattr(getattr(re2, "_Anchor", None), "ANCHOR_START", None)
     if raw is not None and anchor is not None and hasattr(raw, "Match"):
@@ -162,33 +164,6 @@ def _spans(regexp: Any) -> Callable[[bytes, int, int], Spans]:
             (a + pos, b + pos) if a >= 0 else (a, b)
             for a, b in (m.span(i) for i in range(regexp.groups + 1))
         ]
-
-    return slow
-
-
-def _anchored(regexp: Any) -> Callable[[bytes], Spans | None]:
-    """A fast anchored-at-start matcher returning byte spans, or None.
-
-    The public ``re2`` wrapper builds a generator and a match object per
-    call (~4x the cost of the scan); the underlying RE2 object is used
-    directly when present, with the public API as a fallback.
-    """
-    raw = getattr(regexp, "_regexp", None)
-    anchor = getattr(getattr(re2, "_Anchor", None), "ANCHOR_START", None)
-    if raw is not None and anchor is not None and hasattr(raw, "Match"):
-        call = raw.Match
-
-        def fast(data: bytes) -> Spans | None:
-            spans: Spans = call(anchor, data, 0, len(data))
-            return None if spans[0][0] == -1 else spans
-
-        return fast
-
-    def slow(data: bytes) -> Spans | None:
-        m = regexp.match(data)
-        if m is None:
-            return None
-        return [m.span(i) for i in range(regexp.groups + 1)]
 
     return slow
 
@@ -293,8 +268,7 @@ class Filter:
 class _TextRule:
     name: str
     index: int  # in file order: what the block scanners report
-    run: Callable[[bytes], Spans | None]
-    spans: Callable[[bytes, int, int], Spans]  # run, frameless: (-1, -1) first if no match
+    spans: Callable[[bytes, int, int], Spans]  # anchored at pos; (-1, -1) first: no match
     host: int
     fields: tuple[tuple[str, int], ...]
 
@@ -335,7 +309,6 @@ class TextFilter(Filter):
                 _TextRule(
                     name=rule.name,
                     index=len(rules),
-                    run=_anchored(compiled),
                     spans=_spans(compiled),
                     host=index["host"],
                     fields=tuple((k, v) for k, v in sorted(index.items()) if k != "host"),
@@ -488,8 +461,8 @@ class TextFilter(Filter):
             begin = at - head_len
             message = data[begin:nl]
             for rule in heads[message[:head_len]]:
-                spans = rule.run(message)
-                if spans is not None:
+                spans = rule.spans(message, 0, len(message))
+                if spans[0][0] >= 0:
                     found.append(_found(nl, rule.index, begin, spans[rule.host]))
                     break
         return self._hits(data, now, found, program.valid is not None)
@@ -635,15 +608,17 @@ class TextFilter(Filter):
             for rule in self._heads.get(text[:head_len], ()):
                 if data is None:
                     data = _encode(text)
-                spans = rule.run(data)
-                if spans is not None:
+                found = rule.spans(data, 0, len(data))
+                if found[0][0] >= 0:
+                    spans = found
                     break
         elif text:
             data = _encode(text)
             which = self._set_match(data)
             if which:
                 rule = self._rules[min(which)]  # rules are tried in file order
-                spans = rule.run(data)
+                found = rule.spans(data, 0, len(data))
+                spans = found if found[0][0] >= 0 else None
         if spans is None or data is None:
             return _NO_MATCH_T
         start, end = spans[rule.host]
