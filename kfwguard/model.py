@@ -9,6 +9,19 @@ from typing import Any
 from kfwguard.addresses import IPAddress, IPNetwork
 
 
+def lines_fit(data: bytes, cap: int, pos: int = 0, end: int | None = None) -> bool:
+    """True if no line of ``data[pos:end]`` (split at b"\\n") is longer than ``cap``
+    bytes. A few C-level finds per block: each step jumps to the last newline
+    within the next cap + 1 bytes."""
+    end = len(data) if end is None else end
+    while end - pos > cap:
+        nl = data.rfind(b"\n", pos, pos + cap + 1)
+        if nl < 0:
+            return False
+        pos = nl + 1
+    return True
+
+
 @dataclass(slots=True)
 class Record:
     """One log event.

@@ -48,7 +48,7 @@ from kfwguard.matching.spec import (
     Lines,
     TextFilterSpec,
 )
-from kfwguard.model import Match, Record
+from kfwguard.model import Match, Record, lines_fit
 
 # Longer lines are skipped (counted by callers), never matched: no real
 # failure message is this long, and the cap bounds the work per line.
@@ -107,19 +107,6 @@ def _found(nl: int, rule: int, begin: int, host: tuple[int, int]) -> tuple[int, 
     """A block scanner's finding: the host's span in a message starting at ``begin``
     moved to block offsets ((-1, -1), a host group that took no part, stays)."""
     return (nl, rule, -1, -1) if host[0] < 0 else (nl, rule, begin + host[0], begin + host[1])
-
-
-def _has_long_line(data: bytes) -> bool:
-    """True if a line of ``data`` has more than MAX_LINE bytes (a few C-level finds
-    per block: each step jumps to the last newline within the next window)."""
-    pos, end = 0, len(data)
-    while end - pos > MAX_LINE:
-        window = pos + MAX_LINE + 1
-        nl = data.rfind(b"\n", pos, window)
-        if nl < 0:
-            return True
-        pos = nl + 1
-    return False
 
 
 def split_block(data: bytes) -> tuple[list[Record], list[int]]:
@@ -430,7 +417,7 @@ class TextFilter(Filter):
                 # The per-line path matches U+FFFD where RE2 sees invalid bytes.
                 return super().scan_lines(data, now)
         end = len(data)
-        if _has_long_line(data):
+        if not lines_fit(data, MAX_LINE):
             return super().scan_lines(data, now)  # it says "too-long" for that line
         if program.valid is not None and program.valid(data, 0, end)[0][0] < 0:
             return super().scan_lines(data, now)

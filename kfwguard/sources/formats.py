@@ -13,7 +13,7 @@ from datetime import datetime
 from itertools import accumulate
 from typing import Literal, Protocol, overload
 
-from kfwguard.model import Record
+from kfwguard.model import Record, lines_fit
 from kfwguard.sources.base import MAX_LINE
 
 # A complete line (without its b"\n") and the file offset just after its b"\n".
@@ -128,8 +128,7 @@ class LineSplitter:
         last = data.rfind(b"\n")
         if last < 0:
             return None
-        # Every line must fit the cap: from any line start, the next newline
-        # is at most cap+1 bytes on (a few C-level finds per chunk).
+        # Every line must fit the cap.
         cap = self.cap
         held = len(self._buf)
         pos = 0
@@ -138,11 +137,8 @@ class LineSplitter:
             if held + first > cap:
                 return None
             pos = first + 1
-        while pos <= last:
-            window = pos + cap + 1
-            if data.find(b"\n", pos, window) < 0:
-                return None
-            pos = data.rfind(b"\n", pos, window) + 1
+        if not lines_fit(data, cap, pos, last + 1):
+            return None
         start = self.line_start
         block = bytes(self._buf) + data[: last + 1] if held else data[: last + 1]
         self._buf.clear()
