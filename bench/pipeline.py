@@ -2,7 +2,7 @@
 
 The same steps the daemon takes for a file source (``LineSplitter.feed_block``
 over large chunks, a ``TextBlock`` with the source's position string,
-``Filter.scan_lines``, ``Jail.add_hits``), without the event loop,
+``Jail.add_lines``, else ``Filter.scan_lines`` and ``Jail.add_hits``), without the event loop,
 inotify or the kernel. Run as ``python -m bench.pipeline CORPUS [FILTER]`` in a fresh
 process (so one run's memory does not weigh on the next); prints JSON.
 """
@@ -55,6 +55,11 @@ def run(data: bytes, filter_name: str = "sshd", now: float | None = None) -> dic
         else:
             block = TextBlock(found[0], found[1], position)
             lines += len(block)
+            done = jail.add_lines(flt, block.data, now)
+            if done is not None:  # the daemon's path (daemon.Daemon._sink_for)
+                matches += sum(done[1].values())
+                bans += len(done[0])
+                continue
             hits = flt.scan_lines(block.data, now)
         requests, counts = jail.add_hits(hits, now, flt.name)
         matches += sum(counts.values())

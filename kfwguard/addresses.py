@@ -72,6 +72,13 @@ def host_key(addr: IPAddress) -> int:
     return int(addr) | _V6_FLAG
 
 
+def key_host(key: int) -> IPAddress:
+    """The address whose ``host_key`` is ``key``."""
+    if key >= _V6_FLAG:
+        return ipaddress.IPv6Address(key ^ _V6_FLAG)
+    return ipaddress.IPv4Address(key)
+
+
 def parse_target(text: str) -> IPAddress | IPNetwork:
     """Parse an operator-supplied ban target: an address or a CIDR. Raises ValueError."""
     text = text.strip()
@@ -123,6 +130,10 @@ class IgnoreList:
         else:
             self._v6.append(net)
         self._ranges.append((first, first + net.num_addresses - 1))
+
+    def key_ranges(self) -> list[tuple[int, int]]:
+        """What ``has_key`` tests, as (first, last) host_key ranges."""
+        return [(k, k) for k in sorted(self._keys)] + list(self._ranges)
 
     def __contains__(self, addr: object) -> bool:
         if isinstance(addr, ipaddress.IPv4Address | ipaddress.IPv6Address):

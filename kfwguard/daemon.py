@@ -174,6 +174,23 @@ class Daemon:
                     log.exception("filter_error", filter=flt.name)
             return out
 
+        def lines_into(jr: JailRuntime, block: TextBlock, now: float,
+                       ) -> tuple[list[BanRequest], dict[str | None, int]]:
+            """A block of raw lines into the jail: in one C++ pass where both sides
+            were built for it (Jail.add_lines), else through the filter's hits."""
+            try:
+                done = jr.jail.add_lines(jr.filter, block.data, now)
+            except Exception:
+                # The C++ pass counted the lines before the failing one and
+                # cannot say which those were: the rest of the block is lost,
+                # loudly, rather than the first lines counted twice.
+                rt.errors += 1
+                log.exception("filter_error", filter=jr.filter.name)
+                return [], {}
+            if done is not None:
+                return done
+            return jr.jail.add_hits(hits_of(jr, block, now), now, jr.filter.name)
+
         def sink(records: Sequence[Record]) -> None:
             now = clock()
             # Before deciding anything, persist where this batch begins, so a
@@ -182,7 +199,9 @@ class Daemon:
             requests: list[BanRequest] = []
             for jr in jails:
                 jail = jr.jail
-                found, counts = jail.add_hits(hits_of(jr, records, now), now, jr.filter.name)
+                found, counts = (
+                    lines_into(jr, records, now) if isinstance(records, TextBlock)
+                    else jail.add_hits(hits_of(jr, records, now), now, jr.filter.name))
                 requests += found
                 for rule, n in counts.items():
                     k = (jail.name, rule or "")

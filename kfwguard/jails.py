@@ -6,10 +6,19 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
-from kfwguard.addresses import IgnoreList, IPAddress, host_key
+from kfwguard.addresses import IgnoreList, IPAddress, host_key, key_host, parse_host
 from kfwguard.config import JailConfig
 from kfwguard.model import BanRequest, Match
+
+if TYPE_CHECKING:
+    from kfwguard.matching.engine import Filter
+
+try:  # the C++ twin of PyWindows, built with the block scanner (setup.py)
+    from kfwguard.matching._native import Windows as NativeWindows
+except ImportError:  # no compiler or RE2 headers at install time
+    NativeWindows = None  # type: ignore[assignment,misc]
 
 # A filter's hit (matching.engine.Hit): (line end, status, rule, host, host_key, time).
 Failure = tuple[int, str, str | None, IPAddress | None, int, float]
@@ -38,6 +47,76 @@ def ban_duration(cfg: JailConfig, offence: int) -> float:
     return max(cfg.bantime, min(grown, inc.max))
 
 
+class Windows(Protocol):
+    """A jail's failure windows: per address (by host_key) the times of its
+    failures within findtime of its latest one."""
+
+    @property
+    def evicted(self) -> int: ...
+    def __len__(self) -> int: ...
+    def add(self, key: int, t: float) -> list[float] | None: ...
+    def keep(self, key: int, times: list[float] | None) -> None: ...
+    def count(self, key: int) -> int: ...
+    def by_age(self) -> list[int]: ...
+
+
+class PyWindows:
+    """Failure windows in Python, for where the C++ ``Windows`` (the daemon's
+    choice, ``kfwguard/matching/_native.cpp``) was not built. Both keep the same
+    state for the same calls (tests/unit/test_windows.py)."""
+
+    def __init__(self, max_entries: int, findtime: float, maxretry: int) -> None:
+        if max_entries < 1 or maxretry < 1 or not findtime >= 0:
+            raise ValueError("max_entries and maxretry >= 1, findtime >= 0")
+        self._failures: OrderedDict[int, list[float]] = OrderedDict()
+        self._max = max_entries
+        self._findtime = findtime
+        self._maxretry = maxretry
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    def add(self, key: int, t: float) -> list[float] | None:
+        """One failure of ``key`` at ``t``; its window's times once they reach maxretry."""
+        failures = self._failures
+        times = failures.get(key)
+        if times is None:
+            times = failures[key] = [t]
+            if len(failures) > self._max:  # forget the least recently failed
+                failures.popitem(last=False)
+                self.evicted += 1
+        else:
+            failures.move_to_end(key)
+            times.append(t)
+            since = t - self._findtime
+            if times[0] < since:
+                times[:] = [x for x in times if x >= since]
+        return list(times) if len(times) >= self._maxretry else None
+
+    def keep(self, key: int, times: list[float] | None) -> None:
+        """Replace ``key``'s window with ``times``; None or empty: forget ``key``."""
+        if not times:
+            self._failures.pop(key, None)
+            return
+        self._failures[key][:] = times
+
+    def count(self, key: int) -> int:
+        return len(self._failures.get(key, ()))
+
+    def by_age(self) -> list[int]:
+        """Least recently failed first."""
+        return list(self._failures)
+
+
+def _resolve(text: bytes) -> int | None:
+    """The key of a host text the C++ windows leave to Python (not ASCII, or an
+    IPv6 form libc refuses); None when it is not exactly one address. As the
+    filters' own host cache decides (engine.TextFilter._new_host)."""
+    addr = parse_host(text.decode("utf-8", "replace"))
+    return None if addr is None else host_key(addr)
+
+
 class Jail:
     """Failure windows for one jail. Memory is bounded by ``max_entries`` addresses:
     when full, the address whose last failure is oldest is forgotten first."""
@@ -50,22 +129,38 @@ class Jail:
         max_entries: int = 200_000,
         banned_since: Callable[[IPAddress, str], float | None] = lambda a, j: None,
         clock: Callable[[], float] = time.time,
+        native: bool = True,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.name
-        self.ignore = ignore
+        self._ignore = ignore  # read-only: the C++ windows hold a copy
         self.max_entries = max_entries
         self._banned_since = banned_since
         self._clock = clock
-        # Keyed by host_key: ipaddress objects hash in Python code.
-        self._failures: OrderedDict[int, list[float]] = OrderedDict()
+        # Keyed by host_key: ipaddress objects hash in Python code. The C++
+        # windows let a filter's C++ scanner count a block's failures without
+        # Python (add_lines); ``native=False`` keeps them in Python.
+        self._windows: Windows = (
+            NativeWindows(max_entries, cfg.findtime, cfg.maxretry, _resolve, ignore.key_ranges())
+            if native and NativeWindows is not None
+            else PyWindows(max_entries, cfg.findtime, cfg.maxretry))
         self.stats = JailStats()
 
+    @property
+    def ignore(self) -> IgnoreList:
+        return self._ignore
+
+    @property
+    def native(self) -> bool:
+        """Whether the failure windows are the C++ ones (``add_lines`` in one pass)."""
+        return not isinstance(self._windows, PyWindows)
+
     def __len__(self) -> int:
-        return len(self._failures)
+        return len(self._windows)
 
     def failures_of(self, host: IPAddress) -> int:
-        return len(self._failures.get(host_key(host), ()))
+        return self._windows.count(host_key(host))
+
 
     def add(self, match: Match, now: float | None = None) -> BanRequest | None:
         """Record one failure; return a ban request when the address reaches maxretry."""
@@ -89,13 +184,10 @@ class Jail:
         and how many failures each rule found. The daemon's hot path: one call
         per batch, the common case (below maxretry) inline."""
         stats = self.stats
-        failures = self._failures
-        get = failures.get
-        to_end = failures.move_to_end
-        ignored = self.ignore.has_key
-        findtime = self.cfg.findtime
-        maxretry = self.cfg.maxretry
-        oldest = now - findtime
+        windows = self._windows
+        add = windows.add
+        ignored = self._ignore.has_key
+        oldest = now - self.cfg.findtime
         latest = now + _FUTURE_SLACK
         requests: list[BanRequest] = []
         counts: dict[str | None, int] = {}
@@ -112,39 +204,61 @@ class Jail:
                 # Old lines (a resumed or replayed log) never ban anyone.
                 stats.stale += 1
                 continue
-            times = get(key)
-            if times is None:
-                times = failures[key] = [t]
-                if len(failures) > self.max_entries:
-                    failures.popitem(last=False)
-                    stats.evicted += 1
-            else:
-                to_end(key)
-                times.append(t)
-                if times[0] < t - findtime:
-                    times[:] = [x for x in times if x >= t - findtime]
-            if len(times) >= maxretry:
-                request = self._decide(host, key, times, now, filter, rule or "")
+            times = add(key, t)
+            if times is not None:
+                request, kept = self._decide(host, times, now, filter, rule or "")
+                windows.keep(key, kept)
                 if request is not None:
                     requests.append(request)
         stats.matches += sum(counts.values())
+        stats.evicted = windows.evicted
         return requests, counts
 
-    def _decide(self, host: IPAddress, key: int, times: list[float], now: float,
-                filter: str, rule: str) -> BanRequest | None:
+    def add_lines(self, flt: Filter, data: bytes, now: float,
+                  ) -> tuple[list[BanRequest], dict[str | None, int]] | None:
+        """``add_hits(flt.scan_lines(data, now), now, flt.name)`` for a block of raw
+        lines, in one C++ pass: the block's failures go from the scan into the
+        windows, and Python runs only for a host text not seen lately, a new
+        stamp, and an address at maxretry. The daemon's hot path.
+
+        None, with nothing counted, where that pass cannot take the block
+        (Python windows, a filter without the C++ scanner, a block the
+        per-record path must read): the caller then uses ``add_hits``."""
+        if self.native:
+            requests: list[BanRequest] = []
+            filter = flt.name
+            names = flt.rules
+
+            def on_full(key: int, rule: int, times: list[float]) -> list[float] | None:
+                request, kept = self._decide(key_host(key), times, now, filter, names[rule])
+                if request is not None:
+                    requests.append(request)
+                return kept
+
+            found = flt.track_lines(data, now, self._windows, now - self.cfg.findtime,
+                                    now + _FUTURE_SLACK, on_full)
+            if found is not None:
+                per_rule, ignored, stale = found
+                stats = self.stats
+                stats.ignored += ignored
+                stats.stale += stale
+                stats.matches += sum(per_rule.values())
+                stats.evicted = self._windows.evicted
+                return requests, per_rule
+        return None
+
+    def _decide(self, host: IPAddress, times: list[float], now: float,
+                filter: str, rule: str) -> tuple[BanRequest | None, list[float] | None]:
         """``times`` reached maxretry: a ban request, unless a ban in force already
-        covers those failures (a look-up by text in the ban table, so only now)."""
+        covers those failures (a look-up by text in the ban table, so only now).
+        Also the times the window keeps (None: forget the address)."""
         since = self._banned_since(host, self.name)
         if since is not None and times[0] <= since:
             kept = [x for x in times if x > since]
             self.stats.already_banned += len(times) - len(kept)
-            if not kept:
-                del self._failures[key]
-                return None
-            times[:] = kept
-            if len(times) < self.cfg.maxretry:
-                return None
-        del self._failures[key]
+            if len(kept) < self.cfg.maxretry:
+                return None, kept or None
+            times = kept
         self.stats.bans += 1
         return BanRequest(
             target=host,
@@ -152,4 +266,4 @@ class Jail:
             duration=self.cfg.bantime,
             reason=f"{len(times)} failures in {int(self.cfg.findtime)}s ({filter}/{rule})",
             decided_at=now,
-        )
+        ), None

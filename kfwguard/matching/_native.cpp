@@ -10,9 +10,15 @@
 // only sees the lines that matched: (line end, rule index, host start, host
 // end), offsets into the block.
 //
+// Matcher.track goes one step further for the daemon's hot path: it feeds
+// the failures of a block straight into a jail's failure windows (Windows,
+// below), so Python runs only for a host text not seen before, a new
+// syslog stamp, and an address that reached maxretry (jails.Jail decides).
+//
 // Everything here reads a buffer it does not own and never writes outside
-// its own vectors; a line whose header is not of the checked shape raises
-// ValueError, and the caller takes the per-record path for that block.
+// its own containers; a line whose header is not of the checked shape raises
+// ValueError before anything is counted, and the caller takes the
+// per-record path for that block.
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -20,12 +26,442 @@
 #include <re2/re2.h>
 #include <re2/set.h>
 
+#include <arpa/inet.h>
+#include <sys/socket.h>
+
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace {
+
+// ---- addresses as jails key them (addresses.host_key) ------------------------
+//
+// host_key is int(address) for IPv4 and int(address) | 1 << 128 for IPv6: 129
+// bits, kept here as two 64-bit halves and the IPv6 flag.
+
+struct Key {
+    uint64_t hi, lo;
+    bool v6;
+    bool operator==(const Key& o) const { return lo == o.lo && hi == o.hi && v6 == o.v6; }
+};
+
+struct KeyHash {
+    size_t operator()(const Key& k) const {
+        uint64_t h = k.lo * 0x9E3779B97F4A7C15ULL;
+        h ^= (k.hi + (k.v6 ? 0x632BE59BD9B4E019ULL : 0)) * 0xC2B2AE3D27D4EB4FULL;
+        return static_cast<size_t>(h ^ (h >> 29));
+    }
+};
+
+bool key_from(PyObject* value, Key* out) {
+    if (!PyLong_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "a host key is an int");
+        return false;
+    }
+    unsigned long long small = PyLong_AsUnsignedLongLong(value);
+    if (!(small == static_cast<unsigned long long>(-1) && PyErr_Occurred())) {
+        *out = Key{0, small, false};
+        return true;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return false;
+    PyErr_Clear();  // wider than 64 bits (IPv6), or negative
+    PyObject* shift = PyLong_FromLong(64);
+    if (shift == nullptr) return false;
+    PyObject* mid = PyNumber_Rshift(value, shift);
+    PyObject* top = mid != nullptr ? PyNumber_Rshift(mid, shift) : nullptr;
+    Py_DECREF(shift);
+    bool ok = false;
+    if (top != nullptr) {
+        long flag = PyLong_AsLong(top);
+        if (flag == 0 || flag == 1) {
+            *out = Key{PyLong_AsUnsignedLongLongMask(mid), PyLong_AsUnsignedLongLongMask(value),
+                       flag == 1};
+            ok = !PyErr_Occurred();
+        } else if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "not a host key");
+        }
+    }
+    Py_XDECREF(mid);
+    Py_XDECREF(top);
+    return ok;
+}
+
+PyObject* key_to(const Key& key) {
+    if (!key.v6 && key.hi == 0) return PyLong_FromUnsignedLongLong(key.lo);
+    PyObject* hi = PyLong_FromUnsignedLongLong(key.hi);
+    PyObject* lo = PyLong_FromUnsignedLongLong(key.lo);
+    PyObject* shift = PyLong_FromLong(64);
+    PyObject* flag = PyLong_FromLong(key.v6 ? 1 : 0);
+    PyObject* out = nullptr;
+    if (hi != nullptr && lo != nullptr && shift != nullptr && flag != nullptr) {
+        PyObject* top = PyNumber_Lshift(flag, shift);  // flag << 64, then with hi << 64
+        PyObject* upper = top != nullptr ? PyNumber_Or(top, hi) : nullptr;
+        PyObject* moved = upper != nullptr ? PyNumber_Lshift(upper, shift) : nullptr;
+        out = moved != nullptr ? PyNumber_Or(moved, lo) : nullptr;
+        Py_XDECREF(top);
+        Py_XDECREF(upper);
+        Py_XDECREF(moved);
+    }
+    Py_XDECREF(hi);
+    Py_XDECREF(lo);
+    Py_XDECREF(shift);
+    Py_XDECREF(flag);
+    return out;
+}
+
+PyObject* times_list(const std::vector<double>& times) {
+    PyObject* out = PyList_New(static_cast<Py_ssize_t>(times.size()));
+    if (out == nullptr) return nullptr;
+    for (size_t i = 0; i < times.size(); ++i) {
+        PyObject* t = PyFloat_FromDouble(times[i]);
+        if (t == nullptr) {
+            Py_DECREF(out);
+            return nullptr;
+        }
+        PyList_SET_ITEM(out, static_cast<Py_ssize_t>(i), t);
+    }
+    return out;
+}
+
+bool times_from(PyObject* value, std::vector<double>* out) {
+    PyObject* seq = PySequence_Fast(value, "failure times are a list of floats");
+    if (seq == nullptr) return false;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    std::vector<double> times;
+    times.reserve(static_cast<size_t>(n));
+    for (Py_ssize_t i = 0; i < n; ++i) {
+        double t = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+        if (t == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return false;
+        }
+        times.push_back(t);
+    }
+    Py_DECREF(seq);
+    *out = std::move(times);
+    return true;
+}
+
+// ---- Windows: one jail's failure windows (and its ignore list) --------------------------------------
+//
+// The same bookkeeping as jails.PyWindows (the pure-Python twin, used where
+// this extension was not built; tests/unit/test_windows.py runs both on the
+// same input): per address the times of its failures within findtime of the
+// latest one, in a least-recently-failed order; past max_entries addresses
+// the one whose last failure is oldest is forgotten. The block path also
+// reads the jail's ignore list from here, as key ranges.
+
+struct Node {
+    Key key;
+    std::vector<double> times;
+    Node* prev;  // towards the least recently failed
+    Node* next;
+};
+
+// addresses.parse_host for the plain texts that nearly every log line has,
+// with the same libc inet_pton that Python's socket.inet_pton calls. kAsk:
+// a text this does not settle (not ASCII, or an IPv6 form inet_pton
+// refuses, which Python's ipaddress judges); the caller asks Python.
+enum class Parsed { kKey, kBad, kAsk };
+
+Parsed parse_host(const char* text, size_t len, Key* out) {
+    constexpr size_t kMaxText = 64;  // parse_host's limit, in characters
+    bool dot = false, colon = false;
+    for (size_t i = 0; i < len; ++i) {
+        unsigned char c = static_cast<unsigned char>(text[i]);
+        if (c >= 0x80) return Parsed::kAsk;  // characters are not bytes here
+        if (c == '%' || c == 0) return Parsed::kBad;  // a zone index; NUL: not an address
+        dot |= c == '.';
+        colon |= c == ':';
+    }
+    if (len == 0 || len > kMaxText) return Parsed::kBad;
+    if (len >= 2 && text[0] == '[' && text[len - 1] == ']') {
+        ++text;
+        len -= 2;
+    }
+    char buf[kMaxText + 1];
+    std::memcpy(buf, text, len);
+    buf[len] = '\0';
+    unsigned char packed[16];
+    if (dot && !colon) {
+        if (inet_pton(AF_INET, buf, packed) != 1) return Parsed::kBad;
+        *out = Key{0, (uint64_t{packed[0]} << 24) | (uint64_t{packed[1]} << 16) |
+                          (uint64_t{packed[2]} << 8) | packed[3], false};
+        return Parsed::kKey;
+    }
+    if (inet_pton(AF_INET6, buf, packed) != 1) return Parsed::kAsk;
+    uint64_t hi = 0, lo = 0;
+    for (int i = 0; i < 8; ++i) hi = (hi << 8) | packed[i];
+    for (int i = 8; i < 16; ++i) lo = (lo << 8) | packed[i];
+    if (hi == 0 && (lo >> 32) == 0xFFFF) {  // IPv4-mapped: one offender, one identity
+        *out = Key{0, lo & 0xFFFFFFFFULL, false};
+    } else {
+        *out = Key{hi, lo, true};
+    }
+    return Parsed::kKey;
+}
+
+bool key_less(const Key& a, const Key& b) {
+    if (a.v6 != b.v6) return b.v6;
+    if (a.hi != b.hi) return a.hi < b.hi;
+    return a.lo < b.lo;
+}
+
+struct WindowsObject {
+    PyObject_HEAD
+    std::unordered_map<Key, Node, KeyHash>* nodes;
+    Node* head;  // least recently failed
+    Node* tail;
+    Py_ssize_t max_entries;
+    double findtime;
+    Py_ssize_t maxretry;
+    long long evicted;
+    PyObject* resolve;  // bytes -> host_key | None, for the texts parse_host leaves to Python
+    std::vector<std::pair<Key, Key>>* ignore;  // the jail's ignore list, as key ranges
+};
+
+void unlink(WindowsObject* w, Node* n) {
+    (n->prev != nullptr ? n->prev->next : w->head) = n->next;
+    (n->next != nullptr ? n->next->prev : w->tail) = n->prev;
+    n->prev = n->next = nullptr;
+}
+
+void append(WindowsObject* w, Node* n) {
+    n->prev = w->tail;
+    n->next = nullptr;
+    (w->tail != nullptr ? w->tail->next : w->head) = n;
+    w->tail = n;
+}
+
+void erase(WindowsObject* w, const Key& key) {
+    auto it = w->nodes->find(key);
+    if (it == w->nodes->end()) return;
+    unlink(w, &it->second);
+    w->nodes->erase(it);
+}
+
+// One failure of ``key`` at ``t``: jails.PyWindows.add. Returns its window.
+Node* add_failure(WindowsObject* w, const Key& key, double t) {
+    auto [it, fresh] = w->nodes->try_emplace(key);
+    Node* n = &it->second;
+    if (fresh) {
+        n->key = key;
+        n->times.push_back(t);
+        append(w, n);
+        if (static_cast<Py_ssize_t>(w->nodes->size()) > w->max_entries) {
+            Key oldest = w->head->key;  // never n: max_entries >= 1
+            erase(w, oldest);
+            ++w->evicted;
+        }
+        return n;
+    }
+    unlink(w, n);
+    append(w, n);
+    n->times.push_back(t);
+    double from = t - w->findtime;
+    if (n->times.front() < from) {
+        std::vector<double> kept;
+        for (double x : n->times)
+            if (x >= from) kept.push_back(x);
+        n->times = std::move(kept);
+    }
+    return n;
+}
+
+// Replace ``key``'s window with ``value`` (a list of times; None or empty: forget it).
+bool keep(WindowsObject* w, const Key& key, PyObject* value) {
+    std::vector<double> times;
+    if (value != Py_None && !times_from(value, &times)) return false;
+    auto it = w->nodes->find(key);
+    if (times.empty()) {
+        if (it != w->nodes->end()) erase(w, key);
+        return true;
+    }
+    if (it == w->nodes->end()) {
+        PyErr_SetString(PyExc_KeyError, "no window for this key");
+        return false;
+    }
+    it->second.times = std::move(times);
+    return true;
+}
+
+void Windows_dealloc(WindowsObject* self) {
+    delete self->nodes;
+    delete self->ignore;
+    Py_XDECREF(self->resolve);
+    Py_TYPE(self)->tp_free(reinterpret_cast<PyObject*>(self));
+}
+
+PyObject* Windows_new(PyTypeObject* type, PyObject*, PyObject*) {
+    auto* self = reinterpret_cast<WindowsObject*>(type->tp_alloc(type, 0));
+    if (self != nullptr) {
+        self->nodes = nullptr;
+        self->head = self->tail = nullptr;
+        self->resolve = nullptr;
+        self->ignore = nullptr;
+        self->evicted = 0;
+    }
+    return reinterpret_cast<PyObject*>(self);
+}
+
+// Windows(max_entries: int, findtime: float, maxretry: int, resolve, ignore: list[(int, int)])
+int Windows_init(WindowsObject* self, PyObject* args, PyObject*) {
+    Py_ssize_t max_entries, maxretry;
+    double findtime;
+    PyObject* resolve;
+    PyObject* ranges;
+    if (!PyArg_ParseTuple(args, "ndnOO!", &max_entries, &findtime, &maxretry, &resolve,
+                          &PyList_Type, &ranges)) {
+        return -1;
+    }
+    if (self->nodes != nullptr) {
+        PyErr_SetString(PyExc_RuntimeError, "Windows already initialised");
+        return -1;
+    }
+    if (max_entries < 1 || maxretry < 1 || !(findtime >= 0) || !PyCallable_Check(resolve)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "max_entries and maxretry >= 1, findtime >= 0, resolve callable");
+        return -1;
+    }
+    auto ignore = std::make_unique<std::vector<std::pair<Key, Key>>>();
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(ranges); ++i) {
+        PyObject* item = PyList_GET_ITEM(ranges, i);
+        Key first, last;
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+            PyErr_SetString(PyExc_TypeError, "ignore ranges are (first key, last key)");
+            return -1;
+        }
+        if (!key_from(PyTuple_GET_ITEM(item, 0), &first) ||
+            !key_from(PyTuple_GET_ITEM(item, 1), &last)) {
+            return -1;
+        }
+        ignore->emplace_back(first, last);
+    }
+    self->nodes = new std::unordered_map<Key, Node, KeyHash>();
+    self->ignore = ignore.release();
+    self->max_entries = max_entries;
+    self->findtime = findtime;
+    self->maxretry = maxretry;
+    Py_INCREF(resolve);
+    self->resolve = resolve;
+    return 0;
+}
+
+// IgnoreList.has_key
+bool is_ignored(const WindowsObject* w, const Key& key) {
+    for (const auto& [first, last] : *w->ignore)
+        if (!key_less(key, first) && !key_less(last, key)) return true;
+    return false;
+}
+
+bool ready(WindowsObject* self) {
+    if (self->nodes == nullptr) PyErr_SetString(PyExc_RuntimeError, "Windows not initialised");
+    return self->nodes != nullptr;
+}
+
+PyObject* Windows_add(WindowsObject* self, PyObject* const* args, Py_ssize_t nargs) {
+    if (!ready(self)) return nullptr;
+    Key key;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "add(key, t)");
+        return nullptr;
+    }
+    double t = PyFloat_AsDouble(args[1]);
+    if ((t == -1.0 && PyErr_Occurred()) || !key_from(args[0], &key)) return nullptr;
+    Node* n = add_failure(self, key, t);
+    if (static_cast<Py_ssize_t>(n->times.size()) < self->maxretry) Py_RETURN_NONE;
+    return times_list(n->times);
+}
+
+PyObject* Windows_keep(WindowsObject* self, PyObject* const* args, Py_ssize_t nargs) {
+    if (!ready(self)) return nullptr;
+    Key key;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "keep(key, times)");
+        return nullptr;
+    }
+    if (!key_from(args[0], &key) || !keep(self, key, args[1])) return nullptr;
+    Py_RETURN_NONE;
+}
+
+PyObject* Windows_count(WindowsObject* self, PyObject* arg) {
+    if (!ready(self)) return nullptr;
+    Key key;
+    if (!key_from(arg, &key)) return nullptr;
+    auto it = self->nodes->find(key);
+    return PyLong_FromSize_t(it == self->nodes->end() ? 0 : it->second.times.size());
+}
+
+PyObject* Windows_by_age(WindowsObject* self, PyObject*) {
+    if (!ready(self)) return nullptr;
+    PyObject* out = PyList_New(0);
+    for (Node* n = self->head; out != nullptr && n != nullptr; n = n->next) {
+        PyObject* key = key_to(n->key);
+        if (key == nullptr || PyList_Append(out, key) != 0) Py_CLEAR(out);
+        Py_XDECREF(key);
+    }
+    return out;
+}
+
+Py_ssize_t Windows_len(WindowsObject* self) {
+    return self->nodes == nullptr ? 0 : static_cast<Py_ssize_t>(self->nodes->size());
+}
+
+PyObject* Windows_evicted(WindowsObject* self, void*) {
+    return PyLong_FromLongLong(self->evicted);
+}
+
+// The block path's host: parse_host above, else ``resolve``. -1 with an
+// exception set if resolve raised or answered something else than an int
+// or None; 0: no address; 1: ``out`` is its key.
+int host_of(WindowsObject* w, const char* text, size_t len, Key* out) {
+    switch (parse_host(text, len, out)) {
+        case Parsed::kKey:
+            return 1;
+        case Parsed::kBad:
+            return 0;
+        case Parsed::kAsk:
+            break;
+    }
+    PyObject* arg = PyBytes_FromStringAndSize(text, static_cast<Py_ssize_t>(len));
+    PyObject* got = arg != nullptr ? PyObject_CallOneArg(w->resolve, arg) : nullptr;
+    Py_XDECREF(arg);
+    if (got == nullptr) return -1;
+    int found = got == Py_None ? 0 : key_from(got, out) ? 1 : -1;
+    Py_DECREF(got);
+    return found;
+}
+
+PyMethodDef Windows_methods[] = {
+    {"add", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(Windows_add)),
+     METH_FASTCALL, "add(key, t) -> the window's times if it reached maxretry, else None"},
+    {"keep", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(Windows_keep)),
+     METH_FASTCALL, "keep(key, times): replace key's window (None or empty: forget the key)"},
+    {"count", reinterpret_cast<PyCFunction>(Windows_count), METH_O,
+     "count(key) -> failures in key's window"},
+    {"by_age", reinterpret_cast<PyCFunction>(Windows_by_age), METH_NOARGS,
+     "by_age() -> the keys, least recently failed first"},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyGetSetDef Windows_getset[] = {
+    {"evicted", reinterpret_cast<getter>(Windows_evicted), nullptr,
+     "addresses forgotten to stay within max_entries", nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr},
+};
+
+PySequenceMethods Windows_sequence = {};
+
+PyTypeObject WindowsType = {
+    PyVarObject_HEAD_INIT(nullptr, 0)
+};
+
+// ---- Matcher: a text filter's block scan ----------------------------------------
 
 struct Rule {
     std::unique_ptr<re2::RE2> regex;
@@ -37,6 +473,7 @@ struct MatcherObject {
     std::vector<Rule>* rules;
     re2::RE2::Set* set;
     std::vector<std::string>* programs;
+    re2::RE2* ignore;  // the filter's ignoreregex, searched in the message; or nullptr
     bool header;
 };
 
@@ -44,6 +481,7 @@ void Matcher_dealloc(MatcherObject* self) {
     delete self->rules;
     delete self->set;
     delete self->programs;
+    delete self->ignore;
     Py_TYPE(self)->tp_free(reinterpret_cast<PyObject*>(self));
 }
 
@@ -53,6 +491,7 @@ PyObject* Matcher_new(PyTypeObject* type, PyObject*, PyObject*) {
         self->rules = nullptr;
         self->set = nullptr;
         self->programs = nullptr;
+        self->ignore = nullptr;
         self->header = false;
     }
     return reinterpret_cast<PyObject*>(self);
@@ -66,14 +505,16 @@ bool as_string(PyObject* item, std::string* out) {
     return true;
 }
 
-// Matcher(patterns: list[bytes], host_groups: list[int], programs: list[bytes], header: bool)
+// Matcher(patterns: list[bytes], host_groups: list[int], programs: list[bytes], header: bool,
+//         ignore: bytes | None = None)
 int Matcher_init(MatcherObject* self, PyObject* args, PyObject*) {
     PyObject* patterns;
     PyObject* groups;
     PyObject* programs;
     int header;
-    if (!PyArg_ParseTuple(args, "O!O!O!p", &PyList_Type, &patterns, &PyList_Type, &groups,
-                          &PyList_Type, &programs, &header)) {
+    PyObject* ignore = Py_None;
+    if (!PyArg_ParseTuple(args, "O!O!O!p|O", &PyList_Type, &patterns, &PyList_Type, &groups,
+                          &PyList_Type, &programs, &header, &ignore)) {
         return -1;
     }
     if (self->rules != nullptr) {  // scan() reads them without the GIL: never swap them
@@ -118,9 +559,20 @@ int Matcher_init(MatcherObject* self, PyObject* args, PyObject*) {
         if (!as_string(PyList_GET_ITEM(programs, i), &program)) return -1;
         names->push_back(std::move(program));
     }
+    std::unique_ptr<re2::RE2> ignore_regex;
+    if (ignore != Py_None) {
+        std::string pattern;
+        if (!as_string(ignore, &pattern)) return -1;
+        ignore_regex = std::make_unique<re2::RE2>(pattern, options);
+        if (!ignore_regex->ok()) {
+            PyErr_Format(PyExc_ValueError, "ignoreregex: %s", ignore_regex->error().c_str());
+            return -1;
+        }
+    }
     self->rules = rules.release();
     self->set = set.release();
     self->programs = names.release();
+    self->ignore = ignore_regex.release();
     self->header = header != 0;
     return 0;
 }
@@ -145,21 +597,15 @@ const char* find_pair(const char* from, const char* end, char a, char b) {
     return nullptr;
 }
 
-PyObject* Matcher_scan(MatcherObject* self, PyObject* arg) {
-    if (self->rules == nullptr) {
-        PyErr_SetString(PyExc_RuntimeError, "Matcher not initialised");
-        return nullptr;
-    }
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) != 0) return nullptr;
-    const char* base = static_cast<const char*>(view.buf);
-    const char* end = base + view.len;
-    struct Hit {
-        Py_ssize_t line_end, rule, host_start, host_end;
-    };
-    std::vector<Hit> hits;
-    bool bad_header = false;
-    Py_BEGIN_ALLOW_THREADS
+struct Hit {
+    Py_ssize_t line_start, line_end, rule, host_start, host_end;
+};
+
+// The lines of [base, end) that a rule matches, in order. Called without the
+// GIL. False if a line lacks the checked header shape. With ``ignored`` set,
+// lines whose message the filter's ignoreregex finds are left out.
+bool scan_block(const MatcherObject* self, const char* base, const char* end,
+                bool drop_ignored, std::vector<Hit>* hits) {
     std::vector<int> matched;
     re2::StringPiece groups[64];
     const char* line = base;
@@ -175,10 +621,7 @@ PyObject* Matcher_scan(MatcherObject* self, PyObject* arg) {
                 std::memchr(host, ' ', static_cast<size_t>(nl - host))) : nullptr;
             const char* colon = space != nullptr ? find_pair(space + 1, nl, ':', ' ')
                                                  : nullptr;
-            if (colon == nullptr) {
-                bad_header = true;
-                break;
-            }
+            if (colon == nullptr) return false;
             if (!program_allowed(*self->programs, space + 1,
                                  static_cast<size_t>(colon - space - 1))) {
                 line = nl + 1;
@@ -195,24 +638,48 @@ PyObject* Matcher_scan(MatcherObject* self, PyObject* arg) {
                 const Rule& rule = (*self->rules)[static_cast<size_t>(first)];
                 int want = rule.host_group + 1;
                 if (rule.regex->Match(text, 0, text.size(), re2::RE2::ANCHOR_START, groups,
-                                      want)) {
+                                      want) &&
+                    !(drop_ignored && self->ignore != nullptr &&
+                      self->ignore->Match(text, 0, text.size(), re2::RE2::UNANCHORED, nullptr,
+                                          0))) {
                     const re2::StringPiece& h = groups[rule.host_group];
                     // A host group that took no part: an empty host (bad-host), as
                     // the per-record path makes of it.
                     Py_ssize_t from = h.data() == nullptr ? -1 : h.data() - base;
                     Py_ssize_t to = h.data() == nullptr ? -1 : from + h.size();
-                    hits.push_back(Hit{nl - base, first, from, to});
+                    hits->push_back(Hit{line - base, nl - base, first, from, to});
                 }
             }
         }
         line = nl + 1;
     }
+    return true;
+}
+
+bool matcher_ready(MatcherObject* self) {
+    if (self->rules == nullptr) PyErr_SetString(PyExc_RuntimeError, "Matcher not initialised");
+    return self->rules != nullptr;
+}
+
+bool scan_buffer(MatcherObject* self, const Py_buffer& view, bool drop_ignored,
+                 std::vector<Hit>* hits) {
+    const char* base = static_cast<const char*>(view.buf);
+    bool ok;
+    Py_BEGIN_ALLOW_THREADS
+    ok = scan_block(self, base, base + view.len, drop_ignored, hits);
     Py_END_ALLOW_THREADS
+    if (!ok) PyErr_SetString(PyExc_ValueError, "a line without the checked syslog header");
+    return ok;
+}
+
+PyObject* Matcher_scan(MatcherObject* self, PyObject* arg) {
+    if (!matcher_ready(self)) return nullptr;
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) != 0) return nullptr;
+    std::vector<Hit> hits;
+    bool ok = scan_buffer(self, view, false, &hits);
     PyBuffer_Release(&view);
-    if (bad_header) {
-        PyErr_SetString(PyExc_ValueError, "a line without the checked syslog header");
-        return nullptr;
-    }
+    if (!ok) return nullptr;
     PyObject* out = PyList_New(static_cast<Py_ssize_t>(hits.size()));
     if (out == nullptr) return nullptr;
     for (size_t i = 0; i < hits.size(); ++i) {
@@ -227,9 +694,126 @@ PyObject* Matcher_scan(MatcherObject* self, PyObject* arg) {
     return out;
 }
 
+constexpr size_t kStamp = 15;  // "Nov 26 04:57:45"
+
+// track(block, windows, now, oldest, latest, stamp_time, on_full)
+//     -> (failures per rule index, ignored, stale), or None for a block with a
+//        line whose header is not of the checked shape (nothing counted)
+//
+// jails.Jail.add_hits over engine.TextFilter.scan_lines(block), in one pass
+// (Jail.add_lines is the caller). For each failure: the host through the
+// windows' host cache (resolve on a miss); a host that is no address, or a
+// line the ignoreregex finds, is no failure. The line's time is
+// stamp_time(the 15-byte stamp) - called when the stamp changes - or ``now``
+// for a filter without a header; a time past ``latest`` becomes ``now``, one
+// before ``oldest`` is stale. A window that reaches maxretry goes to
+// on_full(key, rule index, times), whose answer replaces it (None: forget).
+// The block is scanned before anything is counted; an exception from a
+// callback stops the pass where it was raised.
+PyObject* Matcher_track(MatcherObject* self, PyObject* const* args, Py_ssize_t nargs) {
+    if (!matcher_ready(self)) return nullptr;
+    double now, oldest, latest;
+    if (nargs != 7 || Py_TYPE(args[1]) != &WindowsType) {
+        PyErr_SetString(PyExc_TypeError,
+                        "track(block, windows, now, oldest, latest, stamp_time, on_full)");
+        return nullptr;
+    }
+    auto* w = reinterpret_cast<WindowsObject*>(args[1]);
+    PyObject* stamp_time = args[5];
+    PyObject* on_full = args[6];
+    now = PyFloat_AsDouble(args[2]);
+    oldest = PyFloat_AsDouble(args[3]);
+    latest = PyFloat_AsDouble(args[4]);
+    if (PyErr_Occurred() || !ready(w)) return nullptr;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) != 0) return nullptr;
+    std::vector<Hit> hits;
+    if (!scan_buffer(self, view, true, &hits)) {  // nothing counted: the caller decides
+        PyErr_Clear();
+        PyBuffer_Release(&view);
+        Py_RETURN_NONE;
+    }
+    const char* base = static_cast<const char*>(view.buf);
+    std::vector<long long> counts(self->rules->size(), 0);
+    long long ignored = 0;
+    long long stale = 0;
+    bool failed = false;
+    const char* last_stamp = nullptr;
+    double last_t = now;  // without a header the record's time is unknown: now
+    for (const Hit& hit : hits) {
+        if (hit.host_start < 0) continue;  // bad-host: no address, no failure
+        Key key;
+        int host = host_of(w, base + hit.host_start,
+                           static_cast<size_t>(hit.host_end - hit.host_start), &key);
+        if (host < 0) {
+            failed = true;
+            break;
+        }
+        if (host == 0) continue;
+        ++counts[static_cast<size_t>(hit.rule)];
+        if (is_ignored(w, key)) {
+            ++ignored;
+            continue;
+        }
+        const char* stamp = base + hit.line_start;
+        if (self->header &&
+            (last_stamp == nullptr || std::memcmp(stamp, last_stamp, kStamp) != 0)) {
+            PyObject* text = PyBytes_FromStringAndSize(stamp, kStamp);
+            PyObject* got = text != nullptr ? PyObject_CallOneArg(stamp_time, text) : nullptr;
+            Py_XDECREF(text);
+            double t = got != nullptr ? PyFloat_AsDouble(got) : -1.0;
+            Py_XDECREF(got);
+            if (got == nullptr || (t == -1.0 && PyErr_Occurred())) {
+                failed = true;
+                break;
+            }
+            last_stamp = stamp;
+            last_t = t;
+        }
+        double t = last_t > latest ? now : last_t;
+        if (t < oldest) {  // old lines (a resumed or replayed log) never ban anyone
+            ++stale;
+            continue;
+        }
+        Node* node = add_failure(w, key, t);
+        if (static_cast<Py_ssize_t>(node->times.size()) < w->maxretry) continue;
+        PyObject* key_obj = key_to(key);
+        PyObject* times = times_list(node->times);
+        PyObject* rule = PyLong_FromSsize_t(hit.rule);
+        PyObject* kept = key_obj != nullptr && times != nullptr && rule != nullptr
+            ? PyObject_CallFunctionObjArgs(on_full, key_obj, rule, times, nullptr) : nullptr;
+        Py_XDECREF(key_obj);
+        Py_XDECREF(times);
+        Py_XDECREF(rule);
+        bool applied = kept != nullptr && keep(w, key, kept);
+        Py_XDECREF(kept);
+        if (!applied) {
+            failed = true;
+            break;
+        }
+    }
+    PyBuffer_Release(&view);
+    if (failed) return nullptr;
+    PyObject* per_rule = PyList_New(static_cast<Py_ssize_t>(counts.size()));
+    if (per_rule == nullptr) return nullptr;
+    for (size_t i = 0; i < counts.size(); ++i) {
+        PyObject* n = PyLong_FromLongLong(counts[i]);
+        if (n == nullptr) {
+            Py_DECREF(per_rule);
+            return nullptr;
+        }
+        PyList_SET_ITEM(per_rule, static_cast<Py_ssize_t>(i), n);
+    }
+    return Py_BuildValue("(NLL)", per_rule, ignored, stale);
+}
+
 PyMethodDef Matcher_methods[] = {
     {"scan", reinterpret_cast<PyCFunction>(Matcher_scan), METH_O,
      "scan(block) -> [(line end, rule index, host start, host end)] for matching lines"},
+    {"track", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(Matcher_track)),
+     METH_FASTCALL,
+     "track(block, windows, now, oldest, latest, stamp_time, on_full) -> "
+     "(failures per rule, ignored, stale)"},
     {nullptr, nullptr, 0, nullptr},
 };
 
@@ -250,18 +834,34 @@ PyMODINIT_FUNC PyInit__native(void) {
     MatcherType.tp_basicsize = sizeof(MatcherObject);
     MatcherType.tp_dealloc = reinterpret_cast<destructor>(Matcher_dealloc);
     MatcherType.tp_flags = Py_TPFLAGS_DEFAULT;
-    MatcherType.tp_doc = "Matcher(patterns, host_groups, programs, header)";
+    MatcherType.tp_doc = "Matcher(patterns, host_groups, programs, header, ignore=None)";
     MatcherType.tp_methods = Matcher_methods;
     MatcherType.tp_init = reinterpret_cast<initproc>(Matcher_init);
     MatcherType.tp_new = Matcher_new;
     if (PyType_Ready(&MatcherType) < 0) return nullptr;
+    WindowsType.tp_name = "kfwguard.matching._native.Windows";
+    WindowsType.tp_basicsize = sizeof(WindowsObject);
+    WindowsType.tp_dealloc = reinterpret_cast<destructor>(Windows_dealloc);
+    WindowsType.tp_flags = Py_TPFLAGS_DEFAULT;
+    WindowsType.tp_doc = "Windows(max_entries, findtime, maxretry, resolve): a jail's failures";
+    WindowsType.tp_methods = Windows_methods;
+    WindowsType.tp_getset = Windows_getset;
+    Windows_sequence.sq_length = reinterpret_cast<lenfunc>(Windows_len);
+    WindowsType.tp_as_sequence = &Windows_sequence;
+    WindowsType.tp_init = reinterpret_cast<initproc>(Windows_init);
+    WindowsType.tp_new = Windows_new;
+    if (PyType_Ready(&WindowsType) < 0) return nullptr;
     PyObject* module = PyModule_Create(&module_def);
     if (module == nullptr) return nullptr;
-    Py_INCREF(&MatcherType);
-    if (PyModule_AddObject(module, "Matcher", reinterpret_cast<PyObject*>(&MatcherType)) < 0) {
-        Py_DECREF(&MatcherType);
-        Py_DECREF(module);
-        return nullptr;
+    PyTypeObject* types[] = {&MatcherType, &WindowsType};
+    const char* names[] = {"Matcher", "Windows"};
+    for (int i = 0; i < 2; ++i) {
+        Py_INCREF(types[i]);
+        if (PyModule_AddObject(module, names[i], reinterpret_cast<PyObject*>(types[i])) < 0) {
+            Py_DECREF(types[i]);
+            Py_DECREF(module);
+            return nullptr;
+        }
     }
     return module;
 }

