@@ -1,9 +1,9 @@
 // kfwguard.matching._native: a text filter's block scan in C++, on RE2.
 //
 // The Python block path (engine.TextFilter.scan_lines) first checks that the
-// block is valid UTF-8, has no CR and no over-long line, and that every line
-// has the plain syslog header (or that the filter has no header at all).
-// For such a block, Matcher.scan does per line what the per-record path
+// block is valid UTF-8, has no CR and no over-long line. For such a block,
+// Matcher.scan checks that every line has the plain syslog header (when the
+// filter has one; plain_header), and does per line what the per-record path
 // does: split off the header, check the program, run every rule anchored at
 // the message start (one RE2::Set pass), take the first rule in file order
 // that matches, and run that rule alone for the host's span. Python then
@@ -16,7 +16,7 @@
 // syslog stamp, and an address that reached maxretry (jails.Jail decides).
 //
 // Everything here reads a buffer it does not own and never writes outside
-// its own containers; a line whose header is not of the checked shape raises
+// its own containers; a line without the plain header raises
 // ValueError before anything is counted, and the caller takes the
 // per-record path for that block.
 
@@ -588,13 +588,35 @@ bool program_allowed(const std::vector<std::string>& programs, const char* tag, 
     return false;
 }
 
-const char* find_pair(const char* from, const char* end, char a, char b) {
-    for (const char* p = from; p + 1 < end; ++p) {
-        p = static_cast<const char*>(std::memchr(p, a, static_cast<size_t>(end - p)));
-        if (p == nullptr || p + 1 >= end) return nullptr;
-        if (p[1] == b) return p;
+bool digit(char c) { return c >= '0' && c <= '9'; }
+bool visible(char c) { return c >= '!' && c <= '~'; }  // [!-~]
+
+// The message start of a line with the plain syslog header, exactly as
+// engine._STAMP_HOST_RE + engine._ANY_TAG_RE (the Python path's ``valid``
+// check) and so prefix.strip_syslog read it: "Mmm dd hh:mm:ss " (a known
+// month; the day's first digit may be a space), a host of 1 to 255 visible
+// characters and a space, then a tag of 1 to 100 visible characters other
+// than ":", and ": ". nullptr for any other line; ``tag``/``tag_len`` give the tag.
+const char* plain_header(const char* line, const char* nl, const char** tag, size_t* tag_len) {
+    static const char kMonths[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
+    if (nl - line < 16) return nullptr;
+    bool month = false;
+    for (int m = 0; m < 12 && !month; ++m) month = std::memcmp(line, kMonths + 3 * m, 3) == 0;
+    if (!month || line[3] != ' ' || !(line[4] == ' ' || digit(line[4])) || !digit(line[5]) ||
+        line[6] != ' ' || !digit(line[7]) || !digit(line[8]) || line[9] != ':' ||
+        !digit(line[10]) || !digit(line[11]) || line[12] != ':' || !digit(line[13]) ||
+        !digit(line[14]) || line[15] != ' ') {
+        return nullptr;
     }
-    return nullptr;
+    const char* p = line + 16;
+    while (p < nl && visible(*p)) ++p;
+    if (p == line + 16 || p - (line + 16) > 255 || p >= nl || *p != ' ') return nullptr;
+    const char* from = ++p;
+    while (p < nl && visible(*p) && *p != ':') ++p;
+    if (p == from || p - from > 100 || nl - p < 2 || p[0] != ':' || p[1] != ' ') return nullptr;
+    *tag = from;
+    *tag_len = static_cast<size_t>(p - from);
+    return p + 2;
 }
 
 struct Hit {
@@ -602,7 +624,7 @@ struct Hit {
 };
 
 // The lines of [base, end) that a rule matches, in order. Called without the
-// GIL. False if a line lacks the checked header shape. With ``ignored`` set,
+// GIL. False if a line lacks the plain header (plain_header). With ``drop_ignored``,
 // lines whose message the filter's ignoreregex finds are left out.
 bool scan_block(const MatcherObject* self, const char* base, const char* end,
                 bool drop_ignored, std::vector<Hit>* hits) {
@@ -615,19 +637,14 @@ bool scan_block(const MatcherObject* self, const char* base, const char* end,
         if (nl == nullptr) nl = end;
         const char* message = line;
         if (nl > line && self->header) {
-            // stamp (15) and a space, the host up to a space, the tag up to ": "
-            const char* host = line + 16;
-            const char* space = host < nl ? static_cast<const char*>(
-                std::memchr(host, ' ', static_cast<size_t>(nl - host))) : nullptr;
-            const char* colon = space != nullptr ? find_pair(space + 1, nl, ':', ' ')
-                                                 : nullptr;
-            if (colon == nullptr) return false;
-            if (!program_allowed(*self->programs, space + 1,
-                                 static_cast<size_t>(colon - space - 1))) {
+            const char* tag;
+            size_t tag_len;
+            message = plain_header(line, nl, &tag, &tag_len);
+            if (message == nullptr) return false;
+            if (!program_allowed(*self->programs, tag, tag_len)) {
                 line = nl + 1;
                 continue;
             }
-            message = colon + 2;
         }
         if (nl > line) {
             re2::StringPiece text(message, static_cast<size_t>(nl - message));
@@ -668,7 +685,7 @@ bool scan_buffer(MatcherObject* self, const Py_buffer& view, bool drop_ignored,
     Py_BEGIN_ALLOW_THREADS
     ok = scan_block(self, base, base + view.len, drop_ignored, hits);
     Py_END_ALLOW_THREADS
-    if (!ok) PyErr_SetString(PyExc_ValueError, "a line without the checked syslog header");
+    if (!ok) PyErr_SetString(PyExc_ValueError, "a line without the plain syslog header");
     return ok;
 }
 
@@ -698,7 +715,7 @@ constexpr size_t kStamp = 15;  // "Nov 26 04:57:45"
 
 // track(block, windows, now, oldest, latest, stamp_time, on_full)
 //     -> (failures per rule index, ignored, stale), or None for a block with a
-//        line whose header is not of the checked shape (nothing counted)
+//        line without the plain header (nothing counted)
 //
 // jails.Jail.add_hits over engine.TextFilter.scan_lines(block), in one pass
 // (Jail.add_lines is the caller). For each failure: the host through the

@@ -433,7 +433,10 @@ class TextFilter(Filter):
                 return None
         if not lines_fit(data, MAX_LINE):
             return None  # the per-record path says "too-long" for that line
-        if program.valid is not None and program.valid(data, 0, len(data))[0][0] < 0:
+        # The C++ scanner checks each line's header itself (a line without the
+        # plain header makes it refuse the block), in the same pass.
+        if (program.native is None and program.valid is not None
+                and program.valid(data, 0, len(data))[0][0] < 0):
             return None
         return program
 

@@ -270,3 +270,36 @@ class TestNativeScannerInput:
         for end, rule, start, stop in hits:
             assert 0 <= end <= len(data) and 0 <= rule < len(flt.rules)
             assert (start, stop) == (-1, -1) or 0 <= start <= stop <= end
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        month=st.sampled_from(["Nov", "Dec", "Jan", "Foo", "nov", "No"]),
+        day=st.sampled_from([" 6", "26", "06", "6 ", "x6", "  "]),
+        clock=st.sampled_from(["04:57:45", "4:57:45 ", "04:57:4x", "04-57-45", "04:57:45.1"]),
+        host=st.text(alphabet="ab:[]\x7f\x00é \t", max_size=4) | st.sampled_from(
+            ["h" * 255, "h" * 256, "node-1"]),
+        tag=st.text(alphabet="sd[]1:/ é\x7f", max_size=5) | st.sampled_from(
+            ["t" * 100, "t" * 101, "sshd[1]"]),
+        sep=st.sampled_from([": ", ":", ":x", " : ", ": : "]),
+        rest=st.sampled_from(["", "Invalid user x from 203.0.113.9 port 1", ": x"]),
+    )
+    def test_cxx_header_check_is_the_valid_check(self, month: str, day: str, clock: str,
+                                                 host: str, tag: str, sep: str,
+                                                 rest: str) -> None:
+        """The C++ scanner's own header check (which replaced the Python ``valid``
+        pass before it) refuses exactly the lines ``valid`` refuses: each part of
+        the header on and off its edges (month names, day padding, host and tag
+        lengths 255/256 and 100/101, characters outside [!-~], colons)."""
+        from tests.conftest import need
+
+        flt = load_filter("sshd", accelerate="native")
+        need(flt.block_engine == "native", "the C++ scanner was not built")
+        program = flt._lines  # type: ignore[attr-defined]
+        data = f"{month} {day} {clock} {host} {tag}{sep}{rest}\n".encode()
+        valid = program.valid(data, 0, len(data))[0][0] >= 0
+        try:
+            program.native.scan(data)
+            refused = False
+        except ValueError:
+            refused = True
+        assert valid != refused
