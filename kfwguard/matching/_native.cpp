@@ -51,10 +51,13 @@ struct Key {
 };
 
 struct KeyHash {
-    size_t operator()(const Key& k) const {
-        uint64_t h = k.lo * 0x9E3779B97F4A7C15ULL;
-        h ^= (k.hi + (k.v6 ? 0x632BE59BD9B4E019ULL : 0)) * 0xC2B2AE3D27D4EB4FULL;
-        return static_cast<size_t>(h ^ (h >> 29));
+    size_t operator()(const Key& k) const {  // splitmix64's finaliser over the three parts
+        uint64_t x = k.lo ^ (k.hi * 0x9E3779B97F4A7C15ULL) ^ (k.v6 ? 0xD6E8FEB86659FD93ULL : 0);
+        x ^= x >> 30;
+        x *= 0xBF58476D1CE4E5B9ULL;
+        x ^= x >> 27;
+        x *= 0x94D049BB133111EBULL;
+        return static_cast<size_t>(x ^ (x >> 31));
     }
 };
 
