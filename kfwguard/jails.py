@@ -161,7 +161,6 @@ class Jail:
     def failures_of(self, host: IPAddress) -> int:
         return self._windows.count(host_key(host))
 
-
     def add(self, match: Match, now: float | None = None) -> BanRequest | None:
         """Record one failure; return a ban request when the address reaches maxretry."""
         now = self._clock() if now is None else now
