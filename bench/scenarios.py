@@ -16,7 +16,6 @@ import sys
 import tempfile
 import threading
 import time
-import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -470,29 +469,12 @@ HOST_CACHE = 2 * 16384
 IN_FLIGHT_MIB = 16
 
 
-def tracker_bytes_per_entry(samples: int = 20_000) -> float:
-    """Bytes the jail's failure tracker holds per remembered address (tracemalloc)."""
-    from kfwguard.addresses import IgnoreList
-    from kfwguard.config import JailConfig
-    from kfwguard.jails import Jail as KJail
-    from kfwguard.model import Match
-
-    addrs = corpus.distinct_addresses(samples, seed=7)
-    import ipaddress
-
-    matches = [Match(ipaddress.ip_address(a), 1000.0, "sshd", "failed-auth") for a in addrs]
-    jail = KJail(JailConfig(name="j", source="s", filter="sshd", maxretry=3),
-                 IgnoreList(), max_entries=samples * 2, clock=lambda: 1000.0)
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for m in matches:
-        jail.add(m, 1000.0)
-    after = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
-    # The addresses themselves are kept by the tracker (the Match made them
-    # beforehand here, the filter makes them in the daemon): count them too.
-    per_addr = sum(sys.getsizeof(m.host) + sys.getsizeof(int(m.host)) for m in matches[:1000])
-    return (after - before) / samples + per_addr / 1000
+def tracker_bytes_per_entry(samples: int = 200_000) -> float:
+    """Bytes the jail's failure tracker holds per remembered address: RSS growth in a
+    fresh process (``bench/tracker.py``; tracemalloc cannot see the C++ windows)."""
+    out = subprocess.run([sys.executable, "-m", "bench.tracker", str(samples)], cwd=REPO,
+                         capture_output=True, text=True, check=True, timeout=600)
+    return float(json.loads(out.stdout)["bytes_per_entry"])
 
 
 class RssSampler:
@@ -619,8 +601,9 @@ def memory(ctx: Context) -> Section:
     ]
     sec.notes.append(
         f"Cap derivation: RSS before the flood {kf['start_rss']:.1f} MiB + 2 × "
-        f"{per_entry:.0f} B/entry (tracemalloc of `Jail.add`) × ({plan.max_entries:,} "
-        f"tracker entries + {HOST_CACHE:,} host-cache entries) + {IN_FLIGHT_MIB} MiB in "
+        f"{per_entry:.0f} B/entry (RSS growth per address, `bench/tracker.py`) × "
+        f"({plan.max_entries:,} tracker entries + {HOST_CACHE:,} host-cache entries) + "
+        f"{IN_FLIGHT_MIB} MiB in "
         f"flight = {cap:.0f} MiB. Offenders' failures were {kf['gap']:,} lines apart.")
     if not ctx.with_f2b:
         sec.notes.append(f"fail2ban not run: {ctx.f2b_reason}")
