@@ -77,9 +77,11 @@ def _fraction(text: str) -> float | None:
     return int(text[1:]) / 10.0 ** (len(text) - 1)
 
 
-# whole-second stamp -> (epoch in the year of now, epoch a year earlier);
-# valid for the year in _pair_year only. syslog keys start with a letter,
-# klog keys with a digit, so they share one dict.
+# The minute of a stamp ("Nov 26 04:57" or "1126 04:57") -> (epoch of that local
+# minute in the year of now, a year earlier); valid for the year in _pair_year
+# only. A busy log has a new stamp every second: per minute, a new second
+# costs a look-up and an addition. syslog keys start with a letter, klog
+# keys with a digit, so they share one dict.
 _pair_cache: dict[str, tuple[float | None, float | None]] = {}
 _pair_year: list[int] = [0]
 
@@ -89,16 +91,21 @@ def _no_year(key: str, now: float) -> float | None:
     if _pair_year[0] != year:
         _pair_cache.clear()
         _pair_year[0] = year
-    pair = _pair_cache.get(key)
+    ss = key[-2:]
+    if key[-3:-2] != ":" or not _digits(ss) or int(ss) > 60:  # 60: a leap second
+        return None
+    minute = key[:-3]
+    pair = _pair_cache.get(minute)
     if pair is None:
-        pair = _pair(key, year)
+        pair = _pair(minute + ":00", year)
         if len(_pair_cache) >= _CACHE_MAX:
             _pair_cache.clear()
-        _pair_cache[key] = pair
+        _pair_cache[minute] = pair
+    sec = int(ss)
     this_year, last_year = pair
-    if this_year is not None and this_year <= now + FUTURE_SLACK:
-        return this_year
-    return last_year
+    if this_year is not None and this_year + sec <= now + FUTURE_SLACK:
+        return this_year + sec
+    return None if last_year is None else last_year + sec
 
 
 def _pair(key: str, year: int) -> tuple[float | None, float | None]:

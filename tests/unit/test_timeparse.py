@@ -6,6 +6,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kfwguard.matching import timeparse
 from kfwguard.matching.timeparse import (
@@ -165,3 +167,30 @@ class TestFormat:
     def test_round_trip(self) -> None:
         """Formatting gives RFC 3339 in UTC with a Z and microseconds."""
         assert "2026-11-26T04:57:45.123456Z" == format_rfc3339(at("2026-11-26T04:57:45.123456Z"))
+
+
+class TestPerMinuteCache:
+    @settings(max_examples=500, deadline=None)
+    @given(
+        month=st.sampled_from(["Jan", "Feb", "Dec", "Foo", "01", "12", "13"]),
+        day=st.sampled_from(["29", "28", " 1", "31", "30", "0x", "٣1"]),
+        hh=st.sampled_from(["00", "23", "24", "1 "]),
+        mm=st.sampled_from(["00", "59", "60"]),
+        ss=st.sampled_from(["00", "07", "59", "60", "61", "99", "6x", "٣4", " 5"]),
+        sep=st.sampled_from([":", ".", " "]),
+        now=st.sampled_from([at("2026-11-26T12:00:00Z"), at("2027-01-01T00:30:00Z"),
+                             at("2028-02-29T12:00:00Z"), at("2026-12-31T23:59:30Z")]),
+    )
+    def test_same_epoch_as_parsing_each_second(self, month: str, day: str, hh: str, mm: str,
+                                               ss: str, sep: str, now: float) -> None:
+        """The per-minute cache (a stamp's minute parsed once, its second added) gives
+        for any syslog or klog stamp, valid or not, the epoch the whole stamp
+        parsed on its own gives: leap seconds, Feb 29, the year boundary and the
+        future slack included."""
+        if month.isdigit():
+            key = f"{month}{day} {hh}:{mm}{sep}{ss}"
+        else:
+            key = f"{month} {day} {hh}:{mm}{sep}{ss}"
+        this, last = timeparse._pair(key, timeparse._year_of(now))
+        expected = this if this is not None and this <= now + timeparse.FUTURE_SLACK else last
+        assert expected == timeparse._no_year(key, now)
