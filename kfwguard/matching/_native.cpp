@@ -29,6 +29,7 @@
 #include <arpa/inet.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -254,6 +255,8 @@ Node* add_failure(WindowsObject* w, const Key& key, double t) {
     Node* n = &it->second;
     if (fresh) {
         n->key = key;
+        // One allocation for the window's life up to maxretry, not one per doubling.
+        n->times.reserve(static_cast<size_t>(std::min<Py_ssize_t>(w->maxretry, 8)));
         n->times.push_back(t);
         append(w, n);
         if (static_cast<Py_ssize_t>(w->nodes->size()) > w->max_entries) {
