@@ -223,7 +223,8 @@ class Jail:
         None, with nothing counted, where that pass cannot take the block
         (Python windows, a filter without the C++ scanner, a block the
         per-record path must read): the caller then uses ``add_hits``."""
-        if self.native:
+        windows = self._windows
+        if NativeWindows is not None and isinstance(windows, NativeWindows):
             requests: list[BanRequest] = []
             filter = flt.name
             names = flt.rules
@@ -234,7 +235,7 @@ class Jail:
                     requests.append(request)
                 return kept
 
-            found = flt.track_lines(data, now, self._windows, now - self.cfg.findtime,
+            found = flt.track_lines(data, now, windows, now - self.cfg.findtime,
                                     now + _FUTURE_SLACK, on_full)
             if found is not None:
                 per_rule, ignored, stale = found
@@ -242,7 +243,7 @@ class Jail:
                 stats.ignored += ignored
                 stats.stale += stale
                 stats.matches += sum(per_rule.values())
-                stats.evicted = self._windows.evicted
+                stats.evicted = windows.evicted
                 return requests, per_rule
         return None
 

@@ -34,7 +34,7 @@ import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import re2
 
@@ -49,6 +49,9 @@ from kfwguard.matching.spec import (
     TextFilterSpec,
 )
 from kfwguard.model import Match, Record, lines_fit
+
+if TYPE_CHECKING:
+    from kfwguard.matching import _native
 
 # Longer lines are skipped (counted by callers), never matched: no real
 # failure message is this long, and the cap bounds the work per line.
@@ -241,7 +244,8 @@ class Filter:
         "re2" (from Python), or "per-record"."""
         return "per-record"
 
-    def track_lines(self, data: bytes, now: float, windows: Any, oldest: float, latest: float,
+    def track_lines(self, data: bytes, now: float, windows: _native.Windows,
+                    oldest: float, latest: float,
                     on_full: Callable[[int, int, list[float]], list[float] | None],
                     ) -> tuple[dict[str | None, int], int, int] | None:
         """``scan_lines`` fed straight into a jail's native failure windows
@@ -440,7 +444,8 @@ class TextFilter(Filter):
             return None
         return program
 
-    def track_lines(self, data: bytes, now: float, windows: Any, oldest: float, latest: float,
+    def track_lines(self, data: bytes, now: float, windows: _native.Windows,
+                    oldest: float, latest: float,
                     on_full: Callable[[int, int, list[float]], list[float] | None],
                     ) -> tuple[dict[str | None, int], int, int] | None:
         program = self._block_program(data)
