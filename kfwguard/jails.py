@@ -6,13 +6,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from kfwguard.addresses import IgnoreList, IPAddress, host_key, key_host, parse_host
 from kfwguard.config import JailConfig
 from kfwguard.model import BanRequest, Match
 
 if TYPE_CHECKING:
+    from kfwguard.matching import _native
     from kfwguard.matching.engine import Filter
 
 try:  # the C++ twin of PyWindows, built with the block scanner (setup.py)
@@ -47,23 +48,11 @@ def ban_duration(cfg: JailConfig, offence: int) -> float:
     return max(cfg.bantime, min(grown, inc.max))
 
 
-class Windows(Protocol):
-    """A jail's failure windows: per address (by host_key) the times of its
-    failures within findtime of its latest one."""
-
-    @property
-    def evicted(self) -> int: ...
-    def __len__(self) -> int: ...
-    def add(self, key: int, t: float) -> list[float] | None: ...
-    def keep(self, key: int, times: list[float] | None) -> None: ...
-    def count(self, key: int) -> int: ...
-    def by_age(self) -> list[int]: ...
-
-
 class PyWindows:
-    """Failure windows in Python, for where the C++ ``Windows`` (the daemon's
-    choice, ``kfwguard/matching/_native.cpp``) was not built. Both keep the same
-    state for the same calls (tests/unit/test_windows.py)."""
+    """A jail's failure windows in Python: per address (by host_key) the times of its
+    failures within findtime of its latest one. For where the C++ ``Windows``
+    (the daemon's choice, ``kfwguard/matching/_native.cpp``) was not built; both
+    keep the same state for the same calls (tests/unit/test_windows.py)."""
 
     def __init__(self, max_entries: int, findtime: float, maxretry: int) -> None:
         if max_entries < 1 or maxretry < 1 or not findtime >= 0:
@@ -140,7 +129,7 @@ class Jail:
         # Keyed by host_key: ipaddress objects hash in Python code. The C++
         # windows let a filter's C++ scanner count a block's failures without
         # Python (add_lines); ``native=False`` keeps them in Python.
-        self._windows: Windows = (
+        self._windows: PyWindows | _native.Windows = (
             NativeWindows(max_entries, cfg.findtime, cfg.maxretry, _resolve, ignore.key_ranges())
             if native and NativeWindows is not None
             else PyWindows(max_entries, cfg.findtime, cfg.maxretry))

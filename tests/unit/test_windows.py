@@ -9,6 +9,7 @@ import ipaddress
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given, settings
@@ -21,6 +22,9 @@ from kfwguard.jails import Jail, PyWindows
 from kfwguard.matching import Filter, load_filter, parse_filter
 from kfwguard.model import BanRequest
 from tests.conftest import need
+
+if TYPE_CHECKING:
+    from kfwguard.matching import _native
 
 NOW = time.mktime((2026, 11, 26, 12, 0, 0, 0, 0, -1))
 SAMPLES = Path(__file__).resolve().parents[2] / "filters" / "samples"
@@ -45,7 +49,7 @@ def built() -> None:
 
 
 def native_windows(max_entries: int, findtime: float, maxretry: int,
-                   ignore: list[tuple[int, int]] | None = None) -> jails.Windows:
+                   ignore: list[tuple[int, int]] | None = None) -> _native.Windows:
     assert jails.NativeWindows is not None
     return jails.NativeWindows(max_entries, findtime, maxretry, jails._resolve, ignore or [])
 
