@@ -451,10 +451,9 @@ class TextFilter(Filter):
         program = self._block_program(data)
         if program is None or program.native is None:
             return None
-        header = program.valid is not None
 
-        def stamp_time(stamp: bytes) -> float:
-            t = timeparse.parse_syslog(stamp.decode(), now) if header else None
+        def stamp_time(stamp: bytes) -> float:  # called only for a filter with a header
+            t = timeparse.parse_syslog(stamp.decode(), now)
             return now if t is None else t
 
         found = program.native.track(data, windows, now, oldest, latest, stamp_time, on_full)
@@ -523,11 +522,12 @@ class TextFilter(Filter):
                 found.append(_found(nl, rule_id, begin, spans[host_group]))
         return self._hits(data, now, found, header)
 
-    def _scan_native(self, data: bytes, now: float, native: Any, header: bool) -> list[Hit]:
+    def _scan_native(self, data: bytes, now: float, native: _native.Matcher,
+                     header: bool) -> list[Hit]:
         """``scan_lines`` over a checked block by the C++ scanner: Python sees only the
         lines that matched, with their rule and the host's span."""
         try:
-            found: list[tuple[int, int, int, int]] = native.scan(data)
+            found = native.scan(data)
         except ValueError:  # a header of another shape: the per-record path decides
             return Filter.scan_lines(self, data, now)
         return self._hits(data, now, found, header)
@@ -731,7 +731,7 @@ class _LineProgram:
     # The hyperscan form of ``candidates``, when hyperscan can compile it.
     lines: _HsLines | None = None
     # The whole scan in C++ (kfwguard.matching._native), when it was built.
-    native: Any = None
+    native: _native.Matcher | None = None
 
     @staticmethod
     def build(spec: TextFilterSpec, heads: dict[str, tuple[_TextRule, ...]],
@@ -864,7 +864,8 @@ class _HsLines:
 
 def _accelerators(rules: Sequence[_TextRule], bodies: Sequence[str], full: Sequence[str],
                   programs: Sequence[str], *, header: bool,
-                  hs_header: str, ignore: str | None) -> tuple[_HsLines | None, Any]:
+                  hs_header: str, ignore: str | None,
+                  ) -> tuple[_HsLines | None, _native.Matcher | None]:
     """(hyperscan lines, C++ scanner) for a block program: the C++ scanner when it
     was built, else hyperscan - never both, as the daemon would load and compile
     hyperscan (about 5 MiB, 0.05 s per filter) for nothing."""
@@ -873,7 +874,8 @@ def _accelerators(rules: Sequence[_TextRule], bodies: Sequence[str], full: Seque
 
 
 def _native_matcher(rules: Sequence[_TextRule], full: Sequence[str],
-                    programs: Sequence[str], *, header: bool, ignore: str | None) -> Any:
+                    programs: Sequence[str], *, header: bool, ignore: str | None,
+                    ) -> _native.Matcher | None:
     """The C++ block scanner for these rules (``full``: as RE2 compiles them; ``ignore``:
     the joined ignoreregex), or None where the extension was not built (no
     compiler or RE2 headers)."""

@@ -92,7 +92,10 @@ def _no_year(key: str, now: float) -> float | None:
         _pair_cache.clear()
         _pair_year[0] = year
     ss = key[-2:]
-    if key[-3:-2] != ":" or not _digits(ss) or int(ss) > 60:  # 60: a leap second
+    if key[-3:-2] != ":" or not _digits(ss):
+        return None
+    sec = int(ss)
+    if sec > 60:  # 60 is a leap second
         return None
     minute = key[:-3]
     pair = _pair_cache.get(minute)
@@ -101,7 +104,6 @@ def _no_year(key: str, now: float) -> float | None:
         if len(_pair_cache) >= _CACHE_MAX:
             _pair_cache.clear()
         _pair_cache[minute] = pair
-    sec = int(ss)
     this_year, last_year = pair
     if this_year is not None and this_year + sec <= now + FUTURE_SLACK:
         return this_year + sec
