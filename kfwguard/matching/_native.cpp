@@ -118,18 +118,25 @@ PyObject* key_to(const Key& key) {
     return out;
 }
 
-PyObject* times_list(const std::vector<double>& times) {
-    PyObject* out = PyList_New(static_cast<Py_ssize_t>(times.size()));
+// A Python list of ``make(item)`` for each item (a new reference each, or
+// nullptr with an exception set, which drops the list).
+template <class T, class Make>
+PyObject* list_of(const std::vector<T>& items, Make make) {
+    PyObject* out = PyList_New(static_cast<Py_ssize_t>(items.size()));
     if (out == nullptr) return nullptr;
-    for (size_t i = 0; i < times.size(); ++i) {
-        PyObject* t = PyFloat_FromDouble(times[i]);
-        if (t == nullptr) {
+    for (size_t i = 0; i < items.size(); ++i) {
+        PyObject* item = make(items[i]);
+        if (item == nullptr) {
             Py_DECREF(out);
             return nullptr;
         }
-        PyList_SET_ITEM(out, static_cast<Py_ssize_t>(i), t);
+        PyList_SET_ITEM(out, static_cast<Py_ssize_t>(i), item);
     }
     return out;
+}
+
+PyObject* times_list(const std::vector<double>& times) {
+    return list_of(times, PyFloat_FromDouble);
 }
 
 bool times_from(PyObject* value, std::vector<double>* out) {
@@ -151,7 +158,7 @@ bool times_from(PyObject* value, std::vector<double>* out) {
     return true;
 }
 
-// ---- Windows: one jail's failure windows (and its ignore list) --------------------------------------
+// ---- Windows: one jail's failure windows (and its ignore list) ----------------
 //
 // The same bookkeeping as jails.PyWindows (the pure-Python twin, used where
 // this extension was not built; tests/unit/test_windows.py runs both on the
@@ -216,9 +223,11 @@ bool key_less(const Key& a, const Key& b) {
     return a.lo < b.lo;
 }
 
+using Nodes = std::unordered_map<Key, Node, KeyHash>;
+
 struct WindowsObject {
     PyObject_HEAD
-    std::unordered_map<Key, Node, KeyHash>* nodes;
+    Nodes* nodes;
     Node* head;  // least recently failed
     Node* tail;
     Py_ssize_t max_entries;
@@ -242,9 +251,7 @@ void append(WindowsObject* w, Node* n) {
     w->tail = n;
 }
 
-void erase(WindowsObject* w, const Key& key) {
-    auto it = w->nodes->find(key);
-    if (it == w->nodes->end()) return;
+void erase(WindowsObject* w, Nodes::iterator it) {
     unlink(w, &it->second);
     w->nodes->erase(it);
 }
@@ -260,8 +267,7 @@ Node* add_failure(WindowsObject* w, const Key& key, double t) {
         n->times.push_back(t);
         append(w, n);
         if (static_cast<Py_ssize_t>(w->nodes->size()) > w->max_entries) {
-            Key oldest = w->head->key;  // never n: max_entries >= 1
-            erase(w, oldest);
+            erase(w, w->nodes->find(w->head->key));  // never n: max_entries >= 1
             ++w->evicted;
         }
         return n;
@@ -285,7 +291,7 @@ bool keep(WindowsObject* w, const Key& key, PyObject* value) {
     if (value != Py_None && !times_from(value, &times)) return false;
     auto it = w->nodes->find(key);
     if (times.empty()) {
-        if (it != w->nodes->end()) erase(w, key);
+        if (it != w->nodes->end()) erase(w, it);
         return true;
     }
     if (it == w->nodes->end()) {
@@ -348,7 +354,7 @@ int Windows_init(WindowsObject* self, PyObject* args, PyObject*) {
         }
         ignore->emplace_back(first, last);
     }
-    self->nodes = new std::unordered_map<Key, Node, KeyHash>();
+    self->nodes = new Nodes();
     self->ignore = ignore.release();
     self->max_entries = max_entries;
     self->findtime = findtime;
@@ -703,18 +709,9 @@ PyObject* Matcher_scan(MatcherObject* self, PyObject* arg) {
     bool ok = scan_buffer(self, view, false, &hits);
     PyBuffer_Release(&view);
     if (!ok) return nullptr;
-    PyObject* out = PyList_New(static_cast<Py_ssize_t>(hits.size()));
-    if (out == nullptr) return nullptr;
-    for (size_t i = 0; i < hits.size(); ++i) {
-        PyObject* item = Py_BuildValue("(nnnn)", hits[i].line_end, hits[i].rule,
-                                       hits[i].host_start, hits[i].host_end);
-        if (item == nullptr) {
-            Py_DECREF(out);
-            return nullptr;
-        }
-        PyList_SET_ITEM(out, static_cast<Py_ssize_t>(i), item);
-    }
-    return out;
+    return list_of(hits, [](const Hit& h) {
+        return Py_BuildValue("(nnnn)", h.line_end, h.rule, h.host_start, h.host_end);
+    });
 }
 
 constexpr size_t kStamp = 15;  // "Nov 26 04:57:45"
@@ -817,16 +814,8 @@ PyObject* Matcher_track(MatcherObject* self, PyObject* const* args, Py_ssize_t n
     }
     PyBuffer_Release(&view);
     if (failed) return nullptr;
-    PyObject* per_rule = PyList_New(static_cast<Py_ssize_t>(counts.size()));
+    PyObject* per_rule = list_of(counts, PyLong_FromLongLong);
     if (per_rule == nullptr) return nullptr;
-    for (size_t i = 0; i < counts.size(); ++i) {
-        PyObject* n = PyLong_FromLongLong(counts[i]);
-        if (n == nullptr) {
-            Py_DECREF(per_rule);
-            return nullptr;
-        }
-        PyList_SET_ITEM(per_rule, static_cast<Py_ssize_t>(i), n);
-    }
     return Py_BuildValue("(NLL)", per_rule, ignored, stale);
 }
 
