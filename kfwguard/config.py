@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -21,11 +22,14 @@ from pydantic import (
     model_validator,
 )
 
-from kfwguard.durations import parse_duration
+from kfwguard.durations import check_ban_duration, parse_duration
 
 DEFAULT_CONFIG_PATH = Path("/etc/kfwguard/kfwguard.yaml")
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+# A ban length: 1s to durations.MAX_BAN (what every ban path accepts).
+BanDuration = Annotated[float, BeforeValidator(parse_duration),
+                        AfterValidator(check_ban_duration)]
 
 
 def _network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -75,8 +79,8 @@ SourceConfig = Annotated[FileSourceConfig | JournaldSourceConfig, Field(discrimi
 
 
 class BantimeIncrement(Model):
-    factor: float = Field(2.0, ge=1.0)
-    max: Duration = 7 * 86400.0
+    factor: float = Field(2.0, ge=1.0, allow_inf_nan=False)
+    max: BanDuration = 7 * 86400.0
 
 
 class JailConfig(Model):
@@ -86,12 +90,12 @@ class JailConfig(Model):
     enabled: bool = True
     maxretry: int = Field(5, ge=1)
     findtime: Duration = 600.0
-    bantime: Duration = 3600.0
+    bantime: BanDuration = 3600.0
     bantime_increment: BantimeIncrement | None = None
     ignoreip: list[Network] = Field(default_factory=list)
     actions: list[str] = Field(default_factory=list)
 
-    @field_validator("bantime", "findtime")
+    @field_validator("findtime")
     @classmethod
     def _positive(cls, v: float) -> float:
         if v <= 0:

@@ -6,12 +6,17 @@ dropped by a chain on ``prerouting`` at ``raw - 10``: before conntrack,
 kube-proxy's DNAT and Calico's raw chain, so a ban covers host ports,
 NodePorts, forwarded pod traffic and connections that were already open.
 
+Before the drops, the chain accepts the admin networks (sets ``admin_v4``/
+``admin_v6``, filled from ``baseline.admin_cidrs``): a ban that slipped in
+by any path never cuts the operator off.
+
 Every method sends one nft transaction, however many elements it carries.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -24,8 +29,11 @@ SETS = ("ban_v4", "ban_v6", "ban_net_v4", "ban_net_v6")
 
 # One permanent element per set that no real packet can carry as its source
 # (limited broadcast, multicast). A flushed or recreated set loses it, which
-# lets us check the table's health with four tiny look-ups instead of
-# listing every ban.
+# lets us check the table's health with a dry-run delete of each instead of
+# listing every ban. Bans can never reach them: BanManager refuses targets
+# in 224.0.0.0/3 (multicast, reserved, broadcast) and ff00::/8 (multicast),
+# so no ban element equals or covers a sentinel (nft would refuse the
+# overlap in an interval set).
 SENTINELS = {
     "ban_v4": "255.255.255.255",
     "ban_v6": "ff0f::6b66:7767",
@@ -47,9 +55,19 @@ def set_for(target: Target | str) -> str:
     return "ban_net_v4" if target.version == 4 else "ban_net_v6"
 
 
-def _ms(seconds: float) -> int:
-    # The kernel rounds timeouts to jiffies; below one second is not a useful ban.
-    return max(1000, int(seconds * 1000))
+def nft_timeout(seconds: float) -> str:
+    """An element timeout nft 1.0.6 parses for every ban length we allow.
+
+    nft refuses ``100000000ms`` and more ("value too large": it caps each
+    number it reads), so whole seconds go as ``<N>s`` (fine up to
+    ``99999999s``, ~3.2 years; durations.MAX_BAN is one year) plus the
+    milliseconds left. Below one second is not a useful ban: one second.
+    """
+    if not math.isfinite(seconds):
+        raise ValueError(f"ban timeout {seconds} is not finite")
+    ms = max(1000, math.ceil(seconds * 1000))
+    whole, frac = divmod(ms, 1000)
+    return f"{whole}s{frac}ms" if frac else f"{whole}s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +79,17 @@ class Element:
 class BanTable:
     """Creates, fills and inspects the ban table. Raises NftError on kernel refusal."""
 
-    def __init__(self, nft: Nft, table: str = "kfwguard", set_size: int = 1_000_000) -> None:
+    def __init__(self, nft: Nft, table: str = "kfwguard", set_size: int = 1_000_000,
+                 admin: Sequence[IPNetwork] = ()) -> None:
         self.nft = nft
         self.table = table
         self.set_size = set_size
+        self.admin = list(admin)
+        # Handles of the chain's rules, as the definition creates them in a
+        # fresh table (learnt once from a probe table): the health check asks
+        # the kernel about these by handle, which costs the same at 200k bans
+        # as at none (listing the chain makes nft fetch every set element).
+        self._rule_handles: list[int] | None = None
 
     # -- scripts -------------------------------------------------------------
 
@@ -79,23 +104,45 @@ class BanTable:
             f"size {size}; }}\n"
             f"add set inet {t} ban_net_v6 {{ type ipv6_addr; flags interval, timeout; "
             f"size {size}; }}\n"
+            f"add set inet {t} admin_v4 {{ type ipv4_addr; flags interval; }}\n"
+            f"add set inet {t} admin_v6 {{ type ipv6_addr; flags interval; }}\n"
             f"add chain inet {t} prerouting {{ type filter hook prerouting priority raw - 10; "
             f"policy accept; }}\n"
+            f"add rule inet {t} prerouting ip saddr @admin_v4 accept\n"
+            f"add rule inet {t} prerouting ip6 saddr @admin_v6 accept\n"
             f"add rule inet {t} prerouting ip saddr @ban_v4 counter drop\n"
             f"add rule inet {t} prerouting ip saddr @ban_net_v4 counter drop\n"
             f"add rule inet {t} prerouting ip6 saddr @ban_v6 counter drop\n"
             f"add rule inet {t} prerouting ip6 saddr @ban_net_v6 counter drop\n"
             + "".join(f"add element inet {t} {s} {{ {v} }}\n" for s, v in SENTINELS.items())
+            + self._admin_elements()
         )
+
+    def _admin_elements(self) -> str:
+        out = ""
+        for version, name in ((4, "admin_v4"), (6, "admin_v6")):
+            nets = ipaddress.collapse_addresses(  # type: ignore[type-var]
+                n for n in self.admin if n.version == version)
+            text = ", ".join(str(n) for n in nets)
+            if text:
+                out += f"add element inet {self.table} {name} {{ {text} }}\n"
+        return out
+
+    def set_admin(self, admin: Sequence[IPNetwork]) -> None:
+        """Replace the admin networks accepted before the drops (a reload)."""
+        self.admin = list(admin)
+        t = self.table
+        self.nft.run(f"flush set inet {t} admin_v4\nflush set inet {t} admin_v6\n"
+                     + self._admin_elements())
 
     def replace_expiring(self, items: Sequence[tuple[str, float]], now: float) -> None:
         """Like replace(), from (normalised target text, absolute expiry) pairs:
         the restore path, where building objects per ban would cost seconds."""
         groups: dict[str, list[str]] = {s: [] for s in SETS}
         for target, expiry in items:
-            ms = int((expiry - now) * 1000)
-            if ms >= 1000:
-                groups[set_for(target)].append(f"{target} timeout {ms}ms")
+            left = expiry - now
+            if left >= 1.0:
+                groups[set_for(target)].append(f"{target} timeout {nft_timeout(left)}")
         t = self.table
         script = [f"add table inet {t}\ndelete table inet {t}\n", self._definition()]
         for name, elems in groups.items():
@@ -107,7 +154,8 @@ class BanTable:
         by_set: dict[str, list[str]] = {}
         for e in items:
             by_set.setdefault(set_for(e.target), []).append(
-                f"{e.target} timeout {_ms(e.timeout)}ms" if verb == "add" else str(e.target))
+                f"{e.target} timeout {nft_timeout(e.timeout)}" if verb == "add"
+                else str(e.target))
         return "".join(
             f"{verb} element inet {self.table} {s} {{ {', '.join(v)} }}\n"
             for s, v in by_set.items()
@@ -118,21 +166,41 @@ class BanTable:
     def exists(self) -> bool:
         return self.nft.table_exists("inet", self.table)
 
+    def rule_handles(self) -> list[int]:
+        """The handles the definition gives the chain's rules in a fresh table,
+        learnt from a probe table built from the same script (the kernel
+        numbers a table's objects in creation order)."""
+        if self._rule_handles is None:
+            probe = f"{self.table[:27]}_hchk"
+            real = self.table
+            try:
+                self.table = probe
+                script = self._definition()
+            finally:
+                self.table = real
+            self.nft.run(f"add table inet {probe}\ndelete table inet {probe}\n" + script)
+            try:
+                items = self.nft.json(f"list chain inet {probe} prerouting")
+            finally:
+                self.nft.run(f"delete table inet {probe}")
+            self._rule_handles = [int(i["rule"]["handle"]) for i in items if "rule" in i]
+        return self._rule_handles
+
     def is_intact(self) -> bool:
-        """True if the table, its four sets and its drop rules are all there."""
+        """True if the table, its sets (sentinels in place), the chain and its
+        rules are all there. One dry-run transaction deleting every sentinel
+        and every rule by handle: it succeeds only if they all exist, and
+        costs the same however many bans the sets hold."""
         t = self.table
+        handles = self.rule_handles()
+        script = "".join(f"delete element inet {t} {s} {{ {v} }}\n"
+                         for s, v in SENTINELS.items())
+        script += "".join(f"delete rule inet {t} prerouting handle {h}\n" for h in handles)
         try:
-            items = self.nft.json(f"list chain inet {t} prerouting")
-            self.nft.run("".join(
-                f"get element inet {t} {s} {{ {v} }}\n" for s, v in SENTINELS.items()))
+            self.nft.check(script)
         except NftError:
             return False
-        rules = [i["rule"] for i in items if "rule" in i]
-        referenced = {
-            str(e.get("match", {}).get("right", ""))
-            for r in rules for e in r.get("expr", []) if isinstance(e, dict)
-        }
-        return all(f"@{s}" in referenced for s in SETS)
+        return True
 
     def replace(self, elements: Sequence[Element]) -> None:
         """Atomically (re)create the whole table holding exactly ``elements``."""
