@@ -1,9 +1,20 @@
 """BanManager: the one place where a ban is decided, stored, applied, expired and restored.
 
-Order of operations for every ban: validate (ignore lists) → store in SQLite
-(committed) → queue for the kernel → applied in one nft transaction per
-event-loop tick, however many bans arrived in that tick. A crash between the
-store and the kernel loses nothing: the next start restores every stored ban.
+Order of operations for every ban: validate (target, length, ignore lists)
+→ store in SQLite (committed; kept in a journal in memory while the disk
+refuses, and written when it takes writes again) → queue for the kernel →
+applied in one nft transaction per event-loop tick, however many bans
+arrived in that tick. A crash between the store and the kernel loses
+nothing: the next start restores every stored ban.
+
+Time: expiries are kept on the wall clock at start plus the monotonic time
+since (``now()``), the same basis as the kernel's relative timeouts. A
+wall-clock step (NTP, an operator's ``date``) then moves neither: the daemon
+and the kernel agree on when each ban ends.
+
+The kernel holds, per address ban, one element; CIDR bans are written as the
+disjoint cover of their ranges (kfwguard.firewall.cover), as an interval set
+needs them.
 """
 
 from __future__ import annotations
@@ -13,13 +24,15 @@ import ipaddress
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
-from kfwguard.addresses import IgnoreList, IPAddress
-from kfwguard.config import JailConfig
-from kfwguard.firewall.bantable import BanTable, Element, Target
+from kfwguard.addresses import IgnoreList, IPAddress, IPNetwork
+from kfwguard.config import BaselineConfig, JailConfig
+from kfwguard.durations import check_ban_duration
+from kfwguard.firewall.bantable import SENTINELS, BanTable, Element, Target
+from kfwguard.firewall.cover import cover
 from kfwguard.firewall.nft import NftError
 from kfwguard.jails import ban_duration
 from kfwguard.model import BanRequest
@@ -28,14 +41,30 @@ from kfwguard.store import BanRow, Store, StoreError
 log = structlog.get_logger("kfwguard.bans")
 
 MANUAL_JAIL = "manual"
+ADOPTED_JAIL = "restored"
 LOG_EACH_BAN_UP_TO = 50
 DEFAULT_MANUAL_BANTIME = 3600.0
+# An element the kernel refused is tried again after this, doubling up to the cap.
+RETRY_FIRST = 0.5
+RETRY_MAX = 30.0
+# A kernel element without a timeout (put there by hand) is adopted for a day.
+ADOPTED_NO_TIMEOUT = 86400.0
 
 BanListener = Callable[[Sequence[BanRow]], None]
 
+# Sources no packet can truly carry, or ranges whose ban means nothing but
+# harm; 224.0.0.0/3 and ff00::/8 also hold the ban sets' sentinels.
+_MEANINGLESS: tuple[tuple[IPNetwork, str], ...] = (
+    (ipaddress.ip_network("0.0.0.0/8"), "'this network' (0.0.0.0/8)"),
+    (ipaddress.ip_network("224.0.0.0/3"), "multicast, reserved or broadcast"),
+    (ipaddress.ip_network("::/128"), "the unspecified address"),
+    (ipaddress.ip_network("ff00::/8"), "multicast"),
+)
+
 
 class BanRefused(ValueError):
-    """A ban that must not happen (an ignored or protected address)."""
+    """A ban that must not happen (an ignored, protected or meaningless target,
+    or a ban length out of range)."""
 
 
 def valid_target_text(text: str) -> bool:
@@ -48,8 +77,34 @@ def valid_target_text(text: str) -> bool:
     except (OSError, ValueError):
         return False
     if not plen:
-        return True
+        return text not in _SENTINEL_TEXTS
     return plen.isdigit() and int(plen) <= (128 if family == socket.AF_INET6 else 32)
+
+
+_SENTINEL_TEXTS = frozenset(SENTINELS.values())
+
+
+def normalise(target: Target) -> Target:
+    """Fold IPv4-mapped IPv6 (``::ffff:a.b.c.d``, ``::ffff:0:0/96``) to IPv4, so
+    that the protected-address checks see the address the kernel would see,
+    and a one-address network to the address."""
+    if isinstance(target, ipaddress.IPv6Address) and target.ipv4_mapped is not None:
+        return target.ipv4_mapped
+    if isinstance(target, ipaddress.IPv6Network) and target.prefixlen >= 96 \
+            and target.network_address.ipv4_mapped is not None:
+        v4 = ipaddress.IPv4Network((int(target.network_address) & 0xFFFFFFFF,
+                                    target.prefixlen - 96))
+        return v4.network_address if v4.num_addresses == 1 else v4
+    if isinstance(target, ipaddress.IPv4Network | ipaddress.IPv6Network) \
+            and target.num_addresses == 1:
+        return target.network_address
+    return target
+
+
+def _as_net(target: Target) -> IPNetwork:
+    if isinstance(target, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return ipaddress.ip_network(target)
+    return target
 
 
 @dataclass
@@ -57,9 +112,11 @@ class BanStats:
     bans: int = 0
     unbans: int = 0
     refused: int = 0
+    duplicates: int = 0
     kernel_errors: int = 0
     store_errors: int = 0
     table_restores: int = 0
+    per_jail: dict[str, int] = field(default_factory=dict)
 
 
 class BanManager:
@@ -70,29 +127,50 @@ class BanManager:
         *,
         jails: dict[str, JailConfig] | None = None,
         ignore: IgnoreList | None = None,
+        admin: IgnoreList | None = None,
+        cluster: IgnoreList | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         check_interval: float = 2.0,
     ) -> None:
         self.table = table
         self.store = store
         self.jails = jails or {}
         self.ignore = ignore or IgnoreList()
-        self._clock = clock
+        # Never banned, whoever asks (baseline.admin_cidrs).
+        self.admin = admin or IgnoreList()
+        # Banned only by an operator who says --force (cluster, pod, service CIDRs).
+        self.cluster = cluster or IgnoreList()
+        self._monotonic = monotonic
+        self._wall0 = clock()
+        self._mono0 = monotonic()
         self.check_interval = check_interval
         self.persisting = store is not None
         self.stats = BanStats()
         # (target text, jail) -> row; the in-memory truth, mirrored in SQLite.
         self._bans: dict[tuple[str, str], BanRow] = {}
         self._by_target: dict[str, set[str]] = {}
-        # What we believe the kernel holds: target text -> absolute expiry.
+        # target text -> latest expiry over its jails
+        self._expiry: dict[str, float] = {}
+        self._nets: set[str] = set()  # the CIDR targets among them
+        # What we believe the kernel holds: element text -> absolute expiry.
+        # Address targets are their own element; CIDRs are cover() pieces.
         self._kernel: dict[str, float] = {}
         self._pending: set[str] = set()
         self._pending_remove: set[str] = set()
-        # target text -> latest expiry over its jails
-        self._expiry: dict[str, float] = {}
+        self._nets_dirty = False
+        # Elements the kernel refused, each with its own back-off:
+        # element -> (delay, monotonic time of the next try).
+        self._backoff: dict[str, tuple[float, float]] = {}
+        self._deferred: set[str] = set()  # address targets waiting on their back-off
+        self._deferred_remove: set[str] = set()
+        self._wake_handle: asyncio.TimerHandle | None = None
+        self._wake_at = 0.0
         self._flush_task: asyncio.Task[None] | None = None
-        self._retry_delay = 0.0
         self._inflight = 0
+        # Rows (or deletions, None) the store refused: written by the next
+        # save that works (sync_store, also run by watch_table).
+        self._journal: dict[tuple[str, str], BanRow | None] = {}
         self.on_ban: list[BanListener] = []
         self.on_unban: list[BanListener] = []
         # Called with (decided_at, applied_at) of each applied ban.
@@ -100,80 +178,154 @@ class BanManager:
         self._decided_at: dict[str, float] = {}
         self._lock = asyncio.Lock()
 
+    def set_networks(self, baseline: BaselineConfig) -> None:
+        """Take the admin and cluster networks from the baseline config (at start
+        and reload): admin never banned and accepted before the kernel's
+        drops; cluster, pod and service CIDRs banned only with force."""
+        self.admin = IgnoreList(baseline.admin_cidrs)
+        self.cluster = IgnoreList([*baseline.cluster_cidrs, *baseline.control_plane_cidrs,
+                                   *baseline.pod_cidrs, *baseline.service_cidrs])
+        if list(baseline.admin_cidrs) != self.table.admin:
+            try:
+                self.table.set_admin(baseline.admin_cidrs)
+            except NftError as exc:  # the table is gone: its rebuild carries them
+                log.error("admin_set_not_updated", error=str(exc)[:300])
+
+    def now(self) -> float:
+        """Wall-clock time at start plus monotonic time since: immune to clock steps."""
+        return self._wall0 + (self._monotonic() - self._mono0)
+
     # -- queries -------------------------------------------------------------
 
     def active(self) -> list[BanRow]:
-        now = self._clock()
+        now = self.now()
         return [r for r in self._bans.values() if r.expires_at > now]
 
     def banned_since(self, host: IPAddress, jail: str) -> float | None:
         row = self._bans.get((str(host), jail))
-        if row is None or row.expires_at <= self._clock():
+        if row is None or row.expires_at <= self.now():
             return None
         return row.banned_at
 
     @property
     def pending(self) -> int:
-        """Changes decided but not yet confirmed by the kernel (queued or in flight)."""
-        return len(self._pending) + len(self._pending_remove) + self._inflight
+        """Changes decided but not yet confirmed by the kernel (queued, in flight
+        or waiting to be tried again)."""
+        return (len(self._pending) + len(self._pending_remove) + len(self._deferred)
+                + len(self._deferred_remove) + self._inflight + int(self._nets_dirty))
+
+    @property
+    def unsaved(self) -> int:
+        """Changes the store has not taken yet (a full or failing disk)."""
+        return len(self._journal)
+
+    def active_target(self, target: Target | str) -> bool:
+        """True if some jail still bans ``target``."""
+        return str(target) in self._by_target
+
+    def in_kernel(self, target: Target | str) -> bool:
+        """True if the kernel holds the ban of ``target`` as decided (not pending)."""
+        key = str(target)
+        if key not in self._expiry:
+            return False
+        if "/" in key:
+            return not self._nets_dirty and not self._inflight
+        return (key in self._kernel and key not in self._pending
+                and key not in self._deferred)
+
+    def out_of_kernel(self, target: Target | str) -> bool:
+        """True if no ban of ``target`` is left in the kernel (after an unban)."""
+        key = str(target)
+        if "/" in key:
+            return not self._nets_dirty and not self._inflight and key not in self._kernel
+        return (key not in self._kernel and key not in self._pending_remove
+                and key not in self._deferred_remove)
 
     # -- start ---------------------------------------------------------------
 
     def restore(self) -> int:
         """Put every ban still in force back in the kernel (one transaction), then
-        load them into memory. The kernel comes first: it is what protects."""
-        now = self._clock()
-        rows: list[BanRow] = []
-        checked = False
-        if self.store is not None:
-            try:
-                self.store.purge_expired(now)
-                expiries = self.store.active_expiries(now)
-                try:
-                    self.table.replace_expiring(expiries, now)
-                    checked = True  # the kernel parsed every target
-                except NftError:
-                    # One unparsable stored target would fail the whole batch:
-                    # drop what is invalid and try once more.
-                    good = [(t, e) for t, e in expiries if valid_target_text(t)]
-                    log.error("stored_bans_invalid", count=len(expiries) - len(good),
-                              note="skipped; the rest are restored")
-                    self.table.replace_expiring(good, now)
-                rows = self.store.active_bans(now)
-            except StoreError as exc:
-                self._store_failed(exc)
-                self.table.replace([])
-        else:
-            self.table.replace([])
+        load them into memory. The kernel comes first: it is what protects.
+
+        A store that fails to read (a damaged page), or that holds no ban
+        while the kernel does (a zero-length or replaced file), never empties
+        the kernel: its bans are adopted, as without a store."""
+        if self.store is None:
+            return self.adopt_kernel()
+        now = self.now()
+        try:
+            self.store.purge_expired(now)
+            expiries = self.store.active_expiries(now)
+            rows = self.store.active_bans(now) if expiries else []
+        except StoreError as exc:
+            self._store_failed(exc)
+            log.error("stored_bans_unreadable", error=str(exc),
+                      note="keeping the bans the kernel holds")
+            return self.adopt_kernel()
+        if not expiries and self._kernel_has_bans():
+            log.warning("store_empty_kernel_not", path=str(self.store.path),
+                        note="keeping the bans the kernel holds")
+            return self.adopt_kernel()
         for r in rows:
-            if checked or valid_target_text(r.target):
+            if valid_target_text(r.target) and ("/" not in r.target or self._stored_net_ok(r)):
                 self._remember(r)
-        self._kernel = dict(self._expiry)
+        self._apply_all(now)
         log.info("bans_restored", count=len(rows), targets=len(self._by_target))
         return len(rows)
 
+    def _stored_net_ok(self, row: BanRow) -> bool:
+        try:
+            self.check_target(ipaddress.ip_network(row.target), force=True)
+        except (BanRefused, ValueError) as exc:
+            log.error("stored_ban_refused", target=row.target, why=str(exc))
+            return False
+        return True
+
+    def _kernel_has_bans(self) -> bool:
+        try:
+            return self.table.exists() and bool(self.table.list())
+        except NftError:
+            return False
+
     def adopt_kernel(self) -> int:
-        """Without a state database, keep what the kernel already holds rather than
-        starting with a silently empty ban list; make sure the table is intact."""
-        now = self._clock()
+        """Keep what the kernel already holds rather than starting with a silently
+        empty ban list (no store, or one that cannot be trusted), and make sure
+        the table is intact. The adopted bans are stored when the store works."""
+        now = self.now()
         live: dict[str, float] = {}
         if self.table.exists():
             try:
                 live = self.table.list()
             except NftError as exc:
                 log.error("kernel_bans_unreadable", error=str(exc))
+        rows = []
         for target, left in live.items():
-            expires = now + (left if left != float("inf") else 86400.0)
-            self._remember(BanRow(target, "restored", "kept from the kernel", now, expires, 1))
-        self.table.replace(self._all_elements(now))
-        self._kernel = dict(self._expiry)
-        log.warning("bans_adopted_from_kernel", count=len(live))
-        return len(live)
+            if not valid_target_text(target):
+                continue
+            expires = now + (left if left != float("inf") else ADOPTED_NO_TIMEOUT)
+            rows.append(BanRow(target, ADOPTED_JAIL, "kept from the kernel", now, expires, 1))
+        if self.store is not None and self.persisting:
+            self._persist(rows)
+        for r in rows:
+            self._remember(r)
+        self._apply_all(now)
+        log.warning("bans_adopted_from_kernel", count=len(rows))
+        return len(rows)
 
     # -- ban / unban -----------------------------------------------------------
 
-    def check_target(self, target: Target) -> None:
-        """Raise BanRefused if ``target`` may never be banned."""
+    def check_target(self, target: Target, *, force: bool = False) -> Target:
+        """The target to ban (IPv4-mapped folded to IPv4), or BanRefused if it may
+        never be banned. ``force`` (an operator's) allows a ban overlapping the
+        cluster, pod or service CIDRs; nothing allows one of an admin network."""
+        target = normalise(target)
+        net = _as_net(target)
+        for bad, what in _MEANINGLESS:
+            if net.version == bad.version and net.overlaps(bad):
+                raise BanRefused(f"{target} is or covers {what}: not a source to ban")
+        if self.admin.overlaps(net):
+            raise BanRefused(f"{target} overlaps admin_cidrs: the operator's access "
+                             "is never banned")
         if isinstance(target, ipaddress.IPv4Network | ipaddress.IPv6Network):
             if self.ignore.overlaps(target):
                 raise BanRefused(f"{target} overlaps an ignored or protected address")
@@ -181,25 +333,41 @@ class BanManager:
                 raise BanRefused(f"{target} is too wide to ban")
         elif target in self.ignore:
             raise BanRefused(f"{target} is on an ignore list or is protected (node, loopback)")
+        if not force and self.cluster.overlaps(net):
+            raise BanRefused(f"{target} overlaps the cluster, pod or service CIDRs "
+                             "(an operator may insist with --force)")
+        return target
 
-    def request(self, requests: Sequence[BanRequest]) -> list[BanRow]:
-        """Decide bans: store them, then queue them for the kernel. Returns the new rows."""
-        now = self._clock()
+    def request(self, requests: Sequence[BanRequest], *, force: bool = False) -> list[BanRow]:
+        """Decide bans: store them, then queue them for the kernel. Returns the new
+        rows: one per (target, jail), however often a batch asks for it."""
+        now = self.now()
         rows: list[BanRow] = []
+        seen: set[tuple[str, str]] = set()
         for req in requests:
             try:
-                self.check_target(req.target)
+                target = self.check_target(req.target, force=force)
             except BanRefused as exc:
                 self.stats.refused += 1
                 log.warning("ban_refused", target=str(req.target), jail=req.jail, why=str(exc))
                 continue
-            key = str(req.target)
+            key = str(target)
+            if (key, req.jail) in seen:
+                self.stats.duplicates += 1  # one decision per address per batch
+                continue
+            seen.add((key, req.jail))
             offence = req.offence
             duration = req.duration
             cfg = self.jails.get(req.jail)
             if cfg is not None and cfg.bantime_increment is not None:
                 offence = self._offence_count(key, req.jail) + 1
                 duration = ban_duration(cfg, offence)
+            try:
+                check_ban_duration(duration)
+            except ValueError as exc:
+                self.stats.refused += 1
+                log.warning("ban_refused", target=key, jail=req.jail, why=str(exc))
+                continue
             rows.append(BanRow(key, req.jail, req.reason, now, now + duration, offence))
             self._decided_at.setdefault(key, req.decided_at or now)
         if not rows:
@@ -207,8 +375,8 @@ class BanManager:
         self._persist(rows)
         for r in rows:
             self._remember(r)
-            self._pending.add(r.target)
-            self._pending_remove.discard(r.target)
+            self._queue_add(r.target)
+            self.stats.per_jail[r.jail] = self.stats.per_jail.get(r.jail, 0) + 1
         self.stats.bans += len(rows)
         if len(rows) <= LOG_EACH_BAN_UP_TO:
             for r in rows:
@@ -225,23 +393,18 @@ class BanManager:
 
     def unban(self, target: Target, jail: str | None = None) -> list[BanRow]:
         """Lift the bans of ``target`` (in ``jail`` or in all jails). Returns the lifted rows."""
-        key = str(target)
+        key = str(normalise(target))
         jails = [jail] if jail is not None else sorted(self._by_target.get(key, ()))
         rows = [self._bans[(key, j)] for j in jails if (key, j) in self._bans]
         if not rows:
             return []
-        if self.store is not None and self.persisting:
-            try:
-                self.store.delete_bans([(r.target, r.jail) for r in rows])
-            except StoreError as exc:
-                self._store_failed(exc)
+        self._unpersist([(r.target, r.jail) for r in rows])
         for r in rows:
             self._forget(r)
         if key in self._by_target:
-            self._pending.add(key)  # refresh to the remaining max
+            self._queue_add(key)  # refresh to the remaining max
         else:
-            self._pending.discard(key)
-            self._pending_remove.add(key)
+            self._queue_remove(key)
         self.stats.unbans += len(rows)
         for r in rows:
             log.info("unban", target=r.target, jail=r.jail)
@@ -252,12 +415,19 @@ class BanManager:
 
     def expire(self) -> list[BanRow]:
         """Drop bans whose time is up from memory and the store (the kernel expires its own)."""
-        now = self._clock()
+        now = self.now()
         gone = [r for r in self._bans.values() if r.expires_at <= now]
         for r in gone:
             self._forget(r)
             if r.target not in self._by_target:
                 self._kernel.pop(r.target, None)
+                self._backoff.pop(r.target, None)
+        if any("/" in r.target for r in gone):
+            # The kernel's cover pieces expired with them; forget those too.
+            for el in [e for e, x in self._kernel.items() if "/" in e and x <= now]:
+                del self._kernel[el]
+            self._nets_dirty = True
+            self._schedule_flush()
         if gone and self.store is not None and self.persisting:
             try:
                 self.store.purge_expired(now)
@@ -269,7 +439,73 @@ class BanManager:
                 listener(gone)
         return gone
 
+    # -- store -------------------------------------------------------------------
+
+    def sync_store(self) -> bool:
+        """Write what the store refused earlier (full disk); True if nothing is left."""
+        if not self._journal or self.store is None:
+            return not self._journal
+        now = self.now()
+        saves = [r for r in self._journal.values() if r is not None and r.expires_at > now]
+        deletes = [k for k, r in self._journal.items() if r is None]
+        try:
+            self.store.apply_changes(saves, deletes)
+        except StoreError as exc:
+            self._store_failed(exc)
+            return False
+        self._journal.clear()
+        self._persisting_again()
+        return True
+
+    def _persist(self, rows: list[BanRow]) -> None:
+        if self.store is None:
+            return
+        for r in rows:
+            self._journal[(r.target, r.jail)] = r
+        self.sync_store()
+
+    def _unpersist(self, keys: list[tuple[str, str]]) -> None:
+        if self.store is None:
+            return
+        for k in keys:
+            self._journal[k] = None
+        self.sync_store()
+
+    def _persisting_again(self) -> None:
+        if not self.persisting and self.store is not None:
+            self.persisting = True
+            log.info("state_persisting_again", path=str(self.store.path))
+
+    def _store_failed(self, exc: StoreError) -> None:
+        self.stats.store_errors += 1
+        if self.persisting:
+            log.error("state_not_persisting", error=str(exc), unsaved=len(self._journal),
+                      note="bans continue from memory and the kernel; "
+                           "unsaved changes are written when the store works again")
+        self.persisting = False
+
     # -- kernel ----------------------------------------------------------------
+
+    def _queue_add(self, key: str) -> None:
+        if "/" in key:
+            self._nets_dirty = True
+            return
+        self._pending.add(key)
+        self._pending_remove.discard(key)
+        self._deferred.discard(key)
+        self._deferred_remove.discard(key)
+
+    def _queue_remove(self, key: str) -> None:
+        if "/" in key:
+            self._nets_dirty = True
+            return
+        self._pending.discard(key)
+        self._deferred.discard(key)
+        self._deferred_remove.discard(key)
+        self._pending_remove.add(key)
+
+    def _ready(self) -> bool:
+        return bool(self._pending or self._pending_remove or self._nets_dirty)
 
     def _schedule_flush(self) -> None:
         if self._flush_task is None or self._flush_task.done():
@@ -281,96 +517,163 @@ class BanManager:
     async def flush(self) -> None:
         """Apply everything pending now (awaits an ongoing flush first: it may
         already have taken changes out of pending that are not applied yet).
+        Elements the kernel refused wait for their own retry and do not hold
+        this up: ``in_kernel`` tells whether a ban got in.
 
         The work runs in the one flush task every ban shares, awaited through
         a shield: a caller that stops waiting (``wait_for`` on a manual ban)
         cancels only its own wait, never the batch in flight or what is queued
         behind it."""
-        while (self._pending or self._pending_remove
-               or (self._flush_task is not None and not self._flush_task.done())):
+        while self._ready() or (self._flush_task is not None and not self._flush_task.done()):
             if self._flush_task is None or self._flush_task.done():
                 self._flush_task = asyncio.get_running_loop().create_task(self._flush())
             await asyncio.shield(self._flush_task)
-            if self._retry_delay:
-                break
 
     async def _flush(self) -> None:
         async with self._lock:
-            if self._retry_delay:
-                await asyncio.sleep(self._retry_delay)
-            while self._pending or self._pending_remove:
-                adds, removes = self._take_pending()
-                self._inflight = len(adds) + len(removes)
+            while self._ready():
+                adds, removes, nets = self._take_pending()
+                self._inflight = len(adds) + len(removes) + int(nets)
                 try:
-                    ok = await asyncio.to_thread(self._apply, adds, removes)
+                    await asyncio.to_thread(self._apply, adds, removes, nets)
                 finally:
                     self._inflight = 0
-                if not ok:
-                    self._retry_delay = min(max(self._retry_delay * 2, 0.5), 30.0)
-                    log.warning("kernel_retry_scheduled", seconds=self._retry_delay,
-                                pending=self.pending)
-                    asyncio.get_running_loop().call_later(self._retry_delay,
-                                                          self._schedule_flush)
-                    return
-                self._retry_delay = 0.0
+        self._arm_wake()
 
     def flush_now(self) -> bool:
         """Apply pending changes synchronously (outside an event loop)."""
-        adds, removes = self._take_pending()
-        return self._apply(adds, removes)
+        adds, removes, nets = self._take_pending()
+        return self._apply(adds, removes, nets)
 
-    def _take_pending(self) -> tuple[set[str], set[str]]:
-        adds, removes = self._pending, self._pending_remove
-        self._pending, self._pending_remove = set(), set()
-        return adds, removes
+    def _take_pending(self) -> tuple[set[str], set[str], bool]:
+        adds, removes, nets = self._pending, self._pending_remove, self._nets_dirty
+        self._pending, self._pending_remove, self._nets_dirty = set(), set(), False
+        return adds, removes, nets
 
-    def _apply(self, adds: set[str], removes: set[str]) -> bool:
-        now = self._clock()
+    def _waiting(self, element: str, mono: float) -> bool:
+        b = self._backoff.get(element)
+        return b is not None and b[1] > mono
+
+    def _apply(self, adds: set[str], removes: set[str], nets: bool) -> bool:
+        now = self.now()
+        mono = self._monotonic()
         new: list[Element] = []
         refresh: list[Element] = []
-        applied: list[str] = []
+        gone: list[str] = []
         for key in adds:
             expiry = self._expiry.get(key, 0.0)
             if expiry <= now:
+                self._backoff.pop(key, None)
+                continue
+            if self._waiting(key, mono):
+                self._deferred.add(key)
                 continue
             el = Element(key, expiry - now)
             (refresh if key in self._kernel else new).append(el)
-            applied.append(key)
-        failed: set[str] = set()
-        error: NftError | None = None
+        for key in removes:
+            if self._waiting(key, mono):
+                self._deferred_remove.add(key)
+            else:
+                gone.append(key)
+        if nets:
+            want = self._net_elements(now)
+            have = {e: x for e, x in self._kernel.items() if "/" in e}
+            gone += [piece for piece in have if piece not in want]
+            for piece in [e for e in self._backoff if "/" in e and e not in want]:
+                del self._backoff[piece]  # no longer wanted: nothing to retry
+            for piece, x in want.items():
+                if self._waiting(piece, mono):
+                    continue  # _wake marks the nets again when its back-off ends
+                if piece not in have:
+                    new.append(Element(piece, x - now))
+                elif have[piece] != x:
+                    refresh.append(Element(piece, x - now))
+        failed: list[tuple[str, NftError]] = []
         try:
-            if removes:
-                self.table.remove(list(removes))
-        except NftError as exc:
-            error = exc
-            failed.update(removes)
-        else:
-            for key in removes:
+            if gone:
+                self.table.update(gone, new, refresh)
+            else:
+                failed += [(str(e.target), exc) for e, exc in self._add_isolating(new, refresh)]
+        except NftError:
+            # Something in the batch was refused: removals on their own, then
+            # the additions split until each refused element stands alone.
+            try:
+                self.table.remove(gone)
+            except NftError as exc:
+                failed += [(k, exc) for k in gone]
+            failed += [(str(e.target), exc) for e, exc in self._add_isolating(new, refresh)]
+        refused = {k for k, _ in failed}
+        for key in gone:
+            if key not in refused:
                 self._kernel.pop(key, None)
-        for refused, add_error in self._add_isolating(new, refresh):
-            error = add_error
-            failed.add(str(refused.target))
-        if error is not None:
-            self.stats.kernel_errors += 1
-            log.error("kernel_update_failed", error=str(error)[:500], failed=len(failed),
-                      adds=len(adds), removes=len(removes))
-            # Keep them pending: a missing table is healed by the watcher,
-            # a full set may drain as bans expire.
-            for k in failed:
-                if k in adds:
-                    self._pending.add(k)
-                elif k in removes and k not in self._by_target:
-                    self._pending_remove.add(k)
+                self._backoff.pop(key, None)
         done = time.time()
-        for key in applied:
-            if key in failed:
+        for el in (*new, *refresh):
+            key = str(el.target)
+            if key in refused:
                 continue
-            self._kernel[key] = self._expiry.get(key, 0.0)
+            self._kernel[key] = now + el.timeout
+            self._backoff.pop(key, None)
             decided = self._decided_at.pop(key, None)
             if decided is not None:
                 for cb in self.on_applied:
                     cb(max(0.0, done - decided))
-        return error is None
+        if failed:
+            self.stats.kernel_errors += 1
+            log.error("kernel_update_failed", error=str(failed[0][1])[:500], failed=len(refused),
+                      adds=len(new) + len(refresh), removes=len(gone),
+                      examples=sorted(refused)[:5])
+            for key in refused:
+                delay = min(max(self._backoff.get(key, (0.0, 0.0))[0] * 2, RETRY_FIRST),
+                            RETRY_MAX)
+                self._backoff[key] = (delay, mono + delay)
+                if "/" in key:
+                    continue  # net pieces are derived again when _wake marks the nets
+                if key in removes:
+                    if key not in self._by_target:
+                        self._deferred_remove.add(key)
+                else:
+                    self._deferred.add(key)
+        return not failed
+
+    def _arm_wake(self) -> None:
+        """Call the flush again when the next refused element's back-off ends."""
+        mono = self._monotonic()
+        future = [b[1] for b in self._backoff.values() if b[1] > mono]
+        if not future:
+            if self._backoff and (self._deferred or self._deferred_remove):
+                future = [mono]  # ended while we were busy: at once
+            else:
+                return
+        first = min(future)
+        if self._wake_handle is not None:
+            if self._wake_at <= first:
+                return
+            self._wake_handle.cancel()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        log.warning("kernel_retry_scheduled", seconds=round(first - mono, 2),
+                    pending=self.pending)
+        self._wake_at = first
+        self._wake_handle = loop.call_later(max(0.0, first - mono), self._wake)
+
+    def _wake(self) -> None:
+        self._wake_handle = None
+        mono = self._monotonic()
+        for key in [k for k in self._deferred if not self._waiting(k, mono)]:
+            self._deferred.discard(key)
+            self._pending.add(key)
+        for key in [k for k in self._deferred_remove if not self._waiting(k, mono)]:
+            self._deferred_remove.discard(key)
+            self._pending_remove.add(key)
+        if any("/" in k and b[1] <= mono for k, b in self._backoff.items()):
+            self._nets_dirty = True
+        if self._ready():
+            self._schedule_flush()
+        else:
+            self._arm_wake()
 
     def _add_isolating(self, new: list[Element],
                        refresh: list[Element]) -> list[tuple[Element, NftError]]:
@@ -391,10 +694,13 @@ class BanManager:
                 + self._add_isolating(new[hn:], refresh[hr:]))
 
     async def watch_table(self) -> None:
-        """Recreate the table with every ban in force if someone deleted or flushed it."""
+        """Recreate the table with every ban in force if someone deleted or flushed
+        it; write what the store could not take earlier."""
         while True:
             await asyncio.sleep(self.check_interval)
             self.expire()
+            if self._journal:
+                self.sync_store()
             try:
                 intact = await asyncio.to_thread(self.table.is_intact)
             except NftError as exc:
@@ -408,25 +714,62 @@ class BanManager:
 
     async def rebuild(self) -> None:
         async with self._lock:
-            now = self._clock()
-            elements = self._all_elements(now)
+            now = self.now()
             try:
-                await asyncio.to_thread(self.table.replace, elements)
+                await asyncio.to_thread(self._apply_all, now)
             except NftError as exc:
                 self.stats.kernel_errors += 1
                 log.error("table_restore_failed", error=str(exc)[:500])
                 return
             self.stats.table_restores += 1
-            self._kernel = {str(e.target): now + e.timeout for e in elements}
-            self._pending.clear()
-            self._pending_remove.clear()
-            log.info("table_restored", table=self.table.table, bans=len(elements))
+            log.info("table_restored", table=self.table.table, bans=len(self._kernel))
+        self._arm_wake()
+
+    def _apply_all(self, now: float) -> None:
+        """Recreate the table holding every ban in force, in one transaction; if the
+        kernel refuses that, an empty table and then the bans, split until each
+        refused element stands alone (it waits for its own retry; the rest go
+        in). Raises NftError only if not even an empty table can be made."""
+        want: dict[str, float] = {k: x for k, x in self._expiry.items()
+                                  if x > now and "/" not in k}
+        want.update(self._net_elements(now))
+        self._pending.clear()
+        self._pending_remove.clear()
+        self._deferred.clear()
+        self._deferred_remove.clear()
+        self._nets_dirty = False
+        self._kernel = {}
+        try:
+            self.table.replace_expiring(list(want.items()), now)
+            self._kernel = want
+            self._backoff.clear()
+            return
+        except NftError as exc:
+            log.error("kernel_refused_bans", error=str(exc)[:500], bans=len(want),
+                      note="isolating the refused ones")
+        self.table.replace([])
+        new = [Element(k, x - now) for k, x in want.items()]
+        refused = {str(e.target) for e, _ in self._add_isolating(new, [])}
+        mono = self._monotonic()
+        for k, x in want.items():
+            if k in refused:
+                delay = min(max(self._backoff.get(k, (0.0, 0.0))[0] * 2, RETRY_FIRST),
+                            RETRY_MAX)
+                self._backoff[k] = (delay, mono + delay)
+                if "/" in k:
+                    self._nets_dirty = True
+                else:
+                    self._deferred.add(k)
+            else:
+                self._kernel[k] = x
+        if refused:
+            self.stats.kernel_errors += 1
+            log.error("bans_refused_by_kernel", count=len(refused), examples=sorted(refused)[:5])
 
     # -- helpers ---------------------------------------------------------------
 
-    def _all_elements(self, now: float) -> list[Element]:
-        return [Element(key, expiry - now) for key, expiry in self._expiry.items()
-                if expiry > now]
+    def _net_elements(self, now: float) -> dict[str, float]:
+        return cover({k: self._expiry[k] for k in self._nets if self._expiry[k] > now})
 
     def _remember(self, row: BanRow) -> None:
         key = row.target
@@ -436,6 +779,8 @@ class BanManager:
         if jails is None:
             self._by_target[key] = {row.jail}
             self._expiry[key] = row.expires_at
+            if "/" in key:
+                self._nets.add(key)
             return
         jails.add(row.jail)
         if old is not None and old.expires_at > row.expires_at:
@@ -451,6 +796,7 @@ class BanManager:
             if not jails:
                 del self._by_target[row.target]
                 self._expiry.pop(row.target, None)
+                self._nets.discard(row.target)
                 return
         self._recompute_expiry(row.target)
 
@@ -460,8 +806,12 @@ class BanManager:
             self._expiry[key] = max(self._bans[(key, j)].expires_at for j in jails)
         else:
             self._expiry.pop(key, None)
+            self._nets.discard(key)
 
     def _offence_count(self, key: str, jail: str) -> int:
+        pending = self._journal.get((key, jail))
+        if pending is not None:
+            return pending.offence
         if self.store is None or not self.persisting:
             row = self._bans.get((key, jail))
             return row.offence if row else 0
@@ -469,22 +819,5 @@ class BanManager:
             return self.store.offence_counts(jail, [key]).get(key, 0)
         except StoreError as exc:
             self._store_failed(exc)
-            return 0
-
-    def _persist(self, rows: list[BanRow]) -> None:
-        if self.store is None:
-            return
-        try:
-            self.store.save_bans(rows)
-            if not self.persisting:
-                self.persisting = True
-                log.info("state_persisting_again", path=str(self.store.path))
-        except StoreError as exc:
-            self._store_failed(exc)
-
-    def _store_failed(self, exc: StoreError) -> None:
-        self.stats.store_errors += 1
-        if self.persisting:
-            log.error("state_not_persisting", error=str(exc),
-                      note="bans continue from memory and the kernel")
-        self.persisting = False
+            row = self._bans.get((key, jail))
+            return row.offence if row else 0

@@ -19,7 +19,7 @@ import click
 
 from kfwguard.addresses import parse_target
 from kfwguard.config import ConfigError, load_config_or_default
-from kfwguard.durations import format_duration, parse_duration
+from kfwguard.durations import check_ban_duration, format_duration, parse_duration
 
 if TYPE_CHECKING:
     from kfwguard.control import ControlClient
@@ -60,7 +60,10 @@ def _call(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
+    try:
+        return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
+    except (OverflowError, OSError, ValueError):
+        return f"{ts!r} (out of range)"  # a row from an older daemon must not stop `list`
 
 
 def format_table(rows: list[list[str]], header: list[str]) -> str:
@@ -79,9 +82,12 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
 @click.option("--for", "duration", default=None, metavar="DURATION",
               help="ban length, e.g. 30m, 12h, 7d (default: the jail's bantime, else 1h)")
 @click.option("--reason", default=None, help="why, for the list and the alerts")
+@click.option("--force", is_flag=True,
+              help="ban even if ADDRESS overlaps the cluster, pod or service CIDRs "
+                   "(never the admin ones)")
 @config_option
 def ban(address: str, jail: str | None, duration: str | None, reason: str | None,
-        config_path: Path | None) -> None:
+        force: bool, config_path: Path | None) -> None:
     """Ban ADDRESS (an IPv4 or IPv6 address, or a CIDR) by hand."""
     try:
         target = parse_target(address)
@@ -90,19 +96,17 @@ def ban(address: str, jail: str | None, duration: str | None, reason: str | None
     seconds = None
     if duration is not None:
         try:
-            seconds = parse_duration(duration)
+            seconds = check_ban_duration(parse_duration(duration))
         except ValueError as exc:
-            _fail(str(exc), 2)
-        if seconds <= 0:
-            _fail("--for must be longer than zero", 2)
-    out = _call(_client(config_path).ban(str(target), jail, seconds, reason))
+            _fail(f"--for: {exc}", 2)
+    out = _call(_client(config_path).ban(str(target), jail, seconds, reason, force))
     for row in out.get("banned", []):
         click.echo(f"banned {row['target']} in jail {row['jail']} for "
                    f"{format_duration(row['expires_at'] - row['banned_at'])} "
                    f"(until {_when(row['expires_at'])})")
     if not out.get("applied", True):
-        click.echo("kfwguard: stored, but the kernel update is still pending "
-                   "(the daemon keeps retrying)", err=True)
+        click.echo("kfwguard: stored, but the kernel has not taken it yet "
+                   "(the daemon keeps retrying; see its log)", err=True)
 
 
 @click.command()

@@ -7,8 +7,10 @@ answers nobody but uid 0.
 
 Endpoints:
 
-- ``POST /bans`` ``{target, jail?, duration?, reason?}``: a manual ban through
-  the BanManager (stored, applied in a batch, alerted, restored after restart)
+- ``POST /bans`` ``{target, jail?, duration?, reason?, force?}``: a manual ban
+  through the BanManager (stored, applied in a batch, alerted, restored after
+  restart); ``applied`` says whether the kernel holds it. ``force`` allows a
+  ban overlapping the cluster, pod or service CIDRs (never admin_cidrs)
 - ``DELETE /bans/{target}?jail=NAME``: lift a ban (in one jail or all)
 - ``GET /bans``: bans in force
 - ``GET /status``: sources, jails, bans, persistence, baseline, alerts
@@ -39,7 +41,7 @@ from kfwguard import __version__
 from kfwguard.addresses import parse_target
 from kfwguard.bans import DEFAULT_MANUAL_BANTIME, MANUAL_JAIL, BanRefused
 from kfwguard.config import ConfigError, load_config_or_default
-from kfwguard.durations import parse_duration
+from kfwguard.durations import check_ban_duration, parse_duration
 from kfwguard.httpserver import (
     HTTPError,
     HTTPServer,
@@ -133,7 +135,7 @@ def daemon_status(daemon: Daemon) -> dict[str, Any]:
             "filter": jail.cfg.filter,
             "failures": len(jail),
             "matches": matches.get(name, {}),
-            "bans_total": jail.stats.bans,
+            "bans_total": bans.stats.per_jail.get(name, 0) if bans is not None else 0,
             "bans_active": per_jail_active.get(name, 0),
             "ignored": jail.stats.ignored,
             "actions": list(jail.cfg.actions),
@@ -289,26 +291,30 @@ class ControlServer:
         duration = jail_cfg.bantime if jail_cfg is not None else DEFAULT_MANUAL_BANTIME
         if body.get("duration") is not None:
             try:
-                duration = parse_duration(body["duration"])
+                duration = check_ban_duration(parse_duration(body["duration"]))
             except ValueError as exc:
                 return _json_error(400, str(exc))
-            if duration <= 0:
-                return _json_error(400, "a ban lasts longer than zero")
+        force = body.get("force", False)
+        if not isinstance(force, bool):
+            return _json_error(400, "force must be true or false")
         reason = body.get("reason") or "by operator"
         if not isinstance(reason, str):
             return _json_error(400, "reason must be a string")
         try:
-            bans.check_target(target)
+            target = bans.check_target(target, force=force)
         except BanRefused as exc:
             return _json_error(400, str(exc))
         now = time.time()
         rows = bans.request([BanRequest(target=target, jail=jail, duration=duration,
                                         reason=f"manual: {reason[:_MAX_REASON]}",
-                                        decided_at=now)])
+                                        decided_at=now)], force=force)
         if not rows:
             return _json_error(400, f"{target} cannot be banned")
-        applied = await _wait_applied(bans.flush())
-        log.info("manual_ban", target=str(target), jail=jail, seconds=round(duration))
+        # "applied" only if the kernel took it: a refused element waits for
+        # its retry, and the answer says so.
+        applied = await _wait_applied(bans.flush()) and bans.in_kernel(target)
+        log.info("manual_ban", target=str(target), jail=jail, seconds=round(duration),
+                 applied=applied)
         return json_response({"banned": [ban_to_json(r, now) for r in rows],
                               "applied": applied})
 
@@ -325,7 +331,9 @@ class ControlServer:
         if not rows:
             where = f" in jail {jail}" if jail else ""
             return _json_error(404, f"{target} is not banned{where}")
-        applied = await _wait_applied(bans.flush())
+        applied = await _wait_applied(bans.flush()) and (
+            bans.in_kernel(rows[0].target) if bans.active_target(rows[0].target)
+            else bans.out_of_kernel(rows[0].target))
         now = time.time()
         return json_response({"unbanned": [ban_to_json(r, now) for r in rows],
                               "applied": applied})
@@ -441,8 +449,10 @@ class ControlClient:
                                f"{type(exc).__name__} {exc}") from None
 
     async def ban(self, target: str, jail: str | None = None, duration: float | None = None,
-                  reason: str | None = None) -> dict[str, Any]:
+                  reason: str | None = None, force: bool = False) -> dict[str, Any]:
         body: dict[str, Any] = {"target": target}
+        if force:
+            body["force"] = True
         if jail:
             body["jail"] = jail
         if duration is not None:

@@ -111,7 +111,8 @@ class Daemon:
     # -- building --------------------------------------------------------------
 
     async def _build_ignore(self, cfg: Config) -> IgnoreList:
-        ignore = IgnoreList([*LOOPBACK_NETS, *cfg.ignoreip])
+        # admin_cidrs join every jail's ignore list: bans never beat the failsafe.
+        ignore = IgnoreList([*LOOPBACK_NETS, *cfg.ignoreip, *cfg.baseline.admin_cidrs])
         # Runs a child process (pyroute2 stays out of the daemon) and waits for
         # it, up to node.CHILD_TIMEOUT: keep that wait off our event loop.
         for net in await asyncio.to_thread(protected_networks):
@@ -287,13 +288,15 @@ class Daemon:
         # (Restored bans were checked against the ignore lists when decided.)
         ignore_lookup = asyncio.create_task(self._build_ignore(cfg))
         nft = self.nft = Nft()
-        table = BanTable(nft, cfg.nftables.table, cfg.nftables.set_size)
+        table = BanTable(nft, cfg.nftables.table, cfg.nftables.set_size,
+                         admin=cfg.baseline.admin_cidrs)
         self.bans = BanManager(
             table, self.store,
             jails={j.name: j for j in cfg.jails},
             ignore=IgnoreList([*LOOPBACK_NETS, *cfg.ignoreip]), clock=self.clock,
             check_interval=cfg.nftables.check_interval,
         )
+        self.bans.set_networks(cfg.baseline)
         if self.store is None:
             self.bans.persisting = False
             await asyncio.to_thread(self.bans.adopt_kernel)
@@ -397,6 +400,7 @@ class Daemon:
         self.ignore = await self._build_ignore(new)
         self.bans.ignore = self.ignore
         self.bans.jails = {j.name: j for j in new.jails}
+        self.bans.set_networks(new.baseline)
         self._build_pipeline(new, filters)
         for rt in self.sources.values():
             rt.task = asyncio.create_task(self._run_source(rt), name=f"source:{rt.source.name}")
@@ -447,6 +451,7 @@ class Daemon:
         if self.bans is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.bans.flush(), timeout=5.0)
+            self.bans.sync_store()  # what a full disk held back, if it has room now
         for hook in self.on_stop:
             with contextlib.suppress(Exception):
                 res = hook(self)

@@ -108,20 +108,38 @@ class Store:
             return
         try:
             with self._tx():
-                self._db.executemany(
-                    "INSERT INTO bans (target, jail, reason, banned_at, expires_at, offence) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (target, jail) DO UPDATE SET "
-                    "reason=excluded.reason, banned_at=excluded.banned_at, "
-                    "expires_at=excluded.expires_at, offence=excluded.offence",
-                    [(r.target, r.jail, r.reason, r.banned_at, r.expires_at, r.offence)
-                     for r in rows],
-                )
-                self._db.executemany(
-                    "INSERT INTO offences (target, jail, count, last_at) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (target, jail) DO UPDATE SET count=excluded.count, "
-                    "last_at=excluded.last_at",
-                    [(r.target, r.jail, r.offence, r.banned_at) for r in rows],
-                )
+                self._save(rows)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot save bans: {exc}") from exc
+
+    def _save(self, rows: Sequence[BanRow]) -> None:
+        if not rows:
+            return
+        self._db.executemany(
+            "INSERT INTO bans (target, jail, reason, banned_at, expires_at, offence) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (target, jail) DO UPDATE SET "
+            "reason=excluded.reason, banned_at=excluded.banned_at, "
+            "expires_at=excluded.expires_at, offence=excluded.offence",
+            [(r.target, r.jail, r.reason, r.banned_at, r.expires_at, r.offence) for r in rows],
+        )
+        self._db.executemany(
+            "INSERT INTO offences (target, jail, count, last_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (target, jail) DO UPDATE SET count=excluded.count, "
+            "last_at=excluded.last_at",
+            [(r.target, r.jail, r.offence, r.banned_at) for r in rows],
+        )
+
+    def apply_changes(self, saves: Sequence[BanRow],
+                      deletes: Sequence[tuple[str, str]]) -> None:
+        """save_bans() and delete_bans() in one transaction: what a journal of
+        changes the disk refused becomes when it takes writes again."""
+        if not saves and not deletes:
+            return
+        try:
+            with self._tx():
+                self._save(saves)
+                self._db.executemany("DELETE FROM bans WHERE target=? AND jail=?",
+                                     list(deletes))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot save bans: {exc}") from exc
 
@@ -261,6 +279,19 @@ class _Tx:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
-            self._db.execute("COMMIT")
-        else:
-            self._db.execute("ROLLBACK")
+            try:
+                self._db.execute("COMMIT")
+                return
+            except sqlite3.Error:
+                # A COMMIT that fails (SQLITE_FULL) leaves the transaction
+                # open: end it, or every later BEGIN fails after space returns.
+                self._rollback()
+                raise
+        self._rollback()
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass

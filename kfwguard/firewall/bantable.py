@@ -228,6 +228,21 @@ class BanTable:
             script += self._elements("add", refresh)
         self.nft.run(script)
 
+    def update(self, removes: Sequence[Target | str], elements: Sequence[Element],
+               refresh: Sequence[Element] = ()) -> None:
+        """remove() then add(), in one transaction: a CIDR ban cut into pieces
+        (or its pieces joined again) never leaves a moment without a drop."""
+        if not removes and not elements and not refresh:
+            return
+        els = [Element(t, 1.0) for t in removes]
+        script = self._elements("add", els) + self._elements("delete", els)
+        script += self._elements("add", elements)
+        if refresh:
+            script += self._elements("add", refresh)
+            script += self._elements("delete", refresh)
+            script += self._elements("add", refresh)
+        self.nft.run(script)
+
     def remove(self, targets: Sequence[Target | str]) -> None:
         """Remove elements; missing ones are not an error (add first, then delete)."""
         if not targets:
