@@ -47,10 +47,10 @@ def manager(state: Path, *, set_size: int = 1000, **kw: object) -> BanManager:
                       **kw)  # type: ignore[arg-type]
 
 
-async def settle(m: BanManager, cond: Callable[[], bool], timeout: float = 30.0) -> bool:
-    """Poll ``cond`` (flushing ``m``) until it holds or ``timeout`` passes."""
+async def settle(m: BanManager, cond: Callable[[], bool], within: float = 30.0) -> bool:
+    """Poll ``cond`` (flushing ``m``) until it holds or ``within`` seconds pass."""
     loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
+    end = loop.time() + within
     while loop.time() < end:
         await m.flush()
         if cond():
@@ -157,8 +157,8 @@ class TestDamagedState:
         """A zero-length state DB (an empty store while the kernel holds bans):
         the kernel's bans are adopted, and stored again."""
         await self._with_kernel_bans(tmp_path, 3000)
-        for p in tmp_path.glob("state.db*"):
-            p.unlink()
+        for suffix in ("", "-wal", "-shm"):
+            (tmp_path / f"state.db{suffix}").unlink(missing_ok=True)
         (tmp_path / "state.db").write_bytes(b"")
         m = manager(tmp_path, set_size=10_000)
         assert 3000 == m.restore()
@@ -319,7 +319,7 @@ class TestClockSteps:
         wall.offset = -3600.0
         host = ipaddress.ip_address("203.0.113.5")
         assert await settle(m, lambda: "203.0.113.5" not in m.table.list())
-        assert await settle(m, lambda: m.banned_since(host, "sshd") is None, timeout=2)
+        assert await settle(m, lambda: m.banned_since(host, "sshd") is None, within=2)
         assert [] == m.active()
 
     async def test_forward_step_keeps_unban_working(self, tmp_path: Path) -> None:
