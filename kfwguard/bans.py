@@ -588,6 +588,8 @@ class BanManager:
                     new.append(Element(piece, x - now))
                 elif have[piece] != x:
                     refresh.append(Element(piece, x - now))
+                else:
+                    self._backoff.pop(piece, None)  # in the kernel as wanted
         failed: list[tuple[str, NftError]] = []
         try:
             if gone:
@@ -641,8 +643,9 @@ class BanManager:
         mono = self._monotonic()
         future = [b[1] for b in self._backoff.values() if b[1] > mono]
         if not future:
-            if self._backoff and (self._deferred or self._deferred_remove):
-                future = [mono]  # ended while we were busy: at once
+            if self._deferred or self._deferred_remove or any(
+                    "/" in k for k in self._backoff):
+                future = [mono]  # their wait ended while we were busy: at once
             else:
                 return
         first = min(future)
@@ -699,6 +702,7 @@ class BanManager:
         while True:
             await asyncio.sleep(self.check_interval)
             self.expire()
+            self._arm_wake()  # elements a restore left waiting
             if self._journal:
                 self.sync_store()
             try:
@@ -762,6 +766,7 @@ class BanManager:
                     self._deferred.add(k)
             else:
                 self._kernel[k] = x
+                self._backoff.pop(k, None)
         if refused:
             self.stats.kernel_errors += 1
             log.error("bans_refused_by_kernel", count=len(refused), examples=sorted(refused)[:5])
