@@ -536,6 +536,19 @@ class BanManager:
                 self._inflight = len(adds) + len(removes) + int(nets)
                 try:
                     await asyncio.to_thread(self._apply, adds, removes, nets)
+                except Exception:
+                    # A bug must not end the flush task and drop the batch with
+                    # it: keep the batch, count it, try again after a pause.
+                    self.stats.kernel_errors += 1
+                    log.exception("kernel_update_crashed", adds=len(adds), removes=len(removes))
+                    mono = self._monotonic()
+                    for key in (*adds, *removes):
+                        self._backoff[key] = (RETRY_MAX, mono + RETRY_MAX)
+                    self._deferred |= adds
+                    self._deferred_remove |= removes
+                    if nets:  # a marker: _wake marks the nets again when it ends
+                        self._backoff["0.0.0.0/0"] = (RETRY_MAX, mono + RETRY_MAX)
+                    break
                 finally:
                     self._inflight = 0
         self._arm_wake()

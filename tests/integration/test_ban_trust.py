@@ -27,7 +27,7 @@ from kfwguard.firewall.bantable import BanTable
 from kfwguard.firewall.nft import Nft
 from kfwguard.model import BanRequest
 from kfwguard.store import BanRow, Store
-from tests.integration.daemon_harness import wait_until
+from tests.integration.daemon_harness import DaemonRun, base_config, sshd_fail, wait_until
 from tests.integration.test_faults import tmpfs
 from tests.netns import Lab, can_connect
 
@@ -425,3 +425,31 @@ class TestAdminFailsafe:
         assert 2 == len(m.request([req("10.244.3.4"), req("10.96.0.0/16")], force=True))
         await m.flush()
         assert ["10.244.3.4", "10.96.0.0/16"] == sorted(m.table.list())
+        # A reload with other admin networks updates the kernel's accept set.
+        m.set_networks(BaselineConfig.model_validate({"admin_cidrs": ["203.0.113.0/28"]}))
+        listed = m.table.nft.json("list set inet kfwtest admin_v4")
+        elems = [e for i in listed if "set" in i for e in i["set"].get("elem", [])]
+        assert [{"prefix": {"addr": "203.0.113.0", "len": 28}}] == elems
+        assert [] == m.request([req("203.0.113.3")], force=True)
+
+    def test_daemon_never_bans_admin_from_a_jail(self, lab: Lab, tmp_path: Path) -> None:
+        """admin_cidrs join every jail's ignore list: the daemon's sshd jail counts
+        an admin address's failures as ignored and bans the other offender."""
+        node = lab.host("node")
+        log = tmp_path / "auth.log"
+        log.write_text("")
+        cfg = base_config(tmp_path, log, maxretry=1)
+        cfg["baseline"] = {"admin_cidrs": ["198.51.100.0/28"]}
+        d = DaemonRun(node, tmp_path, cfg)
+        d.start()
+        try:
+            with log.open("a") as f:
+                f.write(sshd_fail("198.51.100.7") * 5 + sshd_fail("203.0.113.77"))
+            assert wait_until(lambda: "203.0.113.77" in d.elements("ban_v4"), timeout=20)
+            assert "198.51.100.7" not in d.elements("ban_v4")
+            assert [] == [e for e in d.events()
+                          if e.get("event") == "ban" and e.get("target") == "198.51.100.7"]
+            assert any(e.get("event") == "ban" and e.get("target") == "203.0.113.77"
+                       for e in d.events())
+        finally:
+            d.stop()
