@@ -110,3 +110,19 @@ class TestApi:
         out = await client.ban("203.0.113.9", duration=MAX_BAN)
         assert out["applied"] is True
         assert 1 == len(daemon.store.active_bans())
+
+    async def test_applied_false_when_the_kernel_refuses(self, daemon: Daemon) -> None:
+        """A manual ban the kernel refuses (its set is full) is stored and answered
+        with "applied": false, and status counts it as pending."""
+        assert daemon.bans is not None
+        table = daemon.bans.table
+        table.set_size = 16  # the sentinel + 15 bans
+        table.replace([])
+        client = ControlClient(daemon.cfg.control_socket)
+        for i in range(15):
+            assert (await client.ban(f"198.51.100.{i + 1}"))["applied"] is True
+        out = await client.ban("203.0.113.20", duration="4w")
+        assert out["applied"] is False
+        assert ["203.0.113.20"] == [b["target"] for b in out["banned"]]
+        assert "203.0.113.20" not in table.list()
+        assert 1 == (await client.status())["bans"]["pending"]
