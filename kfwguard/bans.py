@@ -319,6 +319,8 @@ class BanManager:
         never be banned. ``force`` (an operator's) allows a ban overlapping the
         cluster, pod or service CIDRs; nothing allows one of an admin network."""
         target = normalise(target)
+        if isinstance(target, ipaddress.IPv4Address | ipaddress.IPv6Address):
+            return self._check_address(target, force)
         net = _as_net(target)
         for bad, what in _MEANINGLESS:
             if net.version == bad.version and net.overlaps(bad):
@@ -326,17 +328,32 @@ class BanManager:
         if self.admin.overlaps(net):
             raise BanRefused(f"{target} overlaps admin_cidrs: the operator's access "
                              "is never banned")
-        if isinstance(target, ipaddress.IPv4Network | ipaddress.IPv6Network):
-            if self.ignore.overlaps(target):
-                raise BanRefused(f"{target} overlaps an ignored or protected address")
-            if target.prefixlen < (8 if target.version == 4 else 16):
-                raise BanRefused(f"{target} is too wide to ban")
-        elif target in self.ignore:
-            raise BanRefused(f"{target} is on an ignore list or is protected (node, loopback)")
+        if self.ignore.overlaps(net):
+            raise BanRefused(f"{target} overlaps an ignored or protected address")
+        if net.prefixlen < (8 if net.version == 4 else 16):
+            raise BanRefused(f"{target} is too wide to ban")
         if not force and self.cluster.overlaps(net):
             raise BanRefused(f"{target} overlaps the cluster, pod or service CIDRs "
                              "(an operator may insist with --force)")
         return target
+
+    def _check_address(self, addr: IPAddress, force: bool) -> IPAddress:
+        """check_target for one address, on ints: the path every jail ban takes."""
+        value = int(addr)
+        if addr.version == 4:
+            if value >> 24 == 0 or value >= 0xE0000000:
+                raise BanRefused(f"{addr} is in 0.0.0.0/8 or 224.0.0.0/3 (multicast, "
+                                 "reserved, broadcast): not a source to ban")
+        elif value == 0 or value >> 120 == 0xFF:
+            raise BanRefused(f"{addr} is unspecified or multicast: not a source to ban")
+        if addr in self.admin:
+            raise BanRefused(f"{addr} is in admin_cidrs: the operator's access is never banned")
+        if addr in self.ignore:
+            raise BanRefused(f"{addr} is on an ignore list or is protected (node, loopback)")
+        if not force and addr in self.cluster:
+            raise BanRefused(f"{addr} is in the cluster, pod or service CIDRs "
+                             "(an operator may insist with --force)")
+        return addr
 
     def request(self, requests: Sequence[BanRequest], *, force: bool = False) -> list[BanRow]:
         """Decide bans: store them, then queue them for the kernel. Returns the new
