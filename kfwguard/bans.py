@@ -304,8 +304,7 @@ class BanManager:
                 continue
             expires = now + (left if left != float("inf") else ADOPTED_NO_TIMEOUT)
             rows.append(BanRow(target, ADOPTED_JAIL, "kept from the kernel", now, expires, 1))
-        if self.store is not None and self.persisting:
-            self._persist(rows)
+        self._persist(rows)  # journalled if the store refuses: written when it can
         for r in rows:
             self._remember(r)
         self._apply_all(now)
