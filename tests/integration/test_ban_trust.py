@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import os
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -303,6 +305,29 @@ class TestOneDecisionPerBatch:
         assert ([("203.0.113.4", "sshd"), ("203.0.113.4", "kubelet")], [2], 2) == (
             [(r.target, r.jail) for r in rows], events, m.stats.bans)
         assert {"sshd": 1, "kubelet": 1} == m.stats.per_jail
+
+
+class TestOneDecisionPerBatchDaemon:
+    def test_daemon_one_ban_event_per_address(self, lab: Lab, tmp_path: Path) -> None:
+        """Nine failures of one address in one write (maxretry 3) make one ban event
+        and bans_total 1 in the daemon's status, not three."""
+        node = lab.host("node")
+        log = tmp_path / "auth.log"
+        log.write_text("")
+        d = DaemonRun(node, tmp_path, base_config(tmp_path, log, maxretry=3))
+        d.start()
+        try:
+            with log.open("a") as f:
+                f.write(sshd_fail("203.0.113.88") * 9)
+            assert wait_until(lambda: "203.0.113.88" in d.elements("ban_v4"), timeout=20)
+            out = node.run(sys.executable, "-m", "kfwguard", "status", "--json",
+                           "-c", str(d.config_path))
+            status = json.loads(out.stdout)
+            assert (1, 1) == (status["jails"]["sshd"]["bans_total"], status["bans"]["total"])
+            assert 1 == len([e for e in d.events()
+                             if e.get("event") == "ban" and e.get("target") == "203.0.113.88"])
+        finally:
+            d.stop()
 
 
 @private
