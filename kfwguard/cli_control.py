@@ -175,8 +175,10 @@ def render_status(st: dict[str, Any]) -> str:
         for name, j in sorted(jails.items()):
             matches = sum((j.get("matches") or {}).values())
             rows.append([name, str(j.get("failures", "-")), str(matches),
+                         str(j.get("stale", "-")),
                          str(j.get("bans_active", 0)), str(j.get("bans_total", "-"))])
-        lines += ["", format_table(rows, ["JAIL", "FAILING", "MATCHES", "BANNED", "BANS"])]
+        lines += ["", format_table(rows, ["JAIL", "FAILING", "MATCHES", "STALE", "BANNED",
+                                          "BANS"])]
     alerts = st.get("alerts") or {}
     if alerts:
         rows = [[name, a.get("type", "?"), str(a.get("queued", 0)), str(a.get("sent", 0)),

@@ -61,6 +61,11 @@ class FileSourceConfig(Model):
     type: Literal["file"]
     path: Path
     format: Literal["text", "json", "cri"] = "text"
+    # A log path that is a symlink resolving outside the directory it is
+    # configured in is refused (a writable log directory would otherwise let
+    # a local user point the daemon at any file root can read). Set true when
+    # such a link is intended (e.g. /var/log/containers/*.log).
+    allow_outside_dir: bool = False
 
 
 class JournaldSourceConfig(Model):
@@ -267,7 +272,12 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     except yaml.YAMLError as exc:
         raise _yaml_error(path, exc) from None
     if data is None:
-        data = {}
+        # An empty file (or comments only) is almost always a mistake — a
+        # truncated write, a template not filled in — and would silently run
+        # (or reload into) a daemon with no sources and no jails.
+        raise ConfigError(path, (
+            "the config is empty; write the keys you need (see "
+            "kfwguard/default.yaml), or `{}` for every default",))
     if not isinstance(data, dict):
         raise ConfigError(path, ("line 1: the config must be a mapping of keys to values",))
     lines: dict[tuple[Any, ...], int] = {}
@@ -305,11 +315,15 @@ def default_config_text() -> str:
 
 
 def load_config_or_default(path: Path | str | None) -> tuple[Config, str]:
-    """Load ``path``; if no path was given and the default file is missing, use the
-    embedded default. Returns the config and where it came from."""
+    """Load ``path``; if no path was given, ``$KFWGUARD_CONFIG``; if neither and the
+    default file is missing, use the embedded default. A path that was named
+    (``-c`` or ``$KFWGUARD_CONFIG``) and is missing is an error, never a silent
+    fallback. Returns the config and where it came from."""
     if path is None:
         env = os.environ.get("KFWGUARD_CONFIG")
-        path = Path(env) if env else DEFAULT_CONFIG_PATH
+        if env:
+            return load_config(env), env
+        path = DEFAULT_CONFIG_PATH
         if not Path(path).exists():
             return parse_config(default_config_text(), "<embedded default>"), "<embedded default>"
     return load_config(path), str(path)

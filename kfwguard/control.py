@@ -136,6 +136,9 @@ def daemon_status(daemon: Daemon) -> dict[str, Any]:
             "bans_total": jail.stats.bans,
             "bans_active": per_jail_active.get(name, 0),
             "ignored": jail.stats.ignored,
+            # Failures dropped as older than findtime by their log time: many
+            # here on a live log means the stamps are read in the wrong zone.
+            "stale": jail.stats.stale,
             "actions": list(jail.cfg.actions),
         }
     for name, n in per_jail_active.items():

@@ -657,7 +657,11 @@ class TextFilter(Filter):
         if self._ignore is not None and self._ignore.search(data) is not None:
             return "ignored", rule.name, None
         t: float | None = None
-        if header is not None:
+        if header is not None and record.time is None:
+            # A stamp in the text (klog, syslog: no zone, read in our local time,
+            # which a container may not share with the writer) counts only when
+            # the record has no time of its own (journald's __REALTIME_TIMESTAMP,
+            # a CRI stamp), which is exact.
             kind, stamp = header[2], header[1]
             if kind == "klog":
                 t = timeparse.parse_klog(stamp, now)
