@@ -160,6 +160,7 @@ def render_status(st: dict[str, Any]) -> str:
         "state: " + ("persisting" if st.get("persisting") else
                      "NOT PERSISTING (bans live in memory and the kernel only)"),
     ]
+    lines += [f"WARNING: {w}" for w in st.get("warnings") or ()]
     sources = st.get("sources") or {}
     if sources:
         rows = []

@@ -150,6 +150,7 @@ def daemon_status(daemon: Daemon) -> dict[str, Any]:
         "version": __version__,
         "config": daemon.cfg_path or "<embedded default>",
         "uptime": round(now - daemon.started_at, 1),
+        "warnings": list(getattr(daemon, "warnings", ())),
         "table": daemon.cfg.nftables.table,
         "sources": sources,
         "jails": jails,

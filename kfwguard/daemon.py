@@ -32,6 +32,7 @@ from kfwguard.node import protected_networks
 from kfwguard.notify import Notifier
 from kfwguard.sources import Source, build_source
 from kfwguard.sources.formats import TextBlock
+from kfwguard.sources.trust import forgery_warnings
 from kfwguard.store import Store, StoreError
 
 log = structlog.get_logger("kfwguard.daemon")
@@ -91,6 +92,8 @@ class Daemon:
         self.sources: dict[str, SourceRuntime] = {}
         self.jails: dict[str, Jail] = {}
         self.ignore = IgnoreList()
+        # Sentences about the config an operator must see (logged, in status).
+        self.warnings: list[str] = []
         self.nft: Nft | None = None
         self.baseline: BaselineEnforcer | None = None
         self._baseline_task: asyncio.Task[None] | None = None
@@ -121,6 +124,9 @@ class Daemon:
     def _build_pipeline(self, cfg: Config, filters: dict[str, Filter]) -> None:
         assert self.bans is not None
         bans = self.bans
+        self.warnings = forgery_warnings(cfg, filters)
+        for warning in self.warnings:
+            log.warning("source_forgeable", detail=warning)
         self.jails = {}
         by_source: dict[str, list[JailRuntime]] = {}
         for jc in cfg.jails:

@@ -354,6 +354,9 @@ class TextFilter(Filter):
         )
         self._single = self._strippers[0] if len(self._strippers) == 1 else None
         self._programs = frozenset(spec.programs)
+        # The headers a line may carry ("syslog", "klog"): a filter that takes
+        # a syslog header reads text whose tag any local user can choose.
+        self.headers = tuple(spec.prefix)
         self._host = HostCache()
         self._scanner = _scanner([patterns.expand_host(r.regex) for r in spec.rules])
         self._hosts: dict[bytes, tuple[IPAddress, int] | None] = {}
