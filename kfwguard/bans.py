@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from kfwguard.addresses import IgnoreList, IPAddress
+from kfwguard.addresses import IgnoreList, IPAddress, IPNetwork
 from kfwguard.config import JailConfig
 from kfwguard.firewall.bantable import BanTable, Element, Target
 from kfwguard.firewall.nft import NftError
@@ -106,7 +106,7 @@ class BanManager:
         now = self._clock()
         return [r for r in self._bans.values() if r.expires_at > now]
 
-    def banned_since(self, host: IPAddress, jail: str) -> float | None:
+    def banned_since(self, host: IPAddress | IPNetwork, jail: str) -> float | None:
         row = self._bans.get((str(host), jail))
         if row is None or row.expires_at <= self._clock():
             return None

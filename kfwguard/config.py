@@ -95,6 +95,9 @@ class JailConfig(Model):
     bantime_increment: BantimeIncrement | None = None
     ignoreip: list[Network] = Field(default_factory=list)
     actions: list[str] = Field(default_factory=list)
+    # IPv6 failures count, and bans fall, per this prefix (unset: the global
+    # ipv6_prefix); 128 counts and bans single addresses.
+    ipv6_prefix: int | None = Field(None, ge=16, le=128)
 
     @field_validator("bantime", "findtime")
     @classmethod
@@ -179,6 +182,9 @@ class Config(Model):
     nftables: NftablesConfig = Field(default_factory=NftablesConfig)  # type: ignore[arg-type]
     filters_dirs: list[Path] = Field(default_factory=list)
     ignoreip: list[Network] = Field(default_factory=list)
+    # An IPv6 attacker holds a whole /64 (or more): failures count and bans fall
+    # per this prefix, in every jail that does not set its own.
+    ipv6_prefix: int = Field(64, ge=16, le=128)
     node_name: str | None = None
     sources: list[SourceConfig] = Field(default_factory=list)
     jails: list[JailConfig] = Field(default_factory=list)

@@ -134,7 +134,8 @@ class Daemon:
                 continue
             jail_ignore = self.ignore.extended(jc.ignoreip) if jc.ignoreip else self.ignore
             jail = Jail(jc, jail_ignore, max_entries=cfg.tracker.max_entries,
-                        banned_since=bans.banned_since, clock=self.clock)
+                        banned_since=bans.banned_since, clock=self.clock,
+                        ipv6_prefix=cfg.ipv6_prefix)
             self.jails[jc.name] = jail
             by_source.setdefault(jc.source, []).append(JailRuntime(jail, filters[jc.filter]))
         self.sources = {}
