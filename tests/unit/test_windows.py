@@ -222,6 +222,27 @@ class TestAddLines:
                                        ignore=IgnoreList(["2001:db8:7:7::99"]))
         assert [ipaddress.ip_address("2001:db8:7:7::1")] == [r[0] for r in requests]
 
+    @pytest.mark.parametrize(("now", "stamp"), [
+        ("2026-12-31 23:59:50", "Jan  1 00:00:05"),  # next year, 15 s ahead
+        ("2027-01-01 00:00:10", "Dec 31 23:59:59"),  # last year, 11 s ago
+    ])
+    def test_year_turn_agrees(self, now: str, stamp: str) -> None:
+        """Around New Year the C++ pass (stamps through timeparse) and the Python
+        path read the same year: a January line read on Dec 31 counts, it is not
+        a year stale."""
+        t = time.mktime(time.strptime(now, "%Y-%m-%d %H:%M:%S"))
+        data = "".join(f"{stamp} h sshd[1]: Failed password for root from 203.0.113.{i}"
+                        f" port 22 ssh2\n" for i in (1, 1, 1)).encode()
+        cc = Jail(cfg(maxretry=3), IgnoreList(), clock=lambda: t)
+        py = Jail(cfg(maxretry=3), IgnoreList(), clock=lambda: t, native=False)
+        done = cc.add_lines(sshd(), data, t)
+        if done is None:  # a line the C++ pass leaves to the per-record path
+            done = cc.add_hits(sshd().scan_lines(data, t), t, "sshd")
+        expected = py.add_hits(sshd().scan_lines(data, t), t, "sshd")
+        assert [r.target for r in expected[0]] == [r.target for r in done[0]]
+        assert (py.stats.stale, len(expected[0])) == (cc.stats.stale, len(done[0]))
+        assert 0 == cc.stats.stale and 1 == len(done[0])
+
     def test_jail_setting_overrides_global(self) -> None:
         """A jail's own ipv6_prefix wins over the global one."""
         jail = Jail(cfg(ipv6_prefix=56), IgnoreList(), ipv6_prefix=64)
