@@ -139,3 +139,19 @@ class TestJournaldWriter:
             assert 3 == sum(st["jails"]["sshd"]["matches"].values())
         finally:
             d.stop()
+
+
+def test_check_config_warns_about_syslog_file(tmp_path: Path) -> None:
+    """``kfwguard check-config`` passes a jail on a syslog file but says why it is
+    unsafe; the shipped default draws no warning."""
+    log = tmp_path / "auth.log"
+    cfg = tmp_path / "kfwguard.yaml"
+    cfg.write_text(yaml.safe_dump(base_config(tmp_path, log)))
+    r = subprocess.run([sys.executable, "-m", "kfwguard", "check-config", "-c", str(cfg)],
+                       capture_output=True, text=True, timeout=60, cwd=str(REPO))
+    assert 0 == r.returncode, r.stderr
+    assert "warning: jail 'sshd' reads the syslog file" in r.stderr
+    cfg.write_text(default_config_text())
+    r = subprocess.run([sys.executable, "-m", "kfwguard", "check-config", "-c", str(cfg)],
+                       capture_output=True, text=True, timeout=60, cwd=str(REPO))
+    assert 0 == r.returncode and "warning" not in r.stderr, r.stderr
