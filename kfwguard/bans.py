@@ -201,7 +201,7 @@ class BanManager:
         now = self.now()
         return [r for r in self._bans.values() if r.expires_at > now]
 
-    def banned_since(self, host: IPAddress, jail: str) -> float | None:
+    def banned_since(self, host: IPAddress | IPNetwork, jail: str) -> float | None:
         row = self._bans.get((str(host), jail))
         if row is None or row.expires_at <= self.now():
             return None

@@ -95,6 +95,10 @@ def check_config(config_path: Path | None) -> None:
     if problems:
         click.echo("\n".join(problems), err=True)
         sys.exit(2)
+    from kfwguard.sources.trust import forgery_warnings
+
+    for warning in forgery_warnings(cfg, build_filters(cfg)):
+        click.echo(f"{origin}: warning: {warning}", err=True)
     click.echo(f"{origin}: OK ({len(cfg.sources)} sources, {len(cfg.jails)} jails)")
 
 

@@ -164,6 +164,7 @@ def render_status(st: dict[str, Any]) -> str:
         "state: " + ("persisting" if st.get("persisting") else
                      "NOT PERSISTING (bans live in memory and the kernel only)"),
     ]
+    lines += [f"WARNING: {w}" for w in st.get("warnings") or ()]
     sources = st.get("sources") or {}
     if sources:
         rows = []
@@ -179,8 +180,10 @@ def render_status(st: dict[str, Any]) -> str:
         for name, j in sorted(jails.items()):
             matches = sum((j.get("matches") or {}).values())
             rows.append([name, str(j.get("failures", "-")), str(matches),
+                         str(j.get("stale", "-")),
                          str(j.get("bans_active", 0)), str(j.get("bans_total", "-"))])
-        lines += ["", format_table(rows, ["JAIL", "FAILING", "MATCHES", "BANNED", "BANS"])]
+        lines += ["", format_table(rows, ["JAIL", "FAILING", "MATCHES", "STALE", "BANNED",
+                                          "BANS"])]
     alerts = st.get("alerts") or {}
     if alerts:
         rows = [[name, a.get("type", "?"), str(a.get("queued", 0)), str(a.get("sent", 0)),

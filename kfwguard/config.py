@@ -65,6 +65,11 @@ class FileSourceConfig(Model):
     type: Literal["file"]
     path: Path
     format: Literal["text", "json", "cri"] = "text"
+    # A log path that is a symlink resolving outside the directory it is
+    # configured in is refused (a writable log directory would otherwise let
+    # a local user point the daemon at any file root can read). Set true when
+    # such a link is intended (e.g. /var/log/containers/*.log).
+    allow_outside_dir: bool = False
 
 
 class JournaldSourceConfig(Model):
@@ -94,6 +99,9 @@ class JailConfig(Model):
     bantime_increment: BantimeIncrement | None = None
     ignoreip: list[Network] = Field(default_factory=list)
     actions: list[str] = Field(default_factory=list)
+    # IPv6 failures count, and bans fall, per this prefix (unset: the global
+    # ipv6_prefix); 128 counts and bans single addresses.
+    ipv6_prefix: int | None = Field(None, ge=16, le=128)
 
     @field_validator("findtime")
     @classmethod
@@ -178,6 +186,9 @@ class Config(Model):
     nftables: NftablesConfig = Field(default_factory=NftablesConfig)  # type: ignore[arg-type]
     filters_dirs: list[Path] = Field(default_factory=list)
     ignoreip: list[Network] = Field(default_factory=list)
+    # An IPv6 attacker holds a whole /64 (or more): failures count and bans fall
+    # per this prefix, in every jail that does not set its own.
+    ipv6_prefix: int = Field(64, ge=16, le=128)
     node_name: str | None = None
     sources: list[SourceConfig] = Field(default_factory=list)
     jails: list[JailConfig] = Field(default_factory=list)
@@ -271,7 +282,12 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     except yaml.YAMLError as exc:
         raise _yaml_error(path, exc) from None
     if data is None:
-        data = {}
+        # An empty file (or comments only) is almost always a mistake — a
+        # truncated write, a template not filled in — and would silently run
+        # (or reload into) a daemon with no sources and no jails.
+        raise ConfigError(path, (
+            "the config is empty; write the keys you need (see "
+            "kfwguard/default.yaml), or `{}` for every default",))
     if not isinstance(data, dict):
         raise ConfigError(path, ("line 1: the config must be a mapping of keys to values",))
     lines: dict[tuple[Any, ...], int] = {}
@@ -309,11 +325,15 @@ def default_config_text() -> str:
 
 
 def load_config_or_default(path: Path | str | None) -> tuple[Config, str]:
-    """Load ``path``; if no path was given and the default file is missing, use the
-    embedded default. Returns the config and where it came from."""
+    """Load ``path``; if no path was given, ``$KFWGUARD_CONFIG``; if neither and the
+    default file is missing, use the embedded default. A path that was named
+    (``-c`` or ``$KFWGUARD_CONFIG``) and is missing is an error, never a silent
+    fallback. Returns the config and where it came from."""
     if path is None:
         env = os.environ.get("KFWGUARD_CONFIG")
-        path = Path(env) if env else DEFAULT_CONFIG_PATH
+        if env:
+            return load_config(env), env
+        path = DEFAULT_CONFIG_PATH
         if not Path(path).exists():
             return parse_config(default_config_text(), "<embedded default>"), "<embedded default>"
     return load_config(path), str(path)

@@ -138,6 +138,9 @@ def daemon_status(daemon: Daemon) -> dict[str, Any]:
             "bans_total": bans.stats.per_jail.get(name, 0) if bans is not None else 0,
             "bans_active": per_jail_active.get(name, 0),
             "ignored": jail.stats.ignored,
+            # Failures dropped as older than findtime by their log time: many
+            # here on a live log means the stamps are read in the wrong zone.
+            "stale": jail.stats.stale,
             "actions": list(jail.cfg.actions),
         }
     for name, n in per_jail_active.items():
@@ -149,6 +152,7 @@ def daemon_status(daemon: Daemon) -> dict[str, Any]:
         "version": __version__,
         "config": daemon.cfg_path or "<embedded default>",
         "uptime": round(now - daemon.started_at, 1),
+        "warnings": list(getattr(daemon, "warnings", ())),
         "table": daemon.cfg.nftables.table,
         "sources": sources,
         "jails": jails,

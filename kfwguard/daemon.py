@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from kfwguard.addresses import LOOPBACK_NETS, IgnoreList
+from kfwguard.addresses import LOOPBACK_NETS, IgnoreList, IPNetwork
 from kfwguard.bans import BanManager
 from kfwguard.config import Config, ConfigError, JailConfig, load_config_or_default
 from kfwguard.firewall.bantable import BanTable
@@ -32,6 +33,7 @@ from kfwguard.node import protected_networks
 from kfwguard.notify import Notifier
 from kfwguard.sources import Source, build_source
 from kfwguard.sources.formats import TextBlock
+from kfwguard.sources.trust import forgery_warnings
 from kfwguard.store import Store, StoreError
 
 log = structlog.get_logger("kfwguard.daemon")
@@ -45,6 +47,7 @@ CURSOR_SAVE_INTERVAL = 1.0
 # READY waits this long for sources to fix their starting point; a source
 # that takes longer (a hung NFS mount) is reported and READY is sent anyway.
 SOURCE_READY_TIMEOUT = 10.0
+
 
 
 class StartupError(Exception):
@@ -91,6 +94,8 @@ class Daemon:
         self.sources: dict[str, SourceRuntime] = {}
         self.jails: dict[str, Jail] = {}
         self.ignore = IgnoreList()
+        # Sentences about the config an operator must see (logged, in status).
+        self.warnings: list[str] = []
         self.nft: Nft | None = None
         self.baseline: BaselineEnforcer | None = None
         self._baseline_task: asyncio.Task[None] | None = None
@@ -122,6 +127,9 @@ class Daemon:
     def _build_pipeline(self, cfg: Config, filters: dict[str, Filter]) -> None:
         assert self.bans is not None
         bans = self.bans
+        self.warnings = forgery_warnings(cfg, filters)
+        for warning in self.warnings:
+            log.warning("source_forgeable", detail=warning)
         self.jails = {}
         by_source: dict[str, list[JailRuntime]] = {}
         for jc in cfg.jails:
@@ -129,7 +137,8 @@ class Daemon:
                 continue
             jail_ignore = self.ignore.extended(jc.ignoreip) if jc.ignoreip else self.ignore
             jail = Jail(jc, jail_ignore, max_entries=cfg.tracker.max_entries,
-                        banned_since=bans.banned_since, clock=self.clock)
+                        banned_since=bans.banned_since, clock=self.clock,
+                        ipv6_prefix=cfg.ipv6_prefix)
             self.jails[jc.name] = jail
             by_source.setdefault(jc.source, []).append(JailRuntime(jail, filters[jc.filter]))
         self.sources = {}
@@ -358,7 +367,58 @@ class Daemon:
             asyncio.create_task(self.bans.watch_table(), name="watch_table"),
             asyncio.create_task(self._save_cursors_periodically(), name="cursors"),
             asyncio.create_task(self._watchdog(), name="watchdog"),
+            asyncio.create_task(self._follow_addresses(), name="addresses"),
         ]
+
+    async def _follow_addresses(self) -> None:
+        """Protect addresses added after start (CNI bridges, VIPs: the unit starts
+        before the kubelet): each is put on the ignore list as netlink announces
+        it, and a ban covering it is lifted at once."""
+        from kfwguard.node import AddressWatch
+
+        try:
+            watch = AddressWatch()
+        except OSError as exc:
+            log.warning("address_watch_unavailable", error=str(exc),
+                        note="addresses added after start are protected at the next reload")
+            return
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        loop.add_reader(watch.fileno(), wake.set)
+        try:
+            # Whatever was added between the start's look-up and the watch.
+            self._protect(await asyncio.to_thread(protected_networks))
+            while True:
+                await wake.wait()
+                wake.clear()
+                added, lost = watch.read()
+                if added:
+                    self._protect([ipaddress.ip_network(a) for a in added])
+                if lost:
+                    log.warning("address_notifications_lost", note="re-reading the node")
+                    self._protect(await asyncio.to_thread(protected_networks))
+        finally:
+            loop.remove_reader(watch.fileno())
+            watch.close()
+
+    def _protect(self, nets: Sequence[IPNetwork]) -> None:
+        """Add ``nets`` (the node's own) to the ignore list; lift bans covering them."""
+        fresh = [n for n in nets if n not in self.ignore]
+        if not fresh or self.bans is None:
+            return
+        for net in fresh:
+            self.ignore.add(net)  # the BanManager's list too: it refuses new bans of it
+        log.info("addresses_protected", addresses=[str(n) for n in fresh])
+        for row in self.bans.active():
+            try:
+                target = ipaddress.ip_network(row.target, strict=False)
+            except ValueError:
+                continue
+            if any(target.version == n.version and target.overlaps(n) for n in fresh):
+                log.warning("protected_address_unbanned", target=row.target, jail=row.jail,
+                            why="a ban covered an address this node now holds")
+                self.bans.unban(target if "/" in row.target else target.network_address,
+                                row.jail)
 
     async def _sources_ready(self) -> None:
         """Wait until every source has fixed its starting point, so READY means

@@ -7,10 +7,19 @@ the daemon serves them here and imports aiohttp only to send alerts.
 
 One request per connection (``Connection: close``): no keep-alive state to
 manage, and each client (the CLI, a Prometheus scrape) opens one anyway. The
-request head is bounded (``MAX_HEAD``), the body by the server's
-``max_body``, and reading either must finish within ``READ_TIMEOUT``, so a
-slow or hostile peer holds one connection for a bounded time only. The body
-is read only when a handler asks for it, after any check on the peer.
+request head is bounded (``MAX_HEAD``) and must arrive within
+``HEAD_TIMEOUT``, the body by the server's ``max_body`` and ``READ_TIMEOUT``,
+so a slow or hostile peer holds one connection for a bounded time only. The
+body is read only when a handler asks for it, after any check on the peer.
+
+Descriptors: a listener holds at most ``max_connections`` connections. When
+full, the oldest connection that has not yet sent its request head is
+dropped for the new one (a real client sends its head at once, an idle one
+never does), or, if every connection is busy, the new one is closed at once.
+So idle connections from any local user (the metrics port is open to all)
+cannot take the daemon's descriptors, and a scrape still gets through.
+``accept()`` errors from the event loop (a process out of descriptors) are
+logged at most once per ``ACCEPT_LOG_EVERY`` seconds, with a count.
 """
 
 from __future__ import annotations
@@ -31,6 +40,11 @@ log = structlog.get_logger("kfwguard.http")
 
 MAX_HEAD = 16 * 1024
 READ_TIMEOUT = 30.0
+# A client that connected must send its request head within this.
+HEAD_TIMEOUT = 5.0
+# Connections held at once per listener (the CLI and Prometheus need a few).
+MAX_CONNECTIONS = 64
+ACCEPT_LOG_EVERY = 60.0
 JSON_TYPE = "application/json; charset=utf-8"
 
 
@@ -154,16 +168,27 @@ class Router:
 class HTTPServer:
     """Serves ``handler`` on a listening socket until close()."""
 
-    def __init__(self, handler: Handler, *, max_body: int = 64 * 1024) -> None:
+    def __init__(self, handler: Handler, *, max_body: int = 64 * 1024,
+                 max_connections: int = MAX_CONNECTIONS,
+                 head_timeout: float = HEAD_TIMEOUT) -> None:
         self.handler = handler
         self.max_body = max_body
+        self.max_connections = max_connections
+        self.head_timeout = head_timeout
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[Any]] = set()
+        # Connections still waiting for their request head, oldest first.
+        self._waiting: dict[asyncio.StreamWriter, None] = {}
+        # Connections closed for others: idle ones dropped, new ones refused.
+        self.dropped_idle = 0
+        self.refused = 0
 
     async def start_unix(self, sock: socket.socket) -> None:
+        _quiet_accept_errors(asyncio.get_running_loop())
         self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_HEAD)
 
     async def start_tcp(self, host: str, port: int) -> None:
+        _quiet_accept_errors(asyncio.get_running_loop())
         self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD)
 
     @property
@@ -182,15 +207,34 @@ class HTTPServer:
                 await task
         await server.wait_closed()
 
+    def _admit(self, writer: asyncio.StreamWriter) -> bool:
+        """Room for one more connection: drop the oldest idle one if full; False
+        (the new one is closed) when every connection is busy."""
+        if len(self._conns) < self.max_connections:
+            return True
+        if self._waiting:
+            oldest = next(iter(self._waiting))
+            del self._waiting[oldest]
+            oldest.transport.abort()  # its read ends at once; its task cleans up
+            self.dropped_idle += 1
+            return True
+        self.refused += 1
+        writer.transport.abort()
+        return False
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self._admit(writer):
+            return
         task = asyncio.current_task()
         if task is not None:
             self._conns.add(task)
+        self._waiting[writer] = None
         try:
             version = "HTTP/1.1"
             head_only = False
             try:
                 request = await self._read_head(reader, writer)
+                self._waiting.pop(writer, None)
                 version = request.version
                 head_only = request.method == "HEAD"
                 response = await self.handler(request)
@@ -205,6 +249,7 @@ class HTTPServer:
                 writer.write(_encode(response, version, head_only))
                 await writer.drain()
         finally:
+            self._waiting.pop(writer, None)
             writer.close()
             with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
                 await writer.wait_closed()
@@ -214,7 +259,7 @@ class HTTPServer:
     async def _read_head(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> Request:
         try:
-            raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
+            raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.head_timeout)
         except asyncio.LimitOverrunError:
             raise HTTPError(431, "request head too large") from None
         lines = raw[:-4].decode("latin-1").split("\r\n")
@@ -248,3 +293,31 @@ def _encode(response: Response, version: str, head_only: bool) -> bytes:
     head += [f"{k}: {v}" for k, v in response.headers.items()]
     out = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
     return out if head_only else out + response.body
+
+
+def _quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """Log the event loop's "socket.accept() out of system resource" at most once
+    per ACCEPT_LOG_EVERY seconds (with how many were folded), other errors as
+    before: out of descriptors, every listener reports it on every retry."""
+    previous = loop.get_exception_handler()
+    if getattr(previous, "quiet_accept", False):
+        return
+    state = {"last": -ACCEPT_LOG_EVERY, "folded": 0}
+
+    def handler(lp: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if str(context.get("message", "")).startswith("socket.accept() out of system resource"):
+            now = lp.time()
+            if now - state["last"] < ACCEPT_LOG_EVERY:
+                state["folded"] += 1
+                return
+            log.error("http_accept_failed", error=str(context.get("exception")),
+                      folded=state["folded"], every=ACCEPT_LOG_EVERY)
+            state["last"], state["folded"] = now, 0
+            return
+        if previous is not None:
+            previous(lp, context)
+        else:
+            lp.default_exception_handler(context)
+
+    handler.quiet_accept = True  # type: ignore[attr-defined]
+    loop.set_exception_handler(handler)

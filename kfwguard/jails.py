@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from kfwguard.addresses import IgnoreList, IPAddress, host_key, key_host, parse_host
+from kfwguard.addresses import IgnoreList, IPAddress, IPNetwork, host_key, key_host, parse_host
 from kfwguard.config import JailConfig
 from kfwguard.model import BanRequest, Match
 
@@ -20,6 +21,8 @@ try:  # the C++ twin of PyWindows, built with the block scanner (setup.py)
     from kfwguard.matching._native import Windows as NativeWindows
 except ImportError:  # no compiler or RE2 headers at install time
     NativeWindows = None  # type: ignore[assignment,misc]
+
+_V6_FLAG = 1 << 128  # addresses.host_key's mark of an IPv6 key
 
 # A filter's hit (matching.engine.Hit): (line end, status, rule, host, host_key, time).
 Failure = tuple[int, str, str | None, IPAddress | None, int, float]
@@ -116,9 +119,10 @@ class Jail:
         ignore: IgnoreList,
         *,
         max_entries: int = 200_000,
-        banned_since: Callable[[IPAddress, str], float | None] = lambda a, j: None,
+        banned_since: Callable[[IPAddress | IPNetwork, str], float | None] = lambda a, j: None,
         clock: Callable[[], float] = time.time,
         native: bool = True,
+        ipv6_prefix: int = 64,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.name
@@ -126,11 +130,18 @@ class Jail:
         self.max_entries = max_entries
         self._banned_since = banned_since
         self._clock = clock
+        # IPv6 failures count (and bans fall) per this prefix: an attacker
+        # rotating through one /64 gets maxretry tries in all, not per address.
+        self.ipv6_prefix = cfg.ipv6_prefix if cfg.ipv6_prefix is not None else ipv6_prefix
+        self._v6_host_bits = 128 - self.ipv6_prefix
+        self._ranges = ignore.key_ranges()
+        self._near_ignored: dict[int, bool] = {}
         # Keyed by host_key: ipaddress objects hash in Python code. The C++
         # windows let a filter's C++ scanner count a block's failures without
         # Python (add_lines); ``native=False`` keeps them in Python.
         self._windows: PyWindows | _native.Windows = (
-            NativeWindows(max_entries, cfg.findtime, cfg.maxretry, _resolve, ignore.key_ranges())
+            NativeWindows(max_entries, cfg.findtime, cfg.maxretry, _resolve, self._ranges,
+                          self.ipv6_prefix)
             if native and NativeWindows is not None
             else PyWindows(max_entries, cfg.findtime, cfg.maxretry))
         self.stats = JailStats()
@@ -148,7 +159,33 @@ class Jail:
         return len(self._windows)
 
     def failures_of(self, host: IPAddress) -> int:
-        return self._windows.count(host_key(host))
+        return self._windows.count(self._aggregate(host_key(host)))
+
+    def _aggregate(self, key: int) -> int:
+        """The key ``key``'s failures count under: for IPv6, its ipv6_prefix network
+        (the network's first address), unless that network reaches an ignored
+        range (then the address itself, so a protected neighbour is never inside
+        a ban). The C++ windows do the same in ``track`` (_native.cpp aggregate)."""
+        bits = self._v6_host_bits
+        if key < _V6_FLAG or not bits:
+            return key
+        first = key >> bits << bits
+        near = self._near_ignored.get(first)
+        if near is None:
+            last = first | ((1 << bits) - 1)
+            near = any(lo <= last and first <= hi for lo, hi in self._ranges)
+            if len(self._near_ignored) >= 65536:
+                self._near_ignored.clear()
+            self._near_ignored[first] = near
+        return key if near else first
+
+    def _target(self, key: int) -> IPAddress | IPNetwork:
+        """What a window at ``key`` bans: the address, or the IPv6 network it stands for."""
+        host = key_host(key)
+        if key >= _V6_FLAG and self._v6_host_bits and self._aggregate(key) == key \
+                and not self._near_ignored.get(key, True):
+            return ipaddress.IPv6Network((host, self.ipv6_prefix))
+        return host
 
     def add(self, match: Match, now: float | None = None) -> BanRequest | None:
         """Record one failure; return a ban request when the address reaches maxretry."""
@@ -192,9 +229,12 @@ class Jail:
                 # Old lines (a resumed or replayed log) never ban anyone.
                 stats.stale += 1
                 continue
+            if key >= _V6_FLAG:
+                key = self._aggregate(key)
             times = add(key, t)
             if times is not None:
-                request, kept = self._decide(host, times, now, filter, rule or "")
+                target = self._target(key) if key >= _V6_FLAG else host
+                request, kept = self._decide(target, times, now, filter, rule or "")
                 windows.keep(key, kept)
                 if request is not None:
                     requests.append(request)
@@ -219,7 +259,7 @@ class Jail:
             names = flt.rules
 
             def on_full(key: int, rule: int, times: list[float]) -> list[float] | None:
-                request, kept = self._decide(key_host(key), times, now, filter, names[rule])
+                request, kept = self._decide(self._target(key), times, now, filter, names[rule])
                 if request is not None:
                     requests.append(request)
                 return kept
@@ -236,7 +276,7 @@ class Jail:
                 return requests, per_rule
         return None
 
-    def _decide(self, host: IPAddress, times: list[float], now: float,
+    def _decide(self, host: IPAddress | IPNetwork, times: list[float], now: float,
                 filter: str, rule: str) -> tuple[BanRequest | None, list[float] | None]:
         """``times`` reached maxretry: a ban request, unless a ban in force already
         covers those failures (a look-up by text in the ban table, so only now).

@@ -85,9 +85,15 @@ class DaemonCollector(Collector):
 
         tracked = GaugeMetricFamily("kfwguard_jail_tracked_addresses",
                                     "Addresses with failures counted in a jail", labels=["jail"])
+        stale = CounterMetricFamily(
+            "kfwguard_jail_stale_failures",
+            "Failures dropped as older than findtime by their log time (a wrong time "
+            "zone shows here)", labels=["jail"])
         for name, jail in d.jails.items():
             tracked.add_metric([name], len(jail))
+            stale.add_metric([name], jail.stats.stale)
         yield tracked
+        yield stale
 
         bans = CounterMetricFamily("kfwguard_bans", "Bans decided, by jail", labels=["jail"])
         for jail_name, n in sorted(self.metrics.bans_by_jail.items()):

@@ -15,6 +15,8 @@ import ipaddress
 import json
 import os
 import re
+import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +83,85 @@ def local_addresses(timeout: float = CHILD_TIMEOUT) -> list[IPAddress]:
             a = parse_host(item) if isinstance(item, str) else None
             if a is not None:
                 out.append(a)
+    return out
+
+
+# rtnetlink multicast groups: addresses of both families (RTMGRP_IPV4_IFADDR,
+# RTMGRP_IPV6_IFADDR). Not routes: a CNI adds one per pod, and gateways
+# change rarely (re-read at reload).
+_GROUPS = 0x10 | 0x100
+_RTM_NEWADDR = 20
+_IFA_ADDRESS, _IFA_LOCAL = 1, 2
+_NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
+_RTATTR = struct.Struct("=HH")  # len, type
+
+
+class AddressWatch:
+    """rtnetlink notifications of address changes in this network namespace, on a
+    plain netlink socket (no pyroute2 in the daemon, see the module doc).
+    ``read()`` drains what arrived: the addresses just added, as parsed from
+    RTM_NEWADDR (link-local ones left out: they are protected at start, and
+    every pod's veth adds one), and whether notifications were lost (the
+    socket's buffer overflowed: then the caller re-reads the whole picture
+    with ``protected_networks``)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK,
+                                  socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+                                  socket.NETLINK_ROUTE)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            self.sock.bind((0, _GROUPS))
+        except OSError:
+            self.sock.close()
+            raise
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def read(self) -> tuple[list[IPAddress], bool]:
+        added: list[IPAddress] = []
+        lost = False
+        while True:
+            try:
+                data = self.sock.recv(1 << 16)
+            except BlockingIOError:
+                return added, lost
+            except OSError:  # ENOBUFS: notifications were lost; re-read everything
+                lost = True
+                continue
+            added += [a for a in _new_addresses(data) if not a.is_link_local]
+
+
+def _new_addresses(data: bytes) -> list[IPAddress]:
+    """The addresses RTM_NEWADDR messages in ``data`` announce (bad input: skipped)."""
+    out: list[IPAddress] = []
+    off = 0
+    while off + _NLMSG_HDR.size <= len(data):
+        length, kind, _, _, _ = _NLMSG_HDR.unpack_from(data, off)
+        if length < _NLMSG_HDR.size or off + length > len(data):
+            break
+        body = off + _NLMSG_HDR.size
+        if kind == _RTM_NEWADDR and length >= _NLMSG_HDR.size + _IFADDRMSG.size:
+            family = _IFADDRMSG.unpack_from(data, body)[0]
+            size = {socket.AF_INET: 4, socket.AF_INET6: 16}.get(family)
+            attr = body + _IFADDRMSG.size
+            end = off + length
+            while size is not None and attr + _RTATTR.size <= end:
+                alen, atype = _RTATTR.unpack_from(data, attr)
+                if alen < _RTATTR.size or attr + alen > end:
+                    break
+                if atype in (_IFA_ADDRESS, _IFA_LOCAL) and alen - _RTATTR.size == size:
+                    raw = data[attr + _RTATTR.size: attr + alen]
+                    a = parse_host(socket.inet_ntop(family, raw))
+                    if a is not None and a not in out:
+                        out.append(a)
+                attr += (alen + 3) & ~3
+        off += (length + 3) & ~3
     return out
 
 

@@ -236,6 +236,7 @@ struct WindowsObject {
     long long evicted;
     PyObject* resolve;  // bytes -> host_key | None, for the texts parse_host leaves to Python
     std::vector<std::pair<Key, Key>>* ignore;  // the jail's ignore list, as key ranges
+    int v6_prefix;  // IPv6 failures count per this prefix (128: per address)
 };
 
 void unlink(WindowsObject* w, Node* n) {
@@ -317,18 +318,25 @@ PyObject* Windows_new(PyTypeObject* type, PyObject*, PyObject*) {
         self->resolve = nullptr;
         self->ignore = nullptr;
         self->evicted = 0;
+        self->v6_prefix = 128;
     }
     return reinterpret_cast<PyObject*>(self);
 }
 
-// Windows(max_entries: int, findtime: float, maxretry: int, resolve, ignore: list[(int, int)])
+// Windows(max_entries: int, findtime: float, maxretry: int, resolve, ignore: list[(int, int)],
+//         v6_prefix: int = 128)
 int Windows_init(WindowsObject* self, PyObject* args, PyObject*) {
     Py_ssize_t max_entries, maxretry;
     double findtime;
     PyObject* resolve;
     PyObject* ranges;
-    if (!PyArg_ParseTuple(args, "ndnOO!", &max_entries, &findtime, &maxretry, &resolve,
-                          &PyList_Type, &ranges)) {
+    int v6_prefix = 128;
+    if (!PyArg_ParseTuple(args, "ndnOO!|i", &max_entries, &findtime, &maxretry, &resolve,
+                          &PyList_Type, &ranges, &v6_prefix)) {
+        return -1;
+    }
+    if (v6_prefix < 1 || v6_prefix > 128) {
+        PyErr_SetString(PyExc_ValueError, "v6_prefix from 1 to 128");
         return -1;
     }
     if (self->nodes != nullptr) {
@@ -357,6 +365,7 @@ int Windows_init(WindowsObject* self, PyObject* args, PyObject*) {
     self->nodes = new Nodes();
     self->ignore = ignore.release();
     self->max_entries = max_entries;
+    self->v6_prefix = v6_prefix;
     self->findtime = findtime;
     self->maxretry = maxretry;
     Py_INCREF(resolve);
@@ -369,6 +378,21 @@ bool is_ignored(const WindowsObject* w, const Key& key) {
     for (const auto& [first, last] : *w->ignore)
         if (!key_less(key, first) && !key_less(last, key)) return true;
     return false;
+}
+
+// jails.Jail._aggregate: an IPv6 key counts as its v6_prefix network (the
+// network's first address), unless that network reaches an ignored range:
+// then per address, so a protected neighbour is never inside a ban.
+Key aggregate(const WindowsObject* w, const Key& key) {
+    const int p = w->v6_prefix;
+    if (!key.v6 || p >= 128) return key;
+    const uint64_t hi_mask = p >= 64 ? ~0ULL : ~0ULL << (64 - p);  // p >= 1
+    const uint64_t lo_mask = p <= 64 ? 0 : ~0ULL << (128 - p);
+    const Key first{key.hi & hi_mask, key.lo & lo_mask, true};
+    const Key last{key.hi | ~hi_mask, key.lo | ~lo_mask, true};
+    for (const auto& [lo, hi] : *w->ignore)
+        if (!key_less(last, lo) && !key_less(hi, first)) return key;
+    return first;
 }
 
 bool ready(WindowsObject* self) {
@@ -775,6 +799,7 @@ PyObject* Matcher_track(MatcherObject* self, PyObject* const* args, Py_ssize_t n
             ++ignored;
             continue;
         }
+        key = aggregate(w, key);
         const char* stamp = base + hit.line_start;
         if (self->header &&
             (last_stamp == nullptr || std::memcmp(stamp, last_stamp, kStamp) != 0)) {

@@ -354,6 +354,9 @@ class TextFilter(Filter):
         )
         self._single = self._strippers[0] if len(self._strippers) == 1 else None
         self._programs = frozenset(spec.programs)
+        # The headers a line may carry ("syslog", "klog"): a filter that takes
+        # a syslog header reads text whose tag any local user can choose.
+        self.headers = tuple(spec.prefix)
         self._host = HostCache()
         self._scanner = _scanner([patterns.expand_host(r.regex) for r in spec.rules])
         self._hosts: dict[bytes, tuple[IPAddress, int] | None] = {}
@@ -657,7 +660,11 @@ class TextFilter(Filter):
         if self._ignore is not None and self._ignore.search(data) is not None:
             return "ignored", rule.name, None
         t: float | None = None
-        if header is not None:
+        if header is not None and record.time is None:
+            # A stamp in the text (klog, syslog: no zone, read in our local time,
+            # which a container may not share with the writer) counts only when
+            # the record has no time of its own (journald's __REALTIME_TIMESTAMP,
+            # a CRI stamp), which is exact.
             kind, stamp = header[2], header[1]
             if kind == "klog":
                 t = timeparse.parse_klog(stamp, now)

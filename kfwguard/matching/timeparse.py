@@ -5,9 +5,12 @@ caches the whole-second part and only adds the fraction. No dateutil: every
 format here is fixed-width or nearly so and string slicing is enough.
 
 syslog and klog stamps carry no year and are in the node's local time. The
-year is the year of ``now`` (the injected clock, not the wall clock), minus
-one when that would put the event more than a day in the future: a December
-line read in January belongs to last year.
+year is the latest of the year of ``now`` (the injected clock, not the wall
+clock), the year after and the year before that does not put the event more
+than a day in the future: a December line read in January belongs to last
+year, and a ``Jan  1 00:00:05`` line read at ``Dec 31 23:59:50`` (the writer's
+clock a little ahead of ours, or the line stamped as the year turned) to the
+next one.
 """
 
 from __future__ import annotations
@@ -78,11 +81,11 @@ def _fraction(text: str) -> float | None:
 
 
 # The minute of a stamp ("Nov 26 04:57" or "1126 04:57") -> (epoch of that local
-# minute in the year of now, a year earlier); valid for the year in _pair_year
-# only. A busy log has a new stamp every second: per minute, a new second
-# costs a look-up and an addition. syslog keys start with a letter, klog
-# keys with a digit, so they share one dict.
-_pair_cache: dict[str, tuple[float | None, float | None]] = {}
+# minute in the year after now's, now's year, a year earlier); valid for the
+# year in _pair_year only. A busy log has a new stamp every second: per
+# minute, a new second costs a look-up and an addition. syslog keys start
+# with a letter, klog keys with a digit, so they share one dict.
+_pair_cache: dict[str, tuple[float | None, float | None, float | None]] = {}
 _pair_year: list[int] = [0]
 
 
@@ -104,31 +107,35 @@ def _no_year(key: str, now: float) -> float | None:
         if len(_pair_cache) >= _CACHE_MAX:
             _pair_cache.clear()
         _pair_cache[minute] = pair
-    this_year, last_year = pair
-    if this_year is not None and this_year + sec <= now + FUTURE_SLACK:
-        return this_year + sec
-    return None if last_year is None else last_year + sec
+    # The latest year that does not put the line more than FUTURE_SLACK ahead.
+    limit = now + FUTURE_SLACK
+    for minute_t in pair:
+        if minute_t is not None and minute_t + sec <= limit:
+            return minute_t + sec
+    return None
 
 
-def _pair(key: str, year: int) -> tuple[float | None, float | None]:
-    """Parse ``Nov 26 04:57:45`` or ``1126 04:57:45`` into local epochs for two years."""
+def _pair(key: str, year: int) -> tuple[float | None, float | None, float | None]:
+    """Parse ``Nov 26 04:57:45`` or ``1126 04:57:45`` into local epochs for the
+    year after ``year``, ``year`` and the year before."""
     if key[:1].isdigit():  # klog: mmdd hh:mm:ss
         if len(key) != 13 or key[4] != " " or key[7] != ":" or key[10] != ":":
-            return None, None
+            return None, None, None
         mo, day_text, hh, mm, ss = key[:2], key[2:4], key[5:7], key[8:10], key[11:13]
         if not _digits(mo):
-            return None, None
+            return None, None, None
         month: int | None = int(mo)
     else:
         if len(key) != 15 or key[3] != " " or key[9] != ":" or key[12] != ":":
-            return None, None
+            return None, None, None
         month = _MONTHS.get(key[:3])
         day_text, hh, mm, ss = key[4:6].lstrip(" "), key[7:9], key[10:12], key[13:15]
     if month is None or not (_digits(day_text) and _digits(hh) and _digits(mm) and _digits(ss)):
-        return None, None
+        return None, None, None
     d, h, m, sec = int(day_text), int(hh), int(mm), int(ss)
-    # Feb 29 read in a common year exists only in an earlier year, hence two.
-    return _local(year, month, d, h, m, sec), _local(year - 1, month, d, h, m, sec)
+    # Feb 29 read in a common year exists only in another year, hence several.
+    return (_local(year + 1, month, d, h, m, sec), _local(year, month, d, h, m, sec),
+            _local(year - 1, month, d, h, m, sec))
 
 
 # The last (stamp, now) parsed and its result: consecutive lines share a

@@ -80,6 +80,7 @@ class FileSource:
         self.name = cfg.name
         self.path = Path(os.path.abspath(cfg.path))
         self.format = cfg.format
+        self._allow_outside = cfg.allow_outside_dir
         self.lines_read = 0
         self.skipped: dict[str, int] = {}
         self._clock = clock
@@ -224,6 +225,9 @@ class FileSource:
             os.close(fd)
             self._once("notreg", "source.not_a_regular_file")
             return False
+        if not self._allow_outside and not self._inside_dir(fd):
+            os.close(fd)
+            return False
         skip_fragment = False
         if offset == "end":
             offset, skip_fragment = self._tail_start(fd, st.st_size)
@@ -244,6 +248,27 @@ class FileSource:
         self._sig = os.pread(fd, min(_SIG, offset), offset - min(_SIG, offset))
         self._said.discard("missing")
         return True
+
+    def _inside_dir(self, fd: int) -> bool:
+        """Whether the file open at ``fd`` lies in the configured directory. Read
+        from the descriptor itself (not the path), so a symlink swapped in
+        between check and open cannot slip past: a path under a log directory
+        that resolves to, say, /etc/shadow is refused, not read."""
+        try:
+            real = os.readlink(f"/proc/self/fd/{fd}")
+            home = os.path.realpath(self.path.parent)
+        except OSError:
+            return True  # no /proc: nothing to compare with, as before
+        if os.path.dirname(real) == home:
+            self._said.discard("outside")
+            return True
+        if "outside" not in self._said:
+            # Shown in status with the source's skips (once per refusal spell).
+            self.skipped["outside_directory"] = self.skipped.get("outside_directory", 0) + 1
+        self._once("outside", "source.outside_directory", resolves_to=real,
+                   detail="the log path resolves outside its directory; not read "
+                   "(set allow_outside_dir: true on the source if this is intended)")
+        return False
 
     @staticmethod
     def _tail_start(fd: int, size: int) -> tuple[int, bool]:

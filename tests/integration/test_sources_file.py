@@ -406,3 +406,53 @@ class TestFileSourceWaiting:
         # The interleaved stderr record is read again: positions stay on
         # line boundaries before the unfinished message.
         assert ["other stream", "first half second half"] == t2.texts
+
+
+class TestSymlinkOutsideDirectory:
+    """A log path that is a symlink out of its directory (issue 11, item 12)."""
+
+    @staticmethod
+    def layout(tmp_path: Path) -> tuple[Path, Path]:
+        logs = tmp_path / "log"
+        secret_dir = tmp_path / "etc"
+        logs.mkdir()
+        secret_dir.mkdir()
+        secret = secret_dir / "shadow"
+        secret.write_text("")
+        secret.chmod(0o600)
+        link = logs / "auth.log"
+        link.symlink_to(secret)
+        return link, secret
+
+    async def test_refused_by_default(self, tmp_path: Path) -> None:
+        """A log path whose symlink resolves outside its directory (a root-only
+        file elsewhere) is not read; the refusal is logged and counted."""
+        link, secret = self.layout(tmp_path)
+        with structlog.testing.capture_logs() as logs:
+            async with tail(link) as t:
+                append(secret, "root:$6$secret:19000\n")
+                await t.until(lambda: t.source.skipped.get("outside_directory", 0) >= 1)
+                # A later line in the target is not read either.
+                append(secret, "daemon:*:19000\n")
+                await asyncio.sleep(0)
+        assert [] == t.texts
+        said = [e for e in logs if e["event"] == "source.outside_directory"]
+        assert said and said[0]["resolves_to"] == str(secret)
+
+    async def test_allowed_when_configured(self, tmp_path: Path) -> None:
+        """With ``allow_outside_dir: true`` the link is followed as before."""
+        link, secret = self.layout(tmp_path)
+        cfg = FileSourceConfig(name="t", type="file", path=link, allow_outside_dir=True)
+        async with running(build_source(cfg, None)) as t:
+            append(secret, "line 1\n")
+            await t.until_text("line 1")
+
+    async def test_link_inside_directory_is_read(self, tmp_path: Path) -> None:
+        """A symlink to a file in the same directory is not refused."""
+        real = tmp_path / "auth.log.real"
+        real.write_text("")
+        link = tmp_path / "auth.log"
+        link.symlink_to(real.name)
+        async with tail(link) as t:
+            append(real, "line 1\n")
+            await t.until_text("line 1")

@@ -122,3 +122,94 @@ class TestHTTPServer:
         s.close()
         status, _, _ = await exchange(port, b"GET /items HTTP/1.1\r\n\r\n")
         assert "HTTP/1.1 200 OK" == status
+
+
+async def slow(request: Request) -> Response:
+    await asyncio.sleep(3600)  # a handler that never finishes: a busy connection
+    return json_response({})
+
+
+class TestConnectionLimits:
+    """A listener holds a bounded number of connections (issue 11, item 8)."""
+
+    @staticmethod
+    async def server(**kw: float) -> HTTPServer:
+        router = Router([Route("GET", "/items", echo), Route("GET", "/slow", slow)])
+        server = HTTPServer(router, max_connections=4, **kw)  # type: ignore[arg-type]
+        await server.start_tcp("127.0.0.1", 0)
+        return server
+
+    async def test_idle_connections_make_room(self) -> None:
+        """With the listener full of connections that sent nothing, a new client is
+        served: the oldest idle connection is closed for it."""
+        server = await self.server()
+        port = int(server.sockets[0].getsockname()[1])
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
+        try:
+            for _ in range(3):
+                status, _, _ = await exchange(port, b"GET /items HTTP/1.1\r\n\r\n")
+                assert "HTTP/1.1 200 OK" == status
+            # One idle connection made room; the served ones then left theirs free.
+            assert 1 == server.dropped_idle
+            # The oldest idle connection was the one closed.
+            assert b"" == await asyncio.wait_for(idle[0][0].read(), 10)
+        finally:
+            for _, w in idle:
+                w.close()
+            await server.close()
+
+    async def test_busy_listener_refuses_new(self) -> None:
+        """When every connection is busy in a handler, a new one is closed at once
+        (no descriptor held for it) and counted."""
+        server = await self.server()
+        port = int(server.sockets[0].getsockname()[1])
+        busy = []
+        try:
+            for _ in range(4):
+                r, w = await asyncio.open_connection("127.0.0.1", port)
+                w.write(b"GET /slow HTTP/1.1\r\n\r\n")
+                await w.drain()
+                busy.append((r, w))
+            async with asyncio.timeout(10):
+                while len(server._conns) < 4 or server._waiting:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            assert b"" == await asyncio.wait_for(r.read(), 10)
+            w.close()
+            assert 1 == server.refused
+            assert 4 == len(server._conns)
+        finally:
+            for _, w in busy:
+                w.close()
+            await server.close()
+
+    async def test_head_timeout(self) -> None:
+        """A connection that never sends its head is closed after head_timeout."""
+        server = await self.server(head_timeout=0.2)
+        port = int(server.sockets[0].getsockname()[1])
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            assert b"" == await asyncio.wait_for(r.read(), 10)
+            w.close()
+            assert not server._conns
+        finally:
+            await server.close()
+
+    async def test_accept_errors_logged_once_per_interval(self) -> None:
+        """The loop's "out of system resource" accept errors (what a process out
+        of descriptors reports on every retry) make one log line per interval."""
+        import errno
+
+        import structlog
+
+        server = await self.server()
+        loop = asyncio.get_running_loop()
+        try:
+            with structlog.testing.capture_logs() as logs:
+                for _ in range(500):
+                    loop.call_exception_handler({
+                        "message": "socket.accept() out of system resource",
+                        "exception": OSError(errno.EMFILE, "Too many open files")})
+            assert 1 == len([e for e in logs if e["event"] == "http_accept_failed"])
+        finally:
+            await server.close()

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kfwguard import node
 
@@ -73,3 +75,37 @@ def test_importing_the_daemon_leaves_pyroute2_out() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True).stdout
     assert "False" == out.strip()
+
+
+class TestAddressNotifications:
+    """Parsing rtnetlink RTM_NEWADDR messages (kfwguard.node._new_addresses)."""
+
+    @staticmethod
+    def newaddr(family: int, *attrs: tuple[int, bytes]) -> bytes:
+        import struct
+
+        body = struct.pack("=BBBBI", family, 24, 0, 0, 3)
+        for kind, value in attrs:
+            a = struct.pack("=HH", 4 + len(value), kind) + value
+            body += a + b"\0" * (-len(a) % 4)
+        return struct.pack("=IHHII", 16 + len(body), 20, 0, 0, 0) + body
+
+    def test_reads_both_families(self) -> None:
+        """IFA_LOCAL/IFA_ADDRESS of RTM_NEWADDR give the addresses, once each."""
+        import socket
+
+        from kfwguard.node import _new_addresses
+
+        v4 = socket.inet_pton(socket.AF_INET, "198.51.100.50")
+        v6 = socket.inet_pton(socket.AF_INET6, "2001:db8::7")
+        data = (self.newaddr(socket.AF_INET, (1, v4), (2, v4))
+                + self.newaddr(socket.AF_INET6, (1, v6)))
+        assert ["198.51.100.50", "2001:db8::7"] == [str(a) for a in _new_addresses(data)]
+
+    @settings(max_examples=500, deadline=None)
+    @given(data=st.binary(max_size=200))
+    def test_garbage_never_raises(self, data: bytes) -> None:
+        """Any bytes (a truncated or hostile message) give a list, never an exception."""
+        from kfwguard.node import _new_addresses
+
+        assert isinstance(_new_addresses(data), list)

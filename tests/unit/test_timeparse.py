@@ -27,12 +27,15 @@ def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     timeparse._pair_cache.clear()
     timeparse._pair_year[0] = 0
     timeparse._year_span[:] = [0.0, -1.0, 0.0]
+    timeparse._local_cache.clear()
     yield
     monkeypatch.undo()
     time.tzset()
     timeparse._pair_cache.clear()
     timeparse._pair_year[0] = 0
     timeparse._year_span[:] = [0.0, -1.0, 0.0]
+    timeparse._local_cache.clear()
+    timeparse._last_syslog[0] = ("", 0.0, None)
 
 
 def at(text: str) -> float:
@@ -109,6 +112,27 @@ class TestSyslog:
         now = at("2027-01-01T00:00:10Z")
         assert at("2026-12-31T23:59:59Z") == parse_syslog("Dec 31 23:59:59", now)
 
+    def test_january_line_read_on_new_years_eve(self) -> None:
+        """``Jan  1 00:00:05`` read at ``Dec 31 23:59:50`` is 15 s ahead, next year:
+        not a year old (which would drop it as stale)."""
+        now = at("2026-12-31T23:59:50Z")
+        assert at("2027-01-01T00:00:05Z") == parse_syslog("Jan  1 00:00:05", now)
+        assert at("2027-01-01T00:00:05.5Z") == parse_syslog("Jan  1 00:00:05.5", now)
+
+    def test_year_turn_in_local_time_west_of_utc(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The year turns at local midnight: in Los Angeles, Dec 31 23:59:50 local
+        (07:59:50 UTC on Jan 1) reading ``Jan  1 00:00:05`` is next (local) year."""
+        monkeypatch.setenv("TZ", "America/Los_Angeles")
+        time.tzset()
+        timeparse._pair_cache.clear()
+        timeparse._pair_year[0] = 0
+        timeparse._year_span[:] = [0.0, -1.0, 0.0]
+        timeparse._local_cache.clear()  # minutes cached as read in UTC
+        timeparse._last_syslog[0] = ("", 0.0, None)
+        now = at("2027-01-01T07:59:50Z")
+        assert at("2027-01-01T08:00:05Z") == parse_syslog("Jan  1 00:00:05", now)
+        assert at("2027-01-01T07:59:40Z") == parse_syslog("Dec 31 23:59:40", now)
+
     def test_slightly_future_is_this_year(self) -> None:
         """Clock skew of less than a day keeps the current year."""
         assert at("2026-11-26T20:00:00Z") == parse_syslog("Nov 26 20:00:00", NOW)
@@ -141,6 +165,12 @@ class TestKlog:
     def test_future_means_last_year(self) -> None:
         """klog has no year either; the same inference applies."""
         assert at("2025-12-31T23:00:00Z") == parse_klog("E1231 23:00:00.000000", NOW)
+
+    def test_january_line_read_on_new_years_eve(self) -> None:
+        """klog's year turns as syslog's: ``I0101 00:00:05`` at Dec 31 23:59:50 is
+        next year's."""
+        now = at("2026-12-31T23:59:50Z")
+        assert at("2027-01-01T00:00:05.25Z") == parse_klog("I0101 00:00:05.250000", now)
 
     @pytest.mark.parametrize("stamp", ["I1326 04:57:45.1", "I1126 04:57:45.x", "Ixxxx"])
     def test_invalid(self, stamp: str) -> None:
@@ -191,6 +221,7 @@ class TestPerMinuteCache:
             key = f"{month}{day} {hh}:{mm}{sep}{ss}"
         else:
             key = f"{month} {day} {hh}:{mm}{sep}{ss}"
-        this, last = timeparse._pair(key, timeparse._year_of(now))
-        expected = this if this is not None and this <= now + timeparse.FUTURE_SLACK else last
+        years = timeparse._pair(key, timeparse._year_of(now))
+        expected = next((t for t in years if t is not None
+                         and t <= now + timeparse.FUTURE_SLACK), None)
         assert expected == timeparse._no_year(key, now)

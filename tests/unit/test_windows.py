@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kfwguard import jails
-from kfwguard.addresses import IgnoreList, IPAddress, host_key, key_host, parse_host
+from kfwguard.addresses import IgnoreList, IPAddress, IPNetwork, host_key, key_host, parse_host
 from kfwguard.config import JailConfig
 from kfwguard.jails import Jail, PyWindows
 from kfwguard.matching import Filter, load_filter, parse_filter
@@ -118,13 +118,16 @@ class TestWindowsTwins:
 
 
 def run_both(flt: Filter, data: bytes, *, ignore: IgnoreList | None = None,
-             since: Callable[[IPAddress, str], float | None] = lambda a, j: None,
+             since: Callable[[IPAddress | IPNetwork, str], float | None] = lambda a, j: None,
+             ipv6_prefix: int = 64,
              **kw: object) -> tuple[Jail, Jail, tuple[object, ...]]:
     """The block through add_lines (C++) and through scan_lines + add_hits (Python);
     asserts they agree and returns both jails and the result."""
     ignore = ignore or IgnoreList()
-    cc = Jail(cfg(**kw), ignore, clock=lambda: NOW, banned_since=since)
-    py = Jail(cfg(**kw), ignore, clock=lambda: NOW, banned_since=since, native=False)
+    cc = Jail(cfg(**kw), ignore, clock=lambda: NOW, banned_since=since,
+              ipv6_prefix=ipv6_prefix)
+    py = Jail(cfg(**kw), ignore, clock=lambda: NOW, banned_since=since, native=False,
+              ipv6_prefix=ipv6_prefix)
     assert cc.native and not py.native
     done = cc.add_lines(flt, data, NOW)
     assert done is not None, "the C++ pass did not take the block"
@@ -159,17 +162,24 @@ class TestAddLines:
         hosts=st.lists(st.sampled_from([
             "203.0.113.9", "203.0.113.10", "10.1.2.3", "2001:db8::1", "2001:DB8:0::1",
             "::ffff:203.0.113.9", "[2001:db8::1]", "fe80::1%eth0", "01.2.3.4",
-            "1.2.3", "::", "999.1.1.1", "1:2:3:4:5:6:7:8:9"]), min_size=1, max_size=30),
+            "1.2.3", "::", "999.1.1.1", "1:2:3:4:5:6:7:8:9",
+            # Rotation inside one /64, across /64s of one /48, beside an ignored one.
+            "2001:db8::2", "2001:db8::ffff:9", "2001:db8:0:1::1", "2001:db8:0:1:8000::1",
+            "2001:db8:1:2::3", "2001:db8:1:2::4"]), min_size=1, max_size=30),
         maxretry=st.integers(1, 4), findtime=st.sampled_from([60, 10 * 365 * 86400]),
-        ignored=st.sampled_from(["", "10.0.0.0/8", "203.0.113.10", "2001:db8::/32"]),
+        ignored=st.sampled_from(["", "10.0.0.0/8", "203.0.113.10", "2001:db8::/32",
+                                 "2001:db8:1:2::4", "2001:db8:0:1::/96"]),
         banned=st.sampled_from([None, 0.0, NOW - 300, NOW + 10]),
+        prefix=st.sampled_from([128, 64, 48, 65, 127]),
     )
     def test_random_blocks_agree(self, lines: list[str], hosts: list[str], maxretry: int,
-                                 findtime: int, ignored: str, banned: float | None) -> None:
+                                 findtime: int, ignored: str, banned: float | None,
+                                 prefix: int) -> None:
         """Sample lines with their address swapped for odd forms (mapped, bracketed,
-        zoned, leading zeros, broken), under ignore lists, bans in force and
-        short windows (stale lines): the C++ pass and the Python path give the
-        same bans, counts, stats and windows."""
+        zoned, leading zeros, broken, IPv6 rotating inside a prefix), under ignore
+        lists, bans in force, short windows (stale lines) and any ipv6_prefix:
+        the C++ pass and the Python path give the same bans, counts, stats and
+        windows."""
         out = []
         for i, line in enumerate(lines):
             addr = str(parse_host(line.split(" from ")[-1].split(" ")[0]) or "")
@@ -177,7 +187,67 @@ class TestAddLines:
         data = ("\n".join(out) + "\n").encode()
         run_both(sshd(), data, maxretry=maxretry, findtime=findtime,
                  ignore=IgnoreList([ignored] if ignored else []),
-                 since=lambda a, j: banned)
+                 since=lambda a, j: banned, ipv6_prefix=prefix)
+
+    @pytest.mark.parametrize("native", [True, False])
+    def test_ipv6_rotation_inside_a_prefix_is_one_offender(self, native: bool) -> None:
+        """Five addresses of one /64 failing once each are one offender: maxretry
+        (3) failures in all ban the /64 itself; with ipv6_prefix 128 none is banned."""
+        lines = "".join(
+            f"Nov 26 11:59:0{i} h sshd[1]: Failed password for root from 2001:db8:7:7::{i:x}"
+            f" port 22 ssh2\n" for i in range(1, 6)).encode()
+        _, _, (requests, _) = run_both(sshd(), lines, maxretry=3, findtime=600)
+        assert [ipaddress.ip_network("2001:db8:7:7::/64")] == [r[0] for r in requests]
+        _, _, (requests, _) = run_both(sshd(), lines, maxretry=3, findtime=600,
+                                       ipv6_prefix=128)
+        assert [] == requests
+        # The per-hit path (Jail.add) on either windows agrees.
+        jail = Jail(cfg(maxretry=3), IgnoreList(), clock=lambda: NOW, native=native)
+        got = [jail.add_failure(a, host_key(a), NOW, NOW, "sshd", "r")
+               for a in (ipaddress.IPv6Address(f"2001:db8:7:7::{i}") for i in range(1, 3))]
+        assert [None, None] == got
+        assert 2 == jail.failures_of(ipaddress.IPv6Address("2001:db8:7:7::99"))
+        a = ipaddress.IPv6Address("2001:db8:7:7:ffff::3")
+        last = jail.add_failure(a, host_key(a), NOW, NOW, "sshd", "r")
+        assert last is not None
+        assert ipaddress.ip_network("2001:db8:7:7::/64") == last.target
+
+    def test_prefix_reaching_an_ignored_address_counts_per_address(self) -> None:
+        """A /64 holding an ignored (protected) address is never banned whole: its
+        other addresses count, and are banned, one by one."""
+        lines = "".join(
+            f"Nov 26 11:59:0{i} h sshd[1]: Failed password for root from 2001:db8:7:7::{n}"
+            f" port 22 ssh2\n" for i, n in enumerate((1, 2, 1, 3, 1))).encode()
+        _, _, (requests, _) = run_both(sshd(), lines, maxretry=3, findtime=600,
+                                       ignore=IgnoreList(["2001:db8:7:7::99"]))
+        assert [ipaddress.ip_address("2001:db8:7:7::1")] == [r[0] for r in requests]
+
+    @pytest.mark.parametrize(("now", "stamp"), [
+        ("2026-12-31 23:59:50", "Jan  1 00:00:05"),  # next year, 15 s ahead
+        ("2027-01-01 00:00:10", "Dec 31 23:59:59"),  # last year, 11 s ago
+    ])
+    def test_year_turn_agrees(self, now: str, stamp: str) -> None:
+        """Around New Year the C++ pass (stamps through timeparse) and the Python
+        path read the same year: a January line read on Dec 31 counts, it is not
+        a year stale."""
+        t = time.mktime(time.strptime(now, "%Y-%m-%d %H:%M:%S"))
+        data = "".join(f"{stamp} h sshd[1]: Failed password for root from 203.0.113.{i}"
+                        f" port 22 ssh2\n" for i in (1, 1, 1)).encode()
+        cc = Jail(cfg(maxretry=3), IgnoreList(), clock=lambda: t)
+        py = Jail(cfg(maxretry=3), IgnoreList(), clock=lambda: t, native=False)
+        done = cc.add_lines(sshd(), data, t)
+        if done is None:  # a line the C++ pass leaves to the per-record path
+            done = cc.add_hits(sshd().scan_lines(data, t), t, "sshd")
+        expected = py.add_hits(sshd().scan_lines(data, t), t, "sshd")
+        assert [r.target for r in expected[0]] == [r.target for r in done[0]]
+        assert (py.stats.stale, len(expected[0])) == (cc.stats.stale, len(done[0]))
+        assert 0 == cc.stats.stale and 1 == len(done[0])
+
+    def test_jail_setting_overrides_global(self) -> None:
+        """A jail's own ipv6_prefix wins over the global one."""
+        jail = Jail(cfg(ipv6_prefix=56), IgnoreList(), ipv6_prefix=64)
+        assert 56 == jail.ipv6_prefix
+        assert 64 == Jail(cfg(), IgnoreList(), ipv6_prefix=64).ipv6_prefix
 
     @settings(max_examples=300, deadline=None)
     @given(text=st.one_of(
