@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import prometheus_client.exposition
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -59,8 +65,17 @@ class DaemonCollector(Collector):
         skipped = CounterMetricFamily("kfwguard_source_skipped",
                                       "Lines skipped without matching, by reason",
                                       labels=["source", "reason"])
-        lag = GaugeMetricFamily("kfwguard_source_lag_seconds",
-                                "Now minus the time of the last record read", labels=["source"])
+        lag = GaugeMetricFamily(
+            "kfwguard_source_lag_seconds",
+            "0 when the source has read all that was written; else seconds since it was "
+            "last at the end of its input (bounds the age of the oldest unread record)",
+            labels=["source"])
+        backlog = GaugeMetricFamily("kfwguard_source_backlog_bytes",
+                                    "Bytes written to a file source but not read yet "
+                                    "(size - offset)", labels=["source"])
+        caught_up = GaugeMetricFamily("kfwguard_source_caught_up",
+                                      "1 when the source is at the end of its input "
+                                      "(a file's end, the journal's tail)", labels=["source"])
         errors = CounterMetricFamily("kfwguard_source_errors",
                                      "Source crashes and filter errors", labels=["source"])
         matches: dict[tuple[str, str], int] = {}
@@ -72,10 +87,14 @@ class DaemonCollector(Collector):
             value = src.lag()
             if value is not None:
                 lag.add_metric([name], value)
+                behind = src.backlog()
+                caught_up.add_metric([name], 1 if behind.caught_up else 0)
+                if behind.unread_bytes is not None:
+                    backlog.add_metric([name], behind.unread_bytes)
             errors.add_metric([name], rt.errors)
             for key, n in rt.matches.items():
                 matches[key] = matches.get(key, 0) + n
-        yield from (lines, skipped, lag, errors)
+        yield from (lines, skipped, lag, backlog, caught_up, errors)
 
         m = CounterMetricFamily("kfwguard_matches", "Failures found, by jail and filter rule",
                                 labels=["jail", "rule"])
@@ -159,6 +178,8 @@ class Metrics:
                                  "From the ban decision to the kernel update",
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         self.registry.register(DaemonCollector(daemon, self))
+        # process_resident_memory_bytes, CPU seconds, open fds (from /proc).
+        ProcessCollector(registry=self.registry)
         self._server: HTTPServer | None = None
         self.listen: str | None = None
 

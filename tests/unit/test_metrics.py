@@ -14,7 +14,7 @@ from kfwguard.bans import BanManager
 from kfwguard.daemon import SourceRuntime
 from kfwguard.metrics import Metrics, parse_listen
 from kfwguard.model import BanRequest, Record
-from kfwguard.sources.base import Sink
+from kfwguard.sources.base import Backlog, Sink
 from tests.conftest import need
 from tests.unit.operator_fixtures import make_daemon
 
@@ -32,6 +32,9 @@ class CountingSource:
 
     def lag(self) -> float | None:
         return 0.25
+
+    def backlog(self) -> Backlog:
+        return Backlog(unread_bytes=4096, caught_up=False)
 
     async def run(self, sink: Sink) -> None:
         sink([Record("x")])
@@ -78,6 +81,9 @@ class TestMetrics:
         assert 2 == m[("kfwguard_source_skipped_total",
                        (("reason", "too_long"), ("source", "auth")))]
         assert 0.25 == m[("kfwguard_source_lag_seconds", (("source", "auth"),))]
+        assert 4096 == m[("kfwguard_source_backlog_bytes", (("source", "auth"),))]
+        assert 0 == m[("kfwguard_source_caught_up", (("source", "auth"),))]
+        assert 0 < m[("process_resident_memory_bytes", ())]
         assert 7 == m[("kfwguard_matches_total", (("jail", "sshd"), ("rule", "password")))]
         assert 2 == m[("kfwguard_bans_total", (("jail", "sshd"),))]
         assert 1 == m[("kfwguard_bans_total", (("jail", "manual"),))]
