@@ -42,6 +42,9 @@ log = structlog.get_logger("kfwguard.metrics")
 CONTENT_TYPE = str(getattr(prometheus_client.exposition, "CONTENT_TYPE_PLAIN_0_0_4",
                            CONTENT_TYPE_LATEST))
 
+# kfwguard_ban_offence carries addresses as labels: only this many series.
+TOP_OFFENDERS = 10
+
 # From one event-loop tick (~ms) to the kernel retry back-off (seconds).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 30.0)
@@ -108,12 +111,23 @@ class DaemonCollector(Collector):
             tracked.add_metric([name], len(jail))
         yield tracked
 
-        bans = CounterMetricFamily("kfwguard_bans", "Bans decided, by jail", labels=["jail"])
-        for jail_name, n in sorted(self.metrics.bans_by_jail.items()):
-            bans.add_metric([jail_name], n)
+        bans = CounterMetricFamily("kfwguard_bans",
+                                   "Bans decided, by jail and origin (jail: from the logs; "
+                                   "manual: kfwguard ban)", labels=["jail", "origin"])
+        for (jail_name, origin), n in sorted(self.metrics.bans_by_jail.items()):
+            bans.add_metric([jail_name, origin], n)
         yield bans
 
         bm = d.bans
+        top = GaugeMetricFamily(
+            "kfwguard_ban_offence",
+            f"Offence number (times banned) of the {TOP_OFFENDERS} bans in force with the "
+            "most; bounded, for 'top banned sources'", labels=["target", "jail"])
+        if bm is not None:
+            rows = sorted(bm.active(), key=lambda r: (-r.offence, r.target))[:TOP_OFFENDERS]
+            for row in rows:
+                top.add_metric([row.target, row.jail], row.offence)
+        yield top
         active = GaugeMetricFamily("kfwguard_bans_active", "Bans in force")
         active.add_metric([], len(bm.active()) if bm is not None else 0)
         yield active
@@ -173,7 +187,7 @@ class Metrics:
         self.daemon = daemon
         self.registry = CollectorRegistry()
         self.alerts: AlertService | None = None
-        self.bans_by_jail: dict[str, int] = {}
+        self.bans_by_jail: dict[tuple[str, str], int] = {}
         self.latency = Histogram("kfwguard_ban_latency_seconds",
                                  "From the ban decision to the kernel update",
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
@@ -187,7 +201,8 @@ class Metrics:
 
     def on_ban(self, rows: Sequence[BanRow]) -> None:
         for r in rows:
-            self.bans_by_jail[r.jail] = self.bans_by_jail.get(r.jail, 0) + 1
+            key = (r.jail, "manual" if r.reason.startswith("manual:") else "jail")
+            self.bans_by_jail[key] = self.bans_by_jail.get(key, 0) + 1
 
     def on_applied(self, seconds: float) -> None:
         self.latency.observe(seconds)
