@@ -78,6 +78,11 @@ def check_config(config_path: Path | None) -> None:
         click.echo(str(exc), err=True)
         sys.exit(2)
     problems = []
+    # run would silently skip a folder that is not there, and with it the
+    # filters the config expects from it.
+    for d in cfg.filters_dirs:
+        if not d.is_dir():
+            problems.append(f"{origin}: filters_dirs: {str(d)!r} is not a directory")
     for j in cfg.jails:
         if not j.enabled:
             continue

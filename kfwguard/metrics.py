@@ -28,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from kfwguard import __version__
+from kfwguard.config import parse_listen
 from kfwguard.httpserver import HTTPServer, Request, Response, Route, Router, text_response
 from kfwguard.store import BanRow
 
@@ -241,15 +242,6 @@ class Metrics:
                 await self._server.close()
             self._server = None
             self.listen = None
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6]:PORT`` → (host, port). Raises ValueError."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"metrics.listen {text!r}: expected HOST:PORT")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
 
 
 def registry_of(daemon: Any) -> CollectorRegistry | None:
