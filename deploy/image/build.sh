@@ -103,7 +103,12 @@ PY
 debstrap() {  # OUT.tar PACKAGES [EXTRA OPTIONS...]
     local out=$1 packages=$2
     shift 2
-    mmdebstrap --quiet --variant=essential --include="$packages" \
+    local hooks=()
+    # A merged /usr made by mmdebstrap itself, not by the usrmerge package
+    # (which would pull in perl: ~50 MB).
+    [ -d /usr/share/mmdebstrap/hooks/maybe-merged-usr ] \
+        && hooks=(--hook-dir=/usr/share/mmdebstrap/hooks/maybe-merged-usr)
+    mmdebstrap --quiet --variant=essential --include="$packages" "${hooks[@]}" \
         --aptopt='APT::Install-Recommends "false"' \
         --skip=essential/unlink,download/empty \
         --setup-hook='mkdir -p "$1"/var/cache/apt/archives/' \

@@ -176,7 +176,7 @@ class TestImage:
                                  check=False).returncode, logfile.read_text()
             started = [json.loads(line) for line in logfile.read_text().splitlines()
                        if '"started"' in line]
-            assert started, logfile.read_text()
+            assert ["<embedded default>"] == [e["config"] for e in started], started
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
