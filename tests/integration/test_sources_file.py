@@ -66,8 +66,10 @@ async def running(source: Source) -> AsyncIterator[Tail]:
     """Run ``source`` in a task for the duration of the block."""
     t = Tail(source)
     task = asyncio.create_task(t.source.run(t.sink))
-    # run() opens its file or journal in its first step, before its first await.
-    await asyncio.sleep(0.01)
+    # Until ready, the starting point is not fixed: a line written now could
+    # fall before it.
+    async with asyncio.timeout(10):
+        await t.source.ready.wait()
     try:
         yield t
     finally:

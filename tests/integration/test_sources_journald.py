@@ -45,6 +45,20 @@ def source(match: dict[str, str | list[str]], position: str | None = None) -> So
     return build_source(cfg, position)
 
 
+async def stored(identifier: str, n: int, within: float = 30.0) -> None:
+    """Wait until journald has stored ``n`` entries of ``identifier`` (sending is a
+    datagram: journald stamps and stores it a moment later)."""
+    deadline = time.monotonic() + within
+    while True:
+        proc = await asyncio.create_subprocess_exec(
+            "journalctl", "-q", "-o", "cat", "-t", identifier, stdout=subprocess.PIPE)
+        out, _ = await proc.communicate()
+        if len(out.splitlines()) >= n:
+            return
+        assert time.monotonic() < deadline, f"journald stored {len(out.splitlines())} of {n}"
+        await asyncio.sleep(0.05)
+
+
 async def quiet(t: Tail, seconds: float = 0.3) -> None:
     """Give the source time to deliver anything it should not."""
     del t
@@ -57,7 +71,7 @@ class TestJournaldSource:
         their fields, time and cursor; older ones and others are not."""
         me, other = ident(), ident()
         send("before start", me)
-        await asyncio.sleep(0.05)
+        await stored(me, 1)  # stamped before the source starts
         async with running(source({"SYSLOG_IDENTIFIER": me})) as t:
             send_raw(b"MESSAGE=hello \xff", f"SYSLOG_IDENTIFIER={me}".encode(), b"PRIORITY=4")
             send("not mine", other)
@@ -172,15 +186,7 @@ class TestJournaldSource:
         total = MAX_BATCH + 100
         for i in range(total):
             send(f"b {i}", me)
-        deadline = time.monotonic() + 30
-        while True:
-            proc = await asyncio.create_subprocess_exec(
-                "journalctl", "-q", "-o", "cat", "-t", me, stdout=subprocess.PIPE)
-            stored, _ = await proc.communicate()
-            if len(stored.splitlines()) >= total + 1:
-                break
-            assert time.monotonic() < deadline, "journald did not store the entries"
-            await asyncio.sleep(0.05)
+        await stored(me, total + 1)
         offset = [0.0]
         cfg = JournaldSourceConfig(name="j", type="journald", match={"SYSLOG_IDENTIFIER": me})
         resumed = build_source(cfg, t.position, clock=lambda: time.time() + offset[0])
