@@ -25,7 +25,7 @@ from kfwguard.bans import BanManager
 from kfwguard.config import Config, ConfigError, JailConfig, load_config_or_default
 from kfwguard.firewall.bantable import BanTable
 from kfwguard.firewall.baseline import BaselineEnforcer, BaselineError, validate
-from kfwguard.firewall.nft import Nft, NftError
+from kfwguard.firewall.nft import Nft, NftError, NftUnavailable
 from kfwguard.jails import Jail
 from kfwguard.matching import Filter, FilterError, load_filter
 from kfwguard.matching.engine import Hit
@@ -527,7 +527,8 @@ def run(cfg_path: Path | None) -> int:
     daemon = Daemon(cfg, None if origin == "<embedded default>" else origin)
     try:
         asyncio.run(daemon.serve())
-    except StartupError as exc:
+    except (StartupError, NftUnavailable) as exc:
+        # One clear line, not a traceback (libnftables missing from an image…).
         log.error("cannot_start", error=str(exc))
         return 1
     return 0

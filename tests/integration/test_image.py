@@ -109,14 +109,16 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Image]:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def in_image(image: Image, *argv: str) -> list[str]:
+def in_image(image: Image, *argv: str, hide: str | None = None) -> list[str]:
     """argv run from the image's root filesystem with the image's PATH, in a private
     mount namespace with /proc, /dev, /sys, /run and /tmp mounted, as a container
-    runtime would. sh execs chroot execs env execs argv: one process throughout."""
+    runtime would (``hide``: a file of the image covered by an empty one, for this
+    run only). sh execs chroot execs env execs argv: one process throughout."""
     r = str(image.rootfs)
+    cover = f"mount --bind /dev/null {r}/{hide.lstrip('/')} && " if hide else ""
     script = (f"mount -t proc proc {r}/proc && mount --rbind /dev {r}/dev && "
               f"mount -t sysfs sysfs {r}/sys && mount -t tmpfs tmpfs {r}/run && "
-              f"mount -t tmpfs tmpfs {r}/tmp && "
+              f"mount -t tmpfs tmpfs {r}/tmp && {cover}"
               f'exec chroot {r} /usr/bin/env -i "PATH=$KFW_PATH" "$@"')
     return ["env", f"KFW_PATH={image.path_env}", "unshare", "--mount", "--propagation",
             "private", "--", "sh", "-c", script, "sh", *argv]
@@ -187,3 +189,19 @@ class TestImage:
                 rc = proc.wait()
         assert 0 == rc, logfile.read_text()
         assert "Traceback" not in logfile.read_text()
+
+    def test_missing_libnftables_is_one_line(self, image: Image, lab: Lab,
+                                             tmp_path: Path) -> None:
+        """An image without a loadable libnftables (the old docs' recipe) stops
+        `kfwguard run` with one clear error line, not a traceback."""
+        [lib] = image.rootfs.glob("usr/lib/*/libnftables.so.1")
+        host = lab.host("image")
+        r = host.run(*in_image(image, "kfwguard", "run",
+                               hide=str(lib.relative_to(image.rootfs))),
+                     check=False, timeout=120)
+        assert 1 == r.returncode
+        lines = (r.stdout + r.stderr).splitlines()
+        assert 1 == len(lines), lines
+        event = json.loads(lines[0])
+        assert ("cannot_start", "libnftables is missing: install the nftables package "
+                "(apt-get install nftables)") == (event["event"], event["error"])
