@@ -55,10 +55,25 @@ class TestCheckConfig:
             parse_config(key + "\n")
 
     def test_missing_filters_dir(self, tmp_path: Path) -> None:
-        """A filters_dirs entry that is not a folder (run skipped it, and with it the
-        filters the config expects from it) is reported."""
-        code, out = check(tmp_path, f"filters_dirs: [{tmp_path}/nope]\n")
+        """A filters_dirs entry that is not a folder (run skips it silently) is
+        reported as a warning; a jail whose filter only it could hold fails."""
+        (tmp_path / "k.yaml").write_text(BASE.format(tmp=tmp_path)
+                                         + f"filters_dirs: [{tmp_path}/nope]\n")
+        r = CliRunner().invoke(main, ["check-config", "-c", str(tmp_path / "k.yaml")])
+        assert 0 == r.exit_code
+        assert (f"warning: filters_dirs: '{tmp_path}/nope' is not a directory; no filter is "
+                "read from it") in r.output
+        mine = BASE.replace("filter: sshd", "filter: my-sshd")
+        code, out = check(tmp_path, f"filters_dirs: [{tmp_path}/nope]\n", base=mine)
         assert 2 == code
-        assert f"filters_dirs: '{tmp_path}/nope' is not a directory" in out
+        assert "jail 'sshd'" in out and "my-sshd" in out
         (tmp_path / "nope").mkdir()
-        assert 0 == check(tmp_path, f"filters_dirs: [{tmp_path}/nope]\n")[0]
+        (tmp_path / "nope" / "my-sshd.yaml").write_text(
+            (Path(__file__).resolve().parents[2] / "filters" / "sshd.yaml").read_text())
+        assert (0, f"{tmp_path / 'k.yaml'}: OK (1 sources, 1 jails)\n") == check(
+            tmp_path, f"filters_dirs: [{tmp_path}/nope]\n", base=mine)
+
+    def test_embedded_default_passes(self) -> None:
+        """The embedded default (its filters_dirs folder absent here) passes."""
+        r = CliRunner().invoke(main, ["check-config"], env={"KFWGUARD_CONFIG": ""})
+        assert 0 == r.exit_code, r.output
