@@ -78,6 +78,13 @@ def check_config(config_path: Path | None) -> None:
         click.echo(str(exc), err=True)
         sys.exit(2)
     problems = []
+    # run skips a folder that is not there (the default names an optional
+    # /etc/kfwguard/filters): say so, without failing the check. A jail whose
+    # filter was expected from it fails below.
+    for d in cfg.filters_dirs:
+        if not d.is_dir():
+            click.echo(f"{origin}: warning: filters_dirs: {str(d)!r} is not a directory; "
+                       "no filter is read from it", err=True)
     for j in cfg.jails:
         if not j.enabled:
             continue

@@ -46,6 +46,34 @@ Network = Annotated[
 ]
 
 
+def _absolute(path: Path) -> Path:
+    # The daemon runs from / under systemd and in the image: a relative path
+    # would silently name another file than the one meant.
+    if not path.is_absolute():
+        raise ValueError(f"must be an absolute path, not {str(path)!r}")
+    return path
+
+
+AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` → (host, port). Raises ValueError."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"metrics.listen {text!r}: expected HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def _listen(text: str) -> str:
+    try:
+        parse_listen(text)
+    except ValueError:
+        raise ValueError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:9741") from None
+    return text
+
+
 class Model(BaseModel):
     """Base for every config model: unknown keys are refused, values are frozen."""
 
@@ -63,7 +91,7 @@ class NftablesConfig(Model):
 class FileSourceConfig(Model):
     name: str
     type: Literal["file"]
-    path: Path
+    path: AbsolutePath
     format: Literal["text", "json", "cri"] = "text"
     # A log path that is a symlink resolving outside the directory it is
     # configured in is refused (a writable log directory would otherwise let
@@ -77,7 +105,7 @@ class JournaldSourceConfig(Model):
     type: Literal["journald"]
     match: dict[str, str | list[str]] = Field(default_factory=dict)
     # A journal directory to read instead of the system journal (tests, containers).
-    path: Path | None = None
+    path: AbsolutePath | None = None
 
 
 SourceConfig = Annotated[FileSourceConfig | JournaldSourceConfig, Field(discriminator="type")]
@@ -116,7 +144,7 @@ class _URLAction(Model):
     inline, from a file, or from an environment variable."""
 
     url: str | None = None
-    url_file: Path | None = None
+    url_file: AbsolutePath | None = None
     url_env: str | None = None
     timeout: Duration = 10.0
 
@@ -146,7 +174,7 @@ ActionConfig = Annotated[
 
 
 class MetricsConfig(Model):
-    listen: str = "127.0.0.1:9741"
+    listen: Annotated[str, AfterValidator(_listen)] = "127.0.0.1:9741"
 
 
 class TrackerConfig(Model):
@@ -181,10 +209,10 @@ class BaselineConfig(Model):
 
 
 class Config(Model):
-    state_dir: Path = Path("/var/lib/kfwguard")
-    control_socket: Path = Path("/run/kfwguard/control.sock")
+    state_dir: AbsolutePath = Path("/var/lib/kfwguard")
+    control_socket: AbsolutePath = Path("/run/kfwguard/control.sock")
     nftables: NftablesConfig = Field(default_factory=NftablesConfig)  # type: ignore[arg-type]
-    filters_dirs: list[Path] = Field(default_factory=list)
+    filters_dirs: list[AbsolutePath] = Field(default_factory=list)
     ignoreip: list[Network] = Field(default_factory=list)
     # An IPv6 attacker holds a whole /64 (or more): failures count and bans fall
     # per this prefix, in every jail that does not set its own.

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import ipaddress
+import os
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +26,7 @@ from kfwguard.bans import BanManager
 from kfwguard.config import Config, ConfigError, JailConfig, load_config_or_default
 from kfwguard.firewall.bantable import BanTable
 from kfwguard.firewall.baseline import BaselineEnforcer, BaselineError, validate
-from kfwguard.firewall.nft import Nft, NftError
+from kfwguard.firewall.nft import Nft, NftError, NftUnavailable
 from kfwguard.jails import Jail
 from kfwguard.matching import Filter, FilterError, load_filter
 from kfwguard.matching.engine import Hit
@@ -48,6 +50,9 @@ CURSOR_SAVE_INTERVAL = 1.0
 # that takes longer (a hung NFS mount) is reported and READY is sent anyway.
 SOURCE_READY_TIMEOUT = 10.0
 
+
+# In state_dir: held (flock) by the running daemon, holding its pid.
+LOCK_NAME = "kfwguard.lock"
 
 
 class StartupError(Exception):
@@ -86,6 +91,7 @@ class Daemon:
                  clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.cfg_path = cfg_path
+        self._lock_fd: int | None = None
         self.clock = clock
         self.started_at = clock()
         self.notifier = Notifier()
@@ -283,7 +289,52 @@ class Daemon:
 
     # -- lifecycle ---------------------------------------------------------------
 
+    def _take_lock(self, state_dir: Path) -> None:
+        """One daemon per state_dir, decided before anything touches the kernel: a
+        second `kfwguard run` on the same config must not restore bans into the
+        first one's table before it finds out (the control socket tells only later)."""
+        path = state_dir / LOCK_NAME
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                # An unusable state_dir is reported by the store; the control
+                # socket still keeps a second daemon out.
+                log.warning("lock_unavailable", path=str(path), error=str(exc))
+                return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            except OSError:
+                holder = ""
+            os.close(fd)
+            pid = f" (pid {holder})" if holder.isdigit() else ""
+            raise StartupError(f"another kfwguard{pid} is running with state_dir "
+                               f"{state_dir}; not starting") from None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
+
     async def start(self) -> None:
+        self._take_lock(self.cfg.state_dir)
+        try:
+            await self._start()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    async def _start(self) -> None:
         cfg = self.cfg
         try:
             self.store = Store.in_dir(cfg.state_dir)
@@ -332,8 +383,9 @@ class Daemon:
         status = (f"{len(self.bans.active())} bans in force, "
                   f"{len(self.sources)} sources, {len(self.jails)} jails")
         self.notifier.ready(status)
-        log.info("started", config=self.cfg_path, sources=sorted(self.sources),
-                 jails=sorted(self.jails), bans=len(self.bans.active()),
+        log.info("started", config=self.cfg_path or "<embedded default>",
+                 sources=sorted(self.sources), jails=sorted(self.jails),
+                 bans=len(self.bans.active()),
                  table=cfg.nftables.table)
 
     async def _start_baseline(self, cfg: Config) -> None:
@@ -525,6 +577,7 @@ class Daemon:
                 await t
         if self.store is not None:
             self.store.close()
+        self._release_lock()
         log.info("stopped", note="bans stay in the kernel and expire there")
 
 
@@ -538,7 +591,8 @@ def run(cfg_path: Path | None) -> int:
     daemon = Daemon(cfg, None if origin == "<embedded default>" else origin)
     try:
         asyncio.run(daemon.serve())
-    except StartupError as exc:
+    except (StartupError, NftUnavailable) as exc:
+        # One clear line, not a traceback (libnftables missing from an image…).
         log.error("cannot_start", error=str(exc))
         return 1
     return 0

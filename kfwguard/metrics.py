@@ -17,11 +17,18 @@ from typing import TYPE_CHECKING, Any
 
 import prometheus_client.exposition
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from kfwguard import __version__
+from kfwguard.config import parse_listen
 from kfwguard.httpserver import HTTPServer, Request, Response, Route, Router, text_response
 from kfwguard.store import BanRow
 
@@ -35,6 +42,9 @@ log = structlog.get_logger("kfwguard.metrics")
 # none of 1.0.0's escaping. Newer prometheus_client default to 1.0.0.
 CONTENT_TYPE = str(getattr(prometheus_client.exposition, "CONTENT_TYPE_PLAIN_0_0_4",
                            CONTENT_TYPE_LATEST))
+
+# kfwguard_ban_offence carries addresses as labels: only this many series.
+TOP_OFFENDERS = 10
 
 # From one event-loop tick (~ms) to the kernel retry back-off (seconds).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -59,8 +69,17 @@ class DaemonCollector(Collector):
         skipped = CounterMetricFamily("kfwguard_source_skipped",
                                       "Lines skipped without matching, by reason",
                                       labels=["source", "reason"])
-        lag = GaugeMetricFamily("kfwguard_source_lag_seconds",
-                                "Now minus the time of the last record read", labels=["source"])
+        lag = GaugeMetricFamily(
+            "kfwguard_source_lag_seconds",
+            "0 when the source has read all that was written; else seconds since it was "
+            "last at the end of its input (bounds the age of the oldest unread record)",
+            labels=["source"])
+        backlog = GaugeMetricFamily("kfwguard_source_backlog_bytes",
+                                    "Bytes written to a file source but not read yet "
+                                    "(size - offset)", labels=["source"])
+        caught_up = GaugeMetricFamily("kfwguard_source_caught_up",
+                                      "1 when the source is at the end of its input "
+                                      "(a file's end, the journal's tail)", labels=["source"])
         errors = CounterMetricFamily("kfwguard_source_errors",
                                      "Source crashes and filter errors", labels=["source"])
         matches: dict[tuple[str, str], int] = {}
@@ -72,10 +91,14 @@ class DaemonCollector(Collector):
             value = src.lag()
             if value is not None:
                 lag.add_metric([name], value)
+                behind = src.backlog()
+                caught_up.add_metric([name], 1 if behind.caught_up else 0)
+                if behind.unread_bytes is not None:
+                    backlog.add_metric([name], behind.unread_bytes)
             errors.add_metric([name], rt.errors)
             for key, n in rt.matches.items():
                 matches[key] = matches.get(key, 0) + n
-        yield from (lines, skipped, lag, errors)
+        yield from (lines, skipped, lag, backlog, caught_up, errors)
 
         m = CounterMetricFamily("kfwguard_matches", "Failures found, by jail and filter rule",
                                 labels=["jail", "rule"])
@@ -95,12 +118,23 @@ class DaemonCollector(Collector):
         yield tracked
         yield stale
 
-        bans = CounterMetricFamily("kfwguard_bans", "Bans decided, by jail", labels=["jail"])
-        for jail_name, n in sorted(self.metrics.bans_by_jail.items()):
-            bans.add_metric([jail_name], n)
+        bans = CounterMetricFamily("kfwguard_bans",
+                                   "Bans decided, by jail and origin (jail: from the logs; "
+                                   "manual: kfwguard ban)", labels=["jail", "origin"])
+        for (jail_name, origin), n in sorted(self.metrics.bans_by_jail.items()):
+            bans.add_metric([jail_name, origin], n)
         yield bans
 
         bm = d.bans
+        top = GaugeMetricFamily(
+            "kfwguard_ban_offence",
+            f"Offence number (times banned) of the {TOP_OFFENDERS} bans in force with the "
+            "most; bounded, for 'top banned sources'", labels=["target", "jail"])
+        if bm is not None:
+            rows = sorted(bm.active(), key=lambda r: (-r.offence, r.target))[:TOP_OFFENDERS]
+            for row in rows:
+                top.add_metric([row.target, row.jail], row.offence)
+        yield top
         active = GaugeMetricFamily("kfwguard_bans_active", "Bans in force")
         active.add_metric([], len(bm.active()) if bm is not None else 0)
         yield active
@@ -160,11 +194,13 @@ class Metrics:
         self.daemon = daemon
         self.registry = CollectorRegistry()
         self.alerts: AlertService | None = None
-        self.bans_by_jail: dict[str, int] = {}
+        self.bans_by_jail: dict[tuple[str, str], int] = {}
         self.latency = Histogram("kfwguard_ban_latency_seconds",
                                  "From the ban decision to the kernel update",
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         self.registry.register(DaemonCollector(daemon, self))
+        # process_resident_memory_bytes, CPU seconds, open fds (from /proc).
+        ProcessCollector(registry=self.registry)
         self._server: HTTPServer | None = None
         self.listen: str | None = None
 
@@ -172,7 +208,8 @@ class Metrics:
 
     def on_ban(self, rows: Sequence[BanRow]) -> None:
         for r in rows:
-            self.bans_by_jail[r.jail] = self.bans_by_jail.get(r.jail, 0) + 1
+            key = (r.jail, "manual" if r.reason.startswith("manual:") else "jail")
+            self.bans_by_jail[key] = self.bans_by_jail.get(key, 0) + 1
 
     def on_applied(self, seconds: float) -> None:
         self.latency.observe(seconds)
@@ -211,15 +248,6 @@ class Metrics:
                 await self._server.close()
             self._server = None
             self.listen = None
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6]:PORT`` → (host, port). Raises ValueError."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"metrics.listen {text!r}: expected HOST:PORT")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
 
 
 def registry_of(daemon: Any) -> CollectorRegistry | None:

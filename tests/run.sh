@@ -6,8 +6,11 @@ cd "$(dirname "$0")/.."
 
 # g++ and libre2-dev build the C++ block scanner (kfwguard.matching._native);
 # without them it is skipped, and under CI=true its tests then fail.
+# buildah, mmdebstrap and python3-venv build the container image
+# (deploy/image/build.sh, tests/integration/test_image.py).
 APT_PACKAGES=(nftables libsystemd-dev pkg-config g++ libre2-dev iproute2 iputils-ping
-              procps systemd prometheus-alertmanager prometheus util-linux rsyslog)
+              procps systemd prometheus-alertmanager prometheus util-linux rsyslog
+              buildah mmdebstrap python3-venv)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,6 +1,6 @@
 """The ban table: ``table inet <name>`` with timeout sets and one drop chain.
 
-Layout (DESIGN.md): sets ``ban_v4``/``ban_v6`` for single addresses and
+Layout (README.md, What it does): sets ``ban_v4``/``ban_v6`` for single addresses and
 ``ban_net_v4``/``ban_net_v6`` (interval) for CIDR bans, all ``flags timeout``,
 dropped by a chain on ``prerouting`` at ``raw - 10``: before conntrack,
 kube-proxy's DNAT and Calico's raw chain, so a ban covers host ports,

@@ -128,13 +128,31 @@ def split_block(data: bytes) -> tuple[list[Record], list[int]]:
 
 
 def _compile(pattern: str) -> Any:
+    # log_errors off: RE2 would otherwise print its own raw absl log line (with
+    # the <HOST>-expanded pattern) to stderr before our error says it clearly.
+    options = re2.Options()
+    options.log_errors = False
     try:
-        return re2.compile(pattern)
+        return re2.compile(pattern, options)
     except re2.error as exc:
         raise ValueError(
-            f"RE2 cannot compile it ({exc}); kfwguard matches in linear time, so "
-            "backreferences and lookaround (?= (?! (?<= (?<! are not available"
+            f"RE2 cannot compile it: {_re2_reason(exc)}; kfwguard matches in linear time, "
+            "so backreferences and lookaround (?= (?! (?<= (?<! are not available"
         ) from None
+
+
+def _re2_reason(exc: BaseException) -> str:
+    """RE2's reason without the pattern it quotes (``missing )``, ``invalid
+    repetition size: {1001}``): the pattern is the <HOST>-expanded one, which
+    the filter's author never wrote."""
+    raw = exc.args[0] if exc.args else exc
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    reason, sep, fragment = text.partition(": ")
+    if not sep:
+        return text
+    if reason in ("missing )", "unexpected )"):  # these quote the whole pattern
+        return reason
+    return f"{reason}: {fragment[:80]}"
 
 
 def _spans(regexp: Any) -> Callable[[bytes, int, int], Spans]:

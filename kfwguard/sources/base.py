@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from kfwguard.model import Record
@@ -20,6 +21,16 @@ MAX_LINE = 64 * 1024
 # Most records handed to the sink in one call; the source yields to the event
 # loop between batches so one flooding source cannot starve the others.
 MAX_BATCH = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What a source has not read yet: ``unread_bytes`` for a file (size - offset
+    of the file being read; None where bytes mean nothing, as for journald) and
+    ``caught_up``: at the end of its input (a file's end, the journal's tail)."""
+
+    unread_bytes: int | None
+    caught_up: bool
 
 
 class Source(Protocol):
@@ -41,7 +52,13 @@ class Source(Protocol):
     ready: asyncio.Event
 
     def lag(self) -> float | None:
-        """Seconds between now and the time of the last record delivered, or None."""
+        """0 when caught up; else seconds since the source was last at the end of
+        its input (or began reading), an upper bound on the age of the oldest
+        unread record. None before ``run`` starts."""
+        ...
+
+    def backlog(self) -> Backlog:
+        """What is written but not read yet."""
         ...
 
     def position(self) -> str | None:

@@ -23,7 +23,7 @@ import structlog
 
 from kfwguard.config import FileSourceConfig
 from kfwguard.model import Record
-from kfwguard.sources.base import MAX_BATCH, MAX_LINE, Sink
+from kfwguard.sources.base import MAX_BATCH, MAX_LINE, Backlog, Sink
 from kfwguard.sources.formats import Line, LineSplitter, TextBlock, make_decoder
 from kfwguard.sources.inotify import (
     IN_IGNORED,
@@ -99,6 +99,9 @@ class FileSource:
         self._prefix = ""
         self._sig = b""
         self._last_time: float | None = None
+        # When the reader last stood at the end of the open file (or opened it):
+        # unread bytes were written after it, so lag() is an upper bound.
+        self._caught_up_at: float | None = None
         self._delivered: str | None = None
         # Set once the starting position is fixed: lines written after this
         # are read (the daemon reports READY only then).
@@ -113,9 +116,22 @@ class FileSource:
         return self._delivered
 
     def lag(self) -> float | None:
-        if self._last_time is None:
+        if self._caught_up_at is None:
             return None
-        return max(0.0, self._clock() - self._last_time)
+        if self.backlog().caught_up:
+            return 0.0
+        return max(0.0, self._clock() - self._caught_up_at)
+
+    def backlog(self) -> Backlog:
+        """Bytes of the open file past the read offset (size - offset); a file not
+        open (missing) has none."""
+        unread = 0
+        if self._fd is not None:
+            try:
+                unread = max(0, os.fstat(self._fd).st_size - self._split.read_offset)
+            except OSError:
+                unread = 0
+        return Backlog(unread_bytes=unread, caught_up=unread == 0)
 
     async def run(self, sink: Sink) -> None:
         loop = asyncio.get_running_loop()
@@ -128,6 +144,7 @@ class FileSource:
             recheck = RECHECK_NO_INOTIFY
         try:
             self._watch(watch)
+            self._caught_up_at = self._clock()
             self._start()
             self.ready.set()
             while True:
@@ -307,6 +324,7 @@ class FileSource:
         while self._fd == fd:
             data = os.pread(fd, CHUNK, split.read_offset)
             if not data:
+                self._caught_up_at = self._clock()
                 return
             self._sig = (self._sig + data[-_SIG:])[-_SIG:]
             block = split.feed_block(data) if self.format == "text" else None
@@ -317,6 +335,7 @@ class FileSource:
             # Fairness: let other sources and the daemon run between chunks.
             await asyncio.sleep(0)
             if len(data) < CHUNK:
+                self._caught_up_at = self._clock()
                 return
 
     def _same_bytes(self, fd: int) -> bool:

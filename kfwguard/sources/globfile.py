@@ -22,7 +22,7 @@ from pathlib import Path
 import structlog
 
 from kfwguard.config import FileSourceConfig
-from kfwguard.sources.base import Sink
+from kfwguard.sources.base import Backlog, Sink
 from kfwguard.sources.file import FileSource, format_position, parse_position
 
 # How often the pattern is re-evaluated for a newer file.
@@ -76,7 +76,14 @@ class GlobFileSource:
         return out
 
     def lag(self) -> float | None:
-        return self._inner.lag() if self._inner is not None else None
+        if self._inner is not None:
+            return self._inner.lag()
+        return 0.0 if self.ready.is_set() else None
+
+    def backlog(self) -> Backlog:
+        if self._inner is not None:
+            return self._inner.backlog()
+        return Backlog(unread_bytes=0, caught_up=True)
 
     def position(self) -> str | None:
         if self._inner is not None:

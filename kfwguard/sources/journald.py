@@ -23,7 +23,7 @@ import structlog
 
 from kfwguard.config import JournaldSourceConfig
 from kfwguard.model import Record
-from kfwguard.sources.base import MAX_BATCH, Sink
+from kfwguard.sources.base import MAX_BATCH, Backlog, Sink
 from kfwguard.sources.formats import count
 
 # Re-check interval while entries are flowing: a busy source delivers an
@@ -82,6 +82,11 @@ class JournaldSource:
         self._busy_until = 0.0
         self._interval = IDLE_POLL
         self._last_time: float | None = None
+        # None while the reader is at the journal's tail; else when it fell
+        # behind (journald announced entries, a batch came back full, or the
+        # journal could not be read), so lag() bounds the oldest unread entry.
+        self._behind_since: float | None = None
+        self._running = False
         self._wake = asyncio.Event()
         self.ready = asyncio.Event()
         self._said: set[str] = set()
@@ -95,9 +100,19 @@ class JournaldSource:
         return f"{REALTIME_PREFIX}{self._started:.6f}" if self._started else None
 
     def lag(self) -> float | None:
-        if self._last_time is None:
+        if not self._running:
             return None
-        return max(0.0, self._clock() - self._last_time)
+        if self._behind_since is None:
+            return 0.0
+        return max(0.0, self._clock() - self._behind_since)
+
+    def backlog(self) -> Backlog:
+        """journald has no byte offset: only whether the reader is at the tail."""
+        return Backlog(unread_bytes=None, caught_up=self._running and self._behind_since is None)
+
+    def _behind(self, since: float | None = None) -> None:
+        if self._behind_since is None:
+            self._behind_since = self._clock() if since is None else since
 
     async def run(self, sink: Sink) -> None:
         loop = asyncio.get_running_loop()
@@ -111,10 +126,12 @@ class JournaldSource:
             self._cursor = None
         else:
             self._started = time.time()
+        self._running = True
         self.ready.set()
         try:
             while True:
                 if self._reader is None and not self._open(loop):
+                    self._behind()
                     await asyncio.sleep(REOPEN_WAIT)
                     continue
                 self._wake.clear()
@@ -122,6 +139,7 @@ class JournaldSource:
                     records = self._read_batch()
                 except OSError as exc:
                     self._log.warning("source.journal_error", error=str(exc))
+                    self._behind()
                     self._close(loop)
                     await asyncio.sleep(REOPEN_WAIT)
                     continue
@@ -131,16 +149,20 @@ class JournaldSource:
                     self._busy_until = now + BUSY_FOR
                     self._interval = BUSY_POLL
                     if len(records) >= MAX_BATCH:
+                        # More to read, none older than the last entry delivered.
+                        self._behind_since = records[-1].time
                         await asyncio.sleep(0)
                         continue
                 elif now >= self._busy_until:
                     self._interval = min(self._interval * 2, IDLE_POLL)
+                self._behind_since = None  # a short batch ends at the tail
                 try:
                     async with asyncio.timeout(self._interval):
                         await self._wake.wait()
                 except TimeoutError:
                     pass
         finally:
+            self._running = False
             self._close(loop)
 
     # -- reader lifecycle ------------------------------------------------------
@@ -214,7 +236,8 @@ class JournaldSource:
             try:
                 # Consumes the inotify events; without it the fd stays readable
                 # and the loop would spin. Also picks up rotated journal files.
-                reader.process()
+                if reader.process() != 0:  # APPEND or INVALIDATE: entries to read
+                    self._behind()
             except OSError:
                 pass
         self._wake.set()

@@ -84,6 +84,21 @@ class DaemonRun:
                 continue
         return out
 
+    def status(self) -> dict[str, Any] | None:
+        """`kfwguard status --json` from the daemon, over its control socket (a file,
+        so reachable from outside the namespace); None if it does not answer."""
+        r = subprocess.run([sys.executable, "-m", "kfwguard", "status", "--json", "-c",
+                            str(self.config_path)], capture_output=True, text=True, timeout=30,
+                           check=False)
+        if r.returncode != 0:
+            return None
+        doc: dict[str, Any] = json.loads(r.stdout)
+        return doc
+
+    def lines_read(self, source: str) -> int:
+        doc = self.status()
+        return int(doc["sources"][source]["lines_read"]) if doc else -1
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -130,11 +145,16 @@ def listen_tcp(host: Host, port: int) -> subprocess.Popen[bytes]:
         "s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n"
         f"s.bind(('::', {port}))\n"
         "s.listen(64)\n"
+        "print('listening', flush=True)\n"
         "while True:\n"
         "    c,_=s.accept(); c.close()\n"
     )
-    p = host.popen([sys.executable, "-c", code])
-    time.sleep(0.3)
+    p = host.popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    # Wait for the socket, not for a guessed time.
+    assert p.stdout is not None
+    ready = p.stdout.readline()
+    p.stdout.close()
+    assert b"listening\n" == ready
     return p
 
 

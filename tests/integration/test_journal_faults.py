@@ -52,7 +52,7 @@ class TestJournalFaults:
         d = DaemonRun(node, tmp_path, journald_config(tmp_path, tag))
         d.start()
         send_fail(tag, "198.51.100.61", 1)
-        time.sleep(0.3)
+        assert wait_until(lambda: d.lines_read("sshd") == 1), d.log()
         restart_journald()
         subprocess.run(["journalctl", "--rotate"], check=False, capture_output=True)
         subprocess.run(["journalctl", "--vacuum-files=1"], check=False, capture_output=True)
@@ -69,9 +69,12 @@ class TestJournalFaults:
         t0 = time.time() - 1
         for i in range(3):
             send_fail(tag, "198.51.100.71", 20 + i)
+        # Stored, then on disk: journald may not have received them yet.
+        assert wait_until(lambda: 3 == len(subprocess.run(
+            ["journalctl", "-q", "-o", "cat", f"KFWTEST_RUN={tag}"], capture_output=True,
+            check=False).stdout.splitlines()), timeout=20)
         subprocess.run(["journalctl", "--flush"], check=False, capture_output=True)
         subprocess.run(["journalctl", "--sync"], check=False, capture_output=True)
-        time.sleep(0.3)
         jdir = tmp_path / "journal"
         jdir.mkdir()
         for root in JOURNAL_DIRS:

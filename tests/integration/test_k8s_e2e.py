@@ -56,7 +56,8 @@ class TestJournaldDaemon:
         # Two failures of another address, then a restart.
         send_fail(tag, "198.51.100.20", 2000)
         send_fail(tag, "198.51.100.20", 2001)
-        time.sleep(0.5)  # let the daemon read them before it stops
+        # Let the daemon read them before it stops.
+        assert wait_until(lambda: d.lines_read("sshd") == 5), d.log()
         d.stop()
         send_fail(tag, "198.51.100.30", 3000)  # written while stopped
         d.start()
@@ -65,7 +66,10 @@ class TestJournaldDaemon:
         send_fail(tag, "198.51.100.30", 3002)
         assert wait_until(lambda: "198.51.100.30" in d.elements("ban_v4")), d.log()
         # .20 had two failures before the stop: re-reading them would ban it now.
-        time.sleep(0.5)
+        # All four entries since the stop are read and nothing waits for the kernel.
+        assert wait_until(lambda: (st := d.status()) is not None
+                          and 4 == st["sources"]["sshd"]["lines_read"]
+                          and 0 == st["bans"]["pending"]), d.log()
         assert "198.51.100.20" not in d.elements("ban_v4")
         d.stop()
 

@@ -345,7 +345,7 @@ class TestOperatorMetrics:
             assert text is not None
         finally:
             d.stop()
-        assert 'kfwguard_bans_total{jail="sshd"} 1.0' in text
+        assert 'kfwguard_bans_total{jail="sshd",origin="jail"} 1.0' in text
         assert 'kfwguard_source_lines_total{source="auth"} 3.0' in text
         assert "kfwguard_bans_active 1.0" in text
         assert "kfwguard_state_persisting 1.0" in text

@@ -4,6 +4,7 @@ valid kfwguard configs."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from kfwguard.config import parse_config
+from kfwguard.config import parse_config, parse_listen
 from kfwguard.daemon import build_filters
 from tests.conftest import need
 
@@ -61,7 +62,7 @@ class TestKubernetesManifests:
         exe = tool("kubernetes-validate")
         need(exe is not None, "needs kubernetes-validate (pip install kubernetes-validate)")
         assert exe is not None
-        files = sorted(str(p) for p in K8S.glob("*.yaml"))
+        files = sorted(str(p) for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
         r = subprocess.run([exe, "--strict", *files], capture_output=True, text=True,
                            timeout=120)
         assert 0 == r.returncode, r.stdout + r.stderr
@@ -89,6 +90,31 @@ class TestKubernetesManifests:
         assert {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists",
                 "effect": "NoSchedule"} in pod["tolerations"]
         assert {"operator": "Exists"} in pod["tolerations"]
+
+    def test_metrics_port_is_what_the_config_binds(self) -> None:
+        """The DaemonSet's metrics port is the port the ConfigMap's metrics.listen binds,
+        on an address a scraper outside the node can reach (not loopback)."""
+        ds = yaml.safe_load((K8S / "daemonset.yaml").read_text())
+        [c] = ds["spec"]["template"]["spec"]["containers"]
+        [port] = [p for p in c["ports"] if p["name"] == "metrics"]
+        cm = yaml.safe_load((K8S / "configmap.yaml").read_text())
+        cfg = parse_config(cm["data"]["kfwguard.yaml"], "configmap.yaml")
+        assert cfg.metrics is not None
+        host, bound = parse_listen(cfg.metrics.listen)
+        assert port["containerPort"] == bound
+        assert not ipaddress.ip_address(host).is_loopback
+
+    def test_kustomization_names_every_manifest_and_the_image(self) -> None:
+        """kustomization.yaml lists every manifest and rewrites the image the
+        DaemonSet names (the registry/name:tag an operator sets)."""
+        kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+        assert sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml") \
+            == sorted(kust["resources"])
+        ds = yaml.safe_load((K8S / "daemonset.yaml").read_text())
+        [c] = ds["spec"]["template"]["spec"]["containers"]
+        [entry] = kust["images"]
+        assert c["image"].split(":")[0] == entry["name"]
+        assert {"newName", "newTag"} <= set(entry)
 
 
 class TestAnsibleRole:
@@ -119,3 +145,29 @@ class TestAnsibleRole:
         role = ANSIBLE / "roles" / "kfwguard"
         unit_src = defaults["kfwguard_unit_src"].replace("{{ role_path }}", str(role))
         assert UNIT.resolve() == Path(unit_src).resolve()
+
+    def test_role_installs_what_the_unit_documents(self) -> None:
+        """The unit's Documentation= names a file the role installs, copied from a
+        file that exists in the repository."""
+        [doc] = re.findall(r"^Documentation=file://(\S+)$", UNIT.read_text(), re.M)
+        defaults = yaml.safe_load((ANSIBLE / "roles/kfwguard/defaults/main.yml").read_text())
+        tasks = yaml.safe_load((ANSIBLE / "roles/kfwguard/tasks/main.yml").read_text())
+        copies = {t["ansible.builtin.copy"]["dest"]: t["ansible.builtin.copy"]["src"]
+                  for t in tasks if "ansible.builtin.copy" in t
+                  and "src" in t["ansible.builtin.copy"]}
+        assert "{{ kfwguard_doc_src }}" == copies[doc]
+        role = ANSIBLE / "roles" / "kfwguard"
+        src = Path(defaults["kfwguard_doc_src"].replace("{{ role_path }}", str(role)))
+        assert src.resolve() == (REPO / "docs" / "operations.md").resolve()
+
+    def test_role_installs_a_file_never_an_index_name(self) -> None:
+        """Every pip task installs a direct reference to a copied file
+        (`kfwguard[…] @ file://…`), never a bare name the package index resolves."""
+        tasks = yaml.safe_load((ANSIBLE / "roles/kfwguard/tasks/main.yml").read_text())
+        pips = [t["ansible.builtin.pip"] for t in tasks if "ansible.builtin.pip" in t]
+        assert pips
+        for pip in pips:
+            assert re.fullmatch(r"kfwguard\[\{\{ kfwguard_extras \| join\(','\) \}\}\] @ "
+                                r"file://\{\{ kfwguard_copied\.dest \}\}", pip["name"].strip()), pip
+        defaults = yaml.safe_load((ANSIBLE / "roles/kfwguard/defaults/main.yml").read_text())
+        assert "kfwguard_package" not in defaults

@@ -23,6 +23,7 @@ from kfwguard.config import FileSourceConfig
 from kfwguard.model import Record
 from kfwguard.sources import Source, build_source
 from kfwguard.sources import file as file_module
+from kfwguard.sources.base import Backlog
 
 Format = Literal["text", "json", "cri"]
 
@@ -65,8 +66,10 @@ async def running(source: Source) -> AsyncIterator[Tail]:
     """Run ``source`` in a task for the duration of the block."""
     t = Tail(source)
     task = asyncio.create_task(t.source.run(t.sink))
-    # run() opens its file or journal in its first step, before its first await.
-    await asyncio.sleep(0.01)
+    # Until ready, the starting point is not fixed: a line written now could
+    # fall before it.
+    async with asyncio.timeout(10):
+        await t.source.ready.wait()
     try:
         yield t
     finally:
@@ -351,29 +354,29 @@ class TestFileSource:
         print(f"\nfile source latency: median {delays[25] * 1000:.2f} ms, "
               f"max {delays[-1] * 1000:.2f} ms")
 
-    async def test_lag(self, tmp_path: Path) -> None:
-        """lag() is None before any record and the age of the last one after."""
+    async def test_lag_is_unread_input(self, tmp_path: Path) -> None:
+        """lag() is 0 once caught up, however long ago the last line came; bytes
+        written but not read are the backlog, and lag() then counts from when the
+        reader last stood at the end of the file."""
         log = tmp_path / "a.log"
         log.write_text("")
         now = [1000.0]
         cfg = FileSourceConfig(name="t", type="file", path=log)
         source = build_source(cfg, None, clock=lambda: now[0])
         assert source.lag() is None
-        got: list[Record] = []
-        task = asyncio.create_task(source.run(got.extend))
-        await asyncio.sleep(0.01)
-        append(log, "x\n")
-        deadline = time.monotonic() + 10
-        while not got:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.005)
-        now[0] = 1002.5
-        assert 2.5 == source.lag()
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
+        async with running(source) as t:
+            append(log, "x\n")
+            await t.until_text("x")
+            now[0] = 5000.0  # an idle hour later
+            assert 0.0 == source.lag()
+            assert Backlog(unread_bytes=0, caught_up=True) == source.backlog()
+            # No await between the write and the checks: the source cannot read it.
+            append(log, "y" * 99 + "\n")
+            assert Backlog(unread_bytes=100, caught_up=False) == source.backlog()
+            assert 4000.0 == source.lag()
+            await t.until_text("y" * 99)
+            assert 0.0 == source.lag()
+            assert Backlog(unread_bytes=0, caught_up=True) == source.backlog()
 
 
 class TestFileSourceWaiting:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +15,10 @@ import pytest
 import structlog
 
 from kfwguard.config import JournaldSourceConfig
+from kfwguard.model import Record
 from kfwguard.sources import Source, build_source
 from kfwguard.sources import journald as journald_module
+from kfwguard.sources.base import MAX_BATCH
 from tests.integration.test_sources_file import Tail, running
 
 pytestmark = [pytest.mark.journald, pytest.mark.usefixtures("journald")]
@@ -41,6 +45,20 @@ def source(match: dict[str, str | list[str]], position: str | None = None) -> So
     return build_source(cfg, position)
 
 
+async def stored(identifier: str, n: int, within: float = 30.0) -> None:
+    """Wait until journald has stored ``n`` entries of ``identifier`` (sending is a
+    datagram: journald stamps and stores it a moment later)."""
+    deadline = time.monotonic() + within
+    while True:
+        proc = await asyncio.create_subprocess_exec(
+            "journalctl", "-q", "-o", "cat", "-t", identifier, stdout=subprocess.PIPE)
+        out, _ = await proc.communicate()
+        if len(out.splitlines()) >= n:
+            return
+        assert time.monotonic() < deadline, f"journald stored {len(out.splitlines())} of {n}"
+        await asyncio.sleep(0.05)
+
+
 async def quiet(t: Tail, seconds: float = 0.3) -> None:
     """Give the source time to deliver anything it should not."""
     del t
@@ -53,7 +71,7 @@ class TestJournaldSource:
         their fields, time and cursor; older ones and others are not."""
         me, other = ident(), ident()
         send("before start", me)
-        await asyncio.sleep(0.05)
+        await stored(me, 1)  # stamped before the source starts
         async with running(source({"SYSLOG_IDENTIFIER": me})) as t:
             send_raw(b"MESSAGE=hello \xff", f"SYSLOG_IDENTIFIER={me}".encode(), b"PRIORITY=4")
             send("not mine", other)
@@ -156,6 +174,46 @@ class TestJournaldSource:
         expected = ([f"pre {i}" for i in range(50)] + [f"mid {i}" for i in range(50)]
                     + [f"post {i}" for i in range(50)])
         assert expected == t.texts
+
+    async def test_lag_is_zero_at_the_tail_and_counts_a_backlog(self) -> None:
+        """Resuming behind more entries than one batch, lag() is the age bound of
+        the oldest unread entry while it catches up, and 0 at the tail however
+        long ago the last entry came."""
+        me = ident()
+        async with running(source({"SYSLOG_IDENTIFIER": me})) as t:
+            send("start", me)
+            await t.until_text("start")
+        total = MAX_BATCH + 100
+        for i in range(total):
+            send(f"b {i}", me)
+        await stored(me, total + 1)
+        offset = [0.0]
+        cfg = JournaldSourceConfig(name="j", type="journald", match={"SYSLOG_IDENTIFIER": me})
+        resumed = build_source(cfg, t.position, clock=lambda: time.time() + offset[0])
+        assert resumed.lag() is None
+        got: list[str] = []
+        lags: list[float | None] = []
+
+        def sink(batch: Sequence[Record]) -> None:
+            lags.append(resumed.lag())
+            got.extend(r.text for r in batch)
+
+        offset[0] = 3600.0  # read an hour after they were written
+        task = asyncio.create_task(resumed.run(sink))
+        try:
+            deadline = time.monotonic() + 30
+            while len(got) < total or not resumed.backlog().caught_up:
+                assert time.monotonic() < deadline, f"got {len(got)} of {total}"
+                await asyncio.sleep(0.01)
+            assert 0.0 == resumed.lag()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        # While a second batch was still to come, the oldest unread entry was an
+        # hour old; once at the tail, nothing is.
+        assert any(lag is not None and lag >= 3600.0 for lag in lags), lags
+        assert [f"b {i}" for i in range(total)] == got
 
     async def test_latency(self) -> None:
         """Prints how soon a journal entry reaches the sink (not asserted)."""

@@ -14,7 +14,7 @@ from kfwguard.bans import BanManager
 from kfwguard.daemon import SourceRuntime
 from kfwguard.metrics import Metrics, parse_listen
 from kfwguard.model import BanRequest, Record
-from kfwguard.sources.base import Sink
+from kfwguard.sources.base import Backlog, Sink
 from tests.conftest import need
 from tests.unit.operator_fixtures import make_daemon
 
@@ -32,6 +32,9 @@ class CountingSource:
 
     def lag(self) -> float | None:
         return 0.25
+
+    def backlog(self) -> Backlog:
+        return Backlog(unread_bytes=4096, caught_up=False)
 
     async def run(self, sink: Sink) -> None:
         sink([Record("x")])
@@ -61,7 +64,8 @@ def metrics_with_activity(tmp_path: Path) -> Metrics:
     from ipaddress import ip_address
     bans.request([BanRequest(ip_address("192.0.2.1"), "sshd", 600, "r"),
                   BanRequest(ip_address("192.0.2.2"), "sshd", 600, "r"),
-                  BanRequest(ip_address("192.0.2.3"), "manual", 600, "r")])
+                  BanRequest(ip_address("192.0.2.3"), "manual", 600, "manual: by operator"),
+                  BanRequest(ip_address("192.0.2.4"), "sshd", 600, "r", offence=3)])
     bans.flush_now()
     bans.unban(ip_address("192.0.2.3"))
     rt = SourceRuntime(CountingSource("auth"), [])  # type: ignore[arg-type]
@@ -78,15 +82,19 @@ class TestMetrics:
         assert 2 == m[("kfwguard_source_skipped_total",
                        (("reason", "too_long"), ("source", "auth")))]
         assert 0.25 == m[("kfwguard_source_lag_seconds", (("source", "auth"),))]
+        assert 4096 == m[("kfwguard_source_backlog_bytes", (("source", "auth"),))]
+        assert 0 == m[("kfwguard_source_caught_up", (("source", "auth"),))]
+        assert 0 < m[("process_resident_memory_bytes", ())]
         assert 7 == m[("kfwguard_matches_total", (("jail", "sshd"), ("rule", "password")))]
-        assert 2 == m[("kfwguard_bans_total", (("jail", "sshd"),))]
-        assert 1 == m[("kfwguard_bans_total", (("jail", "manual"),))]
+        assert 3 == m[("kfwguard_bans_total", (("jail", "sshd"), ("origin", "jail")))]
+        assert 1 == m[("kfwguard_bans_total", (("jail", "manual"), ("origin", "manual")))]
+        assert 3 == m[("kfwguard_ban_offence", (("jail", "sshd"), ("target", "192.0.2.4")))]
         assert 1 == m[("kfwguard_unbans_total", ())]
-        assert 2 == m[("kfwguard_bans_active", ())]
+        assert 3 == m[("kfwguard_bans_active", ())]
         assert 1 == m[("kfwguard_state_persisting", ())]
         assert 0 == m[("kfwguard_kernel_update_errors_total", ())]
-        assert 3 == m[("kfwguard_ban_latency_seconds_count", ())]
-        assert 3 == m[("kfwguard_ban_latency_seconds_bucket", (("le", "+Inf"),))]
+        assert 4 == m[("kfwguard_ban_latency_seconds_count", ())]
+        assert 4 == m[("kfwguard_ban_latency_seconds_bucket", (("le", "+Inf"),))]
 
     def test_promtool_accepts_exposition(self, tmp_path: Path) -> None:
         """`promtool check metrics` finds no problem in the exposition."""
@@ -98,7 +106,7 @@ class TestMetrics:
         """Two daemons in one process each have their own registry."""
         a = metrics_with_activity(tmp_path / "a")
         b = Metrics(make_daemon(tmp_path / "b")[0])
-        assert 3 == sum(v for (n, _), v in samples(a.exposition().decode()).items()
+        assert 4 == sum(v for (n, _), v in samples(a.exposition().decode()).items()
                         if n == "kfwguard_bans_total")
         assert 0 == sum(v for (n, _), v in samples(b.exposition().decode()).items()
                         if n == "kfwguard_bans_total")
@@ -128,7 +136,7 @@ class TestMetrics:
                 text = await resp.text()
         finally:
             await metrics.stop()
-        assert "kfwguard_bans_active 2.0" in text
+        assert "kfwguard_bans_active 3.0" in text
 
     def test_parse_listen(self) -> None:
         """HOST:PORT and [V6]:PORT are accepted; anything else is an error."""
