@@ -1,0 +1,54 @@
+"""The baseline policy: deny everything in and out, allow what a Kubernetes node needs.
+
+The policy lives in its own ``table inet <table>`` and every change replaces that
+table, and only that table, in one nft transaction. Other tables (the ban table,
+kube-proxy, Calico, Cilium, fail2ban) are never read for writing nor flushed.
+
+Comparisons are always made between two listings that the kernel produced
+(never between our script text and nft's listing), so that a different nft
+version printing the same rules differently can neither hide drift nor make the
+enforcer re-apply forever.
+
+One module per job: ``policy`` (what a policy may be), ``render`` (its nft
+script), ``drift`` (the live table and what changed), ``apply`` (checked apply,
+rollback, diff), ``confirm`` (commit-confirmed), ``enforcer`` (keep it in force).
+"""
+
+from kfwguard.firewall.baseline.apply import (
+    StateFiles,
+    apply,
+    desired_listing,
+    diff,
+    rollback,
+    rollback_script,
+)
+from kfwguard.firewall.baseline.confirm import apply_confirmed, confirm
+from kfwguard.firewall.baseline.drift import (
+    describe_drift,
+    live_listing,
+    normalise_listing,
+    snapshot,
+    table_exists,
+)
+from kfwguard.firewall.baseline.enforcer import BaselineEnforcer
+from kfwguard.firewall.baseline.policy import (
+    CNI_PORTS,
+    ICMP_TYPES,
+    ICMPV6_TYPES,
+    NODEPORTS,
+    PRIORITY,
+    RESERVED_TABLES,
+    BaselineError,
+    parse_failsafe,
+    port_spec,
+    validate,
+)
+from kfwguard.firewall.baseline.render import render
+
+__all__ = [
+    "CNI_PORTS", "ICMPV6_TYPES", "ICMP_TYPES", "NODEPORTS", "PRIORITY", "RESERVED_TABLES",
+    "BaselineEnforcer", "BaselineError", "StateFiles", "apply", "apply_confirmed", "confirm",
+    "describe_drift", "desired_listing", "diff", "live_listing", "normalise_listing",
+    "parse_failsafe", "port_spec", "render", "rollback", "rollback_script", "snapshot",
+    "table_exists", "validate",
+]

@@ -1,0 +1,155 @@
+"""What a baseline policy may be: its constants, and the checks that refuse an unsafe one."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+
+from kfwguard.config import BaselineConfig, PortRule
+
+# filter + 10 on input/forward/output. Within one hook, lower runs first:
+#   kube-proxy (nftables mode) filter chains  -110   (rejects for services without endpoints)
+#   iptables-nft filter tables (kube-proxy iptables mode, Calico, Cilium)  0
+#   this baseline                               +10
+# Not 0, because equal priorities run in an undefined order. After 0, so that
+# their REJECTs (with their ICMP answers) and their own drops happen first, and
+# we only add a final say. Every DNAT (kube-proxy -100 in prerouting/output)
+# has happened by then, so the output chain sees a Service's real endpoint and
+# the forward chain sees the pod address a NodePort was translated to. The ban
+# chain (table inet kfwguard, prerouting raw - 10) runs long before any of this.
+PRIORITY = "filter + 10"
+
+# Table names that belong to others or to common distribution firewalls: a
+# baseline under one of these names would replace someone else's rules.
+RESERVED_TABLES = frozenset({
+    "kfwguard", "filter", "nat", "mangle", "raw", "security", "calico", "cilium",
+    "kube_proxy", "kubeproxy", "f2b_table", "firewalld", "docker",
+})
+
+ICMP_TYPES = ("echo-request", "destination-unreachable", "time-exceeded", "parameter-problem")
+# RFC 4890: without ND (133-136) IPv6 stops working; without MLD (130-132, 143)
+# multicast listeners (including ND's solicited-node groups on some switches) go.
+ICMPV6_TYPES = (
+    "destination-unreachable", "packet-too-big", "time-exceeded", "parameter-problem",
+    "echo-request", "nd-router-solicit", "nd-router-advert", "nd-neighbor-solicit",
+    "nd-neighbor-advert", "mld-listener-query", "mld-listener-report",
+    "mld-listener-done", "mld2-listener-report",
+)
+
+# Overlay, BGP, health and encryption traffic of each CNI, admitted from nodes.
+# Entries are (l4 protocol, ports); ports None means the whole protocol.
+CNI_PORTS: dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]] = {
+    "flannel": (("udp", ("8472",)),),
+    "calico": (
+        ("tcp", ("179",)),           # BGP
+        ("ipip", None),              # IP-in-IP (IPv4 only)
+        ("udp", ("4789",)),          # VXLAN
+        ("tcp", ("5473",)),          # Typha
+        ("udp", ("51820", "51821")),  # WireGuard v4, v6
+    ),
+    "cilium": (
+        ("udp", ("8472",)),          # VXLAN
+        ("udp", ("6081",)),          # Geneve
+        ("tcp", ("4240",)),          # cilium-health
+        ("udp", ("51871",)),         # WireGuard
+        ("esp", None),               # IPsec
+    ),
+    "none": (),
+}
+
+NODEPORTS = "30000-32767"
+
+
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class BaselineError(Exception):
+    """The policy is refused (invalid, or unsafe to apply), or a baseline operation failed."""
+
+    def __init__(self, problems: str | Sequence[str]) -> None:
+        self.problems = (problems,) if isinstance(problems, str) else tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+
+# --------------------------------------------------------------------------- validation
+
+_PORT_RE = re.compile(r"(\d{1,5})(?:-(\d{1,5}))?")
+_FAILSAFE_RE = re.compile(r"(tcp|udp)/(\S+)")
+
+
+def port_spec(value: int | str) -> str:
+    """``value`` as nft writes a port or range (``22``, ``30000-32767``); ValueError if not."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a port")
+    if isinstance(value, int):
+        lo, hi = value, None
+    else:
+        m = _PORT_RE.fullmatch(value.strip())
+        if m is None:
+            raise ValueError(f"{value!r} is not a port or a range like 30000-32767")
+        lo, hi = int(m.group(1)), (int(m.group(2)) if m.group(2) else None)
+    if not 1 <= lo <= 65535 or (hi is not None and not lo <= hi <= 65535):
+        raise ValueError(f"{value!r} is not a port (1-65535) or an ascending range")
+    return str(lo) if hi is None or hi == lo else f"{lo}-{hi}"
+
+
+def parse_failsafe(entry: str) -> tuple[str, str]:
+    """Split ``tcp/22`` into ("tcp", "22"). Raises ValueError with the accepted form."""
+    m = _FAILSAFE_RE.fullmatch(entry.strip().lower()) if isinstance(entry, str) else None
+    if m is None:
+        raise ValueError(f"{entry!r} is not PROTO/PORT, e.g. tcp/22 or udp/51820")
+    try:
+        return m.group(1), port_spec(m.group(2))
+    except ValueError as exc:
+        raise ValueError(f"{entry!r}: {exc}") from None
+
+
+def validate(cfg: BaselineConfig) -> None:
+    """Refuse a policy that cannot be rendered or could lock the operator or the cluster out."""
+    problems: list[str] = []
+    if cfg.table.lower() in RESERVED_TABLES:
+        problems.append(f"table: {cfg.table!r} is a table other software owns; "
+                        "use a name of its own such as kfwguard_baseline")
+    for i, entry in enumerate(cfg.failsafe_ports):
+        try:
+            parse_failsafe(entry)
+        except ValueError as exc:
+            problems.append(f"failsafe_ports[{i}]: {exc}")
+    if cfg.failsafe_ports and not cfg.admin_cidrs:
+        problems.append(
+            "admin_cidrs is empty, so the failsafe ports "
+            f"({', '.join(cfg.failsafe_ports)}) would be open to no one and a bad policy "
+            "could lock you out: list the networks you administer the node from in "
+            "admin_cidrs, or turn the failsafe off explicitly with failsafe_ports: []"
+        )
+    if not cfg.cluster_cidrs:
+        problems.append("cluster_cidrs is empty: kubelet, CNI and etcd traffic from the other "
+                        "nodes would be dropped; list the networks of the cluster's nodes")
+    if not cfg.pod_cidrs:
+        problems.append("pod_cidrs is empty: pod traffic could not be forwarded; "
+                        "list the cluster's pod networks")
+    for kind, rules in (("allow_in", cfg.allow_in), ("allow_out", cfg.allow_out)):
+        for i, rule in enumerate(rules):
+            if not rule.ports:
+                problems.append(f"{kind}[{i}].ports: list at least one port "
+                                "(write 1-65535 for all of them)")
+            for j, p in enumerate(rule.ports):
+                try:
+                    port_spec(p)
+                except ValueError as exc:
+                    problems.append(f"{kind}[{i}].ports[{j}]: {exc}")
+            if rule.from_ and rule.to and not _families(rule):
+                problems.append(f"{kind}[{i}]: 'from' and 'to' share no address family, "
+                                "so the rule could never match")
+    if problems:
+        raise BaselineError([f"baseline.{p}" for p in problems])
+
+
+def _families(rule: PortRule) -> list[str]:
+    fams = []
+    for fam, cls in (("ip", ipaddress.IPv4Network), ("ip6", ipaddress.IPv6Network)):
+        if all(not side or any(isinstance(n, cls) for n in side)
+               for side in (rule.from_, rule.to)):
+            fams.append(fam)
+    return fams
