@@ -152,6 +152,16 @@ class PortRule(Model):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class NodePortsConfig(Model):
+    # None: open on workers, closed on control planes
+    enabled: bool | None = None
+    from_: list[Network] = Field(
+        default_factory=lambda: [ipaddress.ip_network("0.0.0.0/0"),
+                                 ipaddress.ip_network("::/0")], alias="from")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
 class BaselineConfig(Model):
     enabled: bool = False
     table: str = Field("kfwguard_baseline", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
@@ -163,6 +173,16 @@ class BaselineConfig(Model):
     control_plane_cidrs: list[Network] = Field(default_factory=list)
     pod_cidrs: list[Network] = Field(default_factory=list)
     service_cidrs: list[Network] = Field(default_factory=list)
+    # who may reach 6443 besides nodes and pods; None: admin_cidrs
+    api_cidrs: list[Network] | None = None
+    nodeports: NodePortsConfig = Field(default_factory=NodePortsConfig)
+    # egress 53 / 123 only to these; None: discovered from the node's own config
+    dns_servers: list[Network] | None = None
+    ntp_servers: list[Network] | None = None
+    # interfaces pod traffic arrives on (nft wildcards like "cali*"); None: the CNI's
+    pod_interfaces: list[str] | None = None
+    # a daemon reload that changes the policy rolls back unless confirmed within
+    confirm_within: Duration = 120.0
     reconcile_interval: Duration = 10.0
     allow_in: list[PortRule] = Field(default_factory=list)
     allow_out: list[PortRule] = Field(default_factory=list)

@@ -19,6 +19,9 @@ from kfwguard.firewall.baseline.apply import (
     apply,
     desired_listing,
     diff,
+    owned_table,
+    remember_owned,
+    remove_table,
     rollback,
     rollback_script,
 )
@@ -30,7 +33,7 @@ from kfwguard.firewall.baseline.drift import (
     snapshot,
     table_exists,
 )
-from kfwguard.firewall.baseline.enforcer import BaselineEnforcer
+from kfwguard.firewall.baseline.enforcer import BaselineEnforcer, BaselineStats
 from kfwguard.firewall.baseline.policy import (
     CNI_PORTS,
     ICMP_TYPES,
@@ -46,9 +49,33 @@ from kfwguard.firewall.baseline.policy import (
 from kfwguard.firewall.baseline.render import render
 
 __all__ = [
-    "CNI_PORTS", "ICMPV6_TYPES", "ICMP_TYPES", "NODEPORTS", "PRIORITY", "RESERVED_TABLES",
-    "BaselineEnforcer", "BaselineError", "StateFiles", "apply", "apply_confirmed", "confirm",
-    "describe_drift", "desired_listing", "diff", "live_listing", "normalise_listing",
-    "parse_failsafe", "port_spec", "render", "rollback", "rollback_script", "snapshot",
-    "table_exists", "validate",
+    "CNI_PORTS",
+    "ICMPV6_TYPES",
+    "ICMP_TYPES",
+    "NODEPORTS",
+    "PRIORITY",
+    "RESERVED_TABLES",
+    "BaselineEnforcer",
+    "BaselineError",
+    "BaselineStats",
+    "StateFiles",
+    "apply",
+    "apply_confirmed",
+    "confirm",
+    "describe_drift",
+    "desired_listing",
+    "diff",
+    "live_listing",
+    "normalise_listing",
+    "owned_table",
+    "parse_failsafe",
+    "port_spec",
+    "remember_owned",
+    "remove_table",
+    "render",
+    "rollback",
+    "rollback_script",
+    "snapshot",
+    "table_exists",
+    "validate",
 ]

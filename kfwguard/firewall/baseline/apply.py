@@ -12,7 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from kfwguard.config import BaselineConfig
-from kfwguard.firewall.baseline.drift import _replace_table, live_listing, normalise_listing
+from kfwguard.firewall.baseline.drift import (
+    _replace_table,
+    live_listing,
+    normalise_listing,
+    table_exists,
+)
 from kfwguard.firewall.baseline.policy import BaselineError
 from kfwguard.firewall.baseline.render import render
 from kfwguard.firewall.nft import Nft
@@ -40,6 +45,12 @@ class StateFiles:
     @property
     def outcome(self) -> Path:
         return self.state_dir / "baseline.outcome.json"
+
+    @property
+    def owned(self) -> Path:
+        """The baseline table the daemon put in the kernel, so a renamed or
+        disabled baseline can remove it (and only it)."""
+        return self.state_dir / "baseline.owned.json"
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -137,3 +148,28 @@ def diff(nft: Nft, cfg: BaselineConfig) -> str:
     return "".join(difflib.unified_diff(
         have.splitlines(keepends=True), want.splitlines(keepends=True),
         fromfile=label, tofile="desired"))
+
+
+# --------------------------------------------------------------------------- ownership
+
+def owned_table(state_dir: Path) -> str | None:
+    """The table name recorded by the last daemon that enforced a baseline here."""
+    data = _read_json(StateFiles(state_dir).owned)
+    name = data.get("table") if data is not None else None
+    return name if isinstance(name, str) and name else None
+
+
+def remember_owned(state_dir: Path, table: str | None) -> None:
+    path = StateFiles(state_dir).owned
+    if table is None:
+        path.unlink(missing_ok=True)
+    else:
+        _write_atomic(path, json.dumps({"table": table}))
+
+
+def remove_table(nft: Nft, table: str) -> bool:
+    """Delete ``table inet <table>`` if it exists; True if it was there."""
+    if not table_exists(nft, table):
+        return False
+    nft.run(_replace_table(table))
+    return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -16,19 +17,52 @@ from kfwguard.firewall.nft import Nft, NftError
 log = structlog.get_logger("kfwguard.baseline")
 
 
-# --------------------------------------------------------------------------- enforcement
+@dataclass
+class BaselineStats:
+    """Counters that outlive one enforcer (a reload builds a new one): metrics stay monotonic."""
+
+    drift: int = 0          # the live table differed from the policy and was put back
+    errors: int = 0         # a check or heal that raised (the loop went on)
+    refused: int = 0        # a new policy nft refused; the previous one stayed in force
+
 
 class BaselineEnforcer:
-    """Keeps the baseline table as the policy says: applies it, then heals drift."""
+    """Keeps the baseline table as the policy says: applies it, then heals drift.
+
+    The loop never ends by itself: whatever a check or a heal raises is logged,
+    counted and reported through ``on_error`` (once per run of failures), and
+    the next interval tries again.
+    """
 
     def __init__(self, cfg: BaselineConfig, nft: Nft, *,
-                 on_drift: Callable[[str], None] | None = None) -> None:
+                 on_drift: Callable[[str], None] | None = None,
+                 on_error: Callable[[str], None] | None = None,
+                 stats: BaselineStats | None = None) -> None:
         self.cfg = cfg
         self.nft = nft
         self.on_drift = on_drift
+        self.on_error = on_error
+        self.stats = stats if stats is not None else BaselineStats()
         self.script = render(cfg)
-        self.drift_count = 0
+        self.last_error: str | None = None
         self._expected: dict[str, Any] | None = None
+
+    @property
+    def drift_count(self) -> int:
+        return self.stats.drift
+
+    def status(self) -> dict[str, Any]:
+        """What ``kfwguard status`` shows about the baseline."""
+        out: dict[str, Any] = {
+            "state": ("not applied" if self._expected is None
+                      else "failing" if self.last_error is not None else "enforced"),
+            "table": self.cfg.table, "role": self.cfg.role, "cni": self.cfg.cni,
+            "drift_count": self.stats.drift, "errors": self.stats.errors,
+            "refused": self.stats.refused,
+        }
+        if self.last_error is not None:
+            out["last_error"] = self.last_error
+        return out
 
     def apply(self) -> None:
         """Check and apply the policy, then remember how the kernel holds it."""
@@ -46,8 +80,8 @@ class BaselineEnforcer:
         return describe_drift(self.cfg.table, self._expected, snapshot(self.nft, self.cfg.table))
 
     def _heal(self, reason: str) -> None:
-        self.drift_count += 1
-        log.warning("drift", table=self.cfg.table, reason=reason, drift_count=self.drift_count)
+        self.stats.drift += 1
+        log.warning("drift", table=self.cfg.table, reason=reason, drift_count=self.stats.drift)
         if self.on_drift is not None:
             try:
                 self.on_drift(reason)
@@ -56,19 +90,48 @@ class BaselineEnforcer:
                 log.exception("drift_callback_failed")
         self.apply()
 
+    def reconcile(self) -> None:
+        """One check, and a heal if the table drifted (blocking; errors propagate)."""
+        reason = self.check_drift()
+        if reason is not None:
+            self._heal(reason)
+
     async def run(self) -> None:
         """Apply now (errors propagate), then every reconcile_interval check and heal."""
         await asyncio.to_thread(self.apply)
         await self.keep()
 
+    async def reconcile_once(self) -> bool:
+        """One guarded round: True if it went through, False if it failed (logged,
+        counted, reported once per run of failures)."""
+        try:
+            await asyncio.to_thread(self.reconcile)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.stats.errors += 1
+            message = f"{type(exc).__name__}: {exc}"
+            first = self.last_error is None
+            self.last_error = message
+            log.error("baseline_reconcile_failed", table=self.cfg.table, error=message,
+                      errors=self.stats.errors, exc_info=not isinstance(exc, NftError))
+            if first and self.on_error is not None:
+                try:
+                    self.on_error(f"cannot keep the baseline in force: {message}")
+                except Exception:
+                    log.exception("error_callback_failed")
+            return False
+        if self.last_error is not None:
+            log.info("baseline_reconcile_recovered", table=self.cfg.table)
+            self.last_error = None
+        return True
+
     async def keep(self) -> None:
-        """Every reconcile_interval, check the live table and heal drift (already applied)."""
+        """Every reconcile_interval, check the live table and heal drift (already applied).
+
+        Never returns and never raises but CancelledError.
+        """
         interval = max(self.cfg.reconcile_interval, 0.1)
         while True:
             await asyncio.sleep(interval)
-            try:
-                reason = await asyncio.to_thread(self.check_drift)
-                if reason is not None:
-                    await asyncio.to_thread(self._heal, reason)
-            except NftError as exc:
-                log.error("baseline_reconcile_failed", table=self.cfg.table, error=str(exc))
+            await self.reconcile_once()
