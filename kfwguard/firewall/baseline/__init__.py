@@ -14,6 +14,7 @@ script), ``drift`` (the live table and what changed), ``apply`` (checked apply,
 rollback, diff), ``confirm`` (commit-confirmed), ``enforcer`` (keep it in force).
 """
 
+from kfwguard.firewall.baseline import discover
 from kfwguard.firewall.baseline.apply import (
     StateFiles,
     apply,
@@ -65,6 +66,7 @@ __all__ = [
     "describe_drift",
     "desired_listing",
     "diff",
+    "discover",
     "live_listing",
     "normalise_listing",
     "owned_table",

@@ -60,6 +60,23 @@ CNI_PORTS: dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]] = {
 
 NODEPORTS = "30000-32767"
 
+# Where pod traffic enters the node, per CNI: the local pods' interfaces and the
+# tunnels that carry remote pods' traffic. Pod-sourced packets from anywhere else
+# (a LAN host spoofing a pod address) are not forwarded. With direct routing
+# (flannel host-gw, Calico BGP without encapsulation) remote pods arrive on the
+# node's own uplink: list it in pod_interfaces.
+POD_INTERFACES: dict[str, tuple[str, ...]] = {
+    "flannel": ("cni0", "flannel.1", "flannel-v6.1", "flannel-wg", "flannel-wg-v6"),
+    "calico": ("cali*", "tunl0", "vxlan.calico", "vxlan-v6.calico", "wireguard.cali",
+               "wg-v6.cali"),
+    "cilium": ("lxc*", "cilium_host", "cilium_net", "cilium_vxlan", "cilium_geneve",
+               "cilium_wg0"),
+    "none": (),
+}
+
+# kubernetes.io "Ports and Protocols": what the node itself sends to other nodes.
+NODE_EGRESS_TCP = ("6443", "10250")
+
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -76,6 +93,7 @@ class BaselineError(Exception):
 
 _PORT_RE = re.compile(r"(\d{1,5})(?:-(\d{1,5}))?")
 _FAILSAFE_RE = re.compile(r"(tcp|udp)/(\S+)")
+_IFNAME_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,15}\*?")
 
 
 def port_spec(value: int | str) -> str:
@@ -126,6 +144,14 @@ def validate(cfg: BaselineConfig) -> None:
     if not cfg.cluster_cidrs:
         problems.append("cluster_cidrs is empty: kubelet, CNI and etcd traffic from the other "
                         "nodes would be dropped; list the networks of the cluster's nodes")
+    if cfg.role == "control-plane" and not cfg.control_plane_cidrs:
+        problems.append("control_plane_cidrs is empty: on a control-plane node etcd (2379-2380) "
+                        "is open only to the control-plane nodes; list their addresses "
+                        "(there is no fallback to cluster_cidrs)")
+    for i, name in enumerate(cfg.pod_interfaces or ()):
+        if not _IFNAME_RE.fullmatch(name):
+            problems.append(f"pod_interfaces[{i}]: {name!r} is not an interface name "
+                            "(up to 15 characters; a trailing * matches a prefix, e.g. cali*)")
     if not cfg.pod_cidrs:
         problems.append("pod_cidrs is empty: pod traffic could not be forwarded; "
                         "list the cluster's pod networks")

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from kfwguard.config import BaselineConfig, PortRule
+from kfwguard.firewall.baseline import discover
 from kfwguard.firewall.baseline.policy import (
     CNI_PORTS,
     ICMP_TYPES,
     ICMPV6_TYPES,
+    NODE_EGRESS_TCP,
     NODEPORTS,
+    POD_INTERFACES,
     PRIORITY,
     Net,
     _families,
@@ -18,9 +22,6 @@ from kfwguard.firewall.baseline.policy import (
     port_spec,
     validate,
 )
-
-# --------------------------------------------------------------------------- rendering
-
 
 
 def _split(nets: Iterable[Net]) -> tuple[list[str], list[str]]:
@@ -62,12 +63,14 @@ class _Sets:
             ]
             self.names.add(f"{name}{fam}")
 
-    def match(self, name: str, direction: str, what: str) -> list[str]:
-        """Rules ``ip[6] <direction> @<name>[46] <what> accept`` for the declared families."""
+    def match(self, name: str, direction: str, what: str, prefix: str = "") -> list[str]:
+        """Rules ``<prefix> ip[6] <direction> @<name>[46] <what> accept`` for the declared
+        families."""
         out = []
         for fam, ipf in (("4", "ip"), ("6", "ip6")):
             if f"{name}{fam}" in self.names:
-                out.append(f"{ipf} {direction} @{name}{fam} {what} accept".replace("  ", " "))
+                rule = f"{prefix} {ipf} {direction} @{name}{fam} {what} accept"
+                out.append(" ".join(rule.split()))
         return out
 
 
@@ -92,19 +95,62 @@ def _allow_rules(rules: Sequence[PortRule]) -> list[str]:
     return out
 
 
-def render(cfg: BaselineConfig) -> str:
-    """The nft script that atomically replaces ``table inet <cfg.table>`` with the policy."""
+def _quoted(names: Sequence[str]) -> str:
+    return _set_of([f'"{n}"' for n in names])
+
+
+def render(cfg: BaselineConfig, *, root: Path = Path("/")) -> str:
+    """The nft script that atomically replaces ``table inet <cfg.table>`` with the policy.
+
+    ``dns_servers`` / ``ntp_servers`` left unset are read from the node's own
+    configuration under ``root``.
+    """
     validate(cfg)
     t = cfg.table
+    notes: list[str] = []
+    dns, ntp = cfg.dns_servers, cfg.ntp_servers
+    for key, value, find in (("dns_servers", dns, discover.dns_servers),
+                             ("ntp_servers", ntp, discover.ntp_servers)):
+        if value is not None:
+            continue
+        found = find(root)
+        notes.append(f"# {key} (unset): {', '.join(map(str, found.servers)) or 'none'} "
+                     f"from {', '.join(found.sources) or 'nothing'}")
+        if found.names:
+            notes.append(f"#   named servers left out (list their addresses in {key}): "
+                         + ", ".join(found.names))
+        if key == "dns_servers":
+            dns = found.servers
+        else:
+            ntp = found.servers
+    control_plane = cfg.role == "control-plane"
+    nodeports = (cfg.nodeports.enabled if cfg.nodeports.enabled is not None
+                 else not control_plane)
+    pod_ifaces = (list(cfg.pod_interfaces) if cfg.pod_interfaces is not None
+                  else list(POD_INTERFACES[cfg.cni]))
+
     sets = _Sets()
     sets.add("admin", cfg.admin_cidrs)
     sets.add("nodes", cfg.cluster_cidrs)
-    sets.add("control_plane", cfg.control_plane_cidrs or cfg.cluster_cidrs)
+    if control_plane:
+        sets.add("control_plane", cfg.control_plane_cidrs)
+        sets.add("api", cfg.api_cidrs if cfg.api_cidrs is not None else cfg.admin_cidrs)
     sets.add("pods", cfg.pod_cidrs)
     sets.add("services", cfg.service_cidrs)
+    if nodeports:
+        sets.add("nodeport_clients", cfg.nodeports.from_)
+    sets.add("dns", dns or ())
+    sets.add("ntp", ntp or ())
 
     icmp = ("icmp type { " + ", ".join(ICMP_TYPES) + " } accept",
             "icmpv6 type { " + ", ".join(ICMPV6_TYPES) + " } accept")
+    # kube-proxy DNATs NodePorts in prerouting (-100): by the time a packet reaches
+    # input or forward its port is the endpoint's. The port the client asked for is
+    # the connection's original one.
+    # One rule per protocol: nft 1.0.6 lists "meta l4proto { tcp, udp } ct original
+    # proto-dst" as "[invalid type]", and a listing it cannot parse back would make
+    # the rollback script unusable.
+    nodeport = [f"meta l4proto {p} ct original proto-dst {NODEPORTS}" for p in ("tcp", "udp")]
 
     inp = ['iif "lo" accept', "ct state invalid drop", "ct state established,related accept",
            *icmp]
@@ -116,19 +162,23 @@ def render(cfg: BaselineConfig) -> str:
         inp.append("# failsafe: open from admin_cidrs whatever else the policy says")
         for proto, ports in sorted(failsafe.items()):
             inp += sets.match("admin", "saddr", _l4(proto, ports))
-    inp.append(f"# kubernetes: {cfg.role}")
-    kubelet = ["10250"]
-    if cfg.role == "control-plane":
-        inp.append("tcp dport 6443 accept")
+    inp.append(f"# kubernetes: {cfg.role} (kube-controller-manager 10257 and "
+               "kube-scheduler 10259 answer the node itself only, through lo)")
+    if control_plane:
+        inp.append("# the API server: api_cidrs, the cluster's nodes and pods")
+        for who in ("api", "nodes", "pods"):
+            inp += sets.match(who, "saddr", _l4("tcp", ["6443"]))
+        inp.append("# etcd: clients and peers are the control-plane nodes")
         inp += sets.match("control_plane", "saddr", _l4("tcp", ["2379-2380"]))
-        kubelet += ["10257", "10259"]
     for who in ("nodes", "pods"):
         # pods too: metrics-server and Prometheus scrape the kubelet from pod addresses
-        inp += sets.match(who, "saddr", _l4("tcp", kubelet))
-    if cfg.role == "worker":
-        # NodePorts and kube-proxy's health port are meant for load balancers outside.
-        inp += [f"tcp dport {NODEPORTS} accept", f"udp dport {NODEPORTS} accept",
-                "tcp dport 10256 accept"]
+        inp += sets.match(who, "saddr", _l4("tcp", ["10250"]))
+    if nodeports:
+        inp.append("# NodePorts (by the port the client asked for) and kube-proxy's "
+                   "health port, for nodeports.from")
+        for match in nodeport:
+            inp += sets.match("nodeport_clients", "saddr", match)
+        inp += sets.match("nodeport_clients", "saddr", "tcp dport 10256")
     if CNI_PORTS[cfg.cni]:
         inp.append(f"# cni: {cfg.cni}, from the cluster's nodes")
         for proto, cni_ports in CNI_PORTS[cfg.cni]:
@@ -143,21 +193,37 @@ def render(cfg: BaselineConfig) -> str:
     inp.append('counter name "dropped_input" drop')
 
     fwd = ["ct state invalid drop", "ct state established,related accept",
-           "# pod-to-pod policy is the CNI's NetworkPolicy job, not ours"]
-    fwd += sets.match("pods", "saddr", "")
-    fwd += sets.match("pods", "daddr", "")
-    fwd += sets.match("services", "daddr", "")
+           "# exempted from conntrack on purpose by someone's raw rule (Calico doNotTrack)",
+           "ct state untracked accept"]
+    if pod_ifaces:
+        fwd.append("# from pods, on the interfaces pods are behind (pod-to-pod policy is "
+                   "the CNI's NetworkPolicy job)")
+        fwd += sets.match("pods", "saddr", "", prefix=f"iifname {_quoted(pod_ifaces)}")
+    fwd.append("# to pods from elsewhere: only what a Service translated")
+    if nodeports:
+        for match in nodeport:
+            fwd += sets.match("nodeport_clients", "saddr", match, prefix="ct status dnat")
+    fwd += sets.match("services", "daddr", "", prefix="ct status dnat ct original")
     fwd.append('counter name "dropped_forward" drop')
 
     out = ['oif "lo" accept', "ct state invalid drop", "ct state established,related accept",
-           *icmp,
-           "meta l4proto { tcp, udp } th dport 53 accept",
-           "udp dport 123 accept",
-           "meta nfproto ipv4 udp sport 68 udp dport 67 accept",
-           "meta nfproto ipv6 udp sport 546 udp dport 547 accept",
-           "# the cluster's own networks"]
-    for who in ("nodes", "pods", "services"):
-        out += sets.match(who, "daddr", "")
+           "# replies of doNotTrack flows (someone's raw rule left them untracked)",
+           "ct state untracked accept",
+           *icmp]
+    out += sets.match("dns", "daddr", "meta l4proto { tcp, udp } th dport 53")
+    out += sets.match("ntp", "daddr", "udp dport 123")
+    out += ["meta nfproto ipv4 udp sport 68 udp dport 67 accept",
+            "meta nfproto ipv6 udp sport 546 udp dport 547 accept",
+            "# the cluster: pods on any port (probes, webhooks, port-forward), Services "
+            "whatever their endpoint, nodes on the ports the role and CNI use"]
+    out += sets.match("pods", "daddr", "")
+    out += sets.match("services", "daddr", "", prefix="ct status dnat ct original")
+    out += sets.match("nodes", "daddr", _l4("tcp", list(NODE_EGRESS_TCP)))
+    if control_plane:
+        out += sets.match("control_plane", "daddr", _l4("tcp", ["2379-2380"]))
+    for proto, cni_ports in CNI_PORTS[cfg.cni]:
+        out += [r for r in sets.match("nodes", "daddr", _l4(proto, cni_ports))
+                if not (proto == "ipip" and r.startswith("ip6"))]
     if cfg.allow_out:
         out.append("# allow_out")
         out += _allow_rules(cfg.allow_out)
@@ -172,6 +238,7 @@ def render(cfg: BaselineConfig) -> str:
         f"# kfwguard baseline (role {cfg.role}, cni {cfg.cni}); generated, do not edit:",
         "# kfwguard puts its own table back. Replaces table inet "
         f"{t} and nothing else, atomically.",
+        *notes,
         f"table inet {t} {{}}",
         f"delete table inet {t}",
         f"table inet {t} {{",
