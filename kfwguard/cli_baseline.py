@@ -7,6 +7,7 @@ invalid; 3 a commit-confirmed apply was rolled back.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -87,10 +88,18 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--confirm-within", callback=_duration, default=None, metavar="DURATION",
               help="stay in the foreground and roll back unless confirmed within DURATION "
                    "(e.g. 60s); SIGINT, SIGTERM and SIGHUP roll back at once")
-def apply_cmd(config_path: Path | None, confirm_within: float | None) -> None:
+@click.option("--force", is_flag=True,
+              help="apply even though the SSH session this runs in could not reconnect")
+def apply_cmd(config_path: Path | None, confirm_within: float | None, force: bool) -> None:
     """Check the policy with nft, then replace the baseline table in one transaction."""
     cfg, source = _load(config_path)
     script = _render(cfg, source)
+    ssh = os.environ.get("SSH_CONNECTION")
+    cut = bl.ssh_session_cut(cfg.baseline, ssh) if ssh else None
+    if cut is not None:
+        if not force:
+            _fail(f"{source}: refused: {cut}", 2)
+        click.echo(f"warning (--force): {cut}", err=True)
     nft = _nft()
     table = cfg.baseline.table
     try:

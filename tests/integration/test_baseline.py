@@ -620,6 +620,56 @@ class TestCommitConfirmed:
         assert f"rolled back: got {sig.name}" in out
         assert before == listing(node)
 
+    def test_kill9_still_rolls_back(self, node: Host, tmp_path: Path) -> None:
+        """kill -9 of the waiting apply cannot keep the policy: the rollback armed outside
+        it (a detached watchdog here, systemd not being PID 1) restores the old table."""
+        node.nft(OLD)
+        before = listing(node)
+        proc = start_confirmed(node, write_config(tmp_path, SIMPLE), "2s")
+        assert before != listing(node)
+        proc.kill()
+        finish(proc)
+        assert before == wait_for(lambda: listing(node), lambda v: v == before, limit=15)
+        path = tmp_path / "state" / "baseline.outcome.json"
+        assert wait_for(path.exists, bool, limit=10)
+        outcome = json.loads(path.read_text())
+        assert "rolled back" == outcome["outcome"]
+        assert "watchdog" in outcome["reason"]
+
+    def test_kill9_then_confirm_keeps_policy(self, node: Host, tmp_path: Path) -> None:
+        """After kill -9 of the waiting apply, confirm is answered by the watchdog and
+        the policy stays past the deadline."""
+        node.nft(OLD)
+        cfg = write_config(tmp_path, SIMPLE)
+        proc = start_confirmed(node, cfg, "3s")
+        applied = listing(node)
+        proc.kill()
+        finish(proc)
+        confirmed = cli(node, "confirm", "-c", str(cfg))
+        assert (0, "") == (confirmed.returncode, confirmed.stderr)
+        pending = tmp_path / "state" / "baseline.pending.json"
+        assert wait_for(lambda: pending.exists(), lambda v: not v, limit=10) is False
+        assert not list((tmp_path / "state").glob("baseline.rollback-*"))
+        assert applied == listing(node)
+        assert 0 == cli(node, "diff", "-c", str(cfg)).returncode
+
+    @pytest.mark.parametrize(("client", "force", "code"), [
+        ("10.9.3.7", False, 2), ("10.9.3.7", True, 0), ("10.9.1.7", False, 0)])
+    def test_ssh_session_guard(self, node: Host, tmp_path: Path, client: str, force: bool,
+                               code: int) -> None:
+        """An apply from an SSH session whose client could not reconnect under the new
+        policy is refused (nothing applied) unless --force; from admin_cidrs it applies."""
+        cfg = write_config(tmp_path, SIMPLE)
+        result = node.run("env", f"SSH_CONNECTION={client} 50123 10.9.1.1 22", sys.executable,
+                          "-m", "kfwguard.cli_baseline", "apply", "-c", str(cfg),
+                          *(["--force"] if force else []), check=False)
+        assert code == result.returncode, result.stderr
+        assert (listing(node) is None) == (code != 0)
+        if code == 2:
+            assert f"comes from {client} to port 22" in result.stderr
+        if force:
+            assert "warning (--force)" in result.stderr
+
     def test_rejected_policy_leaves_live_untouched(self, node: Host, tmp_path: Path) -> None:
         """A script nft refuses changes neither the live table nor the saved rollback file."""
         cfg = write_config(tmp_path, SIMPLE)

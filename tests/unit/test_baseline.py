@@ -490,3 +490,26 @@ class TestBaselineCli:
                                                    "--confirm-within", "soon"])
         assert 2 == result.exit_code
         assert "invalid duration" in result.output
+
+
+class TestSshGuard:
+    @pytest.mark.parametrize(("conn", "cut"), [
+        ("192.0.2.9 5000 10.0.0.1 22", False),           # admin, failsafe tcp/22
+        ("::ffff:192.0.2.9 5000 10.0.0.1 22", False),    # v4-mapped client
+        ("2001:db8:a::9 5000 fd00:10::1 22", False),
+        ("203.0.113.9 5000 10.0.0.1 22", True),          # not an admin network
+        ("192.0.2.9 5000 10.0.0.1 2222", True),           # admin, but not a failsafe port
+        ("127.0.0.1 5000 127.0.0.1 22", False),          # loopback always passes
+        ("garbage", False),                              # cannot tell: no refusal
+    ])
+    def test_failsafe_and_admin(self, conn: str, cut: bool) -> None:
+        """The session's client must reach the session's port again through the failsafe
+        (admin_cidrs) or an allow_in rule."""
+        assert cut == (bl.ssh_session_cut(make(), conn) is not None)
+
+    def test_allow_in_keeps_session(self) -> None:
+        """An allow_in rule for the port from the client's network keeps the session."""
+        cfg = make(allow_in=[{"proto": "tcp", "ports": ["2200-2300"],
+                              "from": ["203.0.113.0/24"]}])
+        assert bl.ssh_session_cut(cfg, "203.0.113.9 5000 10.0.0.1 2222") is None
+        assert bl.ssh_session_cut(cfg, "198.51.100.9 5000 10.0.0.1 2222") is not None

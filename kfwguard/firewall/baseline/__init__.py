@@ -45,6 +45,7 @@ from kfwguard.firewall.baseline.policy import (
     BaselineError,
     parse_failsafe,
     port_spec,
+    ssh_session_cut,
     validate,
 )
 from kfwguard.firewall.baseline.render import render
@@ -78,6 +79,7 @@ __all__ = [
     "rollback",
     "rollback_script",
     "snapshot",
+    "ssh_session_cut",
     "table_exists",
     "validate",
 ]

@@ -6,27 +6,26 @@ import json
 import os
 import secrets
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from kfwguard.firewall.baseline.apply import StateFiles, _read_json, _write_atomic, apply, rollback
+from kfwguard.firewall.baseline.apply import (
+    StateFiles,
+    _read_json,
+    _write_atomic,
+    rollback,
+    rollback_script,
+)
 from kfwguard.firewall.baseline.policy import BaselineError
+from kfwguard.firewall.baseline.watchdog import (
+    GRACE,
+    _alive,
+    arm,
+)
 from kfwguard.firewall.nft import Nft, NftError
-
-# --------------------------------------------------------------------------- commit-confirmed
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:  # kill(0) would signal our own process group and look "alive"
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def apply_confirmed(nft: Nft, table: str, script: str, state_dir: Path, within: float, *,
@@ -42,7 +41,8 @@ def apply_confirmed(nft: Nft, table: str, script: str, state_dir: Path, within: 
     """
     files = StateFiles(state_dir)
     pending = _read_json(files.pending)
-    if pending is not None and _alive(int(pending.get("pid", 0))):
+    if pending is not None and (_alive(int(pending.get("pid", 0))) or _alive(
+            int((pending.get("watchdog") or {}).get("pid", 0)))):
         raise BaselineError(f"another apply (pid {pending['pid']}) is waiting for confirmation; "
                             "confirm it or let it roll back first")
     token = secrets.token_hex(16)
@@ -57,13 +57,27 @@ def apply_confirmed(nft: Nft, table: str, script: str, state_dir: Path, within: 
     confirmed = False
     reason = "an error"
     applied = False
+    armed = False
     try:
         files.confirm.unlink(missing_ok=True)
-        apply(nft, table, script, state_dir)
-        applied = True
+        # The rollback is armed outside this process before the policy goes in:
+        # a kill -9 of this process from now on still rolls back on time.
+        nft.check(script)
+        back = rollback_script(nft, table)
+        nft.check(back)
+        _write_atomic(files.previous, back)
+        deadline_wall = time.time() + within
+        try:
+            watchdog = arm(state_dir, token, deadline_wall, back)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise BaselineError(f"cannot arm the rollback outside this process ({exc}); "
+                                "nothing was applied") from exc
+        armed = True
         _write_atomic(files.pending, json.dumps({
             "pid": os.getpid(), "token": token, "table": table,
-            "deadline": time.time() + within}))
+            "deadline": deadline_wall, "watchdog": watchdog}))
+        nft.run(script)
+        applied = True
         notify(f"applied table inet {table}; it rolls back in {within:g}s unless confirmed"
                + (f"\n{instructions}" if instructions else ""))
 
@@ -95,9 +109,11 @@ def apply_confirmed(nft: Nft, table: str, script: str, state_dir: Path, within: 
                     rollback(nft, state_dir)
                 except NftError as exc:
                     outcome, failure = "rollback failed", exc
-            if applied:
+            if applied or armed:
+                # also what stands the watchdog down
                 _write_atomic(files.outcome, json.dumps({
-                    "token": token, "outcome": outcome, "reason": reason}))
+                    "token": token, "outcome": outcome if applied else "not applied",
+                    "reason": reason}))
             if failure is not None:
                 raise BaselineError(
                     f"rolling back ({reason}) failed, the new policy is still live: {failure}; "
@@ -123,7 +139,20 @@ def confirm(state_dir: Path, *, timeout: float = 5.0,
     if pending is None:
         raise BaselineError("no apply is waiting for confirmation")
     pid, token = int(pending.get("pid", 0)), str(pending.get("token", ""))
-    if not _alive(pid):
+    watchdog = pending.get("watchdog") if isinstance(pending.get("watchdog"), dict) else {}
+    assert isinstance(watchdog, dict)
+
+    def waiting() -> bool:
+        """The applier, or the watchdog that answers for it once it is gone."""
+        if _alive(pid):
+            return True
+        if watchdog.get("kind") == "process":
+            return _alive(int(watchdog.get("pid", 0)))
+        if watchdog.get("kind") == "systemd":
+            return time.time() < float(pending.get("deadline", 0)) + GRACE
+        return False
+
+    if not waiting():
         files.pending.unlink(missing_ok=True)
         raise BaselineError(f"the apply that was waiting (pid {pid}) is gone without rolling back; "
                             "the live baseline stays as it is (use 'baseline rollback' to undo)")
@@ -138,7 +167,7 @@ def confirm(state_dir: Path, *, timeout: float = 5.0,
         raise BaselineError(f"too late: {outcome.get('outcome')} ({outcome.get('reason')})")
 
     end = clock() + timeout
-    while clock() < end and _alive(pid):
+    while clock() < end and waiting():
         if answered():
             return
         sleep(0.05)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from kfwguard.config import BaselineConfig, PortRule
 
@@ -179,3 +179,45 @@ def _families(rule: PortRule) -> list[str]:
                for side in (rule.from_, rule.to)):
             fams.append(fam)
     return fams
+
+
+def _port_in(port: int, spec: str) -> bool:
+    lo, _, hi = spec.partition("-")
+    return int(lo) <= port <= int(hi or lo)
+
+
+def ssh_session_cut(cfg: BaselineConfig, ssh_connection: str) -> str | None:
+    """Why the SSH session described by ``$SSH_CONNECTION`` ("client cport server sport")
+    could not connect again under ``cfg``; None if it could (or if nothing can be told)."""
+    parts = ssh_connection.split()
+    if len(parts) != 4 or not parts[3].isdigit():
+        return None
+    try:
+        client = ipaddress.ip_address(parts[0].split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(client, ipaddress.IPv6Address) and client.ipv4_mapped is not None:
+        client = client.ipv4_mapped
+    port = int(parts[3])
+    if client.is_loopback:
+        return None
+
+    def within(nets: Iterable[Net]) -> bool:
+        return any(client in n for n in nets)
+
+    for entry in cfg.failsafe_ports:
+        proto, spec = parse_failsafe(entry)
+        if proto == "tcp" and _port_in(port, spec) and within(cfg.admin_cidrs):
+            return None
+    for rule in cfg.allow_in:
+        if rule.proto == "tcp" and any(_port_in(port, port_spec(p)) for p in rule.ports) and (
+                not rule.from_ or within(rule.from_)):
+            return None
+    if cfg.role == "control-plane" and port == 6443 and (
+            within(cfg.api_cidrs if cfg.api_cidrs is not None else cfg.admin_cidrs)
+            or within(cfg.cluster_cidrs) or within(cfg.pod_cidrs)):
+        return None
+    return (f"this shell's SSH session comes from {client} to port {port}, and under this "
+            f"policy {client} could not connect to port {port} again: add its network to "
+            f"admin_cidrs (with tcp/{port} in failsafe_ports) or an allow_in rule, "
+            "or pass --force if you reach the node some other way")
