@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,15 +24,19 @@ import structlog
 from kfwguard.addresses import LOOPBACK_NETS, IgnoreList
 from kfwguard.bans import BanManager
 from kfwguard.config import Config, ConfigError, JailConfig, load_config_or_default
+from kfwguard.durations import format_duration
 from kfwguard.firewall.bantable import BanTable
 from kfwguard.firewall.baseline import (
     BaselineEnforcer,
     BaselineError,
     BaselineStats,
+    StateFiles,
+    confirmation_received,
     owned_table,
     remember_owned,
     remove_table,
     validate,
+    write_json_atomic,
 )
 from kfwguard.firewall.nft import Nft, NftError
 from kfwguard.jails import Jail
@@ -53,6 +60,17 @@ CURSOR_SAVE_INTERVAL = 1.0
 # READY waits this long for sources to fix their starting point; a source
 # that takes longer (a hung NFS mount) is reported and READY is sent anyway.
 SOURCE_READY_TIMEOUT = 10.0
+
+
+@dataclass
+class PendingBaseline:
+    """A reloaded baseline in the kernel, waiting for confirmation."""
+
+    cfg: Config
+    enforcer: BaselineEnforcer
+    previous: BaselineEnforcer | None   # the confirmed policy (None: no baseline)
+    token: str
+    deadline: float                     # wall clock
 
 
 class StartupError(Exception):
@@ -102,12 +120,18 @@ class Daemon:
         self.nft: Nft | None = None
         self.baseline: BaselineEnforcer | None = None
         self._baseline_task: asyncio.Task[None] | None = None
-        # Counters that survive the enforcer being replaced at a reload.
+        # Counters that survive the enforcer being replaced at a reload, and the lock
+        # every enforcer holds while it changes the kernel.
         self.baseline_stats = BaselineStats()
+        self._baseline_lock = threading.RLock()
         # The baseline table this daemon put in the kernel (None: none).
         self._owned_table: str | None = None
-        # Why the last reload was refused (the control API tells the CLI).
+        # Why the last reload was refused (the control API tells the CLI), and
+        # what the operator must do after one that was accepted.
         self.last_reload_error: str | None = None
+        self.last_reload_note: str | None = None
+        # A reloaded baseline waiting for 'kfwguard baseline confirm'.
+        self._pending: PendingBaseline | None = None
         # Called with a reason each time the baseline had drifted and was healed.
         self.on_drift: list[Callable[[str], None]] = []
         self._stop = asyncio.Event()
@@ -353,7 +377,8 @@ class Daemon:
     def _new_enforcer(self, cfg: Config) -> BaselineEnforcer:
         assert self.nft is not None
         return BaselineEnforcer(cfg.baseline, self.nft, on_drift=self._drifted,
-                                on_error=self._drifted, stats=self.baseline_stats)
+                                on_error=self._drifted, stats=self.baseline_stats,
+                                lock=self._baseline_lock)
 
     async def _install_enforcer(self, cfg: Config, enforcer: BaselineEnforcer) -> None:
         """Make ``enforcer`` (whose policy is already in the kernel) the one kept in
@@ -405,6 +430,9 @@ class Daemon:
         The running enforcer is replaced only after the new policy is in the kernel.
         """
         have = self.baseline.cfg if self.baseline is not None else None
+        if self._pending is not None and new.baseline != have:
+            return ("reload refused: a baseline change is waiting for confirmation; confirm "
+                    "it (kfwguard baseline confirm) or let it roll back first")
         if not new.baseline.enabled:
             if have is not None or self._owned_table is not None:
                 await self._drop_baseline(new)
@@ -412,9 +440,13 @@ class Daemon:
         if new.baseline == have:
             return None
         enforcer = self._new_enforcer(new)
+        if self.baseline is not None:
+            self.baseline.paused = True
         try:
             await asyncio.to_thread(enforcer.apply)
         except Exception as exc:
+            if self.baseline is not None:
+                self.baseline.paused = False
             self.baseline_stats.refused += 1
             reason = (f"reload refused: nft refused the new baseline policy "
                       f"({type(exc).__name__}: {exc}); the previous policy stays in force")
@@ -425,8 +457,101 @@ class Daemon:
                 # Heal now, not one interval later: the old table may be gone.
                 await self.baseline.reconcile_once()
             return reason
+        within = new.baseline.confirm_within
+        if within > 0:
+            await self._begin_pending(new, enforcer, within)
+            where = f" -c {self.cfg_path}" if self.cfg_path else ""
+            self.last_reload_note = (
+                f"the new baseline rolls back in {format_duration(within)} unless confirmed: "
+                f"kfwguard baseline confirm{where}")
+            return None
         await self._install_enforcer(new, enforcer)
         return None
+
+    # -- a reloaded baseline waits for confirmation -----------------------------
+
+    async def _begin_pending(self, new: Config, enforcer: BaselineEnforcer,
+                             within: float) -> None:
+        """The new policy is in the kernel; keep it only if confirmed within ``within``.
+        Meanwhile drift is healed back to the confirmed policy, not to the new one."""
+        previous = self.baseline
+        await self._stop_enforcer()
+        token = secrets.token_hex(16)
+        deadline = time.time() + within
+        files = StateFiles(new.state_dir)
+        files.confirm.unlink(missing_ok=True)
+        write_json_atomic(files.pending, {"pid": os.getpid(), "token": token,
+                                          "table": new.baseline.table, "deadline": deadline,
+                                          "by": "daemon"})
+        enforcer.pending_until = deadline
+        self.baseline = enforcer
+        self._pending = PendingBaseline(new, enforcer, previous, token, deadline)
+        log.warning("baseline_pending", table=new.baseline.table, confirm_within=within)
+        self._baseline_task = asyncio.create_task(self._await_confirmation(), name="baseline")
+
+    async def _await_confirmation(self) -> None:
+        p = self._pending
+        assert p is not None
+        files = StateFiles(p.cfg.state_dir)
+        interval = max(p.enforcer.cfg.reconcile_interval, 0.1)
+        next_check = time.monotonic() + interval
+        while True:
+            await asyncio.sleep(0.1)
+            if confirmation_received(files, p.token):
+                await self._settle(p, True, "confirmed")
+                return
+            if time.time() >= p.deadline:
+                await self._settle(p, False, "it was not confirmed in time")
+                return
+            if time.monotonic() < next_check:
+                continue
+            next_check = time.monotonic() + interval
+            try:
+                drift = await asyncio.to_thread(p.enforcer.check_drift)
+            except Exception as exc:
+                self.baseline_stats.errors += 1
+                log.error("baseline_reconcile_failed", table=p.enforcer.cfg.table,
+                          error=f"{type(exc).__name__}: {exc}")
+                continue
+            if drift is not None:
+                self.baseline_stats.drift += 1
+                await self._settle(p, False, f"it was changed while waiting ({drift})")
+                return
+
+    async def _settle(self, p: PendingBaseline, confirmed: bool, reason: str) -> None:
+        """End the wait: keep the new policy, or put the confirmed one back."""
+        self._pending = None
+        assert self.nft is not None
+        nft = self.nft
+        if confirmed:
+            p.enforcer.pending_until = None
+            self._baseline_task = asyncio.create_task(p.enforcer.keep(), name="baseline")
+            await self._remove_stale_tables(p.cfg, keep=p.cfg.baseline.table)
+            log.info("baseline_confirmed", table=p.enforcer.cfg.table)
+        else:
+            new_table = p.enforcer.cfg.table
+            try:
+                if p.previous is not None:
+                    p.previous.paused = False
+                    await asyncio.to_thread(p.previous.apply)
+                if p.previous is None or p.previous.cfg.table != new_table:
+                    await asyncio.to_thread(remove_table, nft, new_table)
+            except Exception as exc:
+                # The confirmed policy's own loop retries within one interval.
+                log.error("baseline_rollback_failed", error=f"{type(exc).__name__}: {exc}")
+            self.baseline = p.previous
+            if p.previous is not None:
+                self._baseline_task = asyncio.create_task(p.previous.keep(), name="baseline")
+            else:
+                self._baseline_task = None
+            log.warning("baseline_rolled_back", table=new_table, reason=reason)
+            self._drifted(f"the reloaded baseline was rolled back to the confirmed one: {reason}")
+        files = StateFiles(p.cfg.state_dir)
+        write_json_atomic(files.outcome, {"token": p.token,
+                                          "outcome": "confirmed" if confirmed else "rolled back",
+                                          "reason": reason})
+        files.pending.unlink(missing_ok=True)
+        files.confirm.unlink(missing_ok=True)
 
     def _drifted(self, reason: str) -> None:
         for cb in self.on_drift:
@@ -466,7 +591,7 @@ class Daemon:
         """Re-read the config; rebuild jails and sources. Bans are kept. False if refused
         (``last_reload_error`` says why); a refused reload changes nothing."""
         self.notifier.reloading()
-        self.last_reload_error = None
+        self.last_reload_error = self.last_reload_note = None
         try:
             new, _ = load_config_or_default(self.cfg_path)
             filters = build_filters(new)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -42,7 +43,8 @@ def baseline(**over: Any) -> dict[str, Any]:
         "enabled": True, "table": TABLE, "role": "worker", "cni": "flannel",
         "admin_cidrs": ["192.0.2.0/24"], "cluster_cidrs": ["10.93.0.0/16"],
         "pod_cidrs": ["10.244.0.0/16"], "service_cidrs": ["10.96.0.0/12"],
-        "dns_servers": [], "ntp_servers": [], "reconcile_interval": "300ms"}
+        "dns_servers": [], "ntp_servers": [], "reconcile_interval": "300ms",
+        "confirm_within": "0s"}
     out.update(over)
     return out
 
@@ -55,8 +57,10 @@ class Node:
     procs: list[subprocess.Popen[str]]
 
     def table(self, name: str = TABLE) -> str | None:
+        """The table's listing, counters zeroed (they move by themselves); None if absent."""
         r = self.host.run("nft", "list", "table", "inet", name, check=False)
-        return r.stdout if r.returncode == 0 else None
+        return (re.sub(r"packets \d+ bytes \d+", "packets 0 bytes 0", r.stdout)
+                if r.returncode == 0 else None)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.host.run(sys.executable, "-m", "kfwguard", *args, "-c",
@@ -156,8 +160,8 @@ class TestDriftLoopNeverDies:
         node.daemon.start()
         node.host.run("nft", "delete", "table", "inet", TABLE)
         node.hold_owner_table(TABLE)
-        assert wait_until(lambda: node.status()["baseline"].get("errors", 0) >= 2, timeout=15)
-        assert "failing" == node.status()["baseline"]["state"]
+        assert wait_until(lambda: node.status()["baseline"].get("errors", 0) >= 2, timeout=30)
+        assert wait_until(lambda: "failing" == node.status()["baseline"]["state"], timeout=30)
         assert wait_until(lambda: "cannot keep the baseline in force" in node.alerts(),
                           timeout=30), node.daemon.log()
         assert '"baseline_reconcile_failed"' in node.daemon.log()
@@ -167,8 +171,8 @@ class TestDriftLoopNeverDies:
         for f in (holder.stdin, holder.stdout):
             if f is not None:
                 f.close()
-        assert wait_until(lambda: "dropped_input" in (node.table() or ""), timeout=15)
-        assert wait_until(lambda: "enforced" == node.status()["baseline"]["state"], timeout=15)
+        assert wait_until(lambda: "dropped_input" in (node.table() or ""), timeout=30)
+        assert wait_until(lambda: "enforced" == node.status()["baseline"]["state"], timeout=30)
         assert "last_error" not in node.status()["baseline"]
 
 
@@ -240,3 +244,72 @@ class TestTableLifecycle:
         node.daemon.start()
         assert node.table() is None
         assert node.table("kfwtest_foreign") is not None
+
+
+class TestReloadCommitConfirmed:
+    def test_unconfirmed_change_rolls_back(self, node: Node) -> None:
+        """A reload that changes the baseline says how to confirm it; without the
+        confirmation the confirmed policy is back after confirm_within, and it is alerted."""
+        node.daemon.start()
+        before = node.table()
+        node.reconfigure(role="control-plane", control_plane_cidrs=["10.93.0.0/24"],
+                         confirm_within="3s")
+        out = node.cli("reload")
+        assert 0 == out.returncode, out.stderr
+        assert "rolls back in 3s unless confirmed: kfwguard baseline confirm -c" in out.stdout
+        assert wait_until(lambda: '"baseline_rolled_back"' in node.daemon.log(), timeout=15)
+        # the new policy went in, then the confirmed one again (the log says so, whatever
+        # the machine's speed)
+        roles = [e.get("role") for e in node.daemon.events()
+                 if e.get("event") == "baseline_applied"]
+        assert ["worker", "control-plane", "worker"] == roles, node.daemon.log()
+        assert wait_until(lambda: node.table() == before, timeout=10), node.daemon.log()
+        st = node.status()["baseline"]
+        assert ("enforced", "worker") == (st["state"], st["role"])
+        outcome = json.loads((node.daemon.workdir / "state" / "baseline.outcome.json")
+                             .read_text())
+        assert ("rolled back", "it was not confirmed in time") == (outcome["outcome"],
+                                                                   outcome["reason"])
+        assert wait_until(lambda: "rolled back to the confirmed one" in node.alerts(),
+                          timeout=30)
+
+    def test_confirmed_change_stays(self, node: Node) -> None:
+        """``kfwguard baseline confirm`` keeps the reloaded policy: the wait ends, and drift
+        is healed to the new policy from then on."""
+        node.daemon.start()
+        node.reconfigure(role="control-plane", control_plane_cidrs=["10.93.0.0/24"],
+                         confirm_within="1m")
+        assert 0 == node.cli("reload").returncode
+        new = node.table()
+        confirmed = node.cli("baseline", "confirm")
+        assert (0, "") == (confirmed.returncode, confirmed.stderr)
+        st = node.status()["baseline"]
+        assert ("enforced", "control-plane") == (st["state"], st["role"])
+        pending = node.daemon.workdir / "state" / "baseline.pending.json"
+        assert not pending.exists()
+        node.host.run("nft", "delete", "table", "inet", TABLE)
+        assert wait_until(lambda: node.table() == new, timeout=10)
+
+    def test_drift_while_waiting_heals_to_confirmed_policy(self, node: Node) -> None:
+        """While a reloaded policy waits, drift (here the operator's own fix: the table
+        deleted) is healed with the confirmed policy, not the new one."""
+        node.daemon.start()
+        before = node.table()
+        node.reconfigure(role="control-plane", control_plane_cidrs=["10.93.0.0/24"],
+                         confirm_within="10m")
+        assert 0 == node.cli("reload").returncode
+        node.host.run("nft", "delete", "table", "inet", TABLE)
+        assert wait_until(lambda: node.table() == before, timeout=10), node.daemon.log()
+        assert "worker" == node.status()["baseline"]["role"]
+        assert node.table() == before
+
+    def test_rename_waits_then_removes_old_table(self, node: Node) -> None:
+        """A renamed table under confirmation: both tables are in until the confirmation,
+        then the old one goes."""
+        node.daemon.start()
+        node.reconfigure(table="kfwtest_renamed", confirm_within="1m")
+        assert 0 == node.cli("reload").returncode
+        assert node.table() is not None and node.table("kfwtest_renamed") is not None
+        assert 0 == node.cli("baseline", "confirm").returncode
+        assert wait_until(lambda: node.table() is None, timeout=10)
+        assert node.table("kfwtest_renamed") is not None

@@ -18,6 +18,7 @@ from kfwguard.firewall.baseline import discover
 from kfwguard.firewall.baseline.apply import (
     StateFiles,
     apply,
+    confirmation_received,
     desired_listing,
     diff,
     owned_table,
@@ -25,6 +26,7 @@ from kfwguard.firewall.baseline.apply import (
     remove_table,
     rollback,
     rollback_script,
+    write_json_atomic,
 )
 from kfwguard.firewall.baseline.confirm import apply_confirmed, confirm
 from kfwguard.firewall.baseline.drift import (
@@ -64,6 +66,7 @@ __all__ = [
     "apply",
     "apply_confirmed",
     "confirm",
+    "confirmation_received",
     "describe_drift",
     "desired_listing",
     "diff",
@@ -82,4 +85,5 @@ __all__ = [
     "ssh_session_cut",
     "table_exists",
     "validate",
+    "write_json_atomic",
 ]

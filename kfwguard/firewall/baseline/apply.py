@@ -173,3 +173,15 @@ def remove_table(nft: Nft, table: str) -> bool:
         return False
     nft.run(_replace_table(table))
     return True
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    _write_atomic(path, json.dumps(data))
+
+
+def confirmation_received(files: StateFiles, token: str) -> bool:
+    """``kfwguard baseline confirm`` wrote this change's token."""
+    try:
+        return files.confirm.read_text(encoding="utf-8").strip() == token
+    except OSError:
+        return False

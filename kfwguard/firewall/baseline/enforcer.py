@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +39,8 @@ class BaselineEnforcer:
     def __init__(self, cfg: BaselineConfig, nft: Nft, *,
                  on_drift: Callable[[str], None] | None = None,
                  on_error: Callable[[str], None] | None = None,
-                 stats: BaselineStats | None = None) -> None:
+                 stats: BaselineStats | None = None,
+                 lock: threading.RLock | None = None) -> None:
         self.cfg = cfg
         self.nft = nft
         self.on_drift = on_drift
@@ -45,6 +48,14 @@ class BaselineEnforcer:
         self.stats = stats if stats is not None else BaselineStats()
         self.script = render(cfg)
         self.last_error: str | None = None
+        # Wall-clock deadline while this policy waits for confirmation (daemon reload).
+        self.pending_until: float | None = None
+        # Every nft change of the baseline, by any enforcer of one daemon, holds this
+        # lock; a paused enforcer does nothing. Pause the running enforcer before a
+        # new one applies: a check already in flight then finishes before the new
+        # policy goes in, and cannot "heal" it back afterwards.
+        self.lock = lock if lock is not None else threading.RLock()
+        self.paused = False
         self._expected: dict[str, Any] | None = None
 
     @property
@@ -62,15 +73,19 @@ class BaselineEnforcer:
         }
         if self.last_error is not None:
             out["last_error"] = self.last_error
+        if self.pending_until is not None:
+            out["state"] = "awaiting confirmation"
+            out["rolls_back_in"] = max(round(self.pending_until - time.time(), 1), 0.0)
         return out
 
     def apply(self) -> None:
         """Check and apply the policy, then remember how the kernel holds it."""
-        self.nft.check(self.script)
-        self.nft.run(self.script)
-        # What we compare against later is the kernel's own view right after our
-        # transaction: independent of how this nft version prints our script.
-        self._expected = snapshot(self.nft, self.cfg.table)
+        with self.lock:
+            self.nft.check(self.script)
+            self.nft.run(self.script)
+            # What we compare against later is the kernel's own view right after our
+            # transaction: independent of how this nft version prints our script.
+            self._expected = snapshot(self.nft, self.cfg.table)
         log.info("baseline_applied", table=self.cfg.table, role=self.cfg.role, cni=self.cfg.cni)
 
     def check_drift(self) -> str | None:
@@ -92,9 +107,12 @@ class BaselineEnforcer:
 
     def reconcile(self) -> None:
         """One check, and a heal if the table drifted (blocking; errors propagate)."""
-        reason = self.check_drift()
-        if reason is not None:
-            self._heal(reason)
+        with self.lock:
+            if self.paused:
+                return
+            reason = self.check_drift()
+            if reason is not None:
+                self._heal(reason)
 
     async def run(self) -> None:
         """Apply now (errors propagate), then every reconcile_interval check and heal."""
