@@ -750,3 +750,42 @@ class TestDiffAndRollback:
         result = cli(node, "rollback", "-c", str(write_config(tmp_path, SIMPLE)))
         assert 1 == result.returncode
         assert "nothing to roll back" in result.stderr
+
+
+class TestLifecycle:
+    def test_remove_saves_then_removes(self, node: Host, tmp_path: Path) -> None:
+        """remove takes the table out (rollback brings it back); with none, exit 1."""
+        cfg = write_config(tmp_path, SIMPLE)
+        assert 0 == cli(node, "apply", "-c", str(cfg)).returncode
+        applied = listing(node)
+        removed = cli(node, "remove", "-c", str(cfg))
+        assert 0 == removed.returncode, removed.stderr
+        assert listing(node) is None
+        assert 1 == cli(node, "remove", "-c", str(cfg)).returncode
+        assert 0 == cli(node, "rollback", "-c", str(cfg)).returncode
+        assert applied == listing(node)
+
+    def test_diff_reports_chains_that_can_override_ours(self, node: Host,
+                                                        tmp_path: Path) -> None:
+        """diff names other tables' base chains on our hooks with a drop policy or an
+        earlier priority, and not those that run after us with an accept policy."""
+        cfg = write_config(tmp_path, SIMPLE)
+        assert 0 == cli(node, "apply", "-c", str(cfg)).returncode
+        node.nft("""table ip filter {
+    chain INPUT { type filter hook input priority filter; policy drop; }
+}
+table inet late {
+    chain out { type filter hook output priority 50; policy accept; }
+    chain pre { type filter hook prerouting priority -300; policy drop; }
+}
+table ip6 early {
+    chain early_fwd { type filter hook forward priority -110; policy accept; }
+}
+""")
+        out = cli(node, "diff", "-c", str(cfg))
+        assert 0 == out.returncode, out.stderr
+        notes = [x for x in out.stdout.splitlines() if x.startswith("#   ")]
+        assert ["#   ip filter INPUT: hook input, priority 0, policy drop (its drop policy "
+                "drops what we accept)",
+                "#   ip6 early early_fwd: hook forward, priority -110, policy accept (it runs "
+                "first: its drops win)"] == notes

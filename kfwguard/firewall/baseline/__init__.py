@@ -26,11 +26,14 @@ from kfwguard.firewall.baseline.apply import (
     remove_table,
     rollback,
     rollback_script,
+    save_for_rollback,
     write_json_atomic,
 )
 from kfwguard.firewall.baseline.confirm import apply_confirmed, confirm
 from kfwguard.firewall.baseline.drift import (
+    ForeignChain,
     describe_drift,
+    foreign_base_chains,
     live_listing,
     normalise_listing,
     snapshot,
@@ -62,6 +65,7 @@ __all__ = [
     "BaselineEnforcer",
     "BaselineError",
     "BaselineStats",
+    "ForeignChain",
     "StateFiles",
     "apply",
     "apply_confirmed",
@@ -71,6 +75,7 @@ __all__ = [
     "desired_listing",
     "diff",
     "discover",
+    "foreign_base_chains",
     "live_listing",
     "normalise_listing",
     "owned_table",
@@ -81,6 +86,7 @@ __all__ = [
     "render",
     "rollback",
     "rollback_script",
+    "save_for_rollback",
     "snapshot",
     "ssh_session_cut",
     "table_exists",

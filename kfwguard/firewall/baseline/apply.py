@@ -82,6 +82,15 @@ def rollback_script(nft: Nft, table: str) -> str:
             + _replace_table(table) + listing)
 
 
+def save_for_rollback(nft: Nft, table: str, state_dir: Path) -> Path:
+    """Save ``table`` as it is now where ``rollback`` finds it; the script is checked."""
+    back = rollback_script(nft, table)
+    nft.check(back)
+    path = StateFiles(state_dir).previous
+    _write_atomic(path, back)
+    return path
+
+
 def apply(nft: Nft, table: str, script: str, state_dir: Path) -> Path:
     """Check ``script``, save the live table for rollback, then apply in one transaction.
 
