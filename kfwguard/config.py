@@ -148,6 +148,8 @@ class PortRule(Model):
     ports: list[int | str]
     from_: list[Network] = Field(default_factory=list, alias="from")
     to: list[Network] = Field(default_factory=list)
+    # allow_out only: hostnames, resolved by the daemon (TTL-bound nft set elements)
+    to_names: list[str] = Field(default_factory=list)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -160,6 +162,12 @@ class NodePortsConfig(Model):
                                  ipaddress.ip_network("::/0")], alias="from")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class NameTTLConfig(Model):
+    # element timeouts of to_names answers: the DNS TTL, clamped to [floor, ceiling]
+    floor: Duration = 30.0
+    ceiling: Duration = 3600.0
 
 
 class BaselineConfig(Model):
@@ -183,6 +191,7 @@ class BaselineConfig(Model):
     pod_interfaces: list[str] | None = None
     # a daemon reload that changes the policy rolls back unless confirmed within
     confirm_within: Duration = 120.0
+    name_ttl: NameTTLConfig = Field(default_factory=NameTTLConfig)
     reconcile_interval: Duration = 10.0
     allow_in: list[PortRule] = Field(default_factory=list)
     allow_out: list[PortRule] = Field(default_factory=list)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from tests.integration.daemon_harness import DaemonRun, base_config, wait_until
+from tests.conftest import need
+from tests.integration.daemon_harness import DaemonRun, base_config, listen_tcp, wait_until
 from tests.integration.test_operator import HOOK_PORT, RECEIVER
-from tests.netns import Host, Lab
+from tests.netns import Host, Lab, can_connect
 
 pytestmark = pytest.mark.root
 
@@ -313,3 +315,61 @@ class TestReloadCommitConfirmed:
         assert 0 == node.cli("baseline", "confirm").returncode
         assert wait_until(lambda: node.table() is None, timeout=10)
         assert node.table("kfwtest_renamed") is not None
+
+
+class TestEgressToNames:
+    def test_names_follow_dns_and_survive_failed_lookups(self, lab: Lab,
+                                                         tmp_path: Path) -> None:
+        """allow_out to_names follows a real DNS server (dnsmasq) whose answer changes
+        mid-test: the new address is let through once re-resolved; when the server is
+        gone, the last answer stays in the set however many lookups fail."""
+        need_dnsmasq = shutil.which("dnsmasq")
+        if need_dnsmasq is None:
+            need(False, "needs dnsmasq (apt-get install dnsmasq-base)")
+        host = lab.host("node")
+        world = lab.host("world")
+        lab.link(host, world, "10.9.7", "fd00:9:7")
+        dev = world.run("ip", "-o", "addr", "show", "to", "10.9.7.2").stdout.split()[1]
+        for last in (3, 4):
+            world.run("ip", "addr", "add", f"10.9.7.{last}/24", "dev", dev)
+        server = listen_tcp(world, 443)
+        hosts = tmp_path / "hosts"
+        hosts.write_text("10.9.7.3 registry.example.com\n")
+        dnsmasq = world.popen(["dnsmasq", "-k", "--no-resolv", "--no-hosts",
+                               f"--addn-hosts={hosts}", "--local-ttl=2", "--user=root",
+                               "--listen-address=10.9.7.2", "--bind-interfaces",
+                               "--pid-file="], stderr=subprocess.DEVNULL)
+        log = tmp_path / "auth.log"
+        log.write_text("")
+        cfg = base_config(tmp_path, log)
+        cfg["baseline"] = baseline(
+            dns_servers=["10.9.7.2"], name_ttl={"floor": "1s", "ceiling": "3s"},
+            allow_out=[{"proto": "tcp", "ports": [443], "to_names": ["registry.example.com"]}])
+        d = DaemonRun(host, tmp_path, cfg)
+        try:
+            d.start()
+            assert wait_until(lambda: can_connect(host, "10.9.7.3", 443), timeout=15), d.log()
+            assert not can_connect(host, "10.9.7.4", 443)
+            hosts.write_text("10.9.7.4 registry.example.com\n")
+            dnsmasq.send_signal(1)  # SIGHUP: dnsmasq re-reads its hosts file
+            assert wait_until(lambda: can_connect(host, "10.9.7.4", 443), timeout=15), d.log()
+            dnsmasq.kill()
+            dnsmasq.wait()
+
+            def failures() -> int:
+                out = host.run(sys.executable, "-m", "kfwguard", "status", "--json", "-c",
+                               str(d.config_path), check=False).stdout
+                value = json.loads(out)["baseline"].get("name_lookup_failures", 0)
+                return int(value)
+
+            # 8 failed rounds: well past the 2 s the last answer was given
+            assert wait_until(lambda: failures() >= 8, timeout=30), d.log()
+            assert can_connect(host, "10.9.7.4", 443)
+            assert '"name_lookup_failed"' in d.log()
+            # the sets' changing elements are not drift
+            assert '"drift"' not in d.log()
+        finally:
+            d.stop()
+            for p in (server, dnsmasq):
+                p.kill()
+                p.wait()

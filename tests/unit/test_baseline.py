@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -513,3 +514,38 @@ class TestSshGuard:
                               "from": ["203.0.113.0/24"]}])
         assert bl.ssh_session_cut(cfg, "203.0.113.9 5000 10.0.0.1 2222") is None
         assert bl.ssh_session_cut(cfg, "198.51.100.9 5000 10.0.0.1 2222") is not None
+
+
+class TestToNames:
+    def test_rendered_as_timeout_sets(self) -> None:
+        """to_names becomes one timeout set per family, matched by the rule's ports; a
+        rule with names only opens nothing else."""
+        script = bl.render(make(allow_out=[
+            {"proto": "tcp", "ports": [443], "to_names": ["registry.example.com"]}]))
+        assert "\tset names04 {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t}" in script
+        r = rules(script, "output")
+        assert "ip daddr @names04 tcp dport 443 accept" in r
+        assert "ip6 daddr @names06 tcp dport 443 accept" in r
+        assert "tcp dport 443 accept" not in r
+
+    @pytest.mark.parametrize(("rules_", "where"), [
+        ({"allow_in": [{"proto": "tcp", "ports": [1], "to_names": ["a.example"]}]},
+         "allow_in[0].to_names"),
+        ({"allow_out": [{"proto": "tcp", "ports": [1], "to_names": ["bad name"]}]},
+         "allow_out[0].to_names[0]"),
+        ({"name_ttl": {"floor": "0s"}}, "name_ttl"),
+    ])
+    def test_refused(self, rules_: dict[str, Any], where: str) -> None:
+        """Names in allow_in, a malformed name and a zero floor are refused by key."""
+        with pytest.raises(bl.BaselineError, match=re.escape(where)):
+            bl.render(make(**rules_))
+
+    def test_elements_are_not_policy(self) -> None:
+        """The names sets' elements are left out of drift snapshots and normalised
+        listings (the daemon fills them from DNS)."""
+        head = "table inet t {\n\tset names04 {\n\t\ttype ipv4_addr\n\t\tflags timeout\n"
+        a = head + "\t\telements = { 10.0.0.1 timeout 30s expires 29s }\n\t}\n}\n"
+        b = head + ("\t\telements = { 10.0.0.2 timeout 30s expires 3s,\n"
+                    "\t\t\t     10.0.0.3 }\n\t}\n}\n")
+        assert bl.drift.parse_listing(a) == bl.drift.parse_listing(b)
+        assert bl.normalise_listing(a) == bl.normalise_listing(b) == head + "\t}\n}\n"

@@ -14,7 +14,7 @@ script), ``drift`` (the live table and what changed), ``apply`` (checked apply,
 rollback, diff), ``confirm`` (commit-confirmed), ``enforcer`` (keep it in force).
 """
 
-from kfwguard.firewall.baseline import discover
+from kfwguard.firewall.baseline import discover, drift, names
 from kfwguard.firewall.baseline.apply import (
     StateFiles,
     apply,
@@ -75,8 +75,10 @@ __all__ = [
     "desired_listing",
     "diff",
     "discover",
+    "drift",
     "foreign_base_chains",
     "live_listing",
+    "names",
     "normalise_listing",
     "owned_table",
     "parse_failsafe",

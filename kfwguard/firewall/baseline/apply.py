@@ -16,6 +16,7 @@ from kfwguard.firewall.baseline.drift import (
     _replace_table,
     live_listing,
     normalise_listing,
+    strip_dynamic,
     table_exists,
 )
 from kfwguard.firewall.baseline.policy import BaselineError
@@ -79,7 +80,7 @@ def rollback_script(nft: Nft, table: str) -> str:
         return (f"# kfwguard baseline rollback: table inet {table} did not exist\n"
                 + _replace_table(table))
     return (f"# kfwguard baseline rollback: table inet {table} as it was\n"
-            + _replace_table(table) + listing)
+            + _replace_table(table) + strip_dynamic(listing))
 
 
 def save_for_rollback(nft: Nft, table: str, state_dir: Path) -> Path:

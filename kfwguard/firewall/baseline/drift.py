@@ -50,9 +50,29 @@ def live_listing(nft: Nft, table: str) -> str | None:
 _COUNTS = re.compile(r"packets \d+ bytes \d+")
 
 
+_NAMES_SET = re.compile(r"\tset names\d+[46] \{$")
+
+
+def strip_dynamic(text: str) -> str:
+    """A listing without the elements of the ``to_names`` sets: the daemon fills those
+    from DNS answers, they are no part of the policy."""
+    out, in_names, skipping = [], False, False
+    for line in text.splitlines(keepends=True):
+        if _NAMES_SET.match(line.rstrip("\n")):
+            in_names = True
+        elif in_names and line.rstrip("\n") == "\t}":
+            in_names = skipping = False
+        elif in_names and line.strip().startswith("elements ="):
+            skipping = True
+        if not skipping:
+            out.append(line)
+    return "".join(out)
+
+
 def normalise_listing(text: str) -> str:
-    """Listing text without the values that change by themselves (counters)."""
-    return _COUNTS.sub("packets 0 bytes 0", text)
+    """Listing text without the values that change by themselves (counters, the
+    elements of the to_names sets)."""
+    return strip_dynamic(_COUNTS.sub("packets 0 bytes 0", text))
 
 
 _BLOCK = re.compile(r"(chain|set|map|counter|quota|limit|flowtable|ct \w+|secmark|synproxy)"
@@ -80,7 +100,13 @@ def parse_listing(text: str) -> dict[str, Any]:
             snap["chains"][name] = " ".join(header)
             snap["rules"][name] = [x for x in body if x not in header]
         elif kind in ("set", "map"):
-            snap["sets"][name] = " ".join(body)
+            if kind == "set" and re.fullmatch(r"names\d+[46]", name):
+                # filled from DNS answers by the daemon: only the declaration is policy
+                cut = next((i for i, x in enumerate(body) if x.startswith("elements =")),
+                           len(body))
+                snap["sets"][name] = " ".join(body[:cut])
+            else:
+                snap["sets"][name] = " ".join(body)
         elif kind == "counter":
             snap["counters"][name] = "counter"  # its values move by themselves
         else:

@@ -13,6 +13,7 @@ import structlog
 
 from kfwguard.config import BaselineConfig
 from kfwguard.firewall.baseline.drift import describe_drift, snapshot
+from kfwguard.firewall.baseline.names import NameSets
 from kfwguard.firewall.baseline.render import render
 from kfwguard.firewall.nft import Nft, NftError
 
@@ -47,6 +48,7 @@ class BaselineEnforcer:
         self.on_error = on_error
         self.stats = stats if stats is not None else BaselineStats()
         self.script = render(cfg)
+        self.names = NameSets(cfg, nft)
         self.last_error: str | None = None
         # Wall-clock deadline while this policy waits for confirmation (daemon reload).
         self.pending_until: float | None = None
@@ -73,6 +75,9 @@ class BaselineEnforcer:
         }
         if self.last_error is not None:
             out["last_error"] = self.last_error
+        if self.names:
+            out["names"] = self.names.status()
+            out["name_lookup_failures"] = self.names.failures
         if self.pending_until is not None:
             out["state"] = "awaiting confirmation"
             out["rolls_back_in"] = max(round(self.pending_until - time.time(), 1), 0.0)
@@ -86,6 +91,11 @@ class BaselineEnforcer:
             # What we compare against later is the kernel's own view right after our
             # transaction: independent of how this nft version prints our script.
             self._expected = snapshot(self.nft, self.cfg.table)
+            if self.names:
+                # the sets are new: put back what we know, then ask the resolvers
+                self.names.restore()
+                if not any(k.addrs for k in self.names.known.values()):
+                    self.names.refresh(force=True)
         log.info("baseline_applied", table=self.cfg.table, role=self.cfg.role, cni=self.cfg.cni)
 
     def check_drift(self) -> str | None:
@@ -113,6 +123,8 @@ class BaselineEnforcer:
             reason = self.check_drift()
             if reason is not None:
                 self._heal(reason)
+            if self.names:
+                self.names.refresh()
 
     async def run(self) -> None:
         """Apply now (errors propagate), then every reconcile_interval check and heal."""
@@ -151,5 +163,7 @@ class BaselineEnforcer:
         """
         interval = max(self.cfg.reconcile_interval, 0.1)
         while True:
-            await asyncio.sleep(interval)
+            # names due before the next round are resolved on time
+            wait = min(interval, self.names.next_due() - time.time()) if self.names else interval
+            await asyncio.sleep(max(wait, 0.1))
             await self.reconcile_once()

@@ -93,6 +93,8 @@ class BaselineError(Exception):
 
 _PORT_RE = re.compile(r"(\d{1,5})(?:-(\d{1,5}))?")
 _FAILSAFE_RE = re.compile(r"(tcp|udp)/(\S+)")
+_HOSTNAME_RE = re.compile(r"(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*"
+                          r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?")
 _IFNAME_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,15}\*?")
 
 
@@ -157,6 +159,11 @@ def validate(cfg: BaselineConfig) -> None:
                         "list the cluster's pod networks")
     for kind, rules in (("allow_in", cfg.allow_in), ("allow_out", cfg.allow_out)):
         for i, rule in enumerate(rules):
+            if rule.to_names and kind == "allow_in":
+                problems.append(f"{kind}[{i}].to_names: names are for allow_out only")
+            for j, name in enumerate(rule.to_names):
+                if not _HOSTNAME_RE.fullmatch(name):
+                    problems.append(f"{kind}[{i}].to_names[{j}]: {name!r} is not a hostname")
             if not rule.ports:
                 problems.append(f"{kind}[{i}].ports: list at least one port "
                                 "(write 1-65535 for all of them)")
@@ -168,6 +175,8 @@ def validate(cfg: BaselineConfig) -> None:
             if rule.from_ and rule.to and not _families(rule):
                 problems.append(f"{kind}[{i}]: 'from' and 'to' share no address family, "
                                 "so the rule could never match")
+    if cfg.name_ttl.floor < 1 or cfg.name_ttl.ceiling < cfg.name_ttl.floor:
+        problems.append("name_ttl: floor must be at least 1s and ceiling at least floor")
     if problems:
         raise BaselineError([f"baseline.{p}" for p in problems])
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from kfwguard.config import BaselineConfig, PortRule
 from kfwguard.firewall.baseline import discover
+from kfwguard.firewall.baseline.names import set_name
 from kfwguard.firewall.baseline.policy import (
     CNI_PORTS,
     ICMP_TYPES,
@@ -226,7 +227,18 @@ def render(cfg: BaselineConfig, *, root: Path = Path("/")) -> str:
                 if not (proto == "ipip" and r.startswith("ip6"))]
     if cfg.allow_out:
         out.append("# allow_out")
-        out += _allow_rules(cfg.allow_out)
+        for i, rule in enumerate(cfg.allow_out):
+            if rule.to_names:
+                l4 = _l4(rule.proto, [port_spec(p) for p in rule.ports])
+                out.append(f"# to_names: {', '.join(rule.to_names)} (kept by the daemon)")
+                for fam, ipf, kind in (("4", "ip", "ipv4_addr"), ("6", "ip6", "ipv6_addr")):
+                    sets.decls += [f"\tset {set_name(i, fam)} {{", f"\t\ttype {kind}",
+                                   "\t\tflags timeout", "\t}"]
+                    out.append(f"{ipf} daddr @{set_name(i, fam)} {l4} accept")
+                if not rule.to:
+                    continue
+                rule = rule.model_copy(update={"to_names": []})
+            out += _allow_rules([rule])
     out.append('counter name "dropped_output" drop')
 
     def chain(name: str, rules: list[str]) -> list[str]:
