@@ -1,4 +1,5 @@
-"""``kfwguard baseline …``: render, apply (optionally commit-confirmed), confirm, diff, rollback.
+"""``kfwguard baseline …``: render, apply (optionally commit-confirmed), confirm, diff,
+rollback, remove.
 
 Exit codes: 0 done; 1 the operation failed (nft refused, nothing to roll back,
 nothing to confirm, or ``diff`` found differences); 2 the config or policy is
@@ -7,6 +8,7 @@ invalid; 3 a commit-confirmed apply was rolled back.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -87,10 +89,18 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--confirm-within", callback=_duration, default=None, metavar="DURATION",
               help="stay in the foreground and roll back unless confirmed within DURATION "
                    "(e.g. 60s); SIGINT, SIGTERM and SIGHUP roll back at once")
-def apply_cmd(config_path: Path | None, confirm_within: float | None) -> None:
+@click.option("--force", is_flag=True,
+              help="apply even though the SSH session this runs in could not reconnect")
+def apply_cmd(config_path: Path | None, confirm_within: float | None, force: bool) -> None:
     """Check the policy with nft, then replace the baseline table in one transaction."""
     cfg, source = _load(config_path)
     script = _render(cfg, source)
+    ssh = os.environ.get("SSH_CONNECTION")
+    cut = bl.ssh_session_cut(cfg.baseline, ssh) if ssh else None
+    if cut is not None:
+        if not force:
+            _fail(f"{source}: refused: {cut}", 2)
+        click.echo(f"warning (--force): {cut}", err=True)
     nft = _nft()
     table = cfg.baseline.table
     try:
@@ -136,9 +146,49 @@ def diff_cmd(config_path: Path | None) -> None:
         text = bl.diff(nft, cfg.baseline)
     except (NftError, bl.BaselineError) as exc:
         _fail(str(exc), 2)
+    try:
+        foreign = bl.foreign_base_chains(nft, cfg.baseline.table)
+    except NftError as exc:
+        _fail(str(exc), 2)
     if text:
         click.echo(text, nl=False)
+    if foreign:
+        click.echo(f"# other tables' base chains on our hooks that can override table inet "
+                   f"{cfg.baseline.table} (priority {bl.PRIORITY}):")
+        for c in foreign:
+            why = ("its drop policy drops what we accept" if c.policy == "drop"
+                   else "it runs first: its drops win")
+            click.echo(f"#   {c.family} {c.table} {c.chain}: hook {c.hook}, priority "
+                       f"{c.priority}, policy {c.policy} ({why})")
+    if text:
         sys.exit(1)
+
+
+@baseline.command(name="remove")
+@config_option
+def remove_cmd(config_path: Path | None) -> None:
+    """Remove the baseline table (saved first: 'baseline rollback' brings it back)."""
+    cfg, _ = _load(config_path)
+    nft = _nft()
+    table = cfg.baseline.table
+    names = [table, *([t] if (t := bl.owned_table(cfg.state_dir)) and t != table else [])]
+    removed = []
+    try:
+        for name in names:
+            if bl.table_exists(nft, name):
+                bl.save_for_rollback(nft, name, cfg.state_dir)
+                bl.remove_table(nft, name)
+                removed.append(name)
+        bl.remember_owned(cfg.state_dir, None)
+    except (NftError, OSError) as exc:
+        _fail(str(exc), 1)
+    if not removed:
+        _fail(f"no table inet {table}: nothing to remove", 1)
+    click.echo(f"removed table inet {', '.join(removed)}; 'kfwguard baseline rollback' "
+               "puts it back")
+    if cfg.baseline.enabled:
+        click.echo("note: baseline.enabled is true, so a running daemon puts it back; set "
+                   "enabled: false and reload to keep it off", err=True)
 
 
 @baseline.command(name="rollback")

@@ -204,5 +204,7 @@ def reload(config_path: Path | None) -> None:
     out = _call(_client(config_path).reload())
     click.echo(f"reloaded: {len(out.get('sources', []))} sources, "
                f"{len(out.get('jails', []))} jails")
+    if out.get("note"):
+        click.echo(str(out["note"]))
 
 

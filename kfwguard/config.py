@@ -188,8 +188,26 @@ class PortRule(Model):
     ports: list[int | str]
     from_: list[Network] = Field(default_factory=list, alias="from")
     to: list[Network] = Field(default_factory=list)
+    # allow_out only: hostnames, resolved by the daemon (TTL-bound nft set elements)
+    to_names: list[str] = Field(default_factory=list)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class NodePortsConfig(Model):
+    # None: open on workers, closed on control planes
+    enabled: bool | None = None
+    from_: list[Network] = Field(
+        default_factory=lambda: [ipaddress.ip_network("0.0.0.0/0"),
+                                 ipaddress.ip_network("::/0")], alias="from")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class NameTTLConfig(Model):
+    # element timeouts of to_names answers: the DNS TTL, clamped to [floor, ceiling]
+    floor: Duration = 30.0
+    ceiling: Duration = 3600.0
 
 
 class BaselineConfig(Model):
@@ -203,6 +221,17 @@ class BaselineConfig(Model):
     control_plane_cidrs: list[Network] = Field(default_factory=list)
     pod_cidrs: list[Network] = Field(default_factory=list)
     service_cidrs: list[Network] = Field(default_factory=list)
+    # who may reach 6443 besides nodes and pods; None: admin_cidrs
+    api_cidrs: list[Network] | None = None
+    nodeports: NodePortsConfig = Field(default_factory=NodePortsConfig)
+    # egress 53 / 123 only to these; None: discovered from the node's own config
+    dns_servers: list[Network] | None = None
+    ntp_servers: list[Network] | None = None
+    # interfaces pod traffic arrives on (nft wildcards like "cali*"); None: the CNI's
+    pod_interfaces: list[str] | None = None
+    # a daemon reload that changes the policy rolls back unless confirmed within
+    confirm_within: Duration = 120.0
+    name_ttl: NameTTLConfig = Field(default_factory=NameTTLConfig)
     reconcile_interval: Duration = 10.0
     allow_in: list[PortRule] = Field(default_factory=list)
     allow_out: list[PortRule] = Field(default_factory=list)

@@ -364,9 +364,11 @@ class ControlServer:
                 return _json_error(400, f"reload refused, running on the old config:\n{problem}")
             ok = await self.daemon.reload()
         if not ok:
-            return _json_error(400, "reload refused, running on the old config (see the log)")
+            why = getattr(self.daemon, "last_reload_error", None) or "see the log"
+            return _json_error(400, f"reload refused, running on the old config: {why}")
         return json_response({"reloaded": True, "sources": sorted(self.daemon.sources),
-                              "jails": sorted(self.daemon.jails)})
+                              "jails": sorted(self.daemon.jails),
+                              "note": getattr(self.daemon, "last_reload_note", None)})
 
 
 def _config_problem(path: str | None) -> str | None:

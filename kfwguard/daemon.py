@@ -12,7 +12,9 @@ import contextlib
 import fcntl
 import ipaddress
 import os
+import secrets
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,8 +26,20 @@ import structlog
 from kfwguard.addresses import LOOPBACK_NETS, IgnoreList, IPNetwork
 from kfwguard.bans import BanManager
 from kfwguard.config import Config, ConfigError, JailConfig, load_config_or_default
+from kfwguard.durations import format_duration
 from kfwguard.firewall.bantable import BanTable
-from kfwguard.firewall.baseline import BaselineEnforcer, BaselineError, validate
+from kfwguard.firewall.baseline import (
+    BaselineEnforcer,
+    BaselineError,
+    BaselineStats,
+    StateFiles,
+    confirmation_received,
+    owned_table,
+    remember_owned,
+    remove_table,
+    validate,
+    write_json_atomic,
+)
 from kfwguard.firewall.nft import Nft, NftError, NftUnavailable
 from kfwguard.jails import Jail
 from kfwguard.matching import Filter, FilterError, load_filter
@@ -53,6 +67,17 @@ SOURCE_READY_TIMEOUT = 10.0
 
 # In state_dir: held (flock) by the running daemon, holding its pid.
 LOCK_NAME = "kfwguard.lock"
+
+
+@dataclass
+class PendingBaseline:
+    """A reloaded baseline in the kernel, waiting for confirmation."""
+
+    cfg: Config
+    enforcer: BaselineEnforcer
+    previous: BaselineEnforcer | None   # the confirmed policy (None: no baseline)
+    token: str
+    deadline: float                     # wall clock
 
 
 class StartupError(Exception):
@@ -105,6 +130,18 @@ class Daemon:
         self.nft: Nft | None = None
         self.baseline: BaselineEnforcer | None = None
         self._baseline_task: asyncio.Task[None] | None = None
+        # Counters that survive the enforcer being replaced at a reload, and the lock
+        # every enforcer holds while it changes the kernel.
+        self.baseline_stats = BaselineStats()
+        self._baseline_lock = threading.RLock()
+        # The baseline table this daemon put in the kernel (None: none).
+        self._owned_table: str | None = None
+        # Why the last reload was refused (the control API tells the CLI), and
+        # what the operator must do after one that was accepted.
+        self.last_reload_error: str | None = None
+        self.last_reload_note: str | None = None
+        # A reloaded baseline waiting for 'kfwguard baseline confirm'.
+        self._pending: PendingBaseline | None = None
         # Called with a reason each time the baseline had drifted and was healed.
         self.on_drift: list[Callable[[str], None]] = []
         self._stop = asyncio.Event()
@@ -389,23 +426,195 @@ class Daemon:
                  table=cfg.nftables.table)
 
     async def _start_baseline(self, cfg: Config) -> None:
-        """Apply the baseline now (a failure stops the start) and keep it in force."""
-        if self._baseline_task is not None:
-            self._baseline_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._baseline_task
-            self._baseline_task = None
-        self.baseline = None
+        """Apply the baseline now (a refusal stops the start) and keep it in force."""
         if not cfg.baseline.enabled:
+            await self._drop_baseline(cfg)
             return
-        assert self.nft is not None
-        enforcer = BaselineEnforcer(cfg.baseline, self.nft, on_drift=self._drifted)
+        enforcer = self._new_enforcer(cfg)
         try:
             await asyncio.to_thread(enforcer.apply)
         except NftError as exc:
             raise StartupError(f"baseline policy refused by nft: {exc}") from exc
+        await self._install_enforcer(cfg, enforcer)
+
+    def _new_enforcer(self, cfg: Config) -> BaselineEnforcer:
+        assert self.nft is not None
+        return BaselineEnforcer(cfg.baseline, self.nft, on_drift=self._drifted,
+                                on_error=self._drifted, stats=self.baseline_stats,
+                                lock=self._baseline_lock)
+
+    async def _install_enforcer(self, cfg: Config, enforcer: BaselineEnforcer) -> None:
+        """Make ``enforcer`` (whose policy is already in the kernel) the one kept in
+        force; then remove the table of a renamed baseline, which would go on dropping."""
+        await self._stop_enforcer()
         self.baseline = enforcer
         self._baseline_task = asyncio.create_task(enforcer.keep(), name="baseline")
+        await self._remove_stale_tables(cfg, keep=cfg.baseline.table)
+
+    async def _stop_enforcer(self) -> None:
+        task, self._baseline_task = self._baseline_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _drop_baseline(self, cfg: Config) -> None:
+        """``baseline.enabled: false``: stop enforcing and remove the table we put in."""
+        await self._stop_enforcer()
+        self.baseline = None
+        await self._remove_stale_tables(cfg, keep=None)
+
+    async def _remove_stale_tables(self, cfg: Config, keep: str | None) -> None:
+        """Remove the baseline tables this daemon owned other than ``keep``, and record
+        ``keep`` as the one it owns now. Only a table we recorded is ever removed."""
+        assert self.nft is not None
+        nft = self.nft
+        stale = {t for t in (self._owned_table, owned_table(cfg.state_dir)) if t and t != keep}
+
+        def work() -> None:
+            for table in sorted(stale):
+                if remove_table(nft, table):
+                    log.warning("baseline_table_removed", table=table,
+                                reason="baseline disabled" if keep is None
+                                else f"baseline.table is now {keep}")
+            remember_owned(cfg.state_dir, keep)
+
+        try:
+            await asyncio.to_thread(work)
+        except (NftError, OSError) as exc:
+            log.error("baseline_table_not_removed", tables=sorted(stale), error=str(exc))
+            self._drifted(f"cannot remove the old baseline table(s) {sorted(stale)}: {exc}")
+        self._owned_table = keep
+
+    async def _reload_baseline(self, new: Config) -> str | None:
+        """Bring the baseline to ``new``; a reason if it was refused (the previous
+        policy then stays in force and is checked at once), else None.
+
+        The running enforcer is replaced only after the new policy is in the kernel.
+        """
+        have = self.baseline.cfg if self.baseline is not None else None
+        if self._pending is not None and new.baseline != have:
+            return ("reload refused: a baseline change is waiting for confirmation; confirm "
+                    "it (kfwguard baseline confirm) or let it roll back first")
+        if not new.baseline.enabled:
+            if have is not None or self._owned_table is not None:
+                await self._drop_baseline(new)
+            return None
+        if new.baseline == have:
+            return None
+        enforcer = self._new_enforcer(new)
+        if self.baseline is not None:
+            self.baseline.paused = True
+        try:
+            await asyncio.to_thread(enforcer.apply)
+        except Exception as exc:
+            if self.baseline is not None:
+                self.baseline.paused = False
+            self.baseline_stats.refused += 1
+            reason = (f"reload refused: nft refused the new baseline policy "
+                      f"({type(exc).__name__}: {exc}); the previous policy stays in force")
+            log.error("baseline_refused", table=new.baseline.table, error=str(exc),
+                      refused=self.baseline_stats.refused)
+            self._drifted(reason)
+            if self.baseline is not None:
+                # Heal now, not one interval later: the old table may be gone.
+                await self.baseline.reconcile_once()
+            return reason
+        within = new.baseline.confirm_within
+        if within > 0:
+            await self._begin_pending(new, enforcer, within)
+            where = f" -c {self.cfg_path}" if self.cfg_path else ""
+            self.last_reload_note = (
+                f"the new baseline rolls back in {format_duration(within)} unless confirmed: "
+                f"kfwguard baseline confirm{where}")
+            return None
+        await self._install_enforcer(new, enforcer)
+        return None
+
+    # -- a reloaded baseline waits for confirmation -----------------------------
+
+    async def _begin_pending(self, new: Config, enforcer: BaselineEnforcer,
+                             within: float) -> None:
+        """The new policy is in the kernel; keep it only if confirmed within ``within``.
+        Meanwhile drift is healed back to the confirmed policy, not to the new one."""
+        previous = self.baseline
+        await self._stop_enforcer()
+        token = secrets.token_hex(16)
+        deadline = time.time() + within
+        files = StateFiles(new.state_dir)
+        files.confirm.unlink(missing_ok=True)
+        write_json_atomic(files.pending, {"pid": os.getpid(), "token": token,
+                                          "table": new.baseline.table, "deadline": deadline,
+                                          "by": "daemon"})
+        enforcer.pending_until = deadline
+        self.baseline = enforcer
+        self._pending = PendingBaseline(new, enforcer, previous, token, deadline)
+        log.warning("baseline_pending", table=new.baseline.table, confirm_within=within)
+        self._baseline_task = asyncio.create_task(self._await_confirmation(), name="baseline")
+
+    async def _await_confirmation(self) -> None:
+        p = self._pending
+        assert p is not None
+        files = StateFiles(p.cfg.state_dir)
+        interval = max(p.enforcer.cfg.reconcile_interval, 0.1)
+        next_check = time.monotonic() + interval
+        while True:
+            await asyncio.sleep(0.1)
+            if confirmation_received(files, p.token):
+                await self._settle(p, True, "confirmed")
+                return
+            if time.time() >= p.deadline:
+                await self._settle(p, False, "it was not confirmed in time")
+                return
+            if time.monotonic() < next_check:
+                continue
+            next_check = time.monotonic() + interval
+            try:
+                drift = await asyncio.to_thread(p.enforcer.check_drift)
+            except Exception as exc:
+                self.baseline_stats.errors += 1
+                log.error("baseline_reconcile_failed", table=p.enforcer.cfg.table,
+                          error=f"{type(exc).__name__}: {exc}")
+                continue
+            if drift is not None:
+                self.baseline_stats.drift += 1
+                await self._settle(p, False, f"it was changed while waiting ({drift})")
+                return
+
+    async def _settle(self, p: PendingBaseline, confirmed: bool, reason: str) -> None:
+        """End the wait: keep the new policy, or put the confirmed one back."""
+        self._pending = None
+        assert self.nft is not None
+        nft = self.nft
+        if confirmed:
+            p.enforcer.pending_until = None
+            self._baseline_task = asyncio.create_task(p.enforcer.keep(), name="baseline")
+            await self._remove_stale_tables(p.cfg, keep=p.cfg.baseline.table)
+            log.info("baseline_confirmed", table=p.enforcer.cfg.table)
+        else:
+            new_table = p.enforcer.cfg.table
+            try:
+                if p.previous is not None:
+                    p.previous.paused = False
+                    await asyncio.to_thread(p.previous.apply)
+                if p.previous is None or p.previous.cfg.table != new_table:
+                    await asyncio.to_thread(remove_table, nft, new_table)
+            except Exception as exc:
+                # The confirmed policy's own loop retries within one interval.
+                log.error("baseline_rollback_failed", error=f"{type(exc).__name__}: {exc}")
+            self.baseline = p.previous
+            if p.previous is not None:
+                self._baseline_task = asyncio.create_task(p.previous.keep(), name="baseline")
+            else:
+                self._baseline_task = None
+            log.warning("baseline_rolled_back", table=new_table, reason=reason)
+            self._drifted(f"the reloaded baseline was rolled back to the confirmed one: {reason}")
+        files = StateFiles(p.cfg.state_dir)
+        write_json_atomic(files.outcome, {"token": p.token,
+                                          "outcome": "confirmed" if confirmed else "rolled back",
+                                          "reason": reason})
+        files.pending.unlink(missing_ok=True)
+        files.confirm.unlink(missing_ok=True)
 
     def _drifted(self, reason: str) -> None:
         for cb in self.on_drift:
@@ -493,8 +702,10 @@ class Daemon:
             self._save_cursor(rt)
 
     async def reload(self) -> bool:
-        """Re-read the config; rebuild jails and sources. Bans are kept. False if refused."""
+        """Re-read the config; rebuild jails and sources. Bans are kept. False if refused
+        (``last_reload_error`` says why); a refused reload changes nothing."""
         self.notifier.reloading()
+        self.last_reload_error = self.last_reload_note = None
         try:
             new, _ = load_config_or_default(self.cfg_path)
             filters = build_filters(new)
@@ -502,10 +713,17 @@ class Daemon:
                 validate(new.baseline)
         except (ConfigError, FilterError, BaselineError) as exc:
             log.error("reload_refused", error=str(exc))
+            self.last_reload_error = f"config invalid: {exc}"
             self.notifier.status("reload refused: config invalid; running on the old one")
             return False
         if new.nftables.table != self.cfg.nftables.table or new.state_dir != self.cfg.state_dir:
             log.warning("reload_needs_restart", keys="nftables.table, state_dir")
+        # The baseline first: if nft refuses it, nothing else changes either.
+        refused = await self._reload_baseline(new)
+        if refused is not None:
+            self.last_reload_error = refused
+            self.notifier.status("reload refused: baseline refused by nft; running on the old one")
+            return False
         await self._stop_sources()
         self.cfg = new
         assert self.bans is not None
@@ -517,11 +735,6 @@ class Daemon:
         for rt in self.sources.values():
             rt.task = asyncio.create_task(self._run_source(rt), name=f"source:{rt.source.name}")
         await self._sources_ready()
-        if new.baseline != (self.baseline.cfg if self.baseline else None):
-            try:
-                await self._start_baseline(new)
-            except StartupError as exc:
-                log.error("baseline_reload_failed", error=str(exc))
         for hook in self.on_reload:
             res = hook(self)
             if asyncio.iscoroutine(res):

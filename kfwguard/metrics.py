@@ -185,6 +185,16 @@ class DaemonCollector(Collector):
                                     "Times the baseline ruleset was found changed and repaired")
             c.add_metric([], drift)
             yield c
+        stats = getattr(d, "baseline_stats", None)
+        if stats is not None:
+            for name, attr, doc in (
+                    ("kfwguard_baseline_refused", "refused",
+                     "New baseline policies nft refused (the previous one stayed in force)"),
+                    ("kfwguard_baseline_errors", "errors",
+                     "Baseline checks or repairs that failed (the loop went on)")):
+                c = CounterMetricFamily(name, doc)
+                c.add_metric([], getattr(stats, attr))
+                yield c
 
 
 class Metrics:

@@ -182,6 +182,12 @@ def net(lab: Lab) -> Iterator[Net]:
     lab.link(node, hosts["outside"], "10.9.3", "fd00:9:3")
     lab.link(node, hosts["pod"], "10.244.1", "fd00:244:0:1")
     lab.router(node)
+    # the pod side is the CNI's bridge, as flannel names it (IPv6 addresses kept)
+    node.run("sysctl", "-qw", "net.ipv6.conf.all.keep_addr_on_down=1")
+    pod_dev = _dev_of(node, "10.244.1.1")
+    node.run("ip", "link", "set", pod_dev, "down")
+    node.run("ip", "link", "set", pod_dev, "name", "cni0")
+    node.run("ip", "link", "set", "cni0", "up")
     cluster = hosts["cluster"]
     dev = _dev_of(cluster, "10.9.2.2")
     cluster.run("ip", "addr", "add", "10.9.2.3/24", "dev", dev)
@@ -236,6 +242,8 @@ NETS = """\
   pod_cidrs: [10.244.0.0/16, "fd00:244::/48"]
   service_cidrs: [10.96.0.0/12, "fd00:96::/108"]
   allow_out: [{proto: tcp, ports: [443], to: [10.9.3.2/32, "fd00:9:3::2/128"]}]
+  dns_servers: [10.9.3.2, "fd00:9:3::2"]
+  ntp_servers: []
 """
 
 WORKER = NETS + """\
@@ -283,11 +291,12 @@ WORKER_FLOWS: list[Flow] = [
     ("node", "icmp", "outside", 0, True, 0),
     ("node", "tcp", "outside", 80, False, 0),
     ("node", "udp", "outside", 5555, False, 0),
-    ("node", "tcp", "cluster", 7777, True, 0),
+    ("node", "tcp", "cluster", 10250, True, 0),
+    ("node", "tcp", "cluster", 7777, False, 0),
     ("node", "tcp", "pod", 7777, True, 0),
     ("node", "tcp", "admin", 7777, False, 0),
-    # forwarded through the node
-    ("outside", "tcp", "pod", 7777, True, 0),
+    # forwarded through the node: pods reach out, nothing reaches pods untranslated
+    ("outside", "tcp", "pod", 7777, False, 0),
     ("pod", "tcp", "outside", 80, True, 0),
     ("outside", "tcp", "cluster", 7777, False, 0),
 ]
@@ -299,7 +308,8 @@ CONTROL_PLANE_FLOWS: list[Flow] = [
     ("admin", "tcp", "node", 10257, False, 0),
     ("cluster", "tcp", "node", 2379, True, 0),
     ("cluster", "tcp", "node", 10250, True, 0),
-    ("cluster", "tcp", "node", 10257, True, 0),
+    ("cluster", "tcp", "node", 10257, False, 0),
+    ("cluster", "tcp", "node", 6443, True, 0),
     ("cluster", "tcp", "node", 179, True, 0),
     ("cluster", "udp", "node", 4789, True, 0),
     ("cluster", "icmp", "node", 0, True, 0),
@@ -308,7 +318,7 @@ CONTROL_PLANE_FLOWS: list[Flow] = [
     # a cluster node that is not a control-plane node: kubelet yes, etcd no
     ("cluster", "tcp", "node", 10250, True, 1),
     ("cluster", "tcp", "node", 2379, False, 1),
-    ("outside", "tcp", "node", 6443, True, 0),
+    ("outside", "tcp", "node", 6443, False, 0),
     ("outside", "tcp", "node", 8443, True, 0),
     ("outside", "icmp", "node", 0, True, 0),
     ("outside", "tcp", "node", 2379, False, 0),
@@ -320,7 +330,8 @@ CONTROL_PLANE_FLOWS: list[Flow] = [
     ("node", "tcp", "outside", 443, True, 0),
     ("node", "udp", "outside", 53, True, 0),
     ("node", "tcp", "outside", 80, False, 0),
-    ("node", "tcp", "cluster", 7777, True, 0),
+    ("node", "tcp", "cluster", 7777, False, 0),
+    ("node", "tcp", "cluster", 2379, True, 0),
 ]
 
 
@@ -328,7 +339,8 @@ def start_servers(net: Net) -> None:
     net.serve(net.node, [22, 179, 2379, 6443, 8443, 9999, 10250, 10256, 10257, 30080],
               [4789, 5555, 8472, 30080])
     net.serve(net.outside, [80, 443, 7777], [53, 5555])
-    for h in (net.cluster, net.admin, net.pod):
+    net.serve(net.cluster, [7777, 2379, 10250])
+    for h in (net.admin, net.pod):
         net.serve(h, [7777])
 
 
@@ -408,7 +420,8 @@ class TestTrafficMatrix:
 
 class TestRenderedScript:
     def test_nft_accepts_every_role_and_cni(self, node: Host) -> None:
-        """nft (dry run, in a namespace) accepts the script for every role x CNI."""
+        """nft (dry run, in a namespace) accepts the script for every role x CNI, and the
+        kernel's listing of it parses back (rollback scripts are made of listings)."""
         code = """
 from kfwguard.config import BaselineConfig
 from kfwguard.firewall.baseline import render
@@ -419,8 +432,15 @@ for role in ("worker", "control-plane"):
         cfg = BaselineConfig.model_validate({"role": role, "cni": cni,
             "admin_cidrs": ["192.0.2.0/24", "2001:db8::/64"],
             "cluster_cidrs": ["10.0.0.0/16"], "pod_cidrs": ["10.244.0.0/16", "fd00::/48"],
+            "control_plane_cidrs": ["10.0.0.5/32", "fd00:1::5/128"],
+            "service_cidrs": ["10.96.0.0/12", "fd00:96::/108"],
+            "dns_servers": ["10.0.0.2", "fd00:1::2"], "ntp_servers": ["10.0.0.3"],
+            "nodeports": {"enabled": True, "from": ["0.0.0.0/0", "::/0"]},
             "allow_out": [{"proto": "udp", "ports": [1, "2-3"], "to": ["::/0"]}]})
         nft.check(render(cfg))
+        # the listing must parse back: it is what a rollback script is made of
+        nft.run(render(cfg))
+        nft.check(nft.run("list table inet kfwguard_baseline"))
 print("ok")
 """
         assert "ok" == node.python(code).stdout.strip()
@@ -600,6 +620,56 @@ class TestCommitConfirmed:
         assert f"rolled back: got {sig.name}" in out
         assert before == listing(node)
 
+    def test_kill9_still_rolls_back(self, node: Host, tmp_path: Path) -> None:
+        """kill -9 of the waiting apply cannot keep the policy: the rollback armed outside
+        it (a detached watchdog here, systemd not being PID 1) restores the old table."""
+        node.nft(OLD)
+        before = listing(node)
+        proc = start_confirmed(node, write_config(tmp_path, SIMPLE), "2s")
+        assert before != listing(node)
+        proc.kill()
+        finish(proc)
+        assert before == wait_for(lambda: listing(node), lambda v: v == before, limit=15)
+        path = tmp_path / "state" / "baseline.outcome.json"
+        assert wait_for(path.exists, bool, limit=10)
+        outcome = json.loads(path.read_text())
+        assert "rolled back" == outcome["outcome"]
+        assert "watchdog" in outcome["reason"]
+
+    def test_kill9_then_confirm_keeps_policy(self, node: Host, tmp_path: Path) -> None:
+        """After kill -9 of the waiting apply, confirm is answered by the watchdog and
+        the policy stays past the deadline."""
+        node.nft(OLD)
+        cfg = write_config(tmp_path, SIMPLE)
+        proc = start_confirmed(node, cfg, "3s")
+        applied = listing(node)
+        proc.kill()
+        finish(proc)
+        confirmed = cli(node, "confirm", "-c", str(cfg))
+        assert (0, "") == (confirmed.returncode, confirmed.stderr)
+        pending = tmp_path / "state" / "baseline.pending.json"
+        assert wait_for(lambda: pending.exists(), lambda v: not v, limit=10) is False
+        assert not list((tmp_path / "state").glob("baseline.rollback-*"))
+        assert applied == listing(node)
+        assert 0 == cli(node, "diff", "-c", str(cfg)).returncode
+
+    @pytest.mark.parametrize(("client", "force", "code"), [
+        ("10.9.3.7", False, 2), ("10.9.3.7", True, 0), ("10.9.1.7", False, 0)])
+    def test_ssh_session_guard(self, node: Host, tmp_path: Path, client: str, force: bool,
+                               code: int) -> None:
+        """An apply from an SSH session whose client could not reconnect under the new
+        policy is refused (nothing applied) unless --force; from admin_cidrs it applies."""
+        cfg = write_config(tmp_path, SIMPLE)
+        result = node.run("env", f"SSH_CONNECTION={client} 50123 10.9.1.1 22", sys.executable,
+                          "-m", "kfwguard.cli_baseline", "apply", "-c", str(cfg),
+                          *(["--force"] if force else []), check=False)
+        assert code == result.returncode, result.stderr
+        assert (listing(node) is None) == (code != 0)
+        if code == 2:
+            assert f"comes from {client} to port 22" in result.stderr
+        if force:
+            assert "warning (--force)" in result.stderr
+
     def test_rejected_policy_leaves_live_untouched(self, node: Host, tmp_path: Path) -> None:
         """A script nft refuses changes neither the live table nor the saved rollback file."""
         cfg = write_config(tmp_path, SIMPLE)
@@ -665,7 +735,8 @@ class TestDiffAndRollback:
     def test_rollback_restores_previous(self, node: Host, tmp_path: Path) -> None:
         """rollback after two applies brings back the first policy exactly."""
         first = write_config(tmp_path, SIMPLE, "a.yaml")
-        second = write_config(tmp_path, SIMPLE + "  role: control-plane\n", "b.yaml")
+        second = write_config(tmp_path, SIMPLE + "  role: control-plane\n"
+                              "  control_plane_cidrs: [10.9.2.2/32]\n", "b.yaml")
         assert 0 == cli(node, "apply", "-c", str(first)).returncode
         was = listing(node)
         assert 0 == cli(node, "apply", "-c", str(second)).returncode
@@ -679,3 +750,42 @@ class TestDiffAndRollback:
         result = cli(node, "rollback", "-c", str(write_config(tmp_path, SIMPLE)))
         assert 1 == result.returncode
         assert "nothing to roll back" in result.stderr
+
+
+class TestLifecycle:
+    def test_remove_saves_then_removes(self, node: Host, tmp_path: Path) -> None:
+        """remove takes the table out (rollback brings it back); with none, exit 1."""
+        cfg = write_config(tmp_path, SIMPLE)
+        assert 0 == cli(node, "apply", "-c", str(cfg)).returncode
+        applied = listing(node)
+        removed = cli(node, "remove", "-c", str(cfg))
+        assert 0 == removed.returncode, removed.stderr
+        assert listing(node) is None
+        assert 1 == cli(node, "remove", "-c", str(cfg)).returncode
+        assert 0 == cli(node, "rollback", "-c", str(cfg)).returncode
+        assert applied == listing(node)
+
+    def test_diff_reports_chains_that_can_override_ours(self, node: Host,
+                                                        tmp_path: Path) -> None:
+        """diff names other tables' base chains on our hooks with a drop policy or an
+        earlier priority, and not those that run after us with an accept policy."""
+        cfg = write_config(tmp_path, SIMPLE)
+        assert 0 == cli(node, "apply", "-c", str(cfg)).returncode
+        node.nft("""table ip filter {
+    chain INPUT { type filter hook input priority filter; policy drop; }
+}
+table inet late {
+    chain out { type filter hook output priority 50; policy accept; }
+    chain pre { type filter hook prerouting priority -300; policy drop; }
+}
+table ip6 early {
+    chain early_fwd { type filter hook forward priority -110; policy accept; }
+}
+""")
+        out = cli(node, "diff", "-c", str(cfg))
+        assert 0 == out.returncode, out.stderr
+        notes = [x for x in out.stdout.splitlines() if x.startswith("#   ")]
+        assert ["#   ip filter INPUT: hook input, priority 0, policy drop (its drop policy "
+                "drops what we accept)",
+                "#   ip6 early early_fwd: hook forward, priority -110, policy accept (it runs "
+                "first: its drops win)"] == notes

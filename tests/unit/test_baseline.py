@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ def make(**over: Any) -> BaselineConfig:
         "cluster_cidrs": ["10.0.0.0/16", "fd00:10::/64"],
         "pod_cidrs": ["10.244.0.0/16", "fd00:244::/56"],
         "service_cidrs": ["10.96.0.0/12"],
+        "dns_servers": ["10.0.0.2"], "ntp_servers": [],
     }
     data.update(over)
     return BaselineConfig.model_validate(data)
@@ -117,6 +119,55 @@ class TestValidate:
             bl.validate(make(table="kfwguard"))
 
 
+class TestDiscovery:
+    def test_resolv_conf_and_resolved_upstreams(self, tmp_path: Path) -> None:
+        """With the systemd-resolved stub in resolv.conf, its upstreams are the DNS
+        servers; loopback stubs need no rule (lo is open); a scope id is dropped."""
+        (tmp_path / "etc").mkdir()
+        (tmp_path / "etc/resolv.conf").write_text(
+            "# stub\nnameserver 127.0.0.53\noptions edns0 trust-ad\n")
+        up = tmp_path / "run/systemd/resolve"
+        up.mkdir(parents=True)
+        (up / "resolv.conf").write_text("nameserver 10.0.0.2\nnameserver fe80::1%eth0\n")
+        found = bl.discover.dns_servers(tmp_path)
+        assert ["10.0.0.2/32", "fe80::1/128"] == [str(a) for a in found.servers]
+        script = bl.render(make(dns_servers=None), root=tmp_path)
+        assert "elements = { 10.0.0.2/32 }" in script.split("set dns4 {")[1].split("\n\t}")[0]
+
+    def test_resolved_file_ignored_without_stub(self, tmp_path: Path) -> None:
+        """A plain resolv.conf is all there is; resolved's file is not read then."""
+        (tmp_path / "etc").mkdir()
+        (tmp_path / "etc/resolv.conf").write_text("nameserver 192.0.2.53\n")
+        up = tmp_path / "run/systemd/resolve"
+        up.mkdir(parents=True)
+        (up / "resolv.conf").write_text("nameserver 10.9.9.9\n")
+        assert ["192.0.2.53/32"] == [str(a) for a in bl.discover.dns_servers(tmp_path).servers]
+
+    def test_ntp_from_chrony_and_timesyncd(self, tmp_path: Path) -> None:
+        """chrony's server/pool lines and timesyncd's NTP=/FallbackNTP= give the NTP
+        servers; names are reported, not guessed."""
+        (tmp_path / "etc/chrony/sources.d").mkdir(parents=True)
+        (tmp_path / "etc/chrony/chrony.conf").write_text(
+            "pool 2.debian.pool.ntp.org iburst\nserver 192.0.2.123 iburst\n")
+        (tmp_path / "etc/chrony/sources.d/lan.sources").write_text("server 2001:db8::7b\n")
+        (tmp_path / "etc/systemd").mkdir(parents=True)
+        (tmp_path / "etc/systemd/timesyncd.conf").write_text(
+            "[Time]\nNTP=198.51.100.1 time.example\n#FallbackNTP=10.1.1.1\n")
+        found = bl.discover.ntp_servers(tmp_path)
+        assert ["192.0.2.123/32", "2001:db8::7b/128", "198.51.100.1/32"] == [
+            str(a) for a in found.servers]
+        assert ["2.debian.pool.ntp.org", "time.example"] == found.names
+        script = bl.render(make(ntp_servers=None), root=tmp_path)
+        assert "named servers left out (list their addresses in ntp_servers): " \
+               "2.debian.pool.ntp.org, time.example" in script
+
+    def test_nothing_found_means_no_egress(self, tmp_path: Path) -> None:
+        """No resolv.conf and no NTP config: no 53/123 egress at all, and the script says so."""
+        script = bl.render(make(dns_servers=None, ntp_servers=None), root=tmp_path)
+        assert "dport 53" not in script and "dport 123" not in script
+        assert "# dns_servers (unset): none from nothing" in script
+
+
 class TestRender:
     def test_replaces_only_its_table_atomically(self) -> None:
         """The script creates, deletes and redefines only table inet <table>."""
@@ -156,31 +207,107 @@ class TestRender:
         assert "ip saddr @admin4 udp dport 500 accept" in r
 
     def test_worker_ports(self) -> None:
-        """A worker opens kubelet to the cluster, NodePorts and kube-proxy health to all."""
+        """A worker opens kubelet to nodes and pods, NodePorts (by the client's original
+        port) and kube-proxy health to nodeports.from; no API server, no etcd."""
         r = rules(bl.render(make(role="worker")), "input")
         assert "ip saddr @nodes4 tcp dport 10250 accept" in r
         assert "ip saddr @pods4 tcp dport 10250 accept" in r
-        assert "tcp dport 30000-32767 accept" in r
-        assert "udp dport 30000-32767 accept" in r
-        assert "tcp dport 10256 accept" in r
+        for proto in ("tcp", "udp"):
+            assert (f"ip saddr @nodeport_clients4 meta l4proto {proto} "
+                    "ct original proto-dst 30000-32767 accept") in r
+            assert (f"ip6 saddr @nodeport_clients6 meta l4proto {proto} "
+                    "ct original proto-dst 30000-32767 accept") in r
+        assert "ip saddr @nodeport_clients4 tcp dport 10256 accept" in r
+        assert not any("dport 30000" in x for x in r)
         assert not any("2379" in x or ("6443" in x and "admin" not in x) for x in r)
 
-    def test_control_plane_etcd_from_control_plane_only(self) -> None:
-        """etcd is open to control_plane_cidrs; the API server to everyone; no NodePorts."""
-        r = rules(bl.render(make(role="control-plane", control_plane_cidrs=["10.0.0.5/32"])),
-                  "input")
-        assert "tcp dport 6443 accept" in r
-        assert "ip saddr @control_plane4 tcp dport 2379-2380 accept" in r
-        assert "ip saddr @nodes4 tcp dport { 10250, 10257, 10259 } accept" in r
-        assert not any("30000" in x for x in r)
-        assert "elements = { 10.0.0.5/32 }" in bl.render(
-            make(role="control-plane", control_plane_cidrs=["10.0.0.5/32"]))
+    def test_control_plane_ports_by_source(self) -> None:
+        """6443 from api_cidrs, nodes and pods only; etcd from control_plane_cidrs only;
+        10257/10259 from nowhere but the node itself (lo); no NodePorts."""
+        cfg = make(role="control-plane", control_plane_cidrs=["10.0.0.5/32"],
+                   api_cidrs=["198.51.100.0/24"])
+        script = bl.render(cfg)
+        r = rules(script, "input")
+        assert [x for x in r if "6443" in x and "admin" not in x] == [
+            "ip saddr @api4 tcp dport 6443 accept", "ip saddr @nodes4 tcp dport 6443 accept",
+            "ip6 saddr @nodes6 tcp dport 6443 accept", "ip saddr @pods4 tcp dport 6443 accept",
+            "ip6 saddr @pods6 tcp dport 6443 accept"]
+        assert "elements = { 198.51.100.0/24 }" in script.split("set api4 {")[1].split("\n\t}")[0]
+        assert [x for x in r if "2379" in x] == [
+            "ip saddr @control_plane4 tcp dport 2379-2380 accept"]
+        assert not any("10257" in x or "10259" in x for x in r)
+        assert not any("30000" in x or "10256" in x for x in r)
+        assert not any("30000" in x for x in rules(script, "forward"))
 
-    def test_control_plane_set_defaults_to_cluster(self) -> None:
-        """With no control_plane_cidrs, etcd peers are the cluster's nodes."""
-        script = bl.render(make(role="control-plane"))
-        block = script.split("set control_plane4 {")[1].split("}")[0]
-        assert "10.0.0.0/16" in block
+    def test_api_cidrs_default_to_admin(self) -> None:
+        """Without api_cidrs, 6443 beyond the cluster is open to admin_cidrs."""
+        script = bl.render(make(role="control-plane", control_plane_cidrs=["10.0.0.5/32"]))
+        assert "192.0.2.0/24" in script.split("set api4 {")[1].split("}")[0]
+        assert "2001:db8:a::/64" in script.split("set api6 {")[1].split("}")[0]
+
+    def test_control_plane_requires_control_plane_cidrs(self) -> None:
+        """A control plane without control_plane_cidrs is refused: no silent fallback."""
+        with pytest.raises(bl.BaselineError, match="control_plane_cidrs is empty"):
+            bl.render(make(role="control-plane"))
+
+    def test_nodeports_switch_and_sources(self) -> None:
+        """nodeports.enabled false closes them on a worker (input and forward);
+        enabled on a control plane opens them; 'from' limits who reaches them."""
+        off = bl.render(make(nodeports={"enabled": False}))
+        assert "30000" not in off
+        on = bl.render(make(role="control-plane", control_plane_cidrs=["10.0.0.5/32"],
+                            nodeports={"enabled": True, "from": ["203.0.113.0/24"]}))
+        assert "elements = { 203.0.113.0/24 }" in on.split("set nodeport_clients4 {")[1]
+        assert "set nodeport_clients6" not in on
+        assert ("ct status dnat ip saddr @nodeport_clients4 meta l4proto udp "
+                "ct original proto-dst 30000-32767 accept") in rules(on, "forward")
+
+    def test_egress_limited_to_servers_and_roles(self) -> None:
+        """DNS and NTP go to their servers only; nodes only on the ports the role and CNI
+        use; pods and translated Services on any port; DHCP."""
+        r = rules(bl.render(make(dns_servers=["10.0.0.2"], ntp_servers=["2001:db8::123"])),
+                  "output")
+        for rule in ("ip daddr @dns4 meta l4proto { tcp, udp } th dport 53 accept",
+                     "ip6 daddr @ntp6 udp dport 123 accept",
+                     "meta nfproto ipv4 udp sport 68 udp dport 67 accept",
+                     "meta nfproto ipv6 udp sport 546 udp dport 547 accept",
+                     "ip daddr @nodes4 tcp dport { 6443, 10250 } accept",
+                     "ip daddr @nodes4 udp dport 8472 accept",
+                     "ip6 daddr @pods6 accept",
+                     "ct status dnat ct original ip daddr @services4 accept"):
+            assert rule in r
+        assert not any(x.endswith("daddr @nodes4 accept") or "th dport 53 accept" == x
+                       or x == "udp dport 123 accept" for x in r)
+        none = rules(bl.render(make(dns_servers=[], ntp_servers=[])), "output")
+        assert not any("dport 53" in x or "dport 123" in x for x in none)
+
+    def test_forward_bound_to_pod_interfaces(self) -> None:
+        """From pods only on the CNI's interfaces; to pods from elsewhere only what a
+        Service translated; doNotTrack (untracked) flows pass."""
+        assert ["ct state invalid drop", "ct state established,related accept",
+                "ct state untracked accept",
+                'iifname { "cni0", "flannel.1", "flannel-v6.1", "flannel-wg", '
+                '"flannel-wg-v6" } ip saddr @pods4 accept',
+                'iifname { "cni0", "flannel.1", "flannel-v6.1", "flannel-wg", '
+                '"flannel-wg-v6" } ip6 saddr @pods6 accept',
+                "ct status dnat ip saddr @nodeport_clients4 meta l4proto tcp "
+                "ct original proto-dst 30000-32767 accept",
+                "ct status dnat ip6 saddr @nodeport_clients6 meta l4proto tcp "
+                "ct original proto-dst 30000-32767 accept",
+                "ct status dnat ip saddr @nodeport_clients4 meta l4proto udp "
+                "ct original proto-dst 30000-32767 accept",
+                "ct status dnat ip6 saddr @nodeport_clients6 meta l4proto udp "
+                "ct original proto-dst 30000-32767 accept",
+                "ct status dnat ct original ip daddr @services4 accept",
+                'counter name "dropped_forward" drop'] == rules(bl.render(make()), "forward")
+        calico = rules(bl.render(make(cni="calico", pod_interfaces=["cali*", "eth0"])),
+                       "forward")
+        assert 'iifname { "cali*", "eth0" } ip saddr @pods4 accept' in calico
+
+    def test_bad_pod_interface_refused(self) -> None:
+        """An interface name nft could not match is refused with its index."""
+        with pytest.raises(bl.BaselineError, match=r"pod_interfaces\[1\]"):
+            bl.render(make(pod_interfaces=["cni0", "a b"]))
 
     @pytest.mark.parametrize(("cni", "expected"), [
         ("flannel", ["ip saddr @nodes4 udp dport 8472 accept"]),
@@ -206,23 +333,6 @@ class TestRender:
         assert not any("8472" in x for x in rules(bl.render(make(cni="none")), "input"))
         assert not any(x.startswith("ip6") and "ipip" in x
                        for x in rules(bl.render(make(cni="calico")), "input"))
-
-    def test_egress_essentials(self) -> None:
-        """DNS, NTP, DHCP and the cluster's networks are allowed out."""
-        r = rules(bl.render(make()), "output")
-        for rule in ("meta l4proto { tcp, udp } th dport 53 accept", "udp dport 123 accept",
-                     "meta nfproto ipv4 udp sport 68 udp dport 67 accept",
-                     "meta nfproto ipv6 udp sport 546 udp dport 547 accept",
-                     "ip daddr @nodes4 accept", "ip6 daddr @pods6 accept",
-                     "ip daddr @services4 accept"):
-            assert rule in r
-
-    def test_forward_pods_and_services(self) -> None:
-        """Forwarding accepts pod traffic both ways and service destinations, nothing else."""
-        assert ["ct state invalid drop", "ct state established,related accept",
-                "ip saddr @pods4 accept", "ip6 saddr @pods6 accept", "ip daddr @pods4 accept",
-                "ip6 daddr @pods6 accept", "ip daddr @services4 accept",
-                'counter name "dropped_forward" drop'] == rules(bl.render(make()), "forward")
 
     def test_everything_else_counted_and_dropped(self) -> None:
         """Each chain ends with a named counter and drop."""
@@ -381,3 +491,61 @@ class TestBaselineCli:
                                                    "--confirm-within", "soon"])
         assert 2 == result.exit_code
         assert "invalid duration" in result.output
+
+
+class TestSshGuard:
+    @pytest.mark.parametrize(("conn", "cut"), [
+        ("192.0.2.9 5000 10.0.0.1 22", False),           # admin, failsafe tcp/22
+        ("::ffff:192.0.2.9 5000 10.0.0.1 22", False),    # v4-mapped client
+        ("2001:db8:a::9 5000 fd00:10::1 22", False),
+        ("203.0.113.9 5000 10.0.0.1 22", True),          # not an admin network
+        ("192.0.2.9 5000 10.0.0.1 2222", True),           # admin, but not a failsafe port
+        ("127.0.0.1 5000 127.0.0.1 22", False),          # loopback always passes
+        ("garbage", False),                              # cannot tell: no refusal
+    ])
+    def test_failsafe_and_admin(self, conn: str, cut: bool) -> None:
+        """The session's client must reach the session's port again through the failsafe
+        (admin_cidrs) or an allow_in rule."""
+        assert cut == (bl.ssh_session_cut(make(), conn) is not None)
+
+    def test_allow_in_keeps_session(self) -> None:
+        """An allow_in rule for the port from the client's network keeps the session."""
+        cfg = make(allow_in=[{"proto": "tcp", "ports": ["2200-2300"],
+                              "from": ["203.0.113.0/24"]}])
+        assert bl.ssh_session_cut(cfg, "203.0.113.9 5000 10.0.0.1 2222") is None
+        assert bl.ssh_session_cut(cfg, "198.51.100.9 5000 10.0.0.1 2222") is not None
+
+
+class TestToNames:
+    def test_rendered_as_timeout_sets(self) -> None:
+        """to_names becomes one timeout set per family, matched by the rule's ports; a
+        rule with names only opens nothing else."""
+        script = bl.render(make(allow_out=[
+            {"proto": "tcp", "ports": [443], "to_names": ["registry.example.com"]}]))
+        assert "\tset names04 {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t}" in script
+        r = rules(script, "output")
+        assert "ip daddr @names04 tcp dport 443 accept" in r
+        assert "ip6 daddr @names06 tcp dport 443 accept" in r
+        assert "tcp dport 443 accept" not in r
+
+    @pytest.mark.parametrize(("rules_", "where"), [
+        ({"allow_in": [{"proto": "tcp", "ports": [1], "to_names": ["a.example"]}]},
+         "allow_in[0].to_names"),
+        ({"allow_out": [{"proto": "tcp", "ports": [1], "to_names": ["bad name"]}]},
+         "allow_out[0].to_names[0]"),
+        ({"name_ttl": {"floor": "0s"}}, "name_ttl"),
+    ])
+    def test_refused(self, rules_: dict[str, Any], where: str) -> None:
+        """Names in allow_in, a malformed name and a zero floor are refused by key."""
+        with pytest.raises(bl.BaselineError, match=re.escape(where)):
+            bl.render(make(**rules_))
+
+    def test_elements_are_not_policy(self) -> None:
+        """The names sets' elements are left out of drift snapshots and normalised
+        listings (the daemon fills them from DNS)."""
+        head = "table inet t {\n\tset names04 {\n\t\ttype ipv4_addr\n\t\tflags timeout\n"
+        a = head + "\t\telements = { 10.0.0.1 timeout 30s expires 29s }\n\t}\n}\n"
+        b = head + ("\t\telements = { 10.0.0.2 timeout 30s expires 3s,\n"
+                    "\t\t\t     10.0.0.3 }\n\t}\n}\n")
+        assert bl.drift.parse_listing(a) == bl.drift.parse_listing(b)
+        assert bl.normalise_listing(a) == bl.normalise_listing(b) == head + "\t}\n}\n"
