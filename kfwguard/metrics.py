@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import prometheus_client.exposition
 import structlog
@@ -220,10 +220,3 @@ def parse_listen(text: str) -> tuple[str, int]:
         raise ValueError(f"metrics.listen {text!r}: expected HOST:PORT")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
-
-
-def registry_of(daemon: Any) -> CollectorRegistry | None:
-    """The metrics registry of a daemon that has the operator surface installed."""
-    op = getattr(daemon, "operator", None)
-    metrics = getattr(op, "metrics", None)
-    return metrics.registry if metrics is not None else None
