@@ -5,18 +5,24 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, NoReturn
 
 import click
 
 from kfwguard import __version__
 
-CONFIG_HELP = "config file (default /etc/kfwguard/kfwguard.yaml, else the embedded default)"
-
+# The one -c option of every command (kfwguard.config.load_config_or_default).
 config_option = click.option(
-    "-c", "--config", "config_path", type=click.Path(path_type=Path), default=None,
-    help=CONFIG_HELP,
+    "-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+    default=None, help="config file (default $KFWGUARD_CONFIG, else "
+    "/etc/kfwguard/kfwguard.yaml, else the embedded default)",
 )
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """``kfwguard: message`` on stderr, then exit with ``code``."""
+    click.echo(f"kfwguard: {message}", err=True)
+    sys.exit(code)
 
 
 class _LazyGroup(click.Group):
@@ -75,8 +81,7 @@ def check_config(config_path: Path | None) -> None:
     try:
         cfg, origin = load_config_or_default(config_path)
     except ConfigError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(2)
+        fail(str(exc), 2)
     problems = []
     # run skips a folder that is not there (the default names an optional
     # /etc/kfwguard/filters): say so, without failing the check. A jail whose

@@ -11,44 +11,35 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import click
 
+from kfwguard.cli import config_option, fail
 from kfwguard.config import Config, ConfigError, load_config_or_default
 from kfwguard.durations import format_duration, parse_duration
 from kfwguard.firewall import baseline as bl
 from kfwguard.firewall.nft import Nft, NftError
-
-config_option = click.option(
-    "-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-    default=None, help="config file (default: $KFWGUARD_CONFIG or /etc/kfwguard/kfwguard.yaml)")
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(message, err=True)
-    sys.exit(code)
 
 
 def _load(path: Path | None) -> tuple[Config, str]:
     try:
         return load_config_or_default(path)
     except ConfigError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
 
 
 def _render(cfg: Config, source: str) -> str:
     try:
         return bl.render(cfg.baseline)
     except bl.BaselineError as exc:
-        _fail("\n".join(f"{source}: {p}" for p in exc.problems), 2)
+        fail("\n".join(f"{source}: {p}" for p in exc.problems), 2)
 
 
 def _nft() -> Nft:
     try:
         return Nft()
     except NftError as exc:
-        _fail(f"nft: {exc}", 1)
+        fail(f"nft: {exc}", 1)
 
 
 def _say(message: str) -> None:
@@ -99,7 +90,7 @@ def apply_cmd(config_path: Path | None, confirm_within: float | None, force: boo
     cut = bl.ssh_session_cut(cfg.baseline, ssh) if ssh else None
     if cut is not None:
         if not force:
-            _fail(f"{source}: refused: {cut}", 2)
+            fail(f"{source}: refused: {cut}", 2)
         click.echo(f"warning (--force): {cut}", err=True)
     nft = _nft()
     table = cfg.baseline.table
@@ -114,9 +105,9 @@ def apply_cmd(config_path: Path | None, confirm_within: float | None, force: boo
         kept = bl.apply_confirmed(nft, table, script, cfg.state_dir, confirm_within,
                                   notify=_say, instructions=how)
     except NftError as exc:
-        _fail(f"nft refused the policy; the live ruleset is unchanged:\n{exc}", 1)
+        fail(f"nft refused the policy; the live ruleset is unchanged:\n{exc}", 1)
     except bl.BaselineError as exc:
-        _fail(str(exc), 1)
+        fail(str(exc), 1)
     if not kept:
         sys.exit(3)
 
@@ -131,7 +122,7 @@ def confirm_cmd(config_path: Path | None, timeout: float) -> None:
     try:
         bl.confirm(cfg.state_dir, timeout=timeout)
     except bl.BaselineError as exc:
-        _fail(str(exc), 1)
+        fail(str(exc), 1)
     click.echo(f"confirmed: table inet {cfg.baseline.table} stays")
 
 
@@ -145,11 +136,11 @@ def diff_cmd(config_path: Path | None) -> None:
     try:
         text = bl.diff(nft, cfg.baseline)
     except (NftError, bl.BaselineError) as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     try:
         foreign = bl.foreign_base_chains(nft, cfg.baseline.table)
     except NftError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     if text:
         click.echo(text, nl=False)
     if foreign:
@@ -181,9 +172,9 @@ def remove_cmd(config_path: Path | None) -> None:
                 removed.append(name)
         bl.remember_owned(cfg.state_dir, None)
     except (NftError, OSError) as exc:
-        _fail(str(exc), 1)
+        fail(str(exc), 1)
     if not removed:
-        _fail(f"no table inet {table}: nothing to remove", 1)
+        fail(f"no table inet {table}: nothing to remove", 1)
     click.echo(f"removed table inet {', '.join(removed)}; 'kfwguard baseline rollback' "
                "puts it back")
     if cfg.baseline.enabled:
@@ -200,7 +191,7 @@ def rollback_cmd(config_path: Path | None) -> None:
     try:
         bl.rollback(nft, cfg.state_dir)
     except (NftError, bl.BaselineError) as exc:
-        _fail(str(exc), 1)
+        fail(str(exc), 1)
     click.echo(f"restored table inet {cfg.baseline.table} from "
                f"{bl.StateFiles(cfg.state_dir).previous}")
 

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import Coroutine
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from kfwguard.addresses import parse_target
+from kfwguard.cli import config_option, fail
 from kfwguard.config import ConfigError, load_config_or_default
 from kfwguard.durations import check_ban_duration, format_duration, parse_duration
 
@@ -26,16 +26,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-config_option = click.option(
-    "-c", "--config", "config_path", type=click.Path(path_type=Path), default=None,
-    help="config file naming control_socket (default /etc/kfwguard/kfwguard.yaml)",
-)
 json_option = click.option("--json", "as_json", is_flag=True, help="print JSON")
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"kfwguard: {message}", err=True)
-    sys.exit(code)
 
 
 def _client(config_path: Path | None) -> ControlClient:
@@ -46,7 +37,7 @@ def _client(config_path: Path | None) -> ControlClient:
     try:
         cfg, _ = load_config_or_default(config_path)
     except ConfigError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     return ControlClient(cfg.control_socket)
 
 
@@ -56,7 +47,7 @@ def _call(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coro)
     except ControlError as exc:
-        _fail(str(exc), 1)
+        fail(str(exc), 1)
 
 
 def _when(ts: float) -> str:
@@ -92,13 +83,13 @@ def ban(address: str, jail: str | None, duration: str | None, reason: str | None
     try:
         target = parse_target(address)
     except ValueError:
-        _fail(f"{address!r} is not an IPv4 or IPv6 address or CIDR", 2)
+        fail(f"{address!r} is not an IPv4 or IPv6 address or CIDR", 2)
     seconds = None
     if duration is not None:
         try:
             seconds = check_ban_duration(parse_duration(duration))
         except ValueError as exc:
-            _fail(f"--for: {exc}", 2)
+            fail(f"--for: {exc}", 2)
     out = _call(_client(config_path).ban(str(target), jail, seconds, reason, force))
     for row in out.get("banned", []):
         click.echo(f"banned {row['target']} in jail {row['jail']} for "
@@ -118,7 +109,7 @@ def unban(address: str, jail: str | None, config_path: Path | None) -> None:
     try:
         target = parse_target(address)
     except ValueError:
-        _fail(f"{address!r} is not an IPv4 or IPv6 address or CIDR", 2)
+        fail(f"{address!r} is not an IPv4 or IPv6 address or CIDR", 2)
     out = _call(_client(config_path).unban(str(target), jail))
     for row in out.get("unbanned", []):
         click.echo(f"unbanned {row['target']} in jail {row['jail']}")

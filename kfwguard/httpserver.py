@@ -5,10 +5,20 @@ with small bodies. aiohttp.web (with the aiohttp client, yarl, multidict and
 the stdlib they pull in) cost the idle daemon about 10 MiB of RSS for that, so
 the daemon serves them here and imports aiohttp only to send alerts.
 
+Requests are parsed by h11 (the HTTP/1.1 state machine uvicorn uses), not by
+code of ours: the root-only control socket must not rest on a hand-written
+parser. h11 refuses what RFC 9112 says a server must refuse (a bad request
+line or header, conflicting Content-Length, an HTTP/1.1 request without Host,
+a bare CR) with the status it suggests; on top of it, a request carrying both
+Content-Length and Transfer-Encoding (the request-smuggling shape) is refused
+with 400 before any handler runs. h11 reads a bare LF as a line end, as the
+RFC allows, so a header after one is seen, never hidden in a value.
+
 One request per connection (``Connection: close``): no keep-alive state to
-manage, and each client (the CLI, a Prometheus scrape) opens one anyway. The
-request head is bounded (``MAX_HEAD``) and must arrive within
-``HEAD_TIMEOUT``, the body by the server's ``max_body`` and ``READ_TIMEOUT``,
+manage, and each client (the CLI, a Prometheus scrape) opens one anyway; bytes
+after the first request are never read. The request head is bounded
+(``MAX_HEAD``) and must arrive whole within ``HEAD_TIMEOUT`` (however slowly
+it trickles in), the body by the server's ``max_body`` and ``READ_TIMEOUT``,
 so a slow or hostile peer holds one connection for a bounded time only. The
 body is read only when a handler asks for it, after any check on the peer.
 
@@ -34,11 +44,13 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
+import h11
 import structlog
 
 log = structlog.get_logger("kfwguard.http")
 
 MAX_HEAD = 16 * 1024
+READ_CHUNK = 4096
 READ_TIMEOUT = 30.0
 # A client that connected must send its request head within this.
 HEAD_TIMEOUT = 5.0
@@ -88,29 +100,36 @@ class Request:
     transport: asyncio.BaseTransport
     match_info: dict[str, str] = field(default_factory=dict)
     _reader: asyncio.StreamReader | None = None
+    _conn: h11.Connection | None = None
     _max_body: int = 0
     _body: bytes | None = None
 
     async def read(self) -> bytes:
-        """The body (Content-Length bytes). HTTPError 413 past the server's limit."""
+        """The body, as h11 frames it (Content-Length or chunked). HTTPError 413
+        past the server's limit: at once for a declared length, else when the
+        decoded chunks pass it."""
         if self._body is not None:
             return self._body
-        if "transfer-encoding" in self.headers:
-            raise HTTPError(501, "chunked request bodies are not supported")
-        raw = self.headers.get("content-length", "0").strip()
-        if not raw.isdigit():
-            raise HTTPError(400, "invalid Content-Length")
-        size = int(raw)
-        if size > self._max_body:
-            raise HTTPError(413, f"the body is limited to {self._max_body} bytes")
-        body = b""
-        if size and self._reader is not None:
+        too_large = HTTPError(413, f"the body is limited to {self._max_body} bytes")
+        # h11 has checked the value: digits only, one value.
+        if int(self.headers.get("content-length", "0")) > self._max_body:
+            raise too_large
+        parts: list[bytes] = []
+        size = 0
+        if self._conn is not None and self._reader is not None:
             try:
-                body = await asyncio.wait_for(self._reader.readexactly(size), READ_TIMEOUT)
+                async with asyncio.timeout(READ_TIMEOUT):
+                    while not isinstance(event := await _receive(self._conn, self._reader),
+                                         h11.EndOfMessage):
+                        if isinstance(event, h11.Data):
+                            size += len(event.data)
+                            if size > self._max_body:
+                                raise too_large
+                            parts.append(bytes(event.data))
             except (asyncio.IncompleteReadError, TimeoutError):
                 raise HTTPError(400, "incomplete body") from None
-        self._body = body
-        return body
+        self._body = b"".join(parts)
+        return self._body
 
     async def json(self) -> Any:
         """The body parsed as JSON; ValueError if it is not JSON."""
@@ -258,27 +277,55 @@ class HTTPServer:
 
     async def _read_head(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> Request:
-        try:
-            raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.head_timeout)
-        except asyncio.LimitOverrunError:
-            raise HTTPError(431, "request head too large") from None
-        lines = raw[:-4].decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ")
-        if len(parts) != 3 or parts[2] not in ("HTTP/1.0", "HTTP/1.1") \
-                or not parts[1].startswith("/") or not parts[0].isalpha():
-            raise HTTPError(400, "malformed request line")
-        method, target, version = parts
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        # One deadline for the whole head: trickling bytes does not extend it.
+        async with asyncio.timeout(self.head_timeout):
+            event = await _receive(conn, reader, budget=MAX_HEAD)
+        if not isinstance(event, h11.Request):  # a fresh connection's first event
+            raise HTTPError(400, "malformed request")
+        if event.http_version not in (b"1.0", b"1.1"):
+            raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1 are served")
         headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip():
-                raise HTTPError(400, "malformed header")
-            headers[name.lower()] = value.strip()
+        for name, value in event.headers:  # h11 gives names in lower case
+            key, text = name.decode("ascii"), value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        if "content-length" in headers and "transfer-encoding" in headers:
+            raise HTTPError(400, "both Content-Length and Transfer-Encoding")
+        target = event.target.decode("ascii")  # h11 allows visible ASCII only
+        if not target.startswith("/"):
+            raise HTTPError(400, "the request target must be a path")
         raw_path, _, query = target.partition("?")
         return Request(
-            method=method.upper(), path=unquote(raw_path), raw_path=raw_path,
-            query=dict(parse_qsl(query)), version=version, headers=headers,
-            transport=writer.transport, _reader=reader, _max_body=self.max_body)
+            method=event.method.decode("ascii").upper(), path=unquote(raw_path),
+            raw_path=raw_path, query=dict(parse_qsl(query)),
+            version="HTTP/" + event.http_version.decode("ascii"), headers=headers,
+            transport=writer.transport, _reader=reader, _conn=conn,
+            _max_body=self.max_body)
+
+
+async def _receive(conn: h11.Connection, reader: asyncio.StreamReader,
+                   budget: int | None = None) -> h11.Event:
+    """h11's next event, reading as it needs, at most ``budget`` bytes (431 past
+    it). What h11 refuses is an HTTPError with the status h11 suggests (400, 501
+    for a transfer coding other than chunked); IncompleteReadError when the peer
+    left first."""
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise HTTPError(exc.error_status_hint, f"malformed request: {exc}") from None
+        if isinstance(event, h11.Event):
+            return event
+        if event is not h11.NEED_DATA:  # PAUSED: after a whole request, never asked
+            raise HTTPError(400, "one request per connection")
+        if budget is not None and budget <= 0:
+            raise HTTPError(431, "request head too large")
+        data = await reader.read(READ_CHUNK if budget is None else min(READ_CHUNK, budget))
+        if not data:
+            raise asyncio.IncompleteReadError(b"", None)
+        if budget is not None:
+            budget -= len(data)
+        conn.receive_data(data)
 
 
 def _encode(response: Response, version: str, head_only: bool) -> bytes:

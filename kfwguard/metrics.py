@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import prometheus_client.exposition
 import structlog
@@ -260,8 +260,3 @@ class Metrics:
             self.listen = None
 
 
-def registry_of(daemon: Any) -> CollectorRegistry | None:
-    """The metrics registry of a daemon that has the operator surface installed."""
-    op = getattr(daemon, "operator", None)
-    metrics = getattr(op, "metrics", None)
-    return metrics.registry if metrics is not None else None

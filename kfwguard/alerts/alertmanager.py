@@ -22,7 +22,6 @@ from kfwguard.config import AlertmanagerActionConfig
 from kfwguard.durations import format_duration
 
 _LABEL_NAME = re.compile(r"[^A-Za-z0-9_]")
-_RETRY_STATUS = {408, 425, 429}
 
 
 def label_name(name: str) -> str:
