@@ -589,6 +589,9 @@ class BanManager:
         new: list[Element] = []
         refresh: list[Element] = []
         gone: list[str] = []
+        # element -> the expiry it is given, exactly (now + timeout is not, and a
+        # piece whose recorded expiry drifts would be refreshed on every pass)
+        planned: dict[str, float] = {}
         for key in adds:
             expiry = self._expiry.get(key, 0.0)
             if expiry <= now:
@@ -598,6 +601,7 @@ class BanManager:
                 self._deferred.add(key)
                 continue
             el = Element(key, expiry - now)
+            planned[key] = expiry
             (refresh if key in self._kernel else new).append(el)
         for key in removes:
             if self._waiting(key, mono):
@@ -615,8 +619,10 @@ class BanManager:
                     continue  # _wake marks the nets again when its back-off ends
                 if piece not in have:
                     new.append(Element(piece, x - now))
+                    planned[piece] = x
                 elif have[piece] != x:
                     refresh.append(Element(piece, x - now))
+                    planned[piece] = x
                 else:
                     self._backoff.pop(piece, None)  # in the kernel as wanted
         failed: list[tuple[str, NftError]] = []
@@ -643,7 +649,7 @@ class BanManager:
             key = str(el.target)
             if key in refused:
                 continue
-            self._kernel[key] = now + el.timeout
+            self._kernel[key] = planned[key]
             self._backoff.pop(key, None)
             decided = self._decided_at.pop(key, None)
             if decided is not None:

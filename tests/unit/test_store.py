@@ -52,3 +52,18 @@ class TestStore:
         (tmp_path / "state.db").write_bytes(b"this is not sqlite" * 100)
         with pytest.raises(StoreError):
             Store.in_dir(tmp_path)
+
+    def test_apply_changes_one_transaction(self, tmp_path: Path) -> None:
+        """A journal of saves and deletions is written in one transaction: all of
+        it, or (the store refusing writes) none of it, and the store works again
+        afterwards."""
+        s = Store.in_dir(tmp_path)
+        s.save_bans([BanRow("1.2.3.4", "sshd", "r", 100.0, 900.0, 1)])
+        s._db.execute("PRAGMA query_only=ON")  # refuses writes, as a full disk does
+        with pytest.raises(StoreError):
+            s.apply_changes([BanRow("5.6.7.8", "web", "r", 100.0, 900.0, 1)],
+                            [("1.2.3.4", "sshd")])
+        assert ["1.2.3.4"] == [r.target for r in s.active_bans(now=0)]
+        s._db.execute("PRAGMA query_only=OFF")
+        s.apply_changes([BanRow("5.6.7.8", "web", "r", 100.0, 900.0, 1)], [("1.2.3.4", "sshd")])
+        assert [("5.6.7.8", "web")] == [(r.target, r.jail) for r in s.active_bans(now=0)]
