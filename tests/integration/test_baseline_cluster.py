@@ -580,6 +580,7 @@ def build(lab: Lab) -> Cluster:
     c.serve("inet", [53, 80, 443], [53, 123, 5555],
             [a for k in ("inet", "resolver", "timeserver", "spoofed") for a in ADDR[k]])
     c.serve("registry", [443, 5000])
+    # (the registry host also stands for an API client in api_cidrs)
     c.serve("bastion", [7777])
     return c
 
@@ -660,6 +661,8 @@ FLOWS: list[Flow] = [
     Flow("cp2", "tcp", "N", 22, D, D),
     Flow("cp2", "udp", "N", 5555, D, D),
     Flow("registry", "tcp", "N", 10250, D, D, why="a LAN host is not a node"),
+    Flow("registry", "tcp", "N", 6443, D, "ok", why="api_cidrs (a CI runner, say)"),
+    Flow("registry", "tcp", "N", 22, D, D, why="api_cidrs is not admin_cidrs"),
     Flow("worker", "tcp", "N", 2379, None, D, why="a worker is not a control plane"),
     Flow("worker", "tcp", "N", 6443, None, "ok"),
     # pods
@@ -707,6 +710,7 @@ baseline:
   control_plane_cidrs: [10.10.0.11/32, 10.10.0.12/32, "fd00:10::11/128", "fd00:10::12/128"]
   pod_cidrs: [10.244.0.0/16, "fd00:244::/48"]
   service_cidrs: [10.96.0.0/12, "fd00:96::/108"]
+  api_cidrs: [192.0.2.0/24, "2001:db8:a::/64", 10.10.0.50/32, "fd00:10::50/128"]
   dns_servers: [203.0.113.53, "2001:db8:ff::53"]
   ntp_servers: [203.0.113.123, "2001:db8:ff::123"]
   allow_in: [{{proto: tcp, ports: [9100], from: [192.0.2.0/24]}}]

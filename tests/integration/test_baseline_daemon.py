@@ -31,7 +31,9 @@ import ctypes, sys
 lib = ctypes.CDLL("libnftables.so.1")
 lib.nft_ctx_new.restype = ctypes.c_void_p
 ctx = ctypes.c_void_p(lib.nft_ctx_new(0))
-script = ("table inet %s { flags owner; chain c { type filter hook input priority 50; "
+# with "replace", the table of that name is deleted in the same transaction
+script = (("delete table inet %s\\n" % sys.argv[1] if sys.argv[2:] == ["replace"] else "")
+          + "table inet %s { flags owner; chain c { type filter hook input priority 50; "
           "policy accept; }\\n}\\n" % sys.argv[1]).encode()
 if lib.nft_run_cmd_from_buffer(ctx, script) != 0:
     sys.exit(1)
@@ -77,8 +79,9 @@ class Node:
     def alerts(self) -> str:
         return self.received.read_text() if self.received.exists() else ""
 
-    def hold_owner_table(self, name: str) -> None:
-        proc = self.host.popen([sys.executable, "-c", OWNER, name], stdin=subprocess.PIPE,
+    def hold_owner_table(self, name: str, replace: bool = False) -> None:
+        proc = self.host.popen([sys.executable, "-c", OWNER, name,
+                                *(["replace"] if replace else [])], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, text=True)
         self.procs.append(proc)
         assert proc.stdout is not None
@@ -160,8 +163,8 @@ class TestDriftLoopNeverDies:
         process), each failed round is logged and counted, one alert says so, and once
         the name is free again the next round puts the policy back."""
         node.daemon.start()
-        node.host.run("nft", "delete", "table", "inet", TABLE)
-        node.hold_owner_table(TABLE)
+        # (deleted and taken in one transaction: the daemon cannot put it back between)
+        node.hold_owner_table(TABLE, replace=True)
         assert wait_until(lambda: node.status()["baseline"].get("errors", 0) >= 2, timeout=30)
         assert wait_until(lambda: "failing" == node.status()["baseline"]["state"], timeout=30)
         assert wait_until(lambda: "cannot keep the baseline in force" in node.alerts(),
