@@ -73,9 +73,32 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# What a rule's match means for the count (matching/sessions.py settles them
+# per session, i.e. per sshd[PID]):
+#   failure  counts; settles the session's pending helpers as part of it
+#   helper   counts only if neither a failure nor a success of the same
+#            session follows (a PAM line before sshd's own "Failed ..." line)
+#   success  counts nothing and cancels the session's pending helpers
+#            ("Accepted ... for U from IP")
+#   once     counts only if the session has nothing counted or pending yet
+#            (a pre-auth disconnect after failures already counted)
+#   end      counts nothing; the session is over, its pending helpers count now
+RuleKind = Literal["failure", "helper", "success", "once", "end"]
+RULE_KINDS: tuple[str, ...] = ("failure", "helper", "success", "once", "end")
+# Named address sets a rule may exclude (``outside``); the daemon fills them
+# from the config (control_plane: baseline.control_plane_cidrs).
+NETWORK_SETS: tuple[str, ...] = ("control_plane",)
+
+
 class TextRuleSpec(_Model):
     name: str = Field(pattern=RULE_NAME)
     regex: str = Field(min_length=1)
+    kind: RuleKind = "failure"
+    # The filter modes this rule is part of (all when not given).
+    modes: list[str] | None = None
+    # Count only addresses outside this named set, and nothing while the set
+    # is unknown (empty): e.g. etcd's peers, which must never be banned.
+    outside: Literal["control_plane"] | None = None
 
 
 class JsonRuleSpec(_Model):
@@ -90,10 +113,15 @@ class JsonRuleSpec(_Model):
     host_port: bool | None = None
     time: Annotated[list[str] | None, BeforeValidator(_as_list)] = None
     fields: dict[str, str] = Field(default_factory=dict)
+    modes: list[str] | None = None
+    outside: Literal["control_plane"] | None = None
 
 
 class _FilterSpec(_Model):
     description: str = ""
+    # Named rule sets, like fail2ban's ``mode``: the first is the default; a jail
+    # picks another with ``filter: NAME[mode=M]``.
+    modes: list[Annotated[str, Field(pattern=RULE_NAME)]] = Field(default_factory=list)
 
 
 class TextFilterSpec(_FilterSpec):
@@ -110,6 +138,15 @@ class TextFilterSpec(_FilterSpec):
 
 class JsonFilterSpec(_FilterSpec):
     format: Literal["json"]
+    # A syslog header before the JSON object is stripped (zap behind syslog);
+    # with one, the tag's program must be one of ``programs`` (if given).
+    prefix: Annotated[list[Literal["syslog"]], BeforeValidator(_as_list)] = Field(
+        default_factory=list
+    )
+    programs: list[str] = Field(default_factory=list)
+    # Regex rules for the lines that are not a JSON object (an older text logger
+    # of the same program), as in a text filter.
+    text_rules: list[TextRuleSpec] = Field(default_factory=list)
     host: str | None = None
     host_port: bool = False
     time: Annotated[list[str], BeforeValidator(_as_list)] = Field(default_factory=list)
@@ -193,4 +230,20 @@ def parse_spec(text: str, path: str) -> tuple[FilterSpec, Lines]:
     for i, name in enumerate(names):
         if name in names[:i]:
             raise FilterError(path, f"{lines.where(['rules', i, 'name'])}: repeated rule {name!r}")
+    if isinstance(spec, JsonFilterSpec):
+        for i, text_rule in enumerate(spec.text_rules):
+            if text_rule.name in names:
+                raise FilterError(path, f"{lines.where(['text_rules', i, 'name'])}: "
+                                  f"repeated rule {text_rule.name!r}")
+            names.append(text_rule.name)
+    rule_list: list[TextRuleSpec | JsonRuleSpec] = list(spec.rules)
+    all_rules: list[tuple[str, int, list[str] | None]] = [
+        ("rules", i, r.modes) for i, r in enumerate(rule_list)]
+    if isinstance(spec, JsonFilterSpec):
+        all_rules += [("text_rules", i, r.modes) for i, r in enumerate(spec.text_rules)]
+    for key, i, rule_modes in all_rules:
+        for mode in rule_modes or ():
+            if mode not in spec.modes:
+                raise FilterError(path, f"{lines.where([key, i, 'modes'])}: mode {mode!r} "
+                                  f"is not one of the filter's modes {spec.modes}")
     return spec, lines
