@@ -1057,6 +1057,7 @@ class _JsonRule:
     fields: tuple[tuple[str, tuple[Step, ...]], ...]
     literals: tuple[str, ...]
     outside: tuple[IPNetwork, ...] | None = None
+    regex: tuple[tuple[tuple[Step, ...], Any], ...] = ()
 
     def applies(self, doc: Mapping[str, Any]) -> bool:
         for steps, wanted in self.match:
@@ -1069,6 +1070,13 @@ class _JsonRule:
         for steps, unwanted in self.exclude:
             value = lookup(doc, steps)
             if value is not MISSING and any(json_equal(value, w) for w in unwanted):
+                return False
+        for steps, pattern in self.regex:
+            value = lookup(doc, steps)
+            if isinstance(value, bool) or not isinstance(value, str | int):
+                return False
+            text = value if isinstance(value, str) else str(value)
+            if len(text) > MAX_LINE or pattern.search(text) is None:
                 return False
         return True
 
@@ -1128,6 +1136,13 @@ class JsonFilter(Filter):
                 problems.append(f"{lines.where(loc)}: {exc}")
                 return ()
 
+        def compiled(pattern: str, loc: list[Any]) -> Any:
+            try:
+                return _compile(pattern)
+            except ValueError as exc:
+                problems.append(f"{lines.where(loc)}: {exc}")
+                return None
+
         def conditions(
             items: Mapping[str, JsonScalar | list[JsonScalar]], loc: list[Any]
         ) -> tuple[Condition, ...]:
@@ -1158,6 +1173,9 @@ class JsonFilter(Filter):
                     name=r.name,
                     match=match,
                     absent=tuple(parsed(p, [*loc, "absent"]) for p in r.absent),
+                    regex=tuple(
+                        (parsed(p, [*loc, "regex", p]), compiled(pattern, [*loc, "regex", p]))
+                        for p, pattern in r.regex.items()),
                     exclude=conditions(r.exclude, [*loc, "exclude"]),
                     host=parsed(host, [*loc, "host"]),
                     host_port=spec.host_port if r.host_port is None else r.host_port,

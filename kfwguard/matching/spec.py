@@ -34,6 +34,7 @@ JSON filters (one JSON object per line)::
         match: {stage: ResponseStarted, responseStatus.code: [401]}  # all must hold;
                                                                      # a list is any-of
         absent: [user.username]  # missing or null
+        regex: {requestURI: '^/api/v1/namespaces/[^/]+/secrets'}  # RE2, searched
         exclude: {requestURI: [/healthz]}  # any equal value vetoes
         # host, host_port, time and fields may be given per rule too
 
@@ -107,6 +108,9 @@ class JsonRuleSpec(_Model):
     match: dict[str, JsonScalar | list[JsonScalar]] = Field(default_factory=dict)
     # paths that must be missing or null
     absent: list[str] = Field(default_factory=list)
+    # path -> RE2 pattern searched in the string value (a number is compared as
+    # its decimal text); all must hold
+    regex: dict[str, str] = Field(default_factory=dict)
     # path -> value(s) that make the rule not apply
     exclude: dict[str, JsonScalar | list[JsonScalar]] = Field(default_factory=dict)
     host: str | None = None
