@@ -188,7 +188,7 @@ def looks_missed(line: str) -> bool:
                for m in _ADDRESS_LIKE.finditer(line[:MAX_LINE]))
 
 
-def _numbered(block: bytes, hits: list[Hit], first: int) -> list[Hit]:
+def numbered(block: bytes, hits: list[Hit], first: int) -> list[Hit]:
     """``hits`` with each line end replaced by the line's number in the file
     (``first`` lines before the block); repeats of one line share it."""
     out: list[Hit] = []
@@ -240,7 +240,7 @@ def _run(filt: Filter, stream: BinaryIO, name: str, as_json: bool, out: TextIO, 
         # Filter.scan_lines finds the few interesting lines of a block in one
         # pass; the others never become Python objects.
         hits = filt.scan_lines(block, now)
-        found = _numbered(block, hits, lines)
+        found = numbered(block, hits, lines)
         if missed:
             taken = {h[0] for h in found}
             for number, raw in enumerate(block.split(b"\n")[:-1], lines + 1):
