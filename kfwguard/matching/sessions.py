@@ -145,12 +145,22 @@ class Sessions:
 
 
 def block_sessions(data: bytes, hits: Sequence[Hit]) -> list[str | None]:
-    """The session of each hit of ``Filter.scan_lines(data)`` (from its line's header)."""
+    """The session of each hit of ``Filter.scan_lines(data)`` (from its line's header).
+    Lines of one second and one process share their header: it is read once."""
     out: list[str | None] = []
+    cache: dict[bytes, str | None] = {}
     for hit in hits:
         end = hit[0]
         start = data.rfind(b"\n", 0, end) + 1
-        out.append(session_of(data[start : min(end, start + 512)].decode("utf-8", "replace")))
+        colon = data.find(b": ", start, min(end, start + 400))
+        head = data[start : colon + 2] if colon != -1 else data[start : min(end, start + 512)]
+        try:
+            out.append(cache[head])
+        except KeyError:
+            sid = session_of(data[start : min(end, start + 512)].decode("utf-8", "replace"))
+            if len(cache) < 4096:
+                cache[head] = sid
+            out.append(sid)
     return out
 
 

@@ -11,10 +11,23 @@ Text filters::
                                  #     RFC 3339 stamp first)
                                  #   klog: "I1126 04:57:45.123456 1 f.go:1] "
     programs: [sshd]             # optional: with a syslog header, the tag must be one of these
+    modes: [normal, aggressive]  # optional rule sets; the first is the default,
+                                 # a jail picks another with filter: NAME[mode=M]
     rules:                       # tried in order; the first that matches wins
       - name: failed-auth
         regex: '^Failed password for (?P<user>.*) from <HOST> port \d+ ssh2$'
+      - name: pam-failure
+        regex: '^pam_unix\(sshd:auth\): authentication failure; .* rhost=<HOST>$'
+        kind: helper             # failure (default) | helper | success | once | end:
+                                 # how the hit counts per session (RuleKind below)
+        modes: [aggressive]      # only in these modes
+        outside: control_plane   # count only addresses outside this set (none
+                                 # while it is unknown)
     ignoreregex: ['...']         # searched in the message of a matched line; vetoes it
+
+A named group ``repeat`` is not needed for rsyslog's ``message repeated N
+times: [ msg ]``: after a syslog header the wrapper is unwrapped and the hit
+counts N times (at most engine.REPEAT_MAX).
 
 Rules are RE2 patterns matched at the start of the message (a leading ^
 is implied) over the message after the headers. Each has exactly one
@@ -36,7 +49,10 @@ JSON filters (one JSON object per line)::
         absent: [user.username]  # missing or null
         regex: {requestURI: '^/api/v1/namespaces/[^/]+/secrets'}  # RE2, searched
         exclude: {requestURI: [/healthz]}  # any equal value vetoes
-        # host, host_port, time and fields may be given per rule too
+        # host, host_port, time, fields, modes and outside may be given per rule too
+
+    prefix: [syslog]             # JSON after an optional syslog header (programs: as above)
+    text_rules: [...]            # text rules for the lines that are not a JSON object
 
 Paths: ``a.b``, ``list[0]``, ``list[-1]``, ``annotations["k8s.io/key"]``.
 """
