@@ -23,8 +23,9 @@ def sample_file(name: str) -> Traversable:
 
 class TestShippedFilters:
     def test_library_is_complete(self) -> None:
-        """The four filters the design names are shipped."""
-        assert {"sshd", "kube-apiserver-audit", "kubelet", "etcd"} <= set(SHIPPED)
+        """The filters the design and issue 13 name are shipped."""
+        assert {"sshd", "kube-apiserver-audit", "kubelet", "etcd", "ingress-nginx",
+                "traefik"} <= set(SHIPPED)
 
     @pytest.mark.parametrize("name", SHIPPED)
     def test_samples(self, name: str) -> None:

@@ -251,7 +251,8 @@ class TestTextFilter:
         f = load_filter("kubelet")
         line = (
             "Nov 26 04:57:45 node kubelet[1]: I1126 04:57:45.250000    1 log.go:245] "
-            "http: TLS handshake error from 192.0.2.1:5: EOF"
+            "http: TLS handshake error from 192.0.2.1:5: "
+            "tls: first record does not look like a TLS handshake"
         )
         m = f.match(Record(line), NOW)
         assert m is not None and 0.25 == pytest.approx(m.time % 1)
@@ -423,7 +424,7 @@ class TestJsonFilter:
         f = load_filter("etcd")
         hosts = []
         for addr in ("192.0.2.1:2379", "[2001:db8::1]:2379", "2001:db8::2"):
-            doc = {"msg": "rejected connection on peer endpoint", "remote-addr": addr}
+            doc = {"msg": "rejected connection on client endpoint", "remote-addr": addr}
             m = f.match(Record(json.dumps(doc)), NOW)
             hosts.append(m.host if m else None)
         assert [ip("192.0.2.1"), ip("2001:db8::1"), ip("2001:db8::2")] == hosts
