@@ -201,16 +201,16 @@ class Daemon:
             were built for it (Jail.add_lines), else through the filter's hits."""
             try:
                 done = jr.jail.add_lines(jr.filter, block.data, now)
+                if done is None:  # e.g. a paired filter: its hits settle in Python
+                    done = jr.jail.add_hits(hits_of(jr, block, now), now, jr.filter.name)
             except Exception:
-                # The C++ pass counted the lines before the failing one and
+                # Either pass counted the lines before the failing one and
                 # cannot say which those were: the rest of the block is lost,
                 # loudly, rather than the first lines counted twice.
                 rt.errors += 1
                 log.exception("filter_error", filter=jr.filter.name)
                 return [], {}
-            if done is not None:
-                return done
-            return jr.jail.add_hits(hits_of(jr, block, now), now, jr.filter.name)
+            return done
 
         def sink(records: Sequence[Record]) -> None:
             now = clock()
