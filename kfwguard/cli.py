@@ -120,9 +120,14 @@ def check_config(config_path: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per matching line")
 @click.option("--filters-dir", "dirs", multiple=True, type=click.Path(path_type=Path),
               help="search these folders before the shipped filters")
-def test_filter(filter_arg: str, logfile: Path, as_json: bool, dirs: tuple[Path, ...]) -> None:
-    """Run FILTER (a name or a path) over LOGFILE, like fail2ban-regex."""
+@click.option("--missed", is_flag=True,
+              help="also list lines no rule matched that hold an address and a failure word")
+def test_filter(filter_arg: str, logfile: Path, as_json: bool, dirs: tuple[Path, ...],
+                missed: bool) -> None:
+    """Run FILTER (a name or a path, NAME[mode=M] for a mode) over LOGFILE, like
+    fail2ban-regex."""
     from kfwguard.matching import testfilter
 
-    sys.exit(testfilter.main(filter_arg, logfile, as_json, list(dirs), sys.stdout))
+    sys.exit(testfilter.main(filter_arg, logfile, as_json, list(dirs), sys.stdout,
+                             missed=missed))
 

@@ -44,6 +44,7 @@ from kfwguard.firewall.nft import Nft, NftError, NftUnavailable
 from kfwguard.jails import Jail
 from kfwguard.matching import Filter, FilterError, load_filter
 from kfwguard.matching.engine import Hit
+from kfwguard.matching.sessions import Sessions, block_sessions, record_sessions
 from kfwguard.model import BanRequest, Record
 from kfwguard.node import protected_networks
 from kfwguard.notify import Notifier
@@ -88,6 +89,8 @@ class StartupError(Exception):
 class JailRuntime:
     jail: Jail
     filter: Filter
+    # A paired filter's hits settle per session (PAM + sshd lines, one count).
+    sessions: Sessions | None = None
 
 
 @dataclass
@@ -107,7 +110,9 @@ def build_filters(cfg: Config) -> dict[str, Filter]:
     out: dict[str, Filter] = {}
     for j in cfg.jails:
         if j.enabled and j.filter not in out:
-            out[j.filter] = load_filter(j.filter, cfg.filters_dirs)
+            out[j.filter] = load_filter(
+                j.filter, cfg.filters_dirs,
+                networks={"control_plane": cfg.baseline.control_plane_cidrs})
     return out
 
 
@@ -183,7 +188,9 @@ class Daemon:
                         banned_since=bans.banned_since, clock=self.clock,
                         ipv6_prefix=cfg.ipv6_prefix)
             self.jails[jc.name] = jail
-            by_source.setdefault(jc.source, []).append(JailRuntime(jail, filters[jc.filter]))
+            flt = filters[jc.filter]
+            sessions = Sessions(flt.kinds) if flt.paired else None
+            by_source.setdefault(jc.source, []).append(JailRuntime(jail, flt, sessions))
         self.sources = {}
         for sc in cfg.sources:
             if sc.name not in by_source:
@@ -207,25 +214,39 @@ class Daemon:
         matches = rt.matches
 
         def hits_of(jr: JailRuntime, records: Sequence[Record], now: float) -> list[Hit]:
-            """The filter's findings for the batch; a filter bug costs its record only."""
+            """The filter's findings for the batch (settled per session for a paired
+            filter); a filter bug costs its record only."""
+            found, by_offset = raw_hits_of(jr, records, now)
+            if jr.sessions is None:
+                return found
+            sids = (block_sessions(records.data, found)
+                    if by_offset and isinstance(records, TextBlock)
+                    else record_sessions(records, found))
+            return jr.sessions.settle(found, sids, now)
+
+        def raw_hits_of(jr: JailRuntime, records: Sequence[Record], now: float,
+                        ) -> tuple[list[Hit], bool]:
+            """The hits, and whether they are placed by byte offsets (a TextBlock's
+            scan) rather than by record index."""
             flt = jr.filter
             try:
                 if isinstance(records, TextBlock):
                     # Raw lines: lines no rule can match never become objects.
-                    return flt.scan_lines(records.data, now)
-                return flt.hits(records, now)
+                    return flt.scan_lines(records.data, now), True
+                return flt.hits(records, now), False
             except Exception:
                 pass
             # Again record by record, so that only the record that trips the
             # bug is lost.
             out: list[Hit] = []
-            for rec in records:
+            for i, rec in enumerate(records):
                 try:
-                    out += flt.hits([rec], now)
+                    # Indexed as in the batch, so that the sessions find the record.
+                    out += [(i, *h[1:]) for h in flt.hits([rec], now)]
                 except Exception:
                     rt.errors += 1
                     log.exception("filter_error", filter=flt.name)
-            return out
+            return out, False
 
         def lines_into(jr: JailRuntime, block: TextBlock, now: float,
                        ) -> tuple[list[BanRequest], dict[str | None, int]]:
@@ -233,16 +254,16 @@ class Daemon:
             were built for it (Jail.add_lines), else through the filter's hits."""
             try:
                 done = jr.jail.add_lines(jr.filter, block.data, now)
+                if done is None:  # e.g. a paired filter: its hits settle in Python
+                    done = jr.jail.add_hits(hits_of(jr, block, now), now, jr.filter.name)
             except Exception:
-                # The C++ pass counted the lines before the failing one and
+                # Either pass counted the lines before the failing one and
                 # cannot say which those were: the rest of the block is lost,
                 # loudly, rather than the first lines counted twice.
                 rt.errors += 1
                 log.exception("filter_error", filter=jr.filter.name)
                 return [], {}
-            if done is not None:
-                return done
-            return jr.jail.add_hits(hits_of(jr, block, now), now, jr.filter.name)
+            return done
 
         def sink(records: Sequence[Record]) -> None:
             now = clock()

@@ -631,7 +631,7 @@ bool visible(char c) { return c >= '!' && c <= '~'; }  // [!-~]
 // engine._STAMP_HOST_RE + engine._ANY_TAG_RE (the Python path's ``valid``
 // check) and so prefix.strip_syslog read it: "Mmm dd hh:mm:ss " (a known
 // month; the day's first digit may be a space), a host of 1 to 255 visible
-// characters and a space, then a tag of 1 to 100 visible characters other
+// characters not ending in ':' and a space, then a tag of 1 to 100 visible characters other
 // than ":", and ": ". nullptr for any other line; ``tag``/``tag_len`` give the tag.
 const char* plain_header(const char* line, const char* nl, const char** tag, size_t* tag_len) {
     static const char kMonths[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
@@ -647,6 +647,9 @@ const char* plain_header(const char* line, const char* nl, const char** tag, siz
     const char* p = line + 16;
     while (p < nl && visible(*p)) ++p;
     if (p == line + 16 || p - (line + 16) > 255 || p >= nl || *p != ' ') return nullptr;
+    // A "host" ending in ':' is a tag without a host name ("sshd[1]: msg"), which
+    // prefix.strip_syslog reads differently: the per-record path decides.
+    if (p[-1] == ':') return nullptr;
     const char* from = ++p;
     while (p < nl && visible(*p) && *p != ':') ++p;
     if (p == from || p - from > 100 || nl - p < 2 || p[0] != ':' || p[1] != ' ') return nullptr;

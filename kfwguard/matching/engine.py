@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import re2
 
-from kfwguard.addresses import IPAddress, host_key, parse_host, split_host_port
+from kfwguard.addresses import IPAddress, IPNetwork, host_key, parse_host, split_host_port
 from kfwguard.matching import patterns, prefix, timeparse
 from kfwguard.matching.jsonpath import MISSING, Step, json_equal, lookup, parse_path
 from kfwguard.matching.spec import (
@@ -58,7 +58,11 @@ if TYPE_CHECKING:
 MAX_LINE: Final = 64 * 1024
 _HOST_CACHE_MAX: Final = 16384  # per generation of a filter's host cache
 
-Status = Literal["match", "nomatch", "ignored", "bad-host", "too-long"]
+# "success": a rule of kind success matched (sshd's "Accepted ..."): it never
+# counts, and matching/sessions.py uses it to forgive the session's helpers.
+Status = Literal["match", "nomatch", "ignored", "bad-host", "too-long", "success"]
+# "message repeated N times: [ msg ]" (rsyslog) counts as N failures, at most this many.
+REPEAT_MAX: Final = 100
 # How a text filter may scan a block of lines: True = the fastest available
 # (the C++ extension, else hyperscan), one of them by name, or False = RE2
 # from Python alone. All give the same hits; tests compare them.
@@ -103,7 +107,35 @@ def _hit(end: int, check: Check) -> Hit:
     m = check[2]
     if m is None:
         return end, check[0], check[1], None, 0, 0.0
+    if check[0] != "match":  # success: no host to count, the key for the session
+        return end, check[0], check[1], None, host_key(m.host), m.time
     return end, check[0], check[1], m.host, host_key(m.host), m.time
+
+
+def _expand(found: Iterable[tuple[int, Check]]) -> list[Hit]:
+    """The hits of (line end or index, check) pairs: a repeated message
+    (``repeat`` field) gives one hit per repetition."""
+    out: list[Hit] = []
+    for end, check in found:
+        hit = _hit(end, check)
+        out.append(hit)
+        m = check[2]
+        if m is not None and check[0] == "match" and "repeat" in m.fields:
+            out.extend([hit] * (int(m.fields["repeat"]) - 1))
+    return out
+
+
+def unwrap_repeat(message: str) -> tuple[str, int]:
+    """rsyslog's ``message repeated N times: [ msg]`` → (msg, N); else (message, 1).
+    N is capped at REPEAT_MAX: beyond any maxretry, and it bounds the work."""
+    if not message.startswith("message repeated "):
+        return message, 1
+    end = message.find(" times: [", 17, 17 + 12 + 9)  # up to 12 digits
+    number = message[17:end] if end != -1 else ""
+    if not (number.isascii() and number.isdigit()) or not message.endswith("]"):
+        return message, 1
+    inner = message[end + 9 : -1]
+    return inner[1:] if inner.startswith(" ") else inner, max(1, min(int(number), REPEAT_MAX))
 
 
 def _found(nl: int, rule: int, begin: int, host: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -204,10 +236,21 @@ class Filter:
     description: str
     path: str
 
+    # rule name -> kind (spec.RULE_KINDS); rules not listed are failures
+    kinds: Mapping[str, str] = {}
+    mode: str | None = None  # the active mode, of ``modes`` (fail2ban's ``mode``)
+    modes: tuple[str, ...] = ()
+
     @property
     def rules(self) -> tuple[str, ...]:
         """Rule names, in the order they are tried."""
         raise NotImplementedError
+
+    @property
+    def paired(self) -> bool:
+        """Whether this filter's hits need a session settlement (matching.sessions)
+        before they count: some rule is not a plain failure."""
+        return any(k != "failure" for k in self.kinds.values())
 
     def _check(self, record: Record, now: float) -> Check:
         raise NotImplementedError
@@ -218,7 +261,8 @@ class Filter:
 
     def match(self, record: Record, now: float) -> Match | None:
         """The failure ``record`` reports, or None."""
-        return self._check(record, now)[2]
+        check = self._check(record, now)
+        return check[2] if check[0] == "match" else None
 
     def _scan(self, records: Sequence[Record], now: float) -> list[tuple[int, Check]]:
         check = self._check
@@ -239,11 +283,12 @@ class Filter:
 
     def match_many(self, records: Sequence[Record], now: float) -> list[tuple[int, Match]]:
         """Matches among ``records`` as (index, Match): ``match`` for a batch."""
-        return [(i, c[2]) for i, c in self._scan(records, now) if c[2] is not None]
+        return [(i, c[2]) for i, c in self._scan(records, now)
+                if c[2] is not None and c[0] == "match"]
 
     def hits(self, records: Sequence[Record], now: float) -> list[Hit]:
         """``scan`` as compact tuples (the index of the record first), for the daemon."""
-        return [_hit(i, c) for i, c in self._scan(records, now)]
+        return _expand(self._scan(records, now))
 
     def scan_lines(self, data: bytes, now: float) -> list[Hit]:
         """``scan`` for a block of raw lines separated by b"\\n", in order.
@@ -254,7 +299,7 @@ class Filter:
         building a record for lines that do not match.
         """
         records, ends = split_block(data)
-        return [_hit(ends[i], c) for i, c in self._scan(records, now)]
+        return _expand((ends[i], c) for i, c in self._scan(records, now))
 
     @property
     def block_engine(self) -> str:
@@ -283,6 +328,30 @@ class _TextRule:
     spans: Callable[[bytes, int, int], Spans]  # anchored at pos; (-1, -1) first: no match
     host: int
     fields: tuple[tuple[str, int], ...]
+    kind: str = "failure"
+    # Count only addresses outside these networks; None: no such condition. An
+    # empty tuple (the set is unknown) counts nothing.
+    outside: tuple[IPNetwork, ...] | None = None
+
+
+def _outside(rule_outside: tuple[IPNetwork, ...] | None, host: IPAddress) -> bool:
+    """Whether ``host`` may count under a rule's ``outside`` condition."""
+    if rule_outside is None:
+        return True
+    return bool(rule_outside) and not any(host in net for net in rule_outside)
+
+
+Networks = Mapping[str, Sequence[IPNetwork]]
+
+
+def select_rules(spec_rules: Sequence[Any], modes: Sequence[str], mode: str | None,
+                 path: str) -> list[Any]:
+    """The rules of ``mode`` (the first of ``modes`` when None)."""
+    if mode is not None and mode not in modes:
+        known = ", ".join(modes) if modes else "none"
+        raise FilterError(path, f"no mode {mode!r} in this filter (modes: {known})")
+    active = mode if mode is not None else (modes[0] if modes else None)
+    return [r for r in spec_rules if r.modes is None or active in r.modes]
 
 
 def _encode(text: str) -> bytes:
@@ -298,11 +367,18 @@ class TextFilter(Filter):
     """Regex rules over a text message, anchored at the message start."""
 
     def __init__(self, name: str, spec: TextFilterSpec, path: str, lines: Lines,
-                 accelerate: Accel = True) -> None:
+                 accelerate: Accel = True, networks: Networks | None = None,
+                 mode: str | None = None) -> None:
         self.name = name
         self.format = "text"
         self.description = spec.description
         self.path = path
+        self.mode = mode if mode is not None else (spec.modes[0] if spec.modes else None)
+        self.modes = tuple(spec.modes)
+        spec = spec.model_copy(update={"rules": select_rules(spec.rules, spec.modes, mode, path)})
+        if not spec.rules:
+            raise FilterError(path, f"mode {self.mode!r} has no rules")
+        networks = networks or {}
         problems: list[str] = []
         rules: list[_TextRule] = []
         literals: list[tuple[str, int]] = []
@@ -324,6 +400,9 @@ class TextFilter(Filter):
                     spans=_spans(compiled),
                     host=index["host"],
                     fields=tuple((k, v) for k, v in sorted(index.items()) if k != "host"),
+                    kind=rule.kind,
+                    outside=None if rule.outside is None else tuple(
+                        networks.get(rule.outside, ())),
                 )
             )
             literals.extend(
@@ -356,6 +435,9 @@ class TextFilter(Filter):
         self._set_match = rule_set.Match
         self._rules = tuple(rules)
         self._names = tuple(r.name for r in rules)
+        self.kinds = {r.name: r.kind for r in rules}
+        # Python decides these rules' hits (sessions, networks): no C++ counting.
+        self._python_only = any(r.kind != "failure" or r.outside is not None for r in rules)
         self._head_len = 0
         self._heads: dict[str, tuple[_TextRule, ...]] = {}
         if all(lit for lit, _ in literals):
@@ -376,7 +458,10 @@ class TextFilter(Filter):
         # a syslog header reads text whose tag any local user can choose.
         self.headers = tuple(spec.prefix)
         self._host = HostCache()
-        self._scanner = _scanner([patterns.expand_host(r.regex) for r in spec.rules])
+        self._scanner = _scanner([patterns.expand_host(r.regex) for r in spec.rules]
+                                 # a repeat wrapper hides the rule's "$" behind its "]"
+                                 + ([r"message repeated \d+ times: \["]
+                                    if "syslog" in spec.prefix else []))
         self._hosts: dict[bytes, tuple[IPAddress, int] | None] = {}
         self._hosts_old: dict[bytes, tuple[IPAddress, int] | None] = {}
         self._lines = _LineProgram.build(
@@ -458,6 +543,8 @@ class TextFilter(Filter):
                 return None
         if not lines_fit(data, MAX_LINE):
             return None  # the per-record path says "too-long" for that line
+        if program.valid is not None and (b"message repeated " in data or b"]: [ID " in data):
+            return None  # rsyslog's repeats and Solaris ids: the per-record path unwraps them
         # The C++ scanner checks each line's header itself (a line without the
         # plain header makes it refuse the block), in the same pass.
         if (program.native is None and program.valid is not None
@@ -470,7 +557,7 @@ class TextFilter(Filter):
                     on_full: Callable[[int, int, list[float]], list[float] | None],
                     ) -> tuple[dict[str | None, int], int, int] | None:
         program = self._block_program(data)
-        if program is None or program.native is None:
+        if program is None or program.native is None or self._python_only:
             return None
 
         def stamp_time(stamp: bytes) -> float:  # called only for a filter with a header
@@ -567,6 +654,7 @@ class TextFilter(Filter):
         ignore = self._ignore
         last_stamp = b""
         last_t = now  # without a header the record's time is unknown: now
+        rules = self._rules
         for nl, rule_id, host_start, host_end in found:
             name = names[rule_id]
             text = data[host_start:host_end] if host_start >= 0 else b""
@@ -576,6 +664,10 @@ class TextFilter(Filter):
                 host = self._new_host(text)
             if host is None:
                 out.append((nl, "bad-host", name, None, 0, 0.0))
+                continue
+            rule = rules[rule_id]
+            if rule.outside is not None and not _outside(rule.outside, host[0]):
+                out.append((nl, "ignored", name, None, 0, 0.0))
                 continue
             start = rfind(b"\n", 0, nl) + 1
             if ignore is not None:
@@ -590,7 +682,10 @@ class TextFilter(Filter):
                     last_stamp = stamp
                     t = timeparse.parse_syslog(stamp.decode(), now)
                     last_t = now if t is None else t
-            out.append((nl, "match", name, host[0], host[1], last_t))
+            if rule.kind == "success":
+                out.append((nl, "success", name, None, host[1], last_t))
+            else:
+                out.append((nl, "match", name, host[0], host[1], last_t))
         return out
 
     @property
@@ -651,6 +746,9 @@ class TextFilter(Filter):
                 text = header[0]
         elif self._strippers:
             text, header = self._strip(text)
+        repeat = 1
+        if header is not None and text.startswith("message repeated "):
+            text, repeat = unwrap_repeat(text)
         data = None
         spans = None
         head_len = self._head_len
@@ -677,6 +775,8 @@ class TextFilter(Filter):
             return "bad-host", rule.name, None
         if self._ignore is not None and self._ignore.search(data) is not None:
             return "ignored", rule.name, None
+        if rule.outside is not None and not _outside(rule.outside, host):
+            return "ignored", rule.name, None
         t: float | None = None
         if header is not None and record.time is None:
             # A stamp in the text (klog, syslog: no zone, read in our local time,
@@ -697,15 +797,19 @@ class TextFilter(Filter):
             for key, idx in rule.fields
             if (s := spans[idx][0]) != -1 and (e := spans[idx][1]) >= s
         }
-        return "match", rule.name, Match(host, t, self.name, rule.name, fields)
+        if repeat > 1:
+            fields["repeat"] = str(repeat)
+        status: Status = "success" if rule.kind == "success" else "match"
+        return status, rule.name, Match(host, t, self.name, rule.name, fields)
 
 
 _MONTH_RE: Final = "(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
 # A syslog header exactly as prefix.strip_syslog reads it, for whole-second
-# stamps: host up to 255 characters, then a tag without spaces or colons up
+# stamps: host up to 255 characters (not ending in ":": that is a tag without
+# a host, read differently), then a tag without spaces or colons up
 # to the first ": ".
 _STAMP_HOST_RE: Final = (
-    _MONTH_RE + " [ 0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9] [!-~]{1,255} "
+    _MONTH_RE + " [ 0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9] [!-~]{0,254}[!-9;-~] "
 )
 _TAG_MAX: Final = 100  # strip_syslog allows 127; tags longer than this take the slow path
 _ANY_TAG_RE: Final = f"[!-9;-~]{{1,{_TAG_MAX}}}: "
@@ -977,6 +1081,8 @@ class _JsonRule:
     time: tuple[tuple[Step, ...], ...]
     fields: tuple[tuple[str, tuple[Step, ...]], ...]
     literals: tuple[str, ...]
+    outside: tuple[IPNetwork, ...] | None = None
+    regex: tuple[tuple[tuple[Step, ...], Any], ...] = ()
 
     def applies(self, doc: Mapping[str, Any]) -> bool:
         for steps, wanted in self.match:
@@ -989,6 +1095,13 @@ class _JsonRule:
         for steps, unwanted in self.exclude:
             value = lookup(doc, steps)
             if value is not MISSING and any(json_equal(value, w) for w in unwanted):
+                return False
+        for steps, pattern in self.regex:
+            value = lookup(doc, steps)
+            if isinstance(value, bool) or not isinstance(value, str | int):
+                return False
+            text = value if isinstance(value, str) else str(value)
+            if len(text) > MAX_LINE or pattern.search(text) is None:
                 return False
         return True
 
@@ -1013,11 +1126,32 @@ def _literal(value: JsonScalar) -> str | None:
 class JsonFilter(Filter):
     """Field conditions over one JSON object per line (audit log, zap logs)."""
 
-    def __init__(self, name: str, spec: JsonFilterSpec, path: str, lines: Lines) -> None:
+    def __init__(self, name: str, spec: JsonFilterSpec, path: str, lines: Lines,
+                 networks: Networks | None = None, mode: str | None = None,
+                 accelerate: Accel = True) -> None:
         self.name = name
         self.format = "json"
         self.description = spec.description
         self.path = path
+        self.mode = mode if mode is not None else (spec.modes[0] if spec.modes else None)
+        self.modes = tuple(spec.modes)
+        networks = networks or {}
+        spec = spec.model_copy(update={
+            "rules": select_rules(spec.rules, spec.modes, mode, path),
+            "text_rules": select_rules(spec.text_rules, spec.modes, mode, path),
+        })
+        if not spec.rules and not spec.text_rules:
+            raise FilterError(path, f"mode {self.mode!r} has no rules")
+        # Lines that are not a JSON object go to the text rules, as a text filter
+        # with the same header and programs would read them.
+        self._text: TextFilter | None = None
+        if spec.text_rules:
+            self._text = TextFilter(name, TextFilterSpec(
+                description=spec.description, prefix=list(spec.prefix),
+                programs=spec.programs, rules=spec.text_rules,
+            ), path, _Shifted(lines, "text_rules"), accelerate=False, networks=networks)
+        self._strip_header = bool(spec.prefix)
+        self._programs = frozenset(spec.programs)
         problems: list[str] = []
 
         def parsed(p: str, loc: list[Any]) -> tuple[Step, ...]:
@@ -1026,6 +1160,13 @@ class JsonFilter(Filter):
             except ValueError as exc:
                 problems.append(f"{lines.where(loc)}: {exc}")
                 return ()
+
+        def compiled(pattern: str, loc: list[Any]) -> Any:
+            try:
+                return _compile(pattern)
+            except ValueError as exc:
+                problems.append(f"{lines.where(loc)}: {exc}")
+                return None
 
         def conditions(
             items: Mapping[str, JsonScalar | list[JsonScalar]], loc: list[Any]
@@ -1057,6 +1198,9 @@ class JsonFilter(Filter):
                     name=r.name,
                     match=match,
                     absent=tuple(parsed(p, [*loc, "absent"]) for p in r.absent),
+                    regex=tuple(
+                        (parsed(p, [*loc, "regex", p]), compiled(pattern, [*loc, "regex", p]))
+                        for p, pattern in r.regex.items()),
                     exclude=conditions(r.exclude, [*loc, "exclude"]),
                     host=parsed(host, [*loc, "host"]),
                     host_port=spec.host_port if r.host_port is None else r.host_port,
@@ -1066,12 +1210,15 @@ class JsonFilter(Filter):
                         for k, p in {**spec.fields, **r.fields}.items()
                     ),
                     literals=literals,
+                    outside=None if r.outside is None else tuple(networks.get(r.outside, ())),
                 )
             )
         if problems:
             raise FilterError(path, problems)
         self._rules = tuple(rules)
-        self._names = tuple(r.name for r in rules)
+        self._names = tuple(r.name for r in rules) + (
+            self._text.rules if self._text is not None else ())
+        self.kinds = dict.fromkeys(self._names, "failure")
         # Raw-text prefilter: skip json.loads when no rule's literals all occur.
         self._prefilter = (
             None if any(not r.literals for r in rules) else tuple(r.literals for r in rules)
@@ -1083,11 +1230,21 @@ class JsonFilter(Filter):
         return self._names
 
     def _document(self, record: Record) -> Mapping[str, Any] | Check:
-        if isinstance(record.fields, dict):
-            return record.fields
+        if isinstance(record.fields, dict) and "__CURSOR" not in record.fields:
+            return record.fields  # a JSON lines source parsed it (journald's fields are not it)
         text = record.text
         if len(text) > MAX_LINE:
             return _TOO_LONG_T
+        if self._strip_header and not text.startswith("{"):
+            header = prefix.strip_syslog(text)
+            if header is not None:
+                if self._programs and header[3] not in self._programs:
+                    return _NO_MATCH_T
+                text = header[0]
+        if not text.startswith("{"):
+            if self._text is not None:
+                return _TEXT_T
+            return _NO_MATCH_T
         if self._prefilter is not None and not any(
             all(lit in text for lit in lits) for lits in self._prefilter
         ):
@@ -1101,6 +1258,9 @@ class JsonFilter(Filter):
 
     def _check(self, record: Record, now: float) -> Check:
         doc = self._document(record)
+        if doc is _TEXT_T:
+            assert self._text is not None
+            return self._text._check(record, now)
         if isinstance(doc, tuple):
             return doc
         for rule in self._rules:
@@ -1114,6 +1274,8 @@ class JsonFilter(Filter):
         host = self._host(split_host_port(value) if rule.host_port else value)
         if host is None:
             return "bad-host", rule.name, None
+        if not _outside(rule.outside, host):
+            return "ignored", rule.name, None
         t: float | None = None
         for steps in rule.time:
             t = timeparse.parse_time_value(lookup(doc, steps))
@@ -1133,10 +1295,30 @@ class JsonFilter(Filter):
         return "match", rule.name, Match(host, t, self.name, rule.name, fields)
 
 
+class _Shifted(Lines):
+    """``lines`` with every key path moved under ``key`` (text_rules of a JSON filter)."""
+
+    def __init__(self, lines: Lines, key: str) -> None:
+        self._inner = lines
+        self._key = key
+
+    def where(self, loc: Sequence[Any]) -> str:
+        loc = list(loc)
+        if loc and loc[0] == "rules":
+            loc[0] = self._key
+        return self._inner.where(loc)
+
+
+# A JSON filter's marker for "not a JSON object: the text rules decide".
+_TEXT_T: Final[Check] = ("nomatch", "", None)
+
+
 def build(name: str, spec: TextFilterSpec | JsonFilterSpec, path: str, lines: Lines,
-          accelerate: Accel = True) -> Filter:
+          accelerate: Accel = True, networks: Networks | None = None,
+          mode: str | None = None) -> Filter:
     """The compiled filter for a validated spec; ``accelerate=False`` leaves hyperscan
-    out (the results are the same: tests compare the two)."""
+    out (the results are the same: tests compare the two). ``networks`` fills the
+    rules' ``outside`` sets; ``mode`` picks the filter's rule set."""
     if isinstance(spec, TextFilterSpec):
-        return TextFilter(name, spec, path, lines, accelerate)
-    return JsonFilter(name, spec, path, lines)
+        return TextFilter(name, spec, path, lines, accelerate, networks, mode)
+    return JsonFilter(name, spec, path, lines, networks, mode, accelerate)

@@ -5,11 +5,27 @@ constant no matter how long or hostile the rest of the line is. A line that
 does not have the exact shape is left whole; rules are anchored at the start
 of the message, so a half-recognised header can only cause a miss, never a
 match on the wrong text.
+
+Syslog headers read here (what rsyslog, syslog-ng, busybox and journalctl
+write)::
+
+    Nov 26 04:57:45 host prog[pid]: msg         RFC 3164 (day padded with a space)
+    Nov 6 04:57:45 host prog[pid]: msg          day not padded (busybox, syslog-ng templates)
+    Nov 26 04:57:45 prog[pid]: msg              no host name (some rsyslog templates, macOS)
+    Nov 26 04:57:45 host auth.info prog[pid]: msg   busybox syslogd -S off: facility.level first
+    Nov 26 04:57:45.123456 host prog[pid]: msg  journalctl -o short-precise
+    2026-11-26T04:57:45.123+00:00 host prog[pid]: msg   RFC 3339 stamp (rsyslog default)
+    <38>Nov 26 04:57:45 host prog[pid]: msg     a priority first (forwarded syslog)
+    <38>1 2026-11-26T04:57:45Z host prog 123 - - msg    RFC 5424, structured data skipped
+
+A Solaris-style ``[ID 800047 auth.info] `` right after the tag is not part of
+the message either.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
 
 _MONTHS: Final = frozenset(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -17,6 +33,9 @@ _MONTHS: Final = frozenset(
 _MAX_HOST: Final = 255
 _MAX_TAG: Final = 128
 _MAX_KLOG_SOURCE: Final = 256
+_MAX_SD: Final = 2048  # RFC 5424 structured data read before giving up on a line
+_DIGITS: Final = frozenset("0123456789")
+_FACILITY: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
 
 
 # (message, stamp, kind, program): a plain tuple, built for every line, is
@@ -25,37 +44,172 @@ _MAX_KLOG_SOURCE: Final = 256
 Header = tuple[str, str, str, str | None]
 
 
-def strip_syslog(line: str) -> Header | None:
-    """Split ``Nov 26 04:57:45 host prog[pid]: msg`` (or an RFC 3339 stamp first)."""
-    if line[9:10] == ":" and line[12:13] == ":" and line[:3] in _MONTHS and line[3] == " ":
-        if line[15:16] == " ":
-            end = 15
-        elif line[15:16] == ".":  # journalctl -o short-precise
-            end = line.find(" ", 16, 30)
-            if end == -1:
-                return None
-        else:
+def _pri(line: str) -> int:
+    """Length of a leading ``<PRI>`` (1 to 3 digits), else 0."""
+    if line[:1] != "<":
+        return 0
+    close = line.find(">", 1, 5)
+    if close < 2 or not set(line[1:close]) <= _DIGITS:
+        return 0
+    return close + 1
+
+
+def _stamp_end(line: str, at: int) -> tuple[int, str] | None:
+    """(end of the stamp starting at ``at``, kind) for a BSD or RFC 3339 stamp."""
+    if line[at : at + 3] in _MONTHS and line[at + 3 : at + 4] == " ":
+        s = at + 4
+        if line[s + 1 : s + 2] == " " and line[s : s + 1] in _DIGITS:
+            s -= 1  # "Nov 6 04:57:45": one digit, unpadded; read as if padded
+        if line[s + 5 : s + 6] != ":" or line[s + 8 : s + 9] != ":":
             return None
-        kind = "syslog"
-    elif line[10:11] in ("T", "t") and line[4:5] == "-" and line[7:8] == "-":
-        end = line.find(" ", 19, 48)
-        if end == -1:
-            return None
-        kind = "iso"
-    else:
+        if line[s + 11 : s + 12] == " ":
+            return s + 11, "syslog"
+        if line[s + 11 : s + 12] == ".":  # journalctl -o short-precise
+            end = line.find(" ", s + 12, s + 26)
+            return None if end == -1 else (end, "syslog")
         return None
+    if line[at + 10 : at + 11] in ("T", "t") and line[at + 4 : at + 5] == "-" and (
+        line[at + 7 : at + 8] == "-"
+    ):
+        end = line.find(" ", at + 19, at + 48)
+        return None if end == -1 else (end, "iso")
+    return None
+
+
+def _bsd_stamp(line: str, at: int, end: int) -> str:
+    """The stamp as ``Nov 26 04:57:45[.f]``: an unpadded day gets its space back."""
+    stamp = line[at:end]
+    if stamp[5:6] == " ":  # "Nov 6 04:..."
+        stamp = stamp[:4] + " " + stamp[4:]
+    return stamp
+
+
+def _tag(tag: str) -> tuple[str, str | None]:
+    """(program, pid) of a syslog tag ``prog[pid]`` or ``prog``."""
+    bracket = tag.find("[")
+    if bracket == -1:
+        return tag, None
+    pid = tag[bracket + 1 : -1] if tag.endswith("]") else None
+    return tag[:bracket], pid if pid and set(pid) <= _DIGITS else None
+
+
+def _solaris_id(message: str) -> str:
+    """The message without a Solaris ``[ID 800047 auth.info] `` tag."""
+    if message.startswith("[ID "):
+        close = message.find("] ", 4, 64)
+        if close != -1:
+            return message[close + 2 :]
+    return message
+
+
+def _rfc5424(line: str, at: int) -> tuple[str, str, str, str | None] | None:
+    """(message, stamp, program, pid) of ``1 STAMP HOST APP PROCID MSGID SD MSG``."""
+    if line[at : at + 2] != "1 ":
+        return None
+    fields: list[str] = []
+    pos = at + 2
+    for limit in (64, _MAX_HOST, 48, 128, 32):  # stamp, host, app, procid, msgid
+        end = line.find(" ", pos, pos + limit + 1)
+        if end <= pos:
+            return None
+        fields.append(line[pos:end])
+        pos = end + 1
+    stamp, _host, app, procid, _msgid = fields
+    if line[pos : pos + 1] == "-":
+        pos += 1
+    else:
+        stop = min(len(line), pos + _MAX_SD)
+        while pos < stop and line[pos] == "[":
+            # SD-ELEMENT: [id name="value" ...]; values escape ", \ and ] with \.
+            pos += 1
+            quoted = False
+            while pos < stop:
+                c = line[pos]
+                if c == "\\" and quoted:
+                    pos += 2
+                    continue
+                if c == '"':
+                    quoted = not quoted
+                elif c == "]" and not quoted:
+                    break
+                pos += 1
+            else:
+                return None
+            pos += 1
+        if pos == at or line[pos - 1 : pos] != "]":
+            return None
+    if line[pos : pos + 1] == " ":
+        pos += 1
+    elif pos < len(line):
+        return None
+    message = line[pos:]
+    if message.startswith("\ufeff"):  # RFC 5424's BOM before a UTF-8 message
+        message = message[1:]
+    return (message, stamp if stamp != "-" else "", app if app != "-" else "",
+            procid if procid != "-" else None)
+
+
+def split_syslog(line: str) -> tuple[str, str, str, str | None, str | None] | None:
+    """(message, stamp, kind, program, pid) of a syslog line in any form above."""
+    at = _pri(line)
+    if at:
+        found5424 = _rfc5424(line, at)
+        if found5424 is not None:
+            message, stamp, program, pid = found5424
+            return message, stamp, "iso", program, pid
+    found = _stamp_end(line, at)
+    if found is None:
+        return None
+    end, kind = found
+    stamp = _bsd_stamp(line, at, end) if kind == "syslog" else line[at:end]
     host_end = line.find(" ", end + 1, end + 2 + _MAX_HOST)
     if host_end <= end + 1:
         return None
+    first = line[end + 1 : host_end]
+    if first.endswith(":") and first.find(":") == len(first) - 1:
+        # No host name: the first word is the tag ("sshd[8148]:").
+        program, pid = _tag(first[:-1])
+        if not program:
+            return None
+        return _solaris_id(line[host_end + 1 :]), stamp, kind, program, pid
     tag_end = line.find(": ", host_end + 1, host_end + 2 + _MAX_TAG)
     if tag_end <= host_end + 1:
         return None
     tag = line[host_end + 1 : tag_end]
-    if " " in tag:
+    space = tag.find(" ")
+    if space != -1:
+        # busybox: "facility.level tag"; nothing else may hold a space.
+        facility, _, tag = tag.partition(" ")
+        dot = facility.find(".")
+        if dot < 1 or not set(facility.replace(".", "", 1)) <= _FACILITY or " " in tag:
+            return None
+        if not tag:
+            return None
+    program, pid = _tag(tag)
+    return _solaris_id(line[tag_end + 2 :]), stamp, kind, program, pid
+
+
+def strip_syslog(line: str) -> Header | None:
+    """Split ``Nov 26 04:57:45 host prog[pid]: msg`` (and the other forms above)."""
+    found = split_syslog(line)
+    if found is None:
         return None
-    bracket = tag.find("[")
-    program = tag if bracket == -1 else tag[:bracket]
-    return line[tag_end + 2 :], line[:end], kind, program
+    return found[0], found[1], found[2], found[3]
+
+
+def session_of(text: str, fields: Mapping[str, Any] | None = None) -> str | None:
+    """``prog[pid]`` of the process that wrote a line: from journald's trusted
+    fields when the record has them, else from the line's syslog header; None
+    when neither says. One attempt's lines (PAM's and sshd's) share it."""
+    if fields is not None:
+        pid = fields.get("_PID")
+        if isinstance(pid, str) and pid:
+            ident = fields.get("SYSLOG_IDENTIFIER") or fields.get("_COMM") or ""
+            return f"{ident}[{pid}]"
+    found = split_syslog(text)
+    if found is None or found[4] is None:
+        return None
+    return f"{found[3]}[{found[4]}]"
 
 
 def strip_klog(line: str) -> Header | None:

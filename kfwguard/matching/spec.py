@@ -11,10 +11,23 @@ Text filters::
                                  #     RFC 3339 stamp first)
                                  #   klog: "I1126 04:57:45.123456 1 f.go:1] "
     programs: [sshd]             # optional: with a syslog header, the tag must be one of these
+    modes: [normal, aggressive]  # optional rule sets; the first is the default,
+                                 # a jail picks another with filter: NAME[mode=M]
     rules:                       # tried in order; the first that matches wins
       - name: failed-auth
         regex: '^Failed password for (?P<user>.*) from <HOST> port \d+ ssh2$'
+      - name: pam-failure
+        regex: '^pam_unix\(sshd:auth\): authentication failure; .* rhost=<HOST>$'
+        kind: helper             # failure (default) | helper | success | once | end:
+                                 # how the hit counts per session (RuleKind below)
+        modes: [aggressive]      # only in these modes
+        outside: control_plane   # count only addresses outside this set (none
+                                 # while it is unknown)
     ignoreregex: ['...']         # searched in the message of a matched line; vetoes it
+
+A named group ``repeat`` is not needed for rsyslog's ``message repeated N
+times: [ msg ]``: after a syslog header the wrapper is unwrapped and the hit
+counts N times (at most engine.REPEAT_MAX).
 
 Rules are RE2 patterns matched at the start of the message (a leading ^
 is implied) over the message after the headers. Each has exactly one
@@ -34,8 +47,12 @@ JSON filters (one JSON object per line)::
         match: {stage: ResponseStarted, responseStatus.code: [401]}  # all must hold;
                                                                      # a list is any-of
         absent: [user.username]  # missing or null
+        regex: {requestURI: '^/api/v1/namespaces/[^/]+/secrets'}  # RE2, searched
         exclude: {requestURI: [/healthz]}  # any equal value vetoes
-        # host, host_port, time and fields may be given per rule too
+        # host, host_port, time, fields, modes and outside may be given per rule too
+
+    prefix: [syslog]             # JSON after an optional syslog header (programs: as above)
+    text_rules: [...]            # text rules for the lines that are not a JSON object
 
 Paths: ``a.b``, ``list[0]``, ``list[-1]``, ``annotations["k8s.io/key"]``.
 """
@@ -73,9 +90,32 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# What a rule's match means for the count (matching/sessions.py settles them
+# per session, i.e. per sshd[PID]):
+#   failure  counts; settles the session's pending helpers as part of it
+#   helper   counts only if neither a failure nor a success of the same
+#            session follows (a PAM line before sshd's own "Failed ..." line)
+#   success  counts nothing and cancels the session's pending helpers
+#            ("Accepted ... for U from IP")
+#   once     counts only if the session has nothing counted or pending yet
+#            (a pre-auth disconnect after failures already counted)
+#   end      counts nothing; the session is over, its pending helpers count now
+RuleKind = Literal["failure", "helper", "success", "once", "end"]
+RULE_KINDS: tuple[str, ...] = ("failure", "helper", "success", "once", "end")
+# Named address sets a rule may exclude (``outside``); the daemon fills them
+# from the config (control_plane: baseline.control_plane_cidrs).
+NETWORK_SETS: tuple[str, ...] = ("control_plane",)
+
+
 class TextRuleSpec(_Model):
     name: str = Field(pattern=RULE_NAME)
     regex: str = Field(min_length=1)
+    kind: RuleKind = "failure"
+    # The filter modes this rule is part of (all when not given).
+    modes: list[str] | None = None
+    # Count only addresses outside this named set, and nothing while the set
+    # is unknown (empty): e.g. etcd's peers, which must never be banned.
+    outside: Literal["control_plane"] | None = None
 
 
 class JsonRuleSpec(_Model):
@@ -84,16 +124,24 @@ class JsonRuleSpec(_Model):
     match: dict[str, JsonScalar | list[JsonScalar]] = Field(default_factory=dict)
     # paths that must be missing or null
     absent: list[str] = Field(default_factory=list)
+    # path -> RE2 pattern searched in the string value (a number is compared as
+    # its decimal text); all must hold
+    regex: dict[str, str] = Field(default_factory=dict)
     # path -> value(s) that make the rule not apply
     exclude: dict[str, JsonScalar | list[JsonScalar]] = Field(default_factory=dict)
     host: str | None = None
     host_port: bool | None = None
     time: Annotated[list[str] | None, BeforeValidator(_as_list)] = None
     fields: dict[str, str] = Field(default_factory=dict)
+    modes: list[str] | None = None
+    outside: Literal["control_plane"] | None = None
 
 
 class _FilterSpec(_Model):
     description: str = ""
+    # Named rule sets, like fail2ban's ``mode``: the first is the default; a jail
+    # picks another with ``filter: NAME[mode=M]``.
+    modes: list[Annotated[str, Field(pattern=RULE_NAME)]] = Field(default_factory=list)
 
 
 class TextFilterSpec(_FilterSpec):
@@ -110,6 +158,15 @@ class TextFilterSpec(_FilterSpec):
 
 class JsonFilterSpec(_FilterSpec):
     format: Literal["json"]
+    # A syslog header before the JSON object is stripped (zap behind syslog);
+    # with one, the tag's program must be one of ``programs`` (if given).
+    prefix: Annotated[list[Literal["syslog"]], BeforeValidator(_as_list)] = Field(
+        default_factory=list
+    )
+    programs: list[str] = Field(default_factory=list)
+    # Regex rules for the lines that are not a JSON object (an older text logger
+    # of the same program), as in a text filter.
+    text_rules: list[TextRuleSpec] = Field(default_factory=list)
     host: str | None = None
     host_port: bool = False
     time: Annotated[list[str], BeforeValidator(_as_list)] = Field(default_factory=list)
@@ -193,4 +250,20 @@ def parse_spec(text: str, path: str) -> tuple[FilterSpec, Lines]:
     for i, name in enumerate(names):
         if name in names[:i]:
             raise FilterError(path, f"{lines.where(['rules', i, 'name'])}: repeated rule {name!r}")
+    if isinstance(spec, JsonFilterSpec):
+        for i, text_rule in enumerate(spec.text_rules):
+            if text_rule.name in names:
+                raise FilterError(path, f"{lines.where(['text_rules', i, 'name'])}: "
+                                  f"repeated rule {text_rule.name!r}")
+            names.append(text_rule.name)
+    rule_list: list[TextRuleSpec | JsonRuleSpec] = list(spec.rules)
+    all_rules: list[tuple[str, int, list[str] | None]] = [
+        ("rules", i, r.modes) for i, r in enumerate(rule_list)]
+    if isinstance(spec, JsonFilterSpec):
+        all_rules += [("text_rules", i, r.modes) for i, r in enumerate(spec.text_rules)]
+    for key, i, rule_modes in all_rules:
+        for mode in rule_modes or ():
+            if mode not in spec.modes:
+                raise FilterError(path, f"{lines.where([key, i, 'modes'])}: mode {mode!r} "
+                                  f"is not one of the filter's modes {spec.modes}")
     return spec, lines

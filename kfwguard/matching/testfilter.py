@@ -2,7 +2,10 @@
 
 Like fail2ban-regex: without --json a human summary; with --json, stdout
 carries one JSON object per matching line and nothing else, so it can be
-piped into jq or compared in tests.
+piped into jq or compared in tests. With --missed it also lists the lines no
+rule matched that hold an address and a failure-like word: what the filter
+leaves out of a new log. A paired filter's hits are settled per session as
+the daemon settles them (one count per attempt).
 """
 
 from __future__ import annotations
@@ -14,10 +17,14 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import BinaryIO, Final, TextIO
 
-from kfwguard.matching.engine import MAX_LINE, Filter
+import re2
+
+from kfwguard.addresses import parse_host
+from kfwguard.matching.engine import MAX_LINE, Filter, Hit
 from kfwguard.matching.loader import load_filter
+from kfwguard.matching.sessions import Sessions, block_sessions
 from kfwguard.matching.spec import FilterError
 from kfwguard.matching.timeparse import format_rfc3339
 
@@ -81,6 +88,7 @@ def main(
     *,
     err: TextIO | None = None,
     now: float | None = None,
+    missed: bool = False,
 ) -> int:
     """Run the command; 0 on success, 1 when the filter or the log cannot be used."""
     err = err if err is not None else sys.stderr
@@ -92,7 +100,7 @@ def main(
     clock = time.time() if now is None else now
     try:
         with open(logfile, "rb") as stream:
-            return _run(filt, stream, str(logfile), as_json, out, clock)
+            return _run(filt, stream, str(logfile), as_json, out, clock, missed)
     except BrokenPipeError:
         # The reader of our output left (`| head -1`): not an error of the log
         # file. Stop quietly; point stdout at /dev/null so the interpreter's
@@ -172,7 +180,40 @@ def iter_blocks(
         yield pending + b"\n"
 
 
-def _run(filt: Filter, stream: BinaryIO, name: str, as_json: bool, out: TextIO, now: float) -> int:
+# --missed: a line no rule matched that holds an address and one of these words
+# is worth a look. RE2: the lines are hostile.
+_FAILURE_WORDS: Final = re2.compile(
+    r"(?i)fail|invalid|illegal|refused|denied|not allowed|reject|unauthori[sz]ed|forbidden"
+    r"|bad |timeout|timed out|disconnect|penalty|too many|exceeded|did not receive|unable to"
+    r"|error|attack|abuse|blocked|drop connection")
+_ADDRESS_LIKE: Final = re2.compile(
+    r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}|(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{1,4}")
+
+
+def looks_missed(line: str) -> bool:
+    """Whether a line no rule matched holds an address and a failure-like word."""
+    if _FAILURE_WORDS.search(line) is None:
+        return False
+    return any(parse_host(m.group(0).strip("[]")) is not None
+               for m in _ADDRESS_LIKE.finditer(line[:MAX_LINE]))
+
+
+def numbered(block: bytes, hits: list[Hit], first: int) -> list[Hit]:
+    """``hits`` with each line end replaced by the line's number in the file
+    (``first`` lines before the block); repeats of one line share it."""
+    out: list[Hit] = []
+    seen, number, last_end = 0, first, -1
+    for hit in hits:
+        end = hit[0]
+        if end != last_end:
+            number += block.count(b"\n", seen, end) + 1
+            seen, last_end = end + 1, end
+        out.append((number, *hit[1:]))
+    return out
+
+
+def _run(filt: Filter, stream: BinaryIO, name: str, as_json: bool, out: TextIO, now: float,
+         missed: bool = False) -> int:
     statuses: Counter[str] = Counter()
     per_rule: dict[str, int] = dict.fromkeys(filt.rules, 0)
     hosts: set[int] = set()  # host_key: ipaddress objects hash in Python code
@@ -180,6 +221,25 @@ def _run(filt: Filter, stream: BinaryIO, name: str, as_json: bool, out: TextIO, 
     write = out.write
     dumps = json.dumps
     filter_name = filt.name
+    # A paired filter (PAM + sshd lines of one attempt) counts as the daemon does.
+    sessions = Sessions(filt.kinds) if filt.paired else None
+    missed_lines: list[tuple[int, str]] = []
+
+    def record(found: list[Hit]) -> None:
+        for number, status, rule, host, key, t in found:
+            if host is None or rule is None or status != "match":
+                statuses[status] += 1
+                continue
+            per_rule[rule] += 1
+            hosts.add(key)
+            if as_json:
+                write(dumps({
+                    "line": number,
+                    "host": str(host),
+                    "time": format_rfc3339(t),
+                    "filter": filter_name,
+                    "rule": rule,
+                }) + "\n")
 
     started = time.perf_counter()
     for block in iter_blocks(stream, chunk_size=CHUNK):
@@ -190,41 +250,44 @@ def _run(filt: Filter, stream: BinaryIO, name: str, as_json: bool, out: TextIO, 
         # Filter.scan_lines finds the few interesting lines of a block in one
         # pass; the others never become Python objects.
         hits = filt.scan_lines(block, now)
-        seen, number = 0, lines
-        for end, status, rule, host, key, t in hits:
-            if host is None or rule is None:
-                statuses[status] += 1
-                continue
-            per_rule[rule] += 1
-            hosts.add(key)
-            if as_json:
-                number += block.count(b"\n", seen, end) + 1
-                seen = end + 1
-                write(dumps({
-                    "line": number,
-                    "host": str(host),
-                    "time": format_rfc3339(t),
-                    "filter": filter_name,
-                    "rule": rule,
-                }) + "\n")
+        found = numbered(block, hits, lines)
+        if missed:
+            taken = {h[0] for h in found}
+            for number, raw in enumerate(block.split(b"\n")[:-1], lines + 1):
+                if number not in taken:
+                    text = raw.decode("utf-8", "replace").removesuffix("\r")
+                    if looks_missed(text):
+                        missed_lines.append((number, text))
+        if sessions is not None:
+            found = sessions.settle(found, block_sessions(block, hits), now)
+        record(found)
         lines += block.count(b"\n")
+    if sessions is not None:
+        record(sessions.flush())
     elapsed = time.perf_counter() - started
     statuses["match"] += sum(per_rule.values())
     if as_json:
+        for number, text in missed_lines:
+            write(dumps({"line": number, "missed": text}) + "\n")
         return 0
     rate = f"{lines / elapsed:,.0f} lines/s" if elapsed > 0 else "n/a"
     width = max((len(r) for r in filt.rules), default=0)
     report = [
-        f"filter    {filt.name} ({filt.format}, {filt.path})",
+        f"filter    {filt.name} ({filt.format}, {filt.path})"
+        + (f" mode {filt.mode}" if filt.mode else ""),
         f"log       {name}",
         f"lines     {lines}",
         f"matched   {statuses['match']} from {len(hosts)} distinct hosts",
-        f"ignored   {statuses['ignored']} (ignoreregex)",
+        f"ignored   {statuses['ignored']} (ignoreregex, or an address the rule leaves out)",
         f"bad host  {statuses['bad-host']} (rule matched, text is not an IP address)",
         f"too long  {statuses['too-long']} (over {MAX_LINE} bytes, skipped)",
         "rules:",
         *(f"  {rule:<{width}}  {per_rule[rule]}" for rule in filt.rules),
         f"time      {elapsed:.3f} s ({rate})",
     ]
+    if missed:
+        report.append(f"missed    {len(missed_lines)} lines no rule matched, with an address "
+                      "and a failure-like word:")
+        report += [f"  {number}: {text}" for number, text in missed_lines]
     out.write("\n".join(report) + "\n")
     return 0

@@ -11,8 +11,14 @@ must make of it::
     Nov 26 04:57:46 node sshd[123]: Accepted password for root from 10.0.0.1 port 22 ssh2
 
 Annotations: ``# match: RULE [key=value …]``, ``# nomatch``,
-``# ignored: RULE`` (a rule matched but ignoreregex vetoed it) and
-``# bad-host: RULE`` (a rule matched but the host text is not an address).
+``# ignored: RULE`` (a rule matched but ignoreregex or an ``outside``
+condition vetoed it), ``# bad-host: RULE`` (a rule matched but the host text
+is not an address) and ``# success: RULE`` (a ``success`` rule matched: it
+forgives, never counts).
+
+A filter with modes is checked in each of them: RULE may be a list
+``a|b``, and the line must give the first of those rules that the mode has,
+or nothing when the mode has none of them.
 ``host`` and ``time`` (RFC 3339) are compared with the match; any other key
 is compared with the named group / field of that name. Values use shell
 quoting (``user="x from 6.6.6.6"``). Blank lines are skipped.
@@ -31,7 +37,7 @@ from kfwguard.matching.engine import Filter
 from kfwguard.matching.timeparse import parse_rfc3339
 from kfwguard.model import Match, Record
 
-_STATUSES = ("match", "nomatch", "ignored", "bad-host")
+_STATUSES = ("match", "nomatch", "ignored", "bad-host", "success")
 
 
 def run_filter(
@@ -40,7 +46,7 @@ def run_filter(
     """Matches of ``filter`` over ``lines`` as (1-based line number, Match)."""
     out: list[tuple[int, Match]] = []
     for number, line in enumerate(lines, 1):
-        m = filter.match(Record(text=line.rstrip("\r\n")), now)
+        m = filter.match(Record(text=line.rstrip("\r\n")), now)  # success lines are no match
         if m is not None:
             out.append((number, m))
     return out
@@ -117,6 +123,14 @@ def check_sample(filter: Filter, sample: Sample, now: float) -> list[str]:
     where = f"line {sample.line}"
     outcome = filter.evaluate(Record(text=sample.text), now)
     exp = sample.expect
+    if exp.rule is not None:
+        active = [r for r in exp.rule.split("|") if r in filter.rules]
+        if not active:  # this mode has none of the rules: the line is left alone
+            exp = Expectation("nomatch")
+        else:
+            exp = Expectation(exp.status, active[0], exp.values)
+    if filter.mode is not None:
+        where += f" (mode {filter.mode})"
     got = f"{outcome.status}" + (f": {outcome.rule}" if outcome.rule else "")
     want = f"{exp.status}" + (f": {exp.rule}" if exp.rule else "")
     if got != want:
@@ -147,9 +161,9 @@ def check_samples(filter: Filter, path: Path | Traversable, now: float) -> list[
     seen: set[str] = set()
     for sample in read_samples(path):
         problems.extend(check_sample(filter, sample, now))
-        if sample.expect.status == "match" and sample.expect.rule:
-            seen.add(sample.expect.rule)
+        if sample.expect.status in ("match", "success", "ignored") and sample.expect.rule:
+            seen.update(sample.expect.rule.split("|"))
     for rule in filter.rules:
         if rule not in seen:
-            problems.append(f"rule {rule!r} has no matching sample")
+            problems.append(f"rule {rule!r} has no matching sample")  # in any mode
     return [f"{path}: {p}" for p in problems]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -178,8 +179,9 @@ class TestTestFilterSummary:
         code, out, _ = run(tmp_path, body, as_json=False)
         assert 0 == code
         for expected in ("lines     4", "matched   2 from 2 distinct hosts", "too long  1",
-                         "failed-auth           1", "lines/s"):
+                         "lines/s"):
             assert expected in out
+        assert re.search(r"\n  failed-auth +1\n", out)
 
     def test_unknown_filter(self, tmp_path: Path) -> None:
         """An unknown filter is exit 1 with the reason on stderr, nothing on stdout."""
@@ -199,3 +201,47 @@ class TestTestFilterSummary:
 def test_empty_log(tmp_path: Path, as_json: bool) -> None:
     """An empty log is fine in both modes."""
     assert 0 == run(tmp_path, b"", as_json)[0]
+
+
+class TestMissed:
+    BODY = (
+        b"Nov 26 04:57:45 node1 sshd[1]: Failed password for root from 203.0.113.1 port 1 ssh2\n"
+        b"Nov 26 04:57:46 node1 sshd[2]: error: kex_exchange_identification: read: Connection "
+        b"reset by peer\n"
+        b"Nov 26 04:57:47 node1 sshd[3]: fatal: Frobnicate failure for 203.0.113.2 port 9\n"
+        b"Nov 26 04:57:48 node1 sshd[4]: Server listening on 0.0.0.0 port 22.\n"
+        b"Nov 26 04:57:49 node1 sshd[5]: Accepted password for root from 10.0.0.1 port 5 ssh2\n"
+    )
+
+    def test_missed_lists_unmatched_failures_with_an_address(self, tmp_path: Path) -> None:
+        """--missed prints the lines no rule matched that hold an address and a
+        failure-like word, and only those: not the matched, not the success line,
+        not address-less errors, not ordinary lines with an address."""
+        log = tmp_path / "test.log"
+        log.write_bytes(self.BODY)
+        out = io.StringIO()
+        assert 0 == main("sshd", log, False, [], out, now=NOW, missed=True)
+        text = out.getvalue()
+        assert "missed    1 lines" in text
+        assert "  3: Nov 26 04:57:47 node1 sshd[3]: fatal: Frobnicate failure for " in text
+        assert "Server listening" not in text and "kex_exchange" not in text
+
+    def test_missed_in_json(self, tmp_path: Path) -> None:
+        """With --json, missed lines come as objects after the matches."""
+        log = tmp_path / "test.log"
+        log.write_bytes(self.BODY)
+        out = io.StringIO()
+        main("sshd", log, True, [], out, now=NOW, missed=True)
+        rows = [json.loads(x) for x in out.getvalue().splitlines()]
+        assert [1] == [r["line"] for r in rows if "rule" in r]
+        assert [3] == [r["line"] for r in rows if "missed" in r]
+
+    def test_pam_and_failed_count_once(self, tmp_path: Path) -> None:
+        """test-filter counts a PAM line and sshd's line of one attempt once, as the
+        daemon does."""
+        pam = ("Nov 26 04:57:45 node1 sshd[7]: pam_unix(sshd:auth): authentication failure; "
+               "logname= uid=0 euid=0 tty=ssh ruser= rhost=203.0.113.9  user=root\n")
+        failed = ("Nov 26 04:57:47 node1 sshd[7]: Failed password for root from 203.0.113.9 "
+                  "port 1 ssh2\n")
+        _, out, _ = run(tmp_path, (pam + failed).encode(), as_json=True)
+        assert [2] == [json.loads(x)["line"] for x in out.splitlines()]

@@ -1,0 +1,169 @@
+"""One attempt, one failure: a paired filter's hits settled per session.
+
+A failed sshd password writes two lines, PAM's
+(``pam_unix(sshd:auth): authentication failure; … rhost=IP``) and sshd's own
+(``Failed password for U from IP port N ssh2``), both from the same process
+(``sshd[PID]``). Counting both bans after half the attempts ``maxretry``
+allows; and a PAM failure followed by ``Accepted … for U from IP`` (pam_unix
+failed, pam_sss or pam_ldap let the user in) is no failure at all. So the
+rules of a filter have kinds (``spec.RuleKind``) and this object, one per
+jail, holds a session's ``helper`` hits back until the session shows what they
+were:
+
+* a ``failure`` of the same session follows: the helpers were part of it and
+  only the failure counts;
+* a ``success`` follows: nothing counts;
+* the session ends (an ``end`` or ``once`` line): the helpers count then;
+* nothing follows for ``HOLD`` seconds (of log time, or of the daemon's clock
+  since the helper arrived): the helpers count then. A helper is never lost,
+  only delayed.
+
+A ``once`` hit (a pre-auth disconnect) counts only when its session has
+nothing counted or pending yet. The session is the writer's ``prog[PID]``
+(journald's trusted ``_PID``, else the syslog tag); a line without one is
+paired by its address instead.
+
+Memory is bounded: past ``max_sessions`` pending sessions the oldest is
+counted (never dropped); the sessions remembered as failed are forgotten
+oldest first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+from kfwguard.matching.engine import Hit
+from kfwguard.matching.prefix import session_of
+from kfwguard.model import Record
+
+HOLD: Final = 30.0  # pam_faildelay is 2 s; an LDAP round trip a few more
+MAX_SESSIONS: Final = 50_000
+
+
+class Sessions:
+    """Settles one jail's hits of a paired filter (``Filter.paired``)."""
+
+    def __init__(self, kinds: Mapping[str, str], *, hold: float = HOLD,
+                 max_sessions: int = MAX_SESSIONS) -> None:
+        self._kinds = dict(kinds)
+        self._hold = hold
+        self._max = max_sessions
+        # session -> [(hit, daemon time it arrived)], oldest session first
+        self._pending: dict[str, list[tuple[Hit, float]]] = {}
+        self._failed: dict[str, None] = {}  # sessions with a counted failure
+        self._latest = float("-inf")  # the latest log time seen
+
+    def __len__(self) -> int:
+        """Sessions with hits held back."""
+        return len(self._pending)
+
+    def settle(self, hits: Sequence[Hit], sessions: Sequence[str | None],
+               now: float) -> list[Hit]:
+        """The hits that count now, from ``hits`` (with ``sessions[i]`` the
+        session of ``hits[i]``) and from helpers held back earlier."""
+        out: list[Hit] = []
+        kinds = self._kinds
+        pending = self._pending
+        for hit, sid in zip(hits, sessions, strict=True):
+            status, rule, host, key, t = hit[1], hit[2], hit[3], hit[4], hit[5]
+            if t > self._latest:
+                self._latest = t
+            if status == "success":
+                if sid is None:
+                    sid = f"@{key}"
+                pending.pop(sid, None)  # PAM failed, another module let the user in
+                self._failed.pop(sid, None)
+                continue
+            if status != "match" or host is None:
+                out.append(hit)
+                continue
+            kind = kinds.get(rule or "", "failure")
+            if sid is None:
+                sid = f"@{key}"  # no session known: the address stands for it
+            if kind == "failure":
+                pending.pop(sid, None)  # its helpers were this same attempt
+                self._mark_failed(sid)
+                out.append(hit)
+            elif kind == "helper":
+                held = pending.get(sid)
+                if held is None:
+                    if len(pending) >= self._max:
+                        out.extend(self._release(next(iter(pending))))
+                    pending[sid] = [(hit, now)]
+                else:
+                    held.append((hit, now))
+            elif kind == "once":
+                if sid in pending:
+                    out.extend(self._release(sid))  # the session is over
+                    self._mark_failed(sid)
+                elif sid not in self._failed:
+                    self._mark_failed(sid)
+                    out.append(hit)
+            else:  # end: nothing of its own
+                if sid in pending:
+                    out.extend(self._release(sid))
+                self._failed.pop(sid, None)
+        if pending:
+            out.extend(self._expired(now))
+        return out
+
+    def flush(self) -> list[Hit]:
+        """Every held hit, now (the input is over: a replay's end)."""
+        out = [hit for held in self._pending.values() for hit, _ in held]
+        self._pending.clear()
+        return out
+
+    def _mark_failed(self, sid: str) -> None:
+        failed = self._failed
+        failed.pop(sid, None)
+        if len(failed) >= self._max:
+            del failed[next(iter(failed))]
+        failed[sid] = None
+
+    def _release(self, sid: str) -> list[Hit]:
+        return [hit for hit, _ in self._pending.pop(sid, ())]
+
+    def _expired(self, now: float) -> list[Hit]:
+        out: list[Hit] = []
+        hold = self._hold
+        latest = self._latest
+        done: list[str] = []
+        for sid, held in self._pending.items():
+            keep = [(h, arrived) for h, arrived in held
+                    if latest - h[5] < hold and now - arrived < hold]
+            if len(keep) != len(held):
+                out.extend(h for h, arrived in held
+                           if latest - h[5] >= hold or now - arrived >= hold)
+                if keep:
+                    held[:] = keep
+                else:
+                    done.append(sid)
+        for sid in done:
+            del self._pending[sid]
+        return out
+
+
+def block_sessions(data: bytes, hits: Sequence[Hit]) -> list[str | None]:
+    """The session of each hit of ``Filter.scan_lines(data)`` (from its line's header).
+    Lines of one second and one process share their header: it is read once."""
+    out: list[str | None] = []
+    cache: dict[bytes, str | None] = {}
+    for hit in hits:
+        end = hit[0]
+        start = data.rfind(b"\n", 0, end) + 1
+        colon = data.find(b": ", start, min(end, start + 400))
+        head = data[start : colon + 2] if colon != -1 else data[start : min(end, start + 512)]
+        try:
+            out.append(cache[head])
+        except KeyError:
+            sid = session_of(data[start : min(end, start + 512)].decode("utf-8", "replace"))
+            if len(cache) < 4096:
+                cache[head] = sid
+            out.append(sid)
+    return out
+
+
+def record_sessions(records: Sequence[Record], hits: Sequence[Hit]) -> list[str | None]:
+    """The session of each hit of ``Filter.hits(records)`` (the first field is the index)."""
+    return [session_of(records[h[0]].text[:512], records[h[0]].fields) for h in hits]
