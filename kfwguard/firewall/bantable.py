@@ -190,16 +190,24 @@ class BanTable:
         """True if the table, its sets (sentinels in place), the chain and its
         rules are all there. One dry-run transaction deleting every sentinel
         and every rule by handle: it succeeds only if they all exist, and
-        costs the same however many bans the sets hold."""
+        costs the same however many bans the sets hold.
+
+        The check runs in a fresh libnftables context: nft 1.0.6 drops the
+        elements a dry-run deletes from its context's cache (the kernel keeps
+        them), so a second check in the same context reported the sentinels
+        gone, and the daemon rebuilt its table on every check."""
         t = self.table
         handles = self.rule_handles()
         script = "".join(f"delete element inet {t} {s} {{ {v} }}\n"
                          for s, v in SENTINELS.items())
         script += "".join(f"delete rule inet {t} prerouting handle {h}\n" for h in handles)
+        fresh = type(self.nft)()
         try:
-            self.nft.check(script)
+            fresh.check(script)
         except NftError:
             return False
+        finally:
+            fresh.close()
         return True
 
     def replace(self, elements: Sequence[Element]) -> None:

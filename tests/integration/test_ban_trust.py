@@ -18,6 +18,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -25,7 +26,7 @@ from kfwguard.addresses import IgnoreList
 from kfwguard.bans import BanManager, BanRefused
 from kfwguard.config import BaselineConfig
 from kfwguard.durations import MAX_BAN
-from kfwguard.firewall.bantable import BanTable
+from kfwguard.firewall.bantable import BanTable, Element
 from kfwguard.firewall.nft import Nft
 from kfwguard.model import BanRequest
 from kfwguard.store import BanRow, Store
@@ -364,11 +365,10 @@ class TestClockSteps:
 
 
 class RecordingNft(Nft):
-    """The real libnftables, remembering every script it was given."""
+    """The real libnftables, remembering every script any context of this class
+    was given (the table check runs in a fresh context of its own)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.scripts: list[str] = []
+    scripts: ClassVar[list[str]] = []
 
     def run(self, script: str, **kw: bool) -> str:
         self.scripts.append(script)
@@ -399,6 +399,16 @@ class TestHealthCheck:
             assert t.is_intact()
             nft.run(breakage)
             assert not t.is_intact(), breakage
+
+    def test_repeated_checks_of_an_intact_table_pass(self) -> None:
+        """An intact table passes every check, not only the first: nft 1.0.6's
+        context cache once kept a dry-run's deletions, so the second check saw
+        the sentinels gone and the daemon rebuilt its table on every check."""
+        t = BanTable(Nft(), "kfwtest", 1_000_000)
+        t.replace([])
+        assert [True] * 5 == [t.is_intact() for _ in range(5)]
+        t.add([Element(ipaddress.ip_address("203.0.113.7"), 3600.0)])
+        assert [True] * 3 == [t.is_intact() for _ in range(3)]
 
 
 class TestAdminFailsafe:
