@@ -26,7 +26,8 @@ BATCH = 2000  # what the daemon hands a jail at most at once
 def bytes_per_entry(n: int) -> dict[str, float | bool]:
     addrs = [ipaddress.ip_address(a) for a in corpus.distinct_addresses(n, seed=7)]
     hits = [(0, "match", "failed-auth", a, host_key(a), 1000.0) for a in addrs]
-    jail = Jail(JailConfig(name="j", source="s", filter="sshd", maxretry=3),
+    # Per address (ipv6_prefix 128): the corpus holds IPv6 neighbours in one /64.
+    jail = Jail(JailConfig(name="j", source="s", filter="sshd", maxretry=3, ipv6_prefix=128),
                 IgnoreList(), max_entries=n * 2, clock=lambda: 1000.0)
     me = os.getpid()
     before = rss_mb(me)

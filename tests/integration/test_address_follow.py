@@ -54,7 +54,6 @@ def test_address_added_after_start_is_unbanned_and_protected(lab: Lab,
             f.write(sshd_fail("192.0.2.33", port=3))
         assert wait_until(lambda: "192.0.2.33" in d.elements("ban_v4")), d.log()
         assert vip not in d.elements("ban_v4")
-        assert 0 < status(d.config_path)["bans"]["refused"]
         refused = cli(d.config_path, "ban", vip)
         assert refused.returncode != 0 and vip not in d.elements("ban_v4")
     finally:

@@ -53,7 +53,8 @@ class TestKubeletAcrossZones:
             addr = "203.0.113.61" if daemon_tz == "UTC" else "203.0.113.62"
             send_as_root("kubelet.service", "kubelet", "kubelet", *(
                 f"{klog_now(writer_tz)}    4242 server.go:3215] http: TLS handshake error "
-                f"from {addr}:{port}: EOF" for port in (40001, 40002, 40003)))
+                f"from {addr}:{port}: tls: first record does not look like a TLS handshake"
+                for port in (40001, 40002, 40003)))
             assert wait_until(lambda: addr in d.elements("ban_v4"), timeout=20), d.log()
             assert 0 == status(d.config_path)["jails"]["kubelet"]["stale"]
         finally:
