@@ -32,6 +32,21 @@ LOG_EACH_BAN_UP_TO = 50
 DEFAULT_MANUAL_BANTIME = 3600.0
 
 BanListener = Callable[[Sequence[BanRow]], None]
+# A check that may refuse a target: returns why, or None to let it pass.
+BanGuard = Callable[[Target], str | None]
+
+# The jail of a ban decided by another node (cluster mode): "peer:<node>".
+# Such a ban is stored with its origin, never published again, never counted
+# as an offence of a local jail, and announced to no on_ban/on_unban listener.
+PEER_JAIL_PREFIX = "peer:"
+
+
+def peer_jail(node: str) -> str:
+    return PEER_JAIL_PREFIX + node
+
+
+def is_peer_jail(jail: str) -> bool:
+    return jail.startswith(PEER_JAIL_PREFIX)
 
 
 class BanRefused(ValueError):
@@ -99,6 +114,8 @@ class BanManager:
         self.on_applied: list[Callable[[float], None]] = []
         self._decided_at: dict[str, float] = {}
         self._lock = asyncio.Lock()
+        # Extra refusals (cluster allowlist), asked after the ignore lists.
+        self.guards: list[BanGuard] = []
 
     # -- queries -------------------------------------------------------------
 
@@ -181,6 +198,10 @@ class BanManager:
                 raise BanRefused(f"{target} is too wide to ban")
         elif target in self.ignore:
             raise BanRefused(f"{target} is on an ignore list or is protected (node, loopback)")
+        for guard in self.guards:
+            why = guard(target)
+            if why is not None:
+                raise BanRefused(why)
 
     def request(self, requests: Sequence[BanRequest]) -> list[BanRow]:
         """Decide bans: store them, then queue them for the kernel. Returns the new rows."""
@@ -268,6 +289,71 @@ class BanManager:
             for listener in self.on_unban:
                 listener(gone)
         return gone
+
+    # -- bans decided by peers (cluster mode) ----------------------------------
+
+    def apply_peer(self, rows: Sequence[BanRow]) -> list[BanRow]:
+        """Enforce bans another node decided (``row.jail`` is ``peer_jail(node)``),
+        with their own expiry. Protected and ignored addresses are refused here as
+        for a local ban; a row already in force unchanged is skipped. No listener
+        hears of them: they are not published again and raise no alert, and no
+        local jail counts them as offences. Returns the rows taken."""
+        now = self._clock()
+        taken: list[BanRow] = []
+        for row in rows:
+            if not is_peer_jail(row.jail) or row.expires_at <= now:
+                continue
+            old = self._bans.get((row.target, row.jail))
+            if old is not None and old.expires_at == row.expires_at:
+                continue
+            try:
+                self.check_target(ipaddress.ip_network(row.target, strict=False)
+                                  if "/" in row.target else ipaddress.ip_address(row.target))
+            except (BanRefused, ValueError) as exc:
+                self.stats.refused += 1
+                log.warning("peer_ban_refused", target=row.target, origin=row.jail,
+                            why=str(exc))
+                continue
+            taken.append(row)
+        if not taken:
+            return []
+        self._persist(taken)
+        for r in taken:
+            self._remember(r)
+            self._pending.add(r.target)
+            self._pending_remove.discard(r.target)
+        log.info("peer_bans", count=len(taken), origins=sorted({r.jail for r in taken}),
+                 targets=[r.target for r in taken[:LOG_EACH_BAN_UP_TO]])
+        self._schedule_flush()
+        return taken
+
+    def withdraw_peer(self, keys: Sequence[tuple[str, str]]) -> list[BanRow]:
+        """Lift peers' bans given as (target, peer jail); local bans of the same
+        target stay. Like apply_peer, tells no listener."""
+        rows = [self._bans[k] for k in keys if k in self._bans and is_peer_jail(k[1])]
+        if not rows:
+            return []
+        if self.store is not None and self.persisting:
+            try:
+                self.store.delete_bans([(r.target, r.jail) for r in rows])
+            except StoreError as exc:
+                self._store_failed(exc)
+        for r in rows:
+            self._forget(r)
+            if r.target in self._by_target:
+                self._pending.add(r.target)
+            else:
+                self._pending.discard(r.target)
+                self._pending_remove.add(r.target)
+        log.info("peer_unbans", count=len(rows), targets=[r.target for r in rows[:50]])
+        self._schedule_flush()
+        return rows
+
+    def rows_of(self, target: str) -> list[BanRow]:
+        """Every ban of ``target`` in force, over all jails (local and peers')."""
+        now = self._clock()
+        return [r for j in self._by_target.get(target, ())
+                if (r := self._bans[(target, j)]).expires_at > now]
 
     # -- kernel ----------------------------------------------------------------
 

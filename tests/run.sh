@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 # g++ and libre2-dev build the C++ block scanner (kfwguard.matching._native);
 # without them it is skipped, and under CI=true its tests then fail.
 APT_PACKAGES=(nftables libsystemd-dev pkg-config g++ libre2-dev iproute2 iputils-ping
-              procps systemd prometheus-alertmanager prometheus util-linux)
+              procps systemd prometheus-alertmanager prometheus util-linux
+              etcd-server etcd-client openssl)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
