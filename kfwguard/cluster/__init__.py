@@ -7,6 +7,8 @@ rest of kfwguard sees is BanManager's peer methods and listeners.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +39,29 @@ def build_service(daemon: Daemon) -> ClusterService:
     return ClusterService(cfg, daemon.bans, feed)
 
 
+def _sha(data: object) -> str:
+    text = data if isinstance(data, str) else json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def beat_info(daemon: Daemon) -> dict[str, Any]:
+    """Baseline fingerprints (rendered policy, what was applied, the live table)
+    and drift count for the heartbeat. Runs in a thread: it lists one table."""
+    enforcer = daemon.baseline
+    if enforcer is None:
+        return {"baseline": False}
+    from kfwguard.firewall.baseline import snapshot
+
+    applied = getattr(enforcer, "_expected", None)
+    try:
+        live: object = snapshot(enforcer.nft, enforcer.cfg.table)
+    except Exception as exc:  # the table may be gone: that is drift too
+        live = f"unreadable: {exc}"
+    return {"baseline": True, "baseline_rendered": _sha(enforcer.script),
+            "baseline_applied": _sha(applied) if applied is not None else None,
+            "baseline_live": _sha(live), "drift_count": enforcer.drift_count}
+
+
 class ClusterHooks:
     def __init__(self) -> None:
         self.service: ClusterService | None = None
@@ -45,6 +70,7 @@ class ClusterHooks:
         if daemon.cfg.cluster is None:
             return
         svc = self.service = build_service(daemon)
+        svc.beat_info = lambda: beat_info(daemon)
         await svc.start(daemon.cfg.state_dir)
         op = getattr(daemon, "operator", None)
         control = getattr(op, "control", None)

@@ -92,6 +92,7 @@ class ClusterService:
         # Extra heartbeat fields (baseline fingerprints, drift), set by the hooks.
         self.beat_info: Any = lambda: {}
         self.ban_nodes: set[str] = set()  # nodes that have shared bans
+        self.seen_nodes: set[str] = set()  # every node that had a heartbeat
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -262,6 +263,7 @@ class ClusterService:
         bans that are gone, and republish own bans the store lost."""
         self.allow = {c: n for c in snap.allow if (n := _network(c)) is not None}
         self.nodes = dict(snap.nodes)
+        self.seen_nodes |= set(self.nodes)
         self.ban_nodes = {b.node for b in snap.bans}
         now = self._clock()
         listed = {(peer_jail(b.node), b.target) for b in snap.bans if b.node != self.node}
@@ -313,6 +315,7 @@ class ClusterService:
                 self._unban_asked(c)
             elif isinstance(c, NodeBeat):
                 self.nodes[c.node] = c.info
+                self.seen_nodes.add(c.node)
             elif isinstance(c, NodeGone):
                 self.nodes.pop(c.node, None)
         if puts:
@@ -355,7 +358,7 @@ class ClusterService:
                 "propagation_seconds": self.last_propagation,
             }
             try:
-                info.update(self.beat_info())
+                info.update(await asyncio.to_thread(self.beat_info))
             except Exception as exc:  # a status probe must not stop the heartbeat
                 info["last_error"] = f"status: {exc}"
             try:
@@ -365,10 +368,34 @@ class ClusterService:
                 log.warning("cluster_heartbeat_failed", error=str(exc)[:200])
             await asyncio.sleep(self.ccfg.heartbeat)
 
+    def members(self) -> list[dict[str, Any]]:
+        """Every node known, with its state: ``missing`` (heartbeat gone),
+        ``baseline_differs`` (its rendered baseline is not the majority's),
+        ``drifted`` (its live baseline is not what it applied), else ``up``."""
+        rendered = [i.get("baseline_rendered") for i in self.nodes.values()
+                    if i.get("baseline_rendered")]
+        majority = max(set(rendered), key=rendered.count) if rendered else None
+        out = []
+        for name in sorted(self.seen_nodes | self.ban_nodes | set(self.nodes)):
+            info = self.nodes.get(name)
+            m: dict[str, Any] = {"node": name, **(info or {})}
+            if info is None:
+                m["state"] = "missing"
+            elif majority is not None and info.get("baseline_rendered") not in (None, majority):
+                m["state"] = "baseline_differs"
+            elif info.get("baseline_live") != info.get("baseline_applied"):
+                m["state"] = "drifted"
+            else:
+                m["state"] = "up"
+            out.append(m)
+        return out
+
     def node_states(self) -> dict[str, int]:
-        """Nodes by state: up (heartbeat present), missing (bans but no heartbeat)."""
-        up = set(self.nodes)
-        return {"up": len(up), "missing": len(self.ban_nodes - up)}
+        """How many nodes are in each state (for the metric)."""
+        out = {"up": 0, "missing": 0, "baseline_differs": 0, "drifted": 0}
+        for m in self.members():
+            out[m["state"]] += 1
+        return out
 
     # -- operator --------------------------------------------------------------
 
@@ -386,7 +413,7 @@ class ClusterService:
             "last_error": self.feed.last_error,
             "outbox": len(self.outbox) if self.outbox is not None else None,
             "allow": sorted(self.allow),
-            "nodes": sorted(self.nodes),
+            "nodes": self.members(),
             "last_propagation_seconds": self.last_propagation,
             **self.stats,
         }

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,15 @@ class Node:
     def fail_lines(self, addrs: list[str]) -> None:
         with self.log.open("a") as f:
             f.write("".join(sshd_fail(a) for a in addrs))
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "kfwguard", *args, "-c",
+                               str(self.daemon.config_path)], capture_output=True, text=True,
+                              timeout=30)
+
+    def states(self) -> dict[str, str]:
+        r = self.cli("cluster", "status", "--json")
+        return {m["node"]: m["state"] for m in json.loads(r.stdout)["nodes"]}
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = self.control("GET", "/cluster/status")
@@ -172,7 +182,8 @@ class TestSharedBans:
         addr = "10.201.0.8"
         cluster.a.ban(addr)
         assert wait_until(lambda: cluster.b.has(addr) and cluster.c.has(addr), 15)
-        cluster.c.control("POST", "/cluster/unban", {"target": addr})
+        r = cluster.c.cli("unban", "--cluster", addr)
+        assert r.returncode == 0, r.stderr
         assert wait_until(lambda: not any(n.has(addr) for n in cluster.nodes.values()),
                           15), logs(cluster)
         assert wait_until(lambda: f"{PREFIX}/bans/node-a/{addr}" not in cluster.keys("a"))
@@ -242,6 +253,8 @@ class TestResilience:
         """C stopped while A bans: on restart C enforces A's bans from the listing,
         as peers' bans, and publishes none of them as its own."""
         cluster.c.daemon.stop()
+        # Its heartbeat lease runs out: A's status shows it missing.
+        assert wait_until(lambda: cluster.a.states().get("node-c") == "missing", 20)
         addr = "10.204.0.1"
         cluster.a.ban(addr)
         assert wait_until(lambda: cluster.b.has(addr), 15)
@@ -249,6 +262,25 @@ class TestResilience:
         assert wait_until(lambda: cluster.c.has(addr), 20), logs(cluster)
         assert not any(e.get("target") == addr for e in events(cluster.c, "ban"))
         assert cluster.keys("c") == []
+        assert wait_until(lambda: cluster.a.states().get("node-c") == "up", 20)
+
+    def test_outage_and_restart_lose_nothing(self, cluster: Cluster) -> None:
+        """With every etcd member down, A's ban is in A's kernel at once; A is then
+        restarted, etcd comes back, and the ban from A's outbox reaches B."""
+        addr = "10.206.0.1"
+        for i in range(len(cluster.etcd.members)):
+            cluster.etcd.kill_member(i)
+        try:
+            cluster.a.ban(addr)
+            assert cluster.a.has(addr)  # local first: no wait for etcd
+            cluster.a.daemon.stop()
+            cluster.a.daemon.start()
+        finally:
+            for i in range(len(cluster.etcd.members)):
+                cluster.etcd.restart_member(i)
+            assert cluster.etcd.wait_healthy(), cluster.etcd.logs()
+        assert wait_until(lambda: cluster.b.has(addr), 30), logs(cluster)
+        assert f"{PREFIX}/bans/node-a/{addr}" in cluster.keys("a")
 
     def test_compaction_relists(self, cluster: Cluster) -> None:
         """B cut off from etcd while A bans one address and lifts another, history
@@ -258,9 +290,12 @@ class TestResilience:
         assert wait_until(lambda: cluster.b.has(old), 15)
         dev = [ln.split(":")[1].strip().split("@")[0] for ln in
                cluster.b.host.run("ip", "-o", "link").stdout.splitlines() if "lo:" not in ln]
+        lost = len(events(cluster.b, "cluster_watch_lost"))
         for d in dev:
             cluster.b.host.run("ip", "link", "set", d, "down")
         try:
+            # B's probe notices first: its watch is gone, not merely slow.
+            assert wait_until(lambda: len(events(cluster.b, "cluster_watch_lost")) > lost, 20)
             cluster.a.ban(new)
             cluster.a.control("DELETE", f"/bans/{old}")
             for i in range(20):
@@ -274,7 +309,3 @@ class TestResilience:
         assert wait_until(lambda: cluster.b.has(new) and not cluster.b.has(old), 30), \
             logs(cluster)
         assert events(cluster.b, "cluster_history_compacted")
-
-
-def _unused() -> None:
-    _ = json, signal
