@@ -18,6 +18,7 @@ Contract every backend keeps:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -48,10 +49,11 @@ class SharedBan:
         if not isinstance(d, dict):
             raise ValueError("not an object")
         exp, at = float(d["expires_at"]), float(d["banned_at"])
-        if exp != exp or at != at:  # NaN
-            raise ValueError("NaN time")
+        decided = float(d.get("decided_at", at))
+        if not all(math.isfinite(x) and 0 <= x < 1e11 for x in (exp, at, decided)):
+            raise ValueError("a time is not a finite epoch second")
         return cls(node, target, str(d.get("jail", ""))[:64], str(d.get("reason", ""))[:200],
-                   at, exp, float(d.get("decided_at", at)))
+                   at, exp, decided)
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,10 @@ from kfwguard.store import BanRow
 
 log = structlog.get_logger("kfwguard.cluster")
 
+# A peer's ban is enforced here for at most this long from now, whatever its
+# expiry says (a broken or hostile node cannot ban for years).
+MAX_PEER_BAN = 30 * 86400.0
+
 PROPAGATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -218,8 +222,9 @@ class ClusterService:
                 log.warning("peer_ban_refused", target=b.target, origin=b.node,
                             why="a protected address of this node (admin, cluster, etcd)")
                 continue
+            expires = min(b.expires_at, self._clock() + MAX_PEER_BAN)
             rows.append(BanRow(b.target, peer_jail(b.node), f"{b.node}/{b.jail}: {b.reason}",
-                               b.banned_at, b.expires_at, 1))
+                               b.banned_at, expires, 1))
         return rows
 
     async def _apply(self, bans: Sequence[SharedBan]) -> None:
