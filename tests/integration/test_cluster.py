@@ -121,7 +121,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 "prefix": PREFIX, "heartbeat": "1s",
             }
             if name == "b":
-                cfg["baseline"] = {"admin_cidrs": [ADMIN_CIDR_B]}
+                # B enforces a baseline (and lets itself reach etcd); it is not
+                # healed during the run, so a hand edit stays visible as drift.
+                cfg["baseline"] = {
+                    "enabled": True, "cni": "none", "admin_cidrs": [ADMIN_CIDR_B],
+                    "cluster_cidrs": ["10.76.0.0/16"], "pod_cidrs": ["10.244.0.0/16"],
+                    "reconcile_interval": "1h",
+                    "allow_out": [{"proto": "tcp", "ports": [2379], "to": ["10.77.0.0/24"]}],
+                }
             nodes[name] = Node(name, host, logfile, DaemonRun(host, d, cfg))
         lab.link(nodes["c"].host, attacker, "10.79.3", "fd00:79:3")
         servers.append(listen_tcp(nodes["c"].host, PORT))
@@ -187,6 +194,27 @@ class TestSharedBans:
         assert wait_until(lambda: not any(n.has(addr) for n in cluster.nodes.values()),
                           15), logs(cluster)
         assert wait_until(lambda: f"{PREFIX}/bans/node-a/{addr}" not in cluster.keys("a"))
+
+    def test_hand_edited_baseline_shows_as_drift_on_a(self, cluster: Cluster) -> None:
+        """A rule added by hand to B's baseline table shows B as drifted in
+        `kfwguard cluster status` run on A."""
+        assert wait_until(lambda: cluster.a.states().get("node-b") == "up", 15)
+        cluster.b.host.run("nft", "add", "rule", "inet", "kfwguard_baseline", "input",
+                           "tcp", "dport", "9999", "accept")
+        try:
+            assert wait_until(lambda: cluster.a.states().get("node-b") == "drifted", 15), \
+                cluster.a.cli("cluster", "status").stdout
+            table = cluster.a.cli("cluster", "status")
+            assert table.returncode == 1 and "drifted" in table.stdout
+        finally:
+            handle = json.loads(cluster.b.host.nft_json(
+                "-a", "list", "chain", "inet", "kfwguard_baseline", "input"))
+            for item in handle["nftables"]:
+                rule = item.get("rule")
+                if rule and "9999" in json.dumps(rule["expr"]):
+                    cluster.b.host.run("nft", "delete", "rule", "inet", "kfwguard_baseline",
+                                       "input", "handle", str(rule["handle"]))
+        assert wait_until(lambda: cluster.a.states().get("node-b") == "up", 15)
 
     def test_peer_ban_of_admin_cidr_refused(self, cluster: Cluster) -> None:
         """A peer's ban of B's admin CIDR is refused on B (and still enforced on C)."""
