@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from kfwguard.addresses import _V6_FLAG as V6_FLAG  # host_key's IPv6 mark
 from kfwguard.addresses import IgnoreList, IPAddress
 from kfwguard.config import JailConfig
 from kfwguard.firewall.bantable import BanTable, Element, Target
@@ -65,6 +66,21 @@ def valid_target_text(text: str) -> bool:
     if not plen:
         return True
     return plen.isdigit() and int(plen) <= (128 if family == socket.AF_INET6 else 32)
+
+
+def plain_key(text: str) -> int | None:
+    """``host_key`` of a single address given as canonical text (as stored and
+    shared), or None if ``text`` is not one: a peer's 100k bans cannot afford
+    an ipaddress object each."""
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+    try:
+        packed = socket.inet_pton(family, text)
+    except (OSError, ValueError):
+        return None
+    if socket.inet_ntop(family, packed) != text:
+        return None
+    key = int.from_bytes(packed, "big")
+    return key | V6_FLAG if family == socket.AF_INET6 else key
 
 
 @dataclass
@@ -307,8 +323,16 @@ class BanManager:
             if old is not None and old.expires_at == row.expires_at:
                 continue
             try:
-                self.check_target(ipaddress.ip_network(row.target, strict=False)
-                                  if "/" in row.target else ipaddress.ip_address(row.target))
+                key = None if "/" in row.target else plain_key(row.target)
+                if key is not None and not self.guards:
+                    # The common case without building objects: check_target's
+                    # test for one address.
+                    if self.ignore.has_key(key):
+                        raise BanRefused(f"{row.target} is on an ignore list or is protected")
+                else:
+                    self.check_target(ipaddress.ip_network(row.target, strict=False)
+                                      if "/" in row.target
+                                      else ipaddress.ip_address(row.target))
             except (BanRefused, ValueError) as exc:
                 self.stats.refused += 1
                 log.warning("peer_ban_refused", target=row.target, origin=row.jail,

@@ -50,6 +50,7 @@ log = structlog.get_logger("kfwguard.cluster.etcd")
 BUCKET = 60.0  # seconds of expiry per shared lease
 UNBAN_TTL = 600
 TXN_OPS = 128  # etcd's default --max-txn-ops
+TXN_IN_FLIGHT = 8
 
 
 class EtcdFeed:
@@ -117,15 +118,25 @@ class EtcdFeed:
     async def publish(self, node: str, puts: Sequence[SharedBan],
                       deletes: Sequence[str]) -> None:
         """Write ``puts`` and delete ``deletes`` (targets) under ``node``'s
-        subtree, in transactions of at most TXN_OPS; waits out outages."""
+        subtree, in transactions of at most TXN_OPS, up to TXN_IN_FLIGHT of them
+        at once (each costs etcd a raft round and an fsync: one after the other,
+        a burst would wait for them in turn); waits out outages. A target is
+        at most once in a call, so the order between transactions is free."""
         ops: list[tuple[str, bytes, int]] = []
         dels = [self.ban_key(node, t) for t in deletes]
         while True:
             try:
                 ops = [(self.ban_key(node, b.target), b.encode(),
                         await self._lease_for(b.expires_at)) for b in puts]
-                for i in range(0, max(len(ops), len(dels)), TXN_OPS):
-                    await self.client.txn(ops[i:i + TXN_OPS], dels[i:i + TXN_OPS], retry=True)
+                sem = asyncio.Semaphore(TXN_IN_FLIGHT)
+
+                async def one(i: int, ops: list[tuple[str, bytes, int]] = ops,
+                              sem: asyncio.Semaphore = sem) -> None:
+                    async with sem:
+                        await self.client.txn(ops[i:i + TXN_OPS], dels[i:i + TXN_OPS],
+                                              retry=True)
+                await asyncio.gather(*(one(i) for i in range(0, max(len(ops), len(dels)),
+                                                             TXN_OPS)))
                 return
             except LeaseNotFound:
                 # Expired or revoked meanwhile (a long outage): new leases.

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from kfwguard.addresses import IgnoreList
-from kfwguard.bans import BanManager, is_peer_jail, peer_jail
+from kfwguard.bans import BanManager, is_peer_jail, peer_jail, plain_key
 from kfwguard.cluster.etcdclient import EtcdError
 from kfwguard.cluster.feed import (
     AllowGone,
@@ -93,6 +93,7 @@ class ClusterService:
         self.propagation: list[float] = []  # recent samples, for status
         self.on_propagation: list[Any] = []
         self.synced = asyncio.Event()
+        self.list_seconds = 0.0
         # Extra heartbeat fields (baseline fingerprints, drift), set by the hooks.
         self.beat_info: Any = lambda: {}
         self.ban_nodes: set[str] = set()  # nodes that have shared bans
@@ -112,7 +113,6 @@ class ClusterService:
         self.open_outbox(state_dir)
         self.bans.on_ban.append(self._local_ban)
         self.bans.on_unban.append(self._local_unban)
-        self.bans.guards.append(self._allowed)
         self._tasks = [
             asyncio.create_task(self._publisher(), name="cluster:publish"),
             asyncio.create_task(self._follow(), name="cluster:follow"),
@@ -166,7 +166,7 @@ class ClusterService:
     async def _publisher(self) -> None:
         delay = 0.5
         while True:
-            batch: list[Pending] = self.outbox.due(128) if self.outbox is not None else []
+            batch: list[Pending] = self.outbox.due(1024) if self.outbox is not None else []
             if not batch:
                 self._wake.clear()
                 await self._wake.wait()
@@ -198,6 +198,16 @@ class ClusterService:
 
     # -- peers' decisions -> kernel ---------------------------------------------
 
+    def _set_allow(self, allow: dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+        """Take a new allowlist; the BanManager asks the guard only while it has
+        entries (a guard costs every ban an address object)."""
+        self.allow = allow
+        guards = self.bans.guards
+        if allow and self._allowed not in guards:
+            guards.append(self._allowed)
+        elif not allow and self._allowed in guards:
+            guards.remove(self._allowed)
+
     def _allowed(self, target: Target) -> str | None:
         for cidr, net in self.allow.items():
             if (target.version == net.version
@@ -209,20 +219,26 @@ class ClusterService:
 
     def _peer_rows(self, bans: Sequence[SharedBan]) -> list[BanRow]:
         rows = []
+        limit = self._clock() + MAX_PEER_BAN
         for b in bans:
             if b.node == self.node:
                 continue
-            net = _network(b.target)
-            if net is None or (str(net) != b.target and str(net.network_address) != b.target):
-                self.stats["skipped"] += 1
-                log.warning("peer_ban_invalid", origin=b.node, target=b.target[:100])
-                continue
-            if self.protected.overlaps(net):
+            key = plain_key(b.target) if "/" not in b.target else None
+            if key is not None:
+                protected = self.protected.has_key(key)
+            else:
+                net = _network(b.target)
+                if net is None or str(net) != b.target:
+                    self.stats["skipped"] += 1
+                    log.warning("peer_ban_invalid", origin=b.node, target=b.target[:100])
+                    continue
+                protected = self.protected.overlaps(net)
+            if protected:
                 self.stats["refused"] += 1
                 log.warning("peer_ban_refused", target=b.target, origin=b.node,
                             why="a protected address of this node (admin, cluster, etcd)")
                 continue
-            expires = min(b.expires_at, self._clock() + MAX_PEER_BAN)
+            expires = min(b.expires_at, limit)
             rows.append(BanRow(b.target, peer_jail(b.node), f"{b.node}/{b.jail}: {b.reason}",
                                b.banned_at, expires, 1))
         return rows
@@ -248,12 +264,14 @@ class ClusterService:
 
     async def _follow(self) -> None:
         while True:
+            t0 = time.perf_counter()
             try:
                 snap = await self.feed.snapshot()
             except (EtcdError, OSError) as exc:
                 log.error("cluster_list_failed", error=str(exc)[:300])
                 await asyncio.sleep(1.0)
                 continue
+            self.list_seconds = time.perf_counter() - t0
             await self._reconcile(snap)
             self.synced.set()
             try:
@@ -266,7 +284,7 @@ class ClusterService:
     async def _reconcile(self, snap: Snapshot) -> None:
         """Make this node match a full listing: add what is missing, lift peers'
         bans that are gone, and republish own bans the store lost."""
-        self.allow = {c: n for c in snap.allow if (n := _network(c)) is not None}
+        self._set_allow({c: n for c in snap.allow if (n := _network(c)) is not None})
         self.nodes = dict(snap.nodes)
         self.seen_nodes |= set(self.nodes)
         self.ban_nodes = {b.node for b in snap.bans}
@@ -288,11 +306,14 @@ class ClusterService:
         if fix:
             log.info("cluster_own_bans_reconciled", count=len(fix))
             self._queue(fix)
-        log.info("cluster_synced", revision=snap.position, bans=len(snap.bans),
+        log.info("cluster_synced", revision=snap.position,
+                 list_seconds=round(self.list_seconds, 3), bans=len(snap.bans),
                  peers_bans=len(peer), withdrawn=len(gone), allow=len(self.allow),
                  nodes=sorted(self.nodes), skipped=snap.skipped)
 
     def _allowed_text(self, target: str) -> bool:
+        if not self.allow:
+            return False
         net = _network(target)
         return net is not None and self._allowed(
             net if "/" in target else net.network_address) is not None
@@ -312,10 +333,10 @@ class ClusterService:
             elif isinstance(c, AllowPut):
                 net = _network(c.cidr)
                 if net is not None:
-                    self.allow[c.cidr] = net
+                    self._set_allow({**self.allow, c.cidr: net})
                     self._lift_allowed(net)
             elif isinstance(c, AllowGone):
-                self.allow.pop(c.cidr, None)
+                self._set_allow({k: v for k, v in self.allow.items() if k != c.cidr})
             elif isinstance(c, UnbanAsked):
                 self._unban_asked(c)
             elif isinstance(c, NodeBeat):
