@@ -339,17 +339,25 @@ class EtcdClient:
             while True:
                 try:
                     chunk = await resp.content.readany()
+                    chunk += resp.content.read_nowait()  # and whatever else is buffered
                 except (aiohttp.ClientError, OSError, ValueError) as exc:
                     raise EtcdUnavailable(failed[0] if failed else f"watch broke: {exc}") from exc
                 if not chunk:
                     raise EtcdUnavailable(failed[0] if failed else "watch stream ended")
                 buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
+                # Everything that arrived while the caller was busy goes out as
+                # one batch: one store commit and one kernel transaction for
+                # many revisions, not one each.
+                *lines, buf = buf.split(b"\n")
+                revision, events = 0, []
+                for line in lines:
                     if line.strip():
                         item = self._watch_message(line)
                         if item is not None:
-                            yield item
+                            revision = max(revision, item[0])
+                            events += item[1]
+                if revision:
+                    yield revision, events
         except EtcdUnavailable as exc:
             self._switch(ep, str(exc))
             raise

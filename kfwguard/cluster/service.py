@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import socket
 import time
 from collections.abc import Sequence
@@ -52,7 +53,12 @@ PROPAGATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 
 
 def node_name(cfg: ClusterConfig) -> str:
-    return cfg.node_name or socket.gethostname()
+    """The config's name, else $NODE_NAME (the DaemonSet sets it from
+    spec.nodeName), else the hostname."""
+    name = cfg.node_name or os.environ.get("NODE_NAME", "") or socket.gethostname()
+    if not name or "/" in name:
+        raise ValueError(f"cluster node name {name!r} is empty or has a '/'")
+    return name
 
 
 def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:

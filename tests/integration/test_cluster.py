@@ -121,6 +121,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 "prefix": PREFIX, "heartbeat": "1s",
             }
             if name == "b":
+                cfg["metrics"] = {"listen": "127.0.0.1:9741"}
                 # B enforces a baseline (and lets itself reach etcd); it is not
                 # healed during the run, so a hand edit stays visible as drift.
                 cfg["baseline"] = {
@@ -216,6 +217,21 @@ class TestSharedBans:
                                        "input", "handle", str(rule["handle"]))
         assert wait_until(lambda: cluster.a.states().get("node-b") == "up", 15)
 
+    def test_metrics(self, cluster: Cluster) -> None:
+        """B's /metrics says it is connected, counts peers' bans received and
+        refused, and has observed propagation delays."""
+        cluster.a.ban("10.207.0.1")
+        assert wait_until(lambda: cluster.b.has("10.207.0.1"), 15)
+        text = cluster.b.host.python(
+            "import urllib.request;print(urllib.request.urlopen("
+            "'http://127.0.0.1:9741/metrics').read().decode())").stdout
+        values = {ln.split(" ")[0]: float(ln.split(" ")[1]) for ln in text.splitlines()
+                  if ln.startswith("kfwguard_cluster")}
+        assert values["kfwguard_cluster_connected"] == 1
+        assert values["kfwguard_cluster_bans_received_total"] >= 1
+        assert values["kfwguard_cluster_propagation_seconds_count"] >= 1
+        assert values['kfwguard_cluster_nodes{state="up"}'] >= 2
+
     def test_peer_ban_of_admin_cidr_refused(self, cluster: Cluster) -> None:
         """A peer's ban of B's admin CIDR is refused on B (and still enforced on C)."""
         addr = "10.66.0.5"
@@ -241,6 +257,33 @@ class TestSharedBans:
 
 
 class TestResilience:
+    def test_listing_in_pages_at_one_revision(self, cluster: Cluster) -> None:
+        """A listing fetched in pages returns every key once, at the revision of
+        its first page, even with writes landing between the pages."""
+        code = f"""
+import asyncio, json
+from kfwguard.cluster.etcdclient import EtcdClient, TLSFiles
+async def main():
+    c = EtcdClient({cluster.etcd.endpoints!r}, TLSFiles(**{cluster.etcd.tls()!r}))
+    for i in range(50):
+        await c.put(f"/pagetest/k{{i:03}}", str(i))
+    real = c._post
+    async def post(ep, path, body, timeout):
+        out = await real(ep, path, body, timeout)
+        if path == "/v3/kv/range" and body.get("limit") == 7:
+            await c.put(f"/pagetest/k{{body['key']}}x", "new")  # lands between pages
+            await c.delete("/pagetest/k049")
+        return out
+    c._post = post
+    rev, kvs = await c.range_prefix("/pagetest/", page=7)
+    await c.delete("/pagetest/", prefix=True)
+    await c.close()
+    print(json.dumps([kv.key for kv in kvs]))
+asyncio.run(main())
+"""
+        keys = json.loads(cluster.etcd.host.python(code).stdout)
+        assert [f"/pagetest/k{i:03}" for i in range(50)] == keys
+
     def test_leader_killed_mid_burst(self, cluster: Cluster) -> None:
         """Kill the etcd leader in the middle of 1,000 bans on A: every one reaches
         etcd and B's kernel, and B applies each exactly once."""
