@@ -223,21 +223,26 @@ class EtcdClient:
         """Every key under ``prefix`` at one revision, fetched in pages (a large
         listing does not have to fit one response). Returns (revision, kvs)."""
         end = b64(prefix_end(prefix))
-        start = prefix.encode()
-        revision = 0
-        out: list[KeyValue] = []
-        while True:
+
+        async def fetch(start: bytes, revision: int) -> dict[str, Any]:
             body: dict[str, Any] = {"key": b64(start), "range_end": end, "limit": page}
             if revision:
                 body["revision"] = revision
-            data = await self.call("/v3/kv/range", body, retry=retry, timeout=30.0)
-            if not revision:
-                revision = int(data["header"]["revision"])
-            kvs = [_kv(d) for d in data.get("kvs", [])]
-            out += kvs
-            if not data.get("more") or not kvs:
+            return await self.call("/v3/kv/range", body, retry=retry, timeout=30.0)
+
+        data = await fetch(prefix.encode(), 0)
+        revision = int(data["header"]["revision"])
+        out: list[KeyValue] = []
+        while True:
+            raw = data.get("kvs", [])
+            ahead: asyncio.Task[dict[str, Any]] | None = None
+            if data.get("more") and raw:
+                # etcd encodes the next page while this one is decoded here.
+                ahead = asyncio.create_task(fetch(unb64(raw[-1]["key"]) + b"\x00", revision))
+            out += [_kv(d) for d in raw]
+            if ahead is None:
                 return revision, out
-            start = kvs[-1].key.encode() + b"\x00"
+            data = await ahead
 
     async def put(self, key: str, value: bytes | str, lease: int = 0, *,
                   retry: bool = True) -> int:

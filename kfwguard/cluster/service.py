@@ -94,7 +94,7 @@ class ClusterService:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.stats = {"published": 0, "received": 0, "refused": 0, "withdrawn": 0,
-                      "resyncs": 0, "skipped": 0, "publish_errors": 0}
+                      "resyncs": 0, "skipped": 0, "publish_errors": 0, "crashes": 0}
         self.last_propagation: float | None = None
         self.propagation: list[float] = []  # recent samples, for status
         self.on_propagation: list[Any] = []
@@ -113,19 +113,33 @@ class ClusterService:
         except OutboxError as exc:
             log.error("cluster_outbox_unavailable", error=str(exc),
                       note="shared bans are sent from memory only")
-            self.outbox = None
+            self.outbox = Outbox(Path(":memory:"))
 
     async def start(self, state_dir: Path) -> None:
         self.open_outbox(state_dir)
         self.bans.on_ban.append(self._local_ban)
         self.bans.on_unban.append(self._local_unban)
         self._tasks = [
-            asyncio.create_task(self._publisher(), name="cluster:publish"),
-            asyncio.create_task(self._follow(), name="cluster:follow"),
-            asyncio.create_task(self._heartbeat(), name="cluster:heartbeat"),
+            asyncio.create_task(self._supervised(self._publisher), name="cluster:publish"),
+            asyncio.create_task(self._supervised(self._follow), name="cluster:follow"),
+            asyncio.create_task(self._supervised(self._heartbeat), name="cluster:heartbeat"),
         ]
         log.info("cluster_started", node=self.node, prefix=self.ccfg.prefix,
                  endpoints=self.ccfg.endpoints, pending=len(self.outbox or ()))
+
+    async def _supervised(self, loop: Any) -> None:
+        """Run one of the service's loops forever: a bug or an unexpected error
+        costs a logged restart, never the node's sharing for good."""
+        while True:
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.stats["crashes"] += 1
+                log.exception("cluster_task_restarting", task=loop.__name__)
+                await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -155,11 +169,13 @@ class ClusterService:
 
     def _queue(self, targets: Sequence[str]) -> None:
         items = [(t, self._intent(t)) for t in dict.fromkeys(targets)]
+        if not items:
+            return
         if self.outbox is None:
             self.open_outbox(self.cfg.state_dir)
-        if self.outbox is not None:
-            self.outbox.queue(items)
-            self._wake.set()
+        assert self.outbox is not None
+        self.outbox.queue(items)
+        self._wake.set()
 
     def _local_ban(self, rows: Sequence[BanRow]) -> None:
         self._queue([r.target for r in rows if self._shared(r)])
