@@ -111,3 +111,54 @@ class TestOutbox:
         assert [b"v2"] == [p.value for p in o.due()]
         o.done(o.due())
         assert 0 == len(o)
+
+
+class TestClusterConfig:
+    ISSUE = """
+cluster:
+  backend: etcd
+  endpoints: ["https://10.0.0.11:2379", "https://10.0.0.12:2379", "https://10.0.0.13:2379"]
+  tls: {ca: /etc/kfwguard/etcd/ca.crt, cert: /etc/kfwguard/etcd/node.crt, key: /etc/kfwguard/etcd/node.key}
+  node_name: ""
+  prefix: /kfwguard/v1
+  share_jails: []
+  heartbeat: 5s
+"""
+
+    def test_the_documented_section_parses(self) -> None:
+        """The cluster: section exactly as the contract writes it is accepted."""
+        from kfwguard.config import parse_config
+
+        c = parse_config(self.ISSUE).cluster
+        assert c is not None
+        assert (3, "/kfwguard/v1", 5.0) == (len(c.endpoints), c.prefix, c.heartbeat)
+
+    @pytest.mark.parametrize("bad,why", [
+        ("endpoints: []", "at least 1"),
+        ("endpoints: ['10.0.0.1:2379']", "http"),
+        ("heartbeat: 0s", "heartbeat"),
+        ("node_name: 'a/b'", "node_name"),
+        ("prefix: 'relative'", "prefix"),
+        ("backend: consul", "backend"),
+        ("tls: {ca: /x}", "cert"),
+    ])
+    def test_bad_values_named(self, bad: str, why: str) -> None:
+        """A bad cluster value is refused with an error naming it."""
+        from kfwguard.config import ConfigError, parse_config
+
+        base = {"endpoints": "endpoints: ['https://10.0.0.1:2379']"}
+        key = bad.split(":")[0]
+        lines = [bad] + [v for k, v in base.items() if k != key]
+        text = "cluster:\n" + "".join(f"  {ln}\n" for ln in lines)
+        with pytest.raises(ConfigError, match=why):
+            parse_config(text)
+
+    def test_node_name_from_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without node_name, $NODE_NAME (the DaemonSet's spec.nodeName) names the node."""
+        from kfwguard.cluster.service import node_name
+        from kfwguard.config import parse_config
+
+        monkeypatch.setenv("NODE_NAME", "worker-7")
+        c = parse_config("cluster: {endpoints: ['https://10.0.0.1:2379']}").cluster
+        assert c is not None
+        assert "worker-7" == node_name(c)
