@@ -118,7 +118,8 @@ class TestClusterConfig:
 cluster:
   backend: etcd
   endpoints: ["https://10.0.0.11:2379", "https://10.0.0.12:2379", "https://10.0.0.13:2379"]
-  tls: {ca: /etc/kfwguard/etcd/ca.crt, cert: /etc/kfwguard/etcd/node.crt, key: /etc/kfwguard/etcd/node.key}  # noqa: E501
+  tls: {ca: /etc/kfwguard/etcd/ca.crt, cert: /etc/kfwguard/etcd/node.crt, \
+key: /etc/kfwguard/etcd/node.key}
   node_name: ""
   prefix: /kfwguard/v1
   share_jails: []
