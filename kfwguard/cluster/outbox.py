@@ -41,7 +41,12 @@ class Outbox:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            # NORMAL (no fsync per commit; a process crash loses nothing): a
+            # power cut may lose the newest intents, and the start's
+            # reconcile puts them back (local bans missing from etcd are
+            # sent, own keys without a local ban deleted). An fsync here
+            # would sit on every shared ban's path.
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=1000")
             self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT max(seq) FROM cluster_outbox").fetchone()

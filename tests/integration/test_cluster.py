@@ -353,6 +353,24 @@ asyncio.run(main())
         assert wait_until(lambda: cluster.b.has(addr), 30), logs(cluster)
         assert f"{PREFIX}/bans/node-a/{addr}" in cluster.keys("a")
 
+    def test_lost_outbox_reconciled_from_state(self, cluster: Cluster) -> None:
+        """A's outbox lost while etcd was down (a power cut): at the next start
+        A's reconcile still sends its stored bans, and B enforces them."""
+        addr = "10.206.0.2"
+        for i in range(len(cluster.etcd.members)):
+            cluster.etcd.kill_member(i)
+        try:
+            cluster.a.ban(addr)
+            cluster.a.daemon.stop()
+            for f in (cluster.a.daemon.workdir / "state").glob("cluster.db*"):
+                f.unlink()
+            cluster.a.daemon.start()
+        finally:
+            for i in range(len(cluster.etcd.members)):
+                cluster.etcd.restart_member(i)
+            assert cluster.etcd.wait_healthy(), cluster.etcd.logs()
+        assert wait_until(lambda: cluster.b.has(addr), 30), logs(cluster)
+
     def test_compaction_relists(self, cluster: Cluster) -> None:
         """B cut off from etcd while A bans one address and lifts another, history
         compacted: B relists, adds the new ban and drops the lifted one."""
