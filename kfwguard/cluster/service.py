@@ -341,15 +341,16 @@ class ClusterService:
             net if "/" in target else net.network_address) is not None
 
     async def _on_changes(self, changes: Sequence[Change]) -> None:
-        puts: list[SharedBan] = []
+        puts: dict[tuple[str, str], SharedBan] = {}  # in order, the newest per key
         for c in changes:
             if isinstance(c, BanPut):
                 self.ban_nodes.add(c.ban.node)
                 if c.ban.node != self.node and not self._allowed_text(c.ban.target):
-                    puts.append(c.ban)
+                    puts.pop((c.ban.node, c.ban.target), None)
+                    puts[(c.ban.node, c.ban.target)] = c.ban
             elif isinstance(c, BanGone):
                 if c.node != self.node:
-                    puts = [b for b in puts if (b.node, b.target) != (c.node, c.target)]
+                    puts.pop((c.node, c.target), None)
                     self.stats["withdrawn"] += len(
                         self.bans.withdraw_peer([(c.target, peer_jail(c.node))]))
             elif isinstance(c, AllowPut):
@@ -367,7 +368,7 @@ class ClusterService:
             elif isinstance(c, NodeGone):
                 self.nodes.pop(c.node, None)
         if puts:
-            await self._apply(puts)
+            await self._apply(list(puts.values()))
 
     def _lift_allowed(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
         for r in self.bans.active():
