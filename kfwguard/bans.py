@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from kfwguard.addresses import _V6_FLAG as V6_FLAG  # host_key's IPv6 mark
 from kfwguard.addresses import IgnoreList, IPAddress, IPNetwork
 from kfwguard.config import BaselineConfig, JailConfig
 from kfwguard.durations import check_ban_duration
@@ -51,6 +52,21 @@ RETRY_MAX = 30.0
 ADOPTED_NO_TIMEOUT = 86400.0
 
 BanListener = Callable[[Sequence[BanRow]], None]
+# A check that may refuse a target: returns why, or None to let it pass.
+BanGuard = Callable[[Target], str | None]
+
+# The jail of a ban decided by another node (cluster mode): "peer:<node>".
+# Such a ban is stored with its origin, never published again, never counted
+# as an offence of a local jail, and announced to no on_ban/on_unban listener.
+PEER_JAIL_PREFIX = "peer:"
+
+
+def peer_jail(node: str) -> str:
+    return PEER_JAIL_PREFIX + node
+
+
+def is_peer_jail(jail: str) -> bool:
+    return jail.startswith(PEER_JAIL_PREFIX)
 
 # Sources no packet can truly carry, or ranges whose ban means nothing but
 # harm; 224.0.0.0/3 and ff00::/8 also hold the ban sets' sentinels.
@@ -105,6 +121,21 @@ def _as_net(target: Target) -> IPNetwork:
     if isinstance(target, ipaddress.IPv4Address | ipaddress.IPv6Address):
         return ipaddress.ip_network(target)
     return target
+
+
+def plain_key(text: str) -> int | None:
+    """``host_key`` of a single address given as canonical text (as stored and
+    shared), or None if ``text`` is not one: a peer's 100k bans cannot afford
+    an ipaddress object each."""
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+    try:
+        packed = socket.inet_pton(family, text)
+    except (OSError, ValueError):
+        return None
+    if socket.inet_ntop(family, packed) != text:
+        return None
+    key = int.from_bytes(packed, "big")
+    return key | V6_FLAG if family == socket.AF_INET6 else key
 
 
 @dataclass
@@ -177,6 +208,8 @@ class BanManager:
         self.on_applied: list[Callable[[float], None]] = []
         self._decided_at: dict[str, float] = {}
         self._lock = asyncio.Lock()
+        # Extra refusals (cluster allowlist), asked after the ignore lists.
+        self.guards: list[BanGuard] = []
 
     def set_networks(self, baseline: BaselineConfig) -> None:
         """Take the admin and cluster networks from the baseline config (at start
@@ -334,7 +367,14 @@ class BanManager:
         if not force and self.cluster.overlaps(net):
             raise BanRefused(f"{target} overlaps the cluster, pod or service CIDRs "
                              "(an operator may insist with --force)")
+        self._check_guards(target)
         return target
+
+    def _check_guards(self, target: Target) -> None:
+        for guard in self.guards:
+            why = guard(target)
+            if why is not None:
+                raise BanRefused(why)
 
     def _check_address(self, addr: IPAddress, force: bool) -> IPAddress:
         """check_target for one address, on ints: the path every jail ban takes."""
@@ -352,6 +392,7 @@ class BanManager:
         if not force and addr in self.cluster:
             raise BanRefused(f"{addr} is in the cluster, pod or service CIDRs "
                              "(an operator may insist with --force)")
+        self._check_guards(addr)
         return addr
 
     def request(self, requests: Sequence[BanRequest], *, force: bool = False) -> list[BanRow]:
@@ -499,6 +540,76 @@ class BanManager:
                       note="bans continue from memory and the kernel; "
                            "unsaved changes are written when the store works again")
         self.persisting = False
+
+    # -- bans decided by peers (cluster mode) ----------------------------------
+
+    def apply_peer(self, rows: Sequence[BanRow]) -> list[BanRow]:
+        """Enforce bans another node decided (``row.jail`` is ``peer_jail(node)``),
+        with their own expiry. Protected and ignored addresses are refused here as
+        for a local ban; a row already in force unchanged is skipped. No listener
+        hears of them: they are not published again and raise no alert, and no
+        local jail counts them as offences. Returns the rows taken."""
+        now = self.now()
+        taken: list[BanRow] = []
+        for row in rows:
+            if not is_peer_jail(row.jail) or row.expires_at <= now:
+                continue
+            old = self._bans.get((row.target, row.jail))
+            if old is not None and old.expires_at == row.expires_at:
+                continue
+            try:
+                key = None if "/" in row.target else plain_key(row.target)
+                if key is not None and not self.guards:
+                    # The common case without building objects: check_target's
+                    # test for one address.
+                    if (self.ignore.has_key(key) or self.admin.has_key(key)
+                            or self.cluster.has_key(key)):
+                        raise BanRefused(f"{row.target} is on an ignore list or is protected")
+                else:
+                    self.check_target(ipaddress.ip_network(row.target, strict=False)
+                                      if "/" in row.target
+                                      else ipaddress.ip_address(row.target))
+            except (BanRefused, ValueError) as exc:
+                self.stats.refused += 1
+                log.warning("peer_ban_refused", target=row.target, origin=row.jail,
+                            why=str(exc))
+                continue
+            taken.append(row)
+        if not taken:
+            return []
+        self._persist(taken)
+        for r in taken:
+            self._remember(r)
+            self._pending.add(r.target)
+            self._pending_remove.discard(r.target)
+        log.info("peer_bans", count=len(taken), origins=sorted({r.jail for r in taken}),
+                 targets=[r.target for r in taken[:LOG_EACH_BAN_UP_TO]])
+        self._schedule_flush()
+        return taken
+
+    def withdraw_peer(self, keys: Sequence[tuple[str, str]]) -> list[BanRow]:
+        """Lift peers' bans given as (target, peer jail); local bans of the same
+        target stay. Like apply_peer, tells no listener."""
+        rows = [self._bans[k] for k in keys if k in self._bans and is_peer_jail(k[1])]
+        if not rows:
+            return []
+        self._unpersist([(r.target, r.jail) for r in rows])
+        for r in rows:
+            self._forget(r)
+            if r.target in self._by_target:
+                self._pending.add(r.target)
+            else:
+                self._pending.discard(r.target)
+                self._pending_remove.add(r.target)
+        log.info("peer_unbans", count=len(rows), targets=[r.target for r in rows[:50]])
+        self._schedule_flush()
+        return rows
+
+    def rows_of(self, target: str) -> list[BanRow]:
+        """Every ban of ``target`` in force, over all jails (local and peers')."""
+        now = self.now()
+        return [r for j in self._by_target.get(target, ())
+                if (r := self._bans[(target, j)]).expires_at > now]
 
     # -- kernel ----------------------------------------------------------------
 

@@ -37,6 +37,7 @@ class _LazyGroup(click.Group):
         "list": ("kfwguard.cli_control", "list_bans"),
         "status": ("kfwguard.cli_control", "status"),
         "reload": ("kfwguard.cli_control", "reload"),
+        "cluster": ("kfwguard.cluster.cli", "cluster"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -103,13 +103,19 @@ def ban(address: str, jail: str | None, duration: str | None, reason: str | None
 @click.command()
 @click.argument("address")
 @click.option("--jail", default=None, help="lift only the ban in this jail")
+@click.option("--cluster", "everywhere", is_flag=True,
+              help="cluster mode: lift it on every node, whichever decided it")
 @config_option
-def unban(address: str, jail: str | None, config_path: Path | None) -> None:
+def unban(address: str, jail: str | None, everywhere: bool, config_path: Path | None) -> None:
     """Lift the bans of ADDRESS (in every jail, or in --jail)."""
     try:
         target = parse_target(address)
     except ValueError:
         fail(f"{address!r} is not an IPv4 or IPv6 address or CIDR", 2)
+    if everywhere:
+        _call(_client(config_path).call("POST", "/cluster/unban", {"target": str(target)}))
+        click.echo(f"unbanned {target} on every node of the cluster")
+        return
     out = _call(_client(config_path).unban(str(target), jail))
     for row in out.get("unbanned", []):
         click.echo(f"unbanned {row['target']} in jail {row['jail']}")

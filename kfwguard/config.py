@@ -237,6 +237,41 @@ class BaselineConfig(Model):
     allow_out: list[PortRule] = Field(default_factory=list)
 
 
+class ClusterTLS(Model):
+    ca: Path
+    cert: Path
+    key: Path
+
+
+class ClusterConfig(Model):
+    """Cluster mode: share bans with the other nodes through etcd (docs/cluster.md)."""
+
+    backend: Literal["etcd"] = "etcd"
+    endpoints: list[str] = Field(min_length=1)
+    tls: ClusterTLS | None = None
+    # Default: the hostname (the DaemonSet passes spec.nodeName).
+    node_name: str = Field("", pattern=r"^[A-Za-z0-9_.-]{0,253}$")
+    prefix: str = Field("/kfwguard/v1", pattern=r"^/[A-Za-z0-9_./-]*[A-Za-z0-9_-]$")
+    # Jails whose bans are shared; empty: all.
+    share_jails: list[str] = Field(default_factory=list)
+    heartbeat: Duration = 5.0
+
+    @field_validator("endpoints")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        for e in v:
+            if not e.startswith(("https://", "http://")):
+                raise ValueError(f"{e!r}: an endpoint is an http:// or https:// URL")
+        return v
+
+    @field_validator("heartbeat")
+    @classmethod
+    def _heartbeat(cls, v: float) -> float:
+        if not 1.0 <= v <= 300.0:
+            raise ValueError("heartbeat must be between 1s and 5m")
+        return v
+
+
 class Config(Model):
     state_dir: AbsolutePath = Path("/var/lib/kfwguard")
     control_socket: AbsolutePath = Path("/run/kfwguard/control.sock")
@@ -253,6 +288,7 @@ class Config(Model):
     metrics: MetricsConfig | None = None
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)  # type: ignore[arg-type]
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)  # type: ignore[arg-type]
+    cluster: ClusterConfig | None = None
 
     @model_validator(mode="after")
     def _references(self) -> Config:

@@ -157,9 +157,11 @@ class Daemon:
         self.on_start: list[Callable[[Daemon], Any]] = []
         self.on_stop: list[Callable[[Daemon], Any]] = []
         self.on_reload: list[Callable[[Daemon], Any]] = []
+        from kfwguard.cluster import install as install_cluster
         from kfwguard.operator import install  # local: operator imports daemon's users
 
         install(self)
+        install_cluster(self)  # after the operator: it adds routes to the control API
 
     # -- building --------------------------------------------------------------
 

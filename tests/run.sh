@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # (deploy/image/build.sh, tests/integration/test_image.py).
 APT_PACKAGES=(nftables libsystemd-dev pkg-config g++ libre2-dev iproute2 iputils-ping
               procps systemd prometheus-alertmanager prometheus util-linux rsyslog
-              buildah mmdebstrap python3-venv dnsmasq-base)
+              buildah mmdebstrap python3-venv dnsmasq-base etcd-server etcd-client openssl)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

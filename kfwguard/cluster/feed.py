@@ -1,0 +1,136 @@
+"""The seam between kfwguard and a shared store of decisions (cluster mode).
+
+A backend (``etcd.py`` today; a Kubernetes-API backend could be another file,
+see docs/cluster.md) implements :class:`DecisionFeed`. The service
+(``service.py``) never sees keys, leases or revisions: it publishes its own
+node's bans, reads a snapshot, then follows changes.
+
+Contract every backend keeps:
+
+* ``publish`` returns only when the store has taken the change (it waits out
+  an outage, it never drops); a node writes only its own bans.
+* ``snapshot`` is consistent (one point in time) however large.
+* ``changes(snapshot)`` yields every change after the snapshot, in order,
+  across reconnects; when it cannot (history compacted) it raises
+  :class:`FeedResync`, and the caller takes a new snapshot and reconciles.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class SharedBan:
+    """A ban as nodes share it: decided by ``node``, in force until ``expires_at``
+    (epoch seconds; node clocks are NTP-synchronised)."""
+
+    node: str
+    target: str
+    jail: str
+    reason: str
+    banned_at: float
+    expires_at: float
+    decided_at: float
+
+    def encode(self) -> bytes:
+        return json.dumps({"jail": self.jail, "reason": self.reason[:200],
+                           "banned_at": self.banned_at, "expires_at": self.expires_at,
+                           "decided_at": self.decided_at}, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, node: str, target: str, raw: bytes) -> SharedBan:
+        """Parse a stored value; raise ValueError on anything malformed."""
+        d = json.loads(raw)
+        if not isinstance(d, dict):
+            raise ValueError("not an object")
+        exp, at = float(d["expires_at"]), float(d["banned_at"])
+        decided = float(d.get("decided_at", at))
+        if not all(math.isfinite(x) and 0 <= x < 1e11 for x in (exp, at, decided)):
+            raise ValueError("a time is not a finite epoch second")
+        return cls(node, target, str(d.get("jail", ""))[:64], str(d.get("reason", ""))[:200],
+                   at, exp, decided)
+
+
+@dataclass(frozen=True, slots=True)
+class BanPut:
+    ban: SharedBan
+
+
+@dataclass(frozen=True, slots=True)
+class BanGone:
+    node: str
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class AllowPut:
+    cidr: str
+
+
+@dataclass(frozen=True, slots=True)
+class AllowGone:
+    cidr: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnbanAsked:
+    """``unban --cluster``: lift every ban of ``target`` decided before ``at``."""
+
+    target: str
+    by: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NodeBeat:
+    node: str
+    info: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeGone:
+    node: str
+
+
+Change = BanPut | BanGone | AllowPut | AllowGone | UnbanAsked | NodeBeat | NodeGone
+
+
+@dataclass
+class Snapshot:
+    bans: list[SharedBan] = field(default_factory=list)
+    allow: list[str] = field(default_factory=list)
+    unbans: list[UnbanAsked] = field(default_factory=list)
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Backend position the changes resume from (etcd: the listing's revision).
+    position: int = 0
+    skipped: int = 0  # malformed entries
+
+
+class FeedResync(Exception):
+    """The feed lost its place (history compacted): take a new snapshot."""
+
+
+class DecisionFeed(Protocol):
+    async def publish(self, node: str, puts: Sequence[SharedBan],
+                      deletes: Sequence[str]) -> None: ...
+
+    async def snapshot(self) -> Snapshot: ...
+
+    def changes(self, after: Snapshot) -> AsyncIterator[list[Change]]: ...
+
+    async def ask_unban(self, target: str, by: str, at: float) -> None: ...
+
+    async def heartbeat(self, node: str, info: dict[str, Any]) -> None: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def last_error(self) -> str | None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,468 @@
+"""Cluster mode: share this node's bans and enforce the other nodes' bans.
+
+Local first: a local ban is in the kernel before anything here runs; this
+service only records the intent in the durable outbox and sends it when the
+feed can take it. Peers' bans go through ``BanManager.apply_peer`` (stored with
+their origin, refused for this node's protected addresses, never published
+again, never an offence of a local jail).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import socket
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from kfwguard.addresses import IgnoreList
+from kfwguard.bans import BanManager, is_peer_jail, peer_jail, plain_key
+from kfwguard.cluster.etcdclient import EtcdError
+from kfwguard.cluster.feed import (
+    AllowGone,
+    AllowPut,
+    BanGone,
+    BanPut,
+    Change,
+    DecisionFeed,
+    FeedResync,
+    NodeBeat,
+    NodeGone,
+    SharedBan,
+    Snapshot,
+    UnbanAsked,
+)
+from kfwguard.cluster.outbox import Outbox, OutboxError, Pending
+from kfwguard.config import ClusterConfig, Config
+from kfwguard.firewall.bantable import Target
+from kfwguard.store import BanRow
+
+log = structlog.get_logger("kfwguard.cluster")
+
+# A peer's ban is enforced here for at most this long from now, whatever its
+# expiry says (a broken or hostile node cannot ban for years).
+MAX_PEER_BAN = 30 * 86400.0
+
+PROPAGATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def node_name(cfg: ClusterConfig) -> str:
+    """The config's name, else $NODE_NAME (the DaemonSet sets it from
+    spec.nodeName), else the hostname."""
+    name = cfg.node_name or os.environ.get("NODE_NAME", "") or socket.gethostname()
+    if not name or "/" in name:
+        raise ValueError(f"cluster node name {name!r} is empty or has a '/'")
+    return name
+
+
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
+
+
+class ClusterService:
+    def __init__(self, cfg: Config, bans: BanManager, feed: DecisionFeed, *,
+                 clock: Any = time.time) -> None:
+        assert cfg.cluster is not None
+        self.cfg = cfg
+        self.ccfg = cfg.cluster
+        self.node = node_name(cfg.cluster)
+        self.bans = bans
+        self.feed = feed
+        self._clock = clock
+        self.outbox: Outbox | None = None
+        self.share = set(cfg.cluster.share_jails)
+        # Never enforce a peer's ban of these (on top of the BanManager's own
+        # ignore lists: this node's addresses, loopback, ignoreip).
+        b = cfg.baseline
+        self.protected = IgnoreList([*b.admin_cidrs, *b.cluster_cidrs, *b.control_plane_cidrs,
+                                     *b.pod_cidrs, *b.service_cidrs])
+        for ep in cfg.cluster.endpoints:
+            host = ep.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+            if (net := _network(host)) is not None:
+                self.protected.add(net)
+        self.allow: dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.stats = {"published": 0, "received": 0, "refused": 0, "withdrawn": 0,
+                      "resyncs": 0, "skipped": 0, "publish_errors": 0, "crashes": 0}
+        self.last_propagation: float | None = None
+        self.propagation: list[float] = []  # recent samples, for status
+        self.on_propagation: list[Any] = []
+        self.synced = asyncio.Event()
+        self.list_seconds = 0.0
+        # Extra heartbeat fields (baseline fingerprints, drift), set by the hooks.
+        self.beat_info: Any = lambda: {}
+        self.ban_nodes: set[str] = set()  # nodes that have shared bans
+        self.seen_nodes: set[str] = set()  # every node that had a heartbeat
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def open_outbox(self, state_dir: Path) -> None:
+        try:
+            self.outbox = Outbox(state_dir / "cluster.db")
+        except OutboxError as exc:
+            log.error("cluster_outbox_unavailable", error=str(exc),
+                      note="shared bans are sent from memory only")
+            self.outbox = Outbox(Path(":memory:"))
+
+    async def start(self, state_dir: Path) -> None:
+        self.open_outbox(state_dir)
+        self.bans.on_ban.append(self._local_ban)
+        self.bans.on_unban.append(self._local_unban)
+        self._tasks = [
+            asyncio.create_task(self._supervised(self._publisher), name="cluster:publish"),
+            asyncio.create_task(self._supervised(self._follow), name="cluster:follow"),
+            asyncio.create_task(self._supervised(self._heartbeat), name="cluster:heartbeat"),
+        ]
+        log.info("cluster_started", node=self.node, prefix=self.ccfg.prefix,
+                 endpoints=self.ccfg.endpoints, pending=len(self.outbox or ()))
+
+    async def _supervised(self, loop: Any) -> None:
+        """Run one of the service's loops forever: a bug or an unexpected error
+        costs a logged restart, never the node's sharing for good."""
+        while True:
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.stats["crashes"] += 1
+                log.exception("cluster_task_restarting", task=loop.__name__)
+                await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        with contextlib.suppress(Exception):
+            await self.feed.close()
+        if self.outbox is not None:
+            self.outbox.close()
+
+    # -- local decisions -> outbox ---------------------------------------------
+
+    def _shared(self, row: BanRow) -> bool:
+        return not is_peer_jail(row.jail) and (not self.share or row.jail in self.share)
+
+    def _intent(self, target: str) -> bytes | None:
+        """What this node publishes for ``target`` now: its longest local shared
+        ban, or None (delete the key)."""
+        rows = [r for r in self.bans.rows_of(target) if self._shared(r)]
+        if not rows:
+            return None
+        r = max(rows, key=lambda r: r.expires_at)
+        return SharedBan(self.node, target, r.jail, r.reason, r.banned_at, r.expires_at,
+                         r.banned_at).encode()
+
+    def _queue(self, targets: Sequence[str]) -> None:
+        items = [(t, self._intent(t)) for t in dict.fromkeys(targets)]
+        if not items:
+            return
+        if self.outbox is None:
+            self.open_outbox(self.cfg.state_dir)
+        assert self.outbox is not None
+        self.outbox.queue(items)
+        self._wake.set()
+
+    def _local_ban(self, rows: Sequence[BanRow]) -> None:
+        self._queue([r.target for r in rows if self._shared(r)])
+
+    def _local_unban(self, rows: Sequence[BanRow]) -> None:
+        now = self._clock()
+        # Expired bans leave with their lease; only lifted ones need a delete.
+        self._queue([r.target for r in rows if self._shared(r) and r.expires_at > now])
+
+    async def _publisher(self) -> None:
+        delay = 0.5
+        while True:
+            batch: list[Pending] = self.outbox.due(1024) if self.outbox is not None else []
+            if not batch:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            puts: list[SharedBan] = []
+            deletes: list[str] = []
+            for p in batch:
+                if p.value is None:
+                    deletes.append(p.target)
+                    continue
+                try:
+                    puts.append(SharedBan.decode(self.node, p.target, p.value))
+                except (ValueError, KeyError):
+                    continue
+            now = self._clock()
+            puts = [b for b in puts if b.expires_at > now]
+            try:
+                await self.feed.publish(self.node, puts, deletes)
+            except (EtcdError, OSError) as exc:
+                self.stats["publish_errors"] += 1
+                log.error("cluster_publish_failed", error=str(exc)[:300], retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            delay = 0.5
+            assert self.outbox is not None
+            self.outbox.done(batch)
+            self.stats["published"] += len(batch)
+
+    # -- peers' decisions -> kernel ---------------------------------------------
+
+    def _set_allow(self, allow: dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+        """Take a new allowlist; the BanManager asks the guard only while it has
+        entries (a guard costs every ban an address object)."""
+        self.allow = allow
+        guards = self.bans.guards
+        if allow and self._allowed not in guards:
+            guards.append(self._allowed)
+        elif not allow and self._allowed in guards:
+            guards.remove(self._allowed)
+
+    def _allowed(self, target: Target) -> str | None:
+        for cidr, net in self.allow.items():
+            if (target.version == net.version
+                    and (target.overlaps(net) if isinstance(
+                        target, ipaddress.IPv4Network | ipaddress.IPv6Network)
+                         else target in net)):
+                return f"{target} is on the cluster allowlist ({cidr})"
+        return None
+
+    def _peer_rows(self, bans: Sequence[SharedBan]) -> list[BanRow]:
+        rows = []
+        limit = self._clock() + MAX_PEER_BAN
+        for b in bans:
+            if b.node == self.node:
+                continue
+            key = plain_key(b.target) if "/" not in b.target else None
+            if key is not None:
+                protected = self.protected.has_key(key)
+            else:
+                net = _network(b.target)
+                if net is None or str(net) != b.target:
+                    self.stats["skipped"] += 1
+                    log.warning("peer_ban_invalid", origin=b.node, target=b.target[:100])
+                    continue
+                protected = self.protected.overlaps(net)
+            if protected:
+                self.stats["refused"] += 1
+                log.warning("peer_ban_refused", target=b.target, origin=b.node,
+                            why="a protected address of this node (admin, cluster, etcd)")
+                continue
+            expires = min(b.expires_at, limit)
+            rows.append(BanRow(b.target, peer_jail(b.node), f"{b.node}/{b.jail}: {b.reason}",
+                               b.banned_at, expires, 1))
+        return rows
+
+    async def _apply(self, bans: Sequence[SharedBan]) -> None:
+        rows = self._peer_rows(bans)
+        taken = self.bans.apply_peer(rows)
+        if not taken:
+            return
+        self.stats["received"] += len(taken)
+        decided = {b.target: b.decided_at for b in bans}
+        await self.bans.flush()
+        done = time.time()
+        for r in taken:
+            d = decided.get(r.target)
+            if d is not None and d > 0:
+                delay = max(0.0, done - d)
+                self.last_propagation = delay
+                self.propagation.append(delay)
+                for cb in self.on_propagation:
+                    cb(delay)
+        del self.propagation[:-1000]
+
+    async def _follow(self) -> None:
+        while True:
+            t0 = time.perf_counter()
+            try:
+                snap = await self.feed.snapshot()
+            except (EtcdError, OSError) as exc:
+                log.error("cluster_list_failed", error=str(exc)[:300])
+                await asyncio.sleep(1.0)
+                continue
+            self.list_seconds = time.perf_counter() - t0
+            await self._reconcile(snap)
+            self.synced.set()
+            try:
+                async for changes in self.feed.changes(snap):
+                    await self._on_changes(changes)
+            except FeedResync:
+                self.stats["resyncs"] += 1
+                continue
+
+    async def _reconcile(self, snap: Snapshot) -> None:
+        """Make this node match a full listing: add what is missing, lift peers'
+        bans that are gone, and republish own bans the store lost."""
+        self._set_allow({c: n for c in snap.allow if (n := _network(c)) is not None})
+        self.nodes = dict(snap.nodes)
+        self.seen_nodes |= set(self.nodes)
+        self.ban_nodes = {b.node for b in snap.bans}
+        now = self._clock()
+        listed = {(peer_jail(b.node), b.target) for b in snap.bans if b.node != self.node}
+        held = [(r.target, r.jail) for r in self.bans.active() if is_peer_jail(r.jail)]
+        gone = [k for k in held if (k[1], k[0]) not in listed]
+        peer = [b for b in snap.bans if b.node != self.node and not self._allowed_text(b.target)]
+        self.bans.withdraw_peer(gone)
+        self.stats["withdrawn"] += len(gone)
+        for u in snap.unbans:
+            self._unban_asked(u)
+        await self._apply(peer)
+        # Own subtree: what the store holds must be what this node enforces.
+        mine = {b.target for b in snap.bans if b.node == self.node and b.expires_at > now}
+        pending = self.outbox.targets() if self.outbox is not None else set()
+        local = {r.target for r in self.bans.active() if self._shared(r)}
+        fix = [t for t in (local ^ mine) if t not in pending]
+        if fix:
+            log.info("cluster_own_bans_reconciled", count=len(fix))
+            self._queue(fix)
+        log.info("cluster_synced", revision=snap.position,
+                 list_seconds=round(self.list_seconds, 3), bans=len(snap.bans),
+                 peers_bans=len(peer), withdrawn=len(gone), allow=len(self.allow),
+                 nodes=sorted(self.nodes), skipped=snap.skipped)
+
+    def _allowed_text(self, target: str) -> bool:
+        if not self.allow:
+            return False
+        net = _network(target)
+        return net is not None and self._allowed(
+            net if "/" in target else net.network_address) is not None
+
+    async def _on_changes(self, changes: Sequence[Change]) -> None:
+        puts: dict[tuple[str, str], SharedBan] = {}  # in order, the newest per key
+        for c in changes:
+            if isinstance(c, BanPut):
+                self.ban_nodes.add(c.ban.node)
+                if c.ban.node != self.node and not self._allowed_text(c.ban.target):
+                    puts.pop((c.ban.node, c.ban.target), None)
+                    puts[(c.ban.node, c.ban.target)] = c.ban
+            elif isinstance(c, BanGone):
+                if c.node != self.node:
+                    puts.pop((c.node, c.target), None)
+                    self.stats["withdrawn"] += len(
+                        self.bans.withdraw_peer([(c.target, peer_jail(c.node))]))
+            elif isinstance(c, AllowPut):
+                net = _network(c.cidr)
+                if net is not None:
+                    self._set_allow({**self.allow, c.cidr: net})
+                    self._lift_allowed(net)
+            elif isinstance(c, AllowGone):
+                self._set_allow({k: v for k, v in self.allow.items() if k != c.cidr})
+            elif isinstance(c, UnbanAsked):
+                self._unban_asked(c)
+            elif isinstance(c, NodeBeat):
+                self.nodes[c.node] = c.info
+                self.seen_nodes.add(c.node)
+            elif isinstance(c, NodeGone):
+                self.nodes.pop(c.node, None)
+        if puts:
+            await self._apply(list(puts.values()))
+
+    def _lift_allowed(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+        for r in self.bans.active():
+            t = _network(r.target)
+            if t is not None and t.version == net.version and t.overlaps(net):
+                if is_peer_jail(r.jail):
+                    self.bans.withdraw_peer([(r.target, r.jail)])
+                else:
+                    self.bans.unban(ipaddress.ip_network(r.target) if "/" in r.target
+                                    else ipaddress.ip_address(r.target), r.jail)
+
+    def _unban_asked(self, u: UnbanAsked) -> None:
+        rows = [r for r in self.bans.rows_of(u.target) if r.banned_at <= u.at + 1.0]
+        if not rows:
+            return
+        log.info("cluster_unban", target=u.target, by=u.by, rows=len(rows))
+        net = _network(u.target)
+        if net is None:
+            return
+        target: Target = net if "/" in u.target else net.network_address
+        self.bans.withdraw_peer([(r.target, r.jail) for r in rows if is_peer_jail(r.jail)])
+        for r in rows:
+            if not is_peer_jail(r.jail):
+                self.bans.unban(target, r.jail)
+
+    # -- heartbeat ---------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        from kfwguard import __version__
+
+        while True:
+            info: dict[str, Any] = {
+                "node": self.node, "version": __version__, "at": self._clock(),
+                "bans": len(self.bans.active()),
+                "last_error": self.feed.last_error,
+                "propagation_seconds": self.last_propagation,
+            }
+            try:
+                info.update(await asyncio.to_thread(self.beat_info))
+            except Exception as exc:  # a status probe must not stop the heartbeat
+                info["last_error"] = f"status: {exc}"
+            try:
+                await asyncio.wait_for(self.feed.heartbeat(self.node, info),
+                                       self.ccfg.heartbeat * 2)
+            except (EtcdError, OSError, TimeoutError) as exc:
+                log.warning("cluster_heartbeat_failed", error=str(exc)[:200])
+            await asyncio.sleep(self.ccfg.heartbeat)
+
+    def members(self) -> list[dict[str, Any]]:
+        """Every node known, with its state: ``missing`` (heartbeat gone),
+        ``baseline_differs`` (its rendered baseline is not the majority's),
+        ``drifted`` (its live baseline is not what it applied), else ``up``."""
+        rendered = [i.get("baseline_rendered") for i in self.nodes.values()
+                    if i.get("baseline_rendered")]
+        majority = max(set(rendered), key=rendered.count) if rendered else None
+        out = []
+        for name in sorted(self.seen_nodes | self.ban_nodes | set(self.nodes)):
+            info = self.nodes.get(name)
+            m: dict[str, Any] = {"node": name, **(info or {})}
+            if info is None:
+                m["state"] = "missing"
+            elif majority is not None and info.get("baseline_rendered") not in (None, majority):
+                m["state"] = "baseline_differs"
+            elif info.get("baseline_live") != info.get("baseline_applied"):
+                m["state"] = "drifted"
+            else:
+                m["state"] = "up"
+            out.append(m)
+        return out
+
+    def node_states(self) -> dict[str, int]:
+        """How many nodes are in each state (for the metric)."""
+        out = {"up": 0, "missing": 0, "baseline_differs": 0, "drifted": 0}
+        for m in self.members():
+            out[m["state"]] += 1
+        return out
+
+    # -- operator --------------------------------------------------------------
+
+    async def unban_everywhere(self, target: str) -> None:
+        """``kfwguard unban --cluster``: lift it here now, and ask every node."""
+        now = self._clock()
+        self._unban_asked(UnbanAsked(target, self.node, now))
+        await self.feed.ask_unban(target, self.node, now)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "connected": self.feed.connected,
+            "endpoint": getattr(getattr(self.feed, "client", None), "endpoint", None),
+            "last_error": self.feed.last_error,
+            "outbox": len(self.outbox) if self.outbox is not None else None,
+            "allow": sorted(self.allow),
+            "nodes": self.members(),
+            "last_propagation_seconds": self.last_propagation,
+            **self.stats,
+        }

@@ -1,0 +1,400 @@
+"""Cluster mode on real parts: a 3-member etcd with mutual TLS, three daemons
+each in its own node namespace with its own log, an attacker namespace.
+
+One etcd cluster and three daemons serve the whole module (starting them is
+most of the cost); every test uses addresses of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kfwguard.control import ControlClient
+from tests.conftest import need
+from tests.integration.daemon_harness import (
+    DaemonRun,
+    base_config,
+    listen_tcp,
+    sshd_fail,
+    wait_until,
+)
+from tests.integration.etcd_cluster import EtcdCluster, have_etcd
+from tests.netns import Host, Lab, can_connect
+
+PREFIX = "/kfwguard/v1"
+PORT = 2222
+ADMIN_CIDR_B = "10.66.0.0/24"
+
+
+@dataclass
+class Node:
+    name: str
+    host: Host
+    log: Path
+    daemon: DaemonRun
+
+    def control(self, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+        path = Path(self.daemon.config["control_socket"])
+        return asyncio.run(ControlClient(path).call(method, url, body))
+
+    def ban(self, target: str, duration: str = "1h") -> None:
+        self.control("POST", "/bans", {"target": target, "duration": duration})
+
+    def has(self, addr: str) -> bool:
+        return addr in self.daemon.elements("ban_v4")
+
+    def fail_lines(self, addrs: list[str]) -> None:
+        with self.log.open("a") as f:
+            f.write("".join(sshd_fail(a) for a in addrs))
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "kfwguard", *args, "-c",
+                               str(self.daemon.config_path)], capture_output=True, text=True,
+                              timeout=30)
+
+    def states(self) -> dict[str, str]:
+        r = self.cli("cluster", "status", "--json")
+        return {m["node"]: m["state"] for m in json.loads(r.stdout)["nodes"]}
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = self.control("GET", "/cluster/status")
+        return out
+
+
+@dataclass
+class Cluster:
+    etcd: EtcdCluster
+    nodes: dict[str, Node]
+    attacker: Host
+
+    @property
+    def a(self) -> Node:
+        return self.nodes["a"]
+
+    @property
+    def b(self) -> Node:
+        return self.nodes["b"]
+
+    @property
+    def c(self) -> Node:
+        return self.nodes["c"]
+
+    def keys(self, node: str) -> list[str]:
+        return self.etcd.keys(f"{PREFIX}/bans/node-{node}/")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    import os
+    import shutil
+
+    need(os.geteuid() == 0 and shutil.which("nft") is not None, "needs root and nft")
+    need(have_etcd(), "needs etcd-server, etcd-client and openssl (apt)")
+    lab = Lab()
+    work = tmp_path_factory.mktemp("cluster")
+    etcd = EtcdCluster(lab, work / "etcd")
+    nodes: dict[str, Node] = {}
+    servers = []
+    try:
+        etcd.start()
+        attacker = lab.host("attack")
+        for name in "abc":
+            host = lab.host(f"node{name}")
+            etcd.attach(host)
+            d = work / name
+            d.mkdir()
+            logfile = d / "auth.log"
+            logfile.write_text("")
+            cfg = base_config(d, logfile, maxretry=1, bantime="1h")
+            cfg["cluster"] = {
+                "backend": "etcd", "endpoints": etcd.endpoints,
+                "tls": etcd.tls(f"node-{name}"), "node_name": f"node-{name}",
+                "prefix": PREFIX, "heartbeat": "1s",
+            }
+            if name == "b":
+                cfg["metrics"] = {"listen": "127.0.0.1:9741"}
+                # B enforces a baseline (and lets itself reach etcd); it is not
+                # healed during the run, so a hand edit stays visible as drift.
+                cfg["baseline"] = {
+                    "enabled": True, "cni": "none", "admin_cidrs": [ADMIN_CIDR_B],
+                    "cluster_cidrs": ["10.76.0.0/16"], "pod_cidrs": ["10.244.0.0/16"],
+                    "reconcile_interval": "1h",
+                    "allow_out": [{"proto": "tcp", "ports": [2379], "to": ["10.77.0.0/24"]}],
+                }
+            nodes[name] = Node(name, host, logfile, DaemonRun(host, d, cfg))
+        lab.link(nodes["c"].host, attacker, "10.79.3", "fd00:79:3")
+        servers.append(listen_tcp(nodes["c"].host, PORT))
+        for n in nodes.values():
+            n.daemon.start()
+        assert all(wait_until(lambda n=n: '"cluster_synced"' in n.daemon.log(), 20)
+                   for n in nodes.values()), [n.daemon.log()[-3000:] for n in nodes.values()]
+        yield Cluster(etcd, nodes, attacker)
+    finally:
+        for n in nodes.values():
+            n.daemon.stop()
+        for s in servers:
+            s.kill()
+            s.wait()
+        etcd.stop()
+        lab.close()
+
+
+def logs(cl: Cluster) -> str:
+    return "\n".join(f"--- {n.name}\n{n.daemon.log()[-4000:]}" for n in cl.nodes.values())
+
+
+def events(node: Node, name: str) -> list[dict[str, Any]]:
+    return [e for e in node.daemon.events() if e.get("event") == name]
+
+
+class TestSharedBans:
+    def test_ban_from_a_log_enforced_on_b_and_c(self, cluster: Cluster) -> None:
+        """A failure line in node A's log puts the address in B's and C's kernel
+        sets, and the attacker's TCP connection to C then fails."""
+        attacker = cluster.attacker.ip4
+        assert can_connect(cluster.attacker, cluster.c.host.addrs4[-1], PORT)
+        cluster.a.fail_lines([attacker])
+        assert wait_until(lambda: cluster.a.has(attacker)), logs(cluster)
+        assert wait_until(lambda: cluster.b.has(attacker) and cluster.c.has(attacker),
+                          15), logs(cluster)
+        assert not can_connect(cluster.attacker, cluster.c.host.addrs4[-1], PORT)
+        # Stored with its origin on C, and never published again by C.
+        rows = cluster.c.control("GET", "/bans")
+        assert [r["jail"] for r in rows if r["target"] == attacker] == ["peer:node-a"]
+        assert cluster.keys("c") == []
+        # Unban on the origin removes it everywhere.
+        cluster.a.control("DELETE", f"/bans/{attacker}")
+        assert wait_until(lambda: not cluster.b.has(attacker) and not cluster.c.has(attacker),
+                          15), logs(cluster)
+        assert can_connect(cluster.attacker, cluster.c.host.addrs4[-1], PORT)
+
+    def test_expiry_propagates(self, cluster: Cluster) -> None:
+        """A peer's ban carries its expiry: B's kernel element times out with it."""
+        addr = "10.201.0.7"
+        cluster.a.ban(addr, "4s")
+        assert wait_until(lambda: cluster.b.has(addr), 15), logs(cluster)
+        assert cluster.b.daemon.elements("ban_v4")[addr] <= 4
+        assert wait_until(lambda: not cluster.b.has(addr), 15)
+
+    def test_unban_cluster_from_any_node(self, cluster: Cluster) -> None:
+        """`unban --cluster` asked on C lifts A's own ban and B's copy."""
+        addr = "10.201.0.8"
+        cluster.a.ban(addr)
+        assert wait_until(lambda: cluster.b.has(addr) and cluster.c.has(addr), 15)
+        r = cluster.c.cli("unban", "--cluster", addr)
+        assert r.returncode == 0, r.stderr
+        assert wait_until(lambda: not any(n.has(addr) for n in cluster.nodes.values()),
+                          15), logs(cluster)
+        assert wait_until(lambda: f"{PREFIX}/bans/node-a/{addr}" not in cluster.keys("a"))
+
+    def test_hand_edited_baseline_shows_as_drift_on_a(self, cluster: Cluster) -> None:
+        """A rule added by hand to B's baseline table shows B as drifted in
+        `kfwguard cluster status` run on A."""
+        assert wait_until(lambda: cluster.a.states().get("node-b") == "up", 15)
+        cluster.b.host.run("nft", "add", "rule", "inet", "kfwguard_baseline", "input",
+                           "tcp", "dport", "9999", "accept")
+        try:
+            assert wait_until(lambda: cluster.a.states().get("node-b") == "drifted", 15), \
+                cluster.a.cli("cluster", "status").stdout
+            table = cluster.a.cli("cluster", "status")
+            assert table.returncode == 1 and "drifted" in table.stdout
+        finally:
+            handle = json.loads(cluster.b.host.nft_json(
+                "-a", "list", "chain", "inet", "kfwguard_baseline", "input"))
+            for item in handle["nftables"]:
+                rule = item.get("rule")
+                if rule and "9999" in json.dumps(rule["expr"]):
+                    cluster.b.host.run("nft", "delete", "rule", "inet", "kfwguard_baseline",
+                                       "input", "handle", str(rule["handle"]))
+        assert wait_until(lambda: cluster.a.states().get("node-b") == "up", 15)
+
+    def test_metrics(self, cluster: Cluster) -> None:
+        """B's /metrics says it is connected, counts peers' bans received and
+        refused, and has observed propagation delays."""
+        cluster.a.ban("10.207.0.1")
+        assert wait_until(lambda: cluster.b.has("10.207.0.1"), 15)
+        text = cluster.b.host.python(
+            "import urllib.request;print(urllib.request.urlopen("
+            "'http://127.0.0.1:9741/metrics').read().decode())").stdout
+        values = {ln.split(" ")[0]: float(ln.split(" ")[1]) for ln in text.splitlines()
+                  if ln.startswith("kfwguard_cluster")}
+        assert values["kfwguard_cluster_connected"] == 1
+        assert values["kfwguard_cluster_bans_received_total"] >= 1
+        assert values["kfwguard_cluster_propagation_seconds_count"] >= 1
+        assert values['kfwguard_cluster_nodes{state="up"}'] >= 2
+
+    def test_peer_ban_of_admin_cidr_refused(self, cluster: Cluster) -> None:
+        """A peer's ban of B's admin CIDR is refused on B (and still enforced on C)."""
+        addr = "10.66.0.5"
+        cluster.a.ban(addr)
+        assert wait_until(lambda: cluster.c.has(addr), 15), logs(cluster)
+        assert wait_until(lambda: any(e.get("target") == addr
+                                      for e in events(cluster.b, "peer_ban_refused")))
+        assert not cluster.b.has(addr)
+
+    def test_cluster_allowlist(self, cluster: Cluster) -> None:
+        """An address on <prefix>/allow/ is lifted everywhere and not banned again."""
+        addr = "10.202.0.9"
+        cluster.a.ban(addr)
+        assert wait_until(lambda: cluster.b.has(addr), 15)
+        cluster.etcd.ctl("put", f"{PREFIX}/allow/10.202.0.0/24", "")
+        try:
+            assert wait_until(lambda: not any(n.has(addr) for n in cluster.nodes.values()),
+                              15), logs(cluster)
+            with pytest.raises(Exception, match="allowlist"):
+                cluster.a.ban(addr)
+        finally:
+            cluster.etcd.ctl("del", f"{PREFIX}/allow/10.202.0.0/24")
+
+
+class TestResilience:
+    def test_listing_in_pages_at_one_revision(self, cluster: Cluster) -> None:
+        """A listing fetched in pages returns every key once, at the revision of
+        its first page, even with writes landing between the pages."""
+        code = f"""
+import asyncio, json
+from kfwguard.cluster.etcdclient import EtcdClient, TLSFiles
+async def main():
+    c = EtcdClient({cluster.etcd.endpoints!r}, TLSFiles(**{cluster.etcd.tls()!r}))
+    for i in range(50):
+        await c.put(f"/pagetest/k{{i:03}}", str(i))
+    real = c._post
+    async def post(ep, path, body, timeout):
+        out = await real(ep, path, body, timeout)
+        if path == "/v3/kv/range" and body.get("limit") == 7:
+            await c.put(f"/pagetest/k{{body['key']}}x", "new")  # lands between pages
+            await c.delete("/pagetest/k049")
+        return out
+    c._post = post
+    rev, kvs = await c.range_prefix("/pagetest/", page=7)
+    await c.delete("/pagetest/", prefix=True)
+    await c.close()
+    print(json.dumps([kv.key for kv in kvs]))
+asyncio.run(main())
+"""
+        keys = json.loads(cluster.etcd.host.python(code).stdout)
+        assert [f"/pagetest/k{i:03}" for i in range(50)] == keys
+
+    def test_leader_killed_mid_burst(self, cluster: Cluster) -> None:
+        """Kill the etcd leader in the middle of 1,000 bans on A: every one reaches
+        etcd and B's kernel, and B applies each exactly once."""
+        addrs = [f"10.210.{i // 250}.{i % 250 + 1}" for i in range(1000)]
+        before = sum(e.get("count", 0) for e in events(cluster.b, "peer_bans"))
+        leader = cluster.etcd.leader()
+        cluster.a.fail_lines(addrs[:500])
+        assert wait_until(lambda: len(cluster.keys("a")) > 0, 15)
+        cluster.etcd.kill_member(leader)
+        try:
+            cluster.a.fail_lines(addrs[500:])
+            assert wait_until(lambda: all(cluster.a.has(a) for a in addrs[-5:]), 15)
+            want = {f"{PREFIX}/bans/node-a/{a}" for a in addrs}
+            assert wait_until(lambda: want <= set(cluster.keys("a")), 60), logs(cluster)
+            assert wait_until(lambda: set(addrs) <= set(cluster.b.daemon.elements("ban_v4")),
+                              30), logs(cluster)
+            applied = sum(e.get("count", 0) for e in events(cluster.b, "peer_bans")) - before
+            assert applied == 1000
+        finally:
+            cluster.etcd.restart_member(leader)
+            assert cluster.etcd.wait_healthy()
+
+    def test_frozen_member_left_behind(self, cluster: Cluster) -> None:
+        """SIGSTOP the member C follows: C moves to another one within seconds and
+        still receives A's next ban."""
+        ep = cluster.c.status()["endpoint"]
+        idx = cluster.etcd.endpoints.index(ep)
+        cluster.etcd.freeze(idx)
+        try:
+            assert wait_until(lambda: cluster.c.status()["endpoint"] != ep, 20), logs(cluster)
+            addr = "10.203.0.1"
+            cluster.a.ban(addr)
+            assert wait_until(lambda: cluster.c.has(addr), 30), logs(cluster)
+        finally:
+            cluster.etcd.thaw(idx)
+
+    def test_restart_catches_up_without_replaying(self, cluster: Cluster) -> None:
+        """C stopped while A bans: on restart C enforces A's bans from the listing,
+        as peers' bans, and publishes none of them as its own."""
+        cluster.c.daemon.stop()
+        # Its heartbeat lease runs out: A's status shows it missing.
+        assert wait_until(lambda: cluster.a.states().get("node-c") == "missing", 20)
+        addr = "10.204.0.1"
+        cluster.a.ban(addr)
+        assert wait_until(lambda: cluster.b.has(addr), 15)
+        cluster.c.daemon.start()
+        assert wait_until(lambda: cluster.c.has(addr), 20), logs(cluster)
+        assert not any(e.get("target") == addr for e in events(cluster.c, "ban"))
+        assert cluster.keys("c") == []
+        assert wait_until(lambda: cluster.a.states().get("node-c") == "up", 20)
+
+    def test_outage_and_restart_lose_nothing(self, cluster: Cluster) -> None:
+        """With every etcd member down, A's ban is in A's kernel at once; A is then
+        restarted, etcd comes back, and the ban from A's outbox reaches B."""
+        addr = "10.206.0.1"
+        for i in range(len(cluster.etcd.members)):
+            cluster.etcd.kill_member(i)
+        try:
+            cluster.a.ban(addr)
+            assert cluster.a.has(addr)  # local first: no wait for etcd
+            cluster.a.daemon.stop()
+            cluster.a.daemon.start()
+        finally:
+            for i in range(len(cluster.etcd.members)):
+                cluster.etcd.restart_member(i)
+            assert cluster.etcd.wait_healthy(), cluster.etcd.logs()
+        assert wait_until(lambda: cluster.b.has(addr), 30), logs(cluster)
+        assert f"{PREFIX}/bans/node-a/{addr}" in cluster.keys("a")
+
+    def test_lost_outbox_reconciled_from_state(self, cluster: Cluster) -> None:
+        """A's outbox lost while etcd was down (a power cut): at the next start
+        A's reconcile still sends its stored bans, and B enforces them."""
+        addr = "10.206.0.2"
+        for i in range(len(cluster.etcd.members)):
+            cluster.etcd.kill_member(i)
+        try:
+            cluster.a.ban(addr)
+            cluster.a.daemon.stop()
+            for f in (cluster.a.daemon.workdir / "state").glob("cluster.db*"):
+                f.unlink()
+            cluster.a.daemon.start()
+        finally:
+            for i in range(len(cluster.etcd.members)):
+                cluster.etcd.restart_member(i)
+            assert cluster.etcd.wait_healthy(), cluster.etcd.logs()
+        assert wait_until(lambda: cluster.b.has(addr), 30), logs(cluster)
+
+    def test_compaction_relists(self, cluster: Cluster) -> None:
+        """B cut off from etcd while A bans one address and lifts another, history
+        compacted: B relists, adds the new ban and drops the lifted one."""
+        old, new = "10.205.0.1", "10.205.0.2"
+        cluster.a.ban(old)
+        assert wait_until(lambda: cluster.b.has(old), 15)
+        dev = [ln.split(":")[1].strip().split("@")[0] for ln in
+               cluster.b.host.run("ip", "-o", "link").stdout.splitlines() if "lo:" not in ln]
+        lost = len(events(cluster.b, "cluster_watch_lost"))
+        for d in dev:
+            cluster.b.host.run("ip", "link", "set", d, "down")
+        try:
+            # B's probe notices first: its watch is gone, not merely slow.
+            assert wait_until(lambda: len(events(cluster.b, "cluster_watch_lost")) > lost, 20)
+            cluster.a.ban(new)
+            cluster.a.control("DELETE", f"/bans/{old}")
+            for i in range(20):
+                cluster.etcd.ctl("put", f"{PREFIX}/scratch", str(i))
+            cluster.etcd.ctl("compact", str(cluster.etcd.revision()))
+        finally:
+            for d in dev:
+                cluster.b.host.run("ip", "link", "set", d, "up")
+            cluster.b.host.run("ip", "route", "replace", "10.77.0.0/24", "via",
+                               cluster.b.host.addrs4[0].rsplit(".", 1)[0] + ".1")
+        assert wait_until(lambda: cluster.b.has(new) and not cluster.b.has(old), 30), \
+            logs(cluster)
+        assert events(cluster.b, "cluster_history_compacted")

@@ -1,0 +1,78 @@
+"""BanManager's seam for peers' bans, against a real kernel in a test namespace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from textwrap import dedent
+
+from tests.integration.test_bans import run_in
+from tests.netns import Lab
+
+PEER = """
+from kfwguard.bans import peer_jail
+from kfwguard.store import BanRow
+def prow(t, node="node-a", left=600.0):
+    now = time.time()
+    return BanRow(t, peer_jail(node), "peer", now, now + left, 1)
+"""
+
+
+class TestPeerBans:
+    def test_peer_ban_enforced_silently_and_not_an_offence(self, lab: Lab,
+                                                           tmp_path: Path) -> None:
+        """A peer's ban reaches the kernel with its remaining time, tells no
+        listener (no re-publish, no alert), and a later local ban of the same
+        address is a first offence for the jail's bantime increment."""
+        r = run_in(lab, PEER + dedent(f"""
+            from kfwguard.config import JailConfig, BantimeIncrement
+            async def main():
+                jail = JailConfig(name="sshd", source="s", filter="sshd", bantime=100,
+                                  bantime_increment=BantimeIncrement(factor=4))
+                m = manager({str(tmp_path)!r}, jails={{"sshd": jail}}); m.restore()
+                heard = []
+                m.on_ban.append(heard.extend); m.on_unban.append(heard.extend)
+                row = prow("203.0.113.7", left=500)
+                taken = m.apply_peer([row])
+                again = m.apply_peer([row])  # the same value seen twice (a relist)
+                await m.flush()
+                left = m.table.list()["203.0.113.7"]
+                local = m.request([req("203.0.113.7", jail="sshd", d=100)])
+                gone = m.withdraw_peer([("203.0.113.7", "peer:node-a")])
+                await m.flush()
+                return dict(taken=len(taken), again=len(again), left=left,
+                            heard=[r.jail for r in heard], offence=local[0].offence,
+                            gone=len(gone), kept="203.0.113.7" in m.table.list())
+            print(json.dumps(asyncio.run(main())))
+        """))
+        assert (1, 0) == (r["taken"], r["again"])
+        assert 400 < r["left"] <= 500  # type: ignore[operator]
+        assert ["sshd"] == r["heard"]  # only the local ban was announced
+        assert 1 == r["offence"]
+        assert (1, True) == (r["gone"], r["kept"])  # the local ban stays
+
+    def test_peer_ban_of_protected_address_refused(self, lab: Lab, tmp_path: Path) -> None:
+        """A peer's ban of an ignored address, or one wider than /8, is refused."""
+        r = run_in(lab, PEER + dedent(f"""
+            async def main():
+                m = manager({str(tmp_path)!r}, ignore=IgnoreList(["10.9.0.0/16"])); m.restore()
+                taken = m.apply_peer([prow("10.9.1.1"), prow("10.9.0.0/24"),
+                                      prow("0.0.0.0/1"), prow("198.51.100.1")])
+                await m.flush()
+                return dict(taken=[r.target for r in taken], kernel=sorted(m.table.list()),
+                            refused=m.stats.refused)
+            print(json.dumps(asyncio.run(main())))
+        """))
+        assert (["198.51.100.1"], ["198.51.100.1"], 3) == (r["taken"], r["kernel"], r["refused"])
+
+    def test_peer_ban_restored_with_origin(self, lab: Lab, tmp_path: Path) -> None:
+        """A peer's ban is stored with its origin and comes back after a restart."""
+        r = run_in(lab, PEER + dedent(f"""
+            async def main():
+                m = manager({str(tmp_path)!r}); m.restore()
+                m.apply_peer([prow("198.51.100.9", node="node-z")]); await m.flush()
+                m.table.replace([])
+                m2 = manager({str(tmp_path)!r}); m2.restore()
+                return dict(jails=[r.jail for r in m2.active()], kernel=sorted(m2.table.list()))
+            print(json.dumps(asyncio.run(main())))
+        """))
+        assert (["peer:node-z"], ["198.51.100.9"]) == (r["jails"], r["kernel"])

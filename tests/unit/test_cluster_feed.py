@@ -1,0 +1,165 @@
+"""The cluster feed's pure parts: values from peers, key layout, the outbox."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kfwguard.cluster.etcd import EtcdFeed
+from kfwguard.cluster.etcdclient import EtcdClient, KeyValue, prefix_end
+from kfwguard.cluster.feed import (
+    AllowPut,
+    BanGone,
+    NodeGone,
+    SharedBan,
+    UnbanAsked,
+)
+from kfwguard.cluster.outbox import Outbox
+
+PREFIX = "/kfwguard/v1"
+
+
+def feed() -> EtcdFeed:
+    # No connection is made: only the key parsing is used.
+    return EtcdFeed(EtcdClient(["https://127.0.0.1:1"]), PREFIX)
+
+
+def kv(key: str, value: bytes | str = b"") -> KeyValue:
+    return KeyValue(key, value.encode() if isinstance(value, str) else value, 7)
+
+
+class TestSharedBan:
+    def test_round_trip(self) -> None:
+        """A ban encodes and decodes to itself."""
+        b = SharedBan("node-a", "10.0.0.0/24", "sshd", "why", 100.0, 200.0, 99.5)
+        assert b == SharedBan.decode("node-a", "10.0.0.0/24", b.encode())
+
+    @pytest.mark.parametrize("raw", [
+        b"", b"not json", b"[]", b"{}", b'{"expires_at": "x", "banned_at": 1}',
+        b'{"expires_at": NaN, "banned_at": 1}', b'{"expires_at": Infinity, "banned_at": 1}',
+        b'{"expires_at": 1e300, "banned_at": 1}', b'{"expires_at": -5, "banned_at": 1}',
+        b"\xff\xfe\x00garbage",
+    ])
+    def test_hostile_values_refused(self, raw: bytes) -> None:
+        """Malformed, infinite, NaN or absurd times raise ValueError (a counted skip)."""
+        with pytest.raises((ValueError, KeyError, TypeError)):
+            SharedBan.decode("n", "10.0.0.1", raw)
+
+    def test_long_reason_cut(self) -> None:
+        """A peer's reason and jail are cut to bounded lengths."""
+        raw = json.dumps({"jail": "j" * 500, "reason": "r" * 5000, "banned_at": 1,
+                          "expires_at": 2}).encode()
+        b = SharedBan.decode("n", "10.0.0.1", raw)
+        assert (64, 200) == (len(b.jail), len(b.reason))
+
+
+class TestKeys:
+    def test_ban_keys_carry_node_and_cidr(self) -> None:
+        """bans/<node>/<cidr> splits at the first slash after the node."""
+        f = feed()
+        b = SharedBan("node-a", "10.1.0.0/16", "sshd", "", 1.0, 2.0, 1.0)
+        parsed = f._parse(kv(f.ban_key("node-a", "10.1.0.0/16"), b.encode()), "put")
+        assert b == parsed
+        assert BanGone("node-a", "10.1.0.0/16") == f._parse(
+            kv(f.ban_key("node-a", "10.1.0.0/16")), "delete")
+
+    def test_other_sections(self) -> None:
+        """allow/, unban/ and nodes/ keys become their changes."""
+        f = feed()
+        assert AllowPut("10.2.0.0/24") == f._parse(kv(f"{PREFIX}/allow/10.2.0.0/24"), "put")
+        assert UnbanAsked("10.3.0.1", "node-b", 5.0) == f._parse(
+            kv(f"{PREFIX}/unban/10.3.0.1", '{"by": "node-b", "at": 5}'), "put")
+        assert NodeGone("node-c") == f._parse(kv(f"{PREFIX}/nodes/node-c"), "delete")
+
+    @pytest.mark.parametrize("key,value", [
+        (f"{PREFIX}/bans/node-a", b"{}"), (f"{PREFIX}/bans//10.0.0.1", b"{}"),
+        (f"{PREFIX}/bans/node-a/10.0.0.1", b"garbage"),
+        (f"{PREFIX}/nodes/node-a", b"[1,2]"), (f"{PREFIX}/unban/10.0.0.1", b"{}"),
+    ])
+    def test_malformed_entries_skipped_and_counted(self, key: str, value: bytes) -> None:
+        """A malformed key or value is skipped and counted, never raised."""
+        f = feed()
+        assert f._parse(kv(key, value), "put") is None
+        assert f.skipped == 1
+
+    def test_prefix_end(self) -> None:
+        """The range end of a prefix is the prefix with its last byte raised."""
+        assert b"/kfwguard/v10" == prefix_end("/kfwguard/v1/")
+        assert b"\x00" == prefix_end("")  # everything
+
+
+class TestOutbox:
+    def test_newest_intent_wins_and_survives_reopen(self, tmp_path: Path) -> None:
+        """A ban then an unban of one target leaves one delete, kept across a restart."""
+        o = Outbox(tmp_path / "cluster.db")
+        o.queue([("10.0.0.1", b"ban"), ("10.0.0.2", b"ban")])
+        o.queue([("10.0.0.1", None)])
+        o.close()
+        o = Outbox(tmp_path / "cluster.db")
+        assert {("10.0.0.1", None), ("10.0.0.2", b"ban")} == {
+            (p.target, p.value) for p in o.due()}
+
+    def test_done_keeps_a_newer_intent(self, tmp_path: Path) -> None:
+        """An intent replaced while its older version was being sent stays queued."""
+        o = Outbox(tmp_path / "cluster.db")
+        o.queue([("10.0.0.1", b"v1")])
+        sent = o.due()
+        o.queue([("10.0.0.1", b"v2")])
+        o.done(sent)
+        assert [b"v2"] == [p.value for p in o.due()]
+        o.done(o.due())
+        assert 0 == len(o)
+
+
+class TestClusterConfig:
+    ISSUE = """
+cluster:
+  backend: etcd
+  endpoints: ["https://10.0.0.11:2379", "https://10.0.0.12:2379", "https://10.0.0.13:2379"]
+  tls: {ca: /etc/kfwguard/etcd/ca.crt, cert: /etc/kfwguard/etcd/node.crt, \
+key: /etc/kfwguard/etcd/node.key}
+  node_name: ""
+  prefix: /kfwguard/v1
+  share_jails: []
+  heartbeat: 5s
+"""
+
+    def test_the_documented_section_parses(self) -> None:
+        """The cluster: section exactly as the contract writes it is accepted."""
+        from kfwguard.config import parse_config
+
+        c = parse_config(self.ISSUE).cluster
+        assert c is not None
+        assert (3, "/kfwguard/v1", 5.0) == (len(c.endpoints), c.prefix, c.heartbeat)
+
+    @pytest.mark.parametrize("bad,why", [
+        ("endpoints: []", "at least 1"),
+        ("endpoints: ['10.0.0.1:2379']", "http"),
+        ("heartbeat: 0s", "heartbeat"),
+        ("node_name: 'a/b'", "node_name"),
+        ("prefix: 'relative'", "prefix"),
+        ("backend: consul", "backend"),
+        ("tls: {ca: /x}", "cert"),
+    ])
+    def test_bad_values_named(self, bad: str, why: str) -> None:
+        """A bad cluster value is refused with an error naming it."""
+        from kfwguard.config import ConfigError, parse_config
+
+        base = {"endpoints": "endpoints: ['https://10.0.0.1:2379']"}
+        key = bad.split(":")[0]
+        lines = [bad] + [v for k, v in base.items() if k != key]
+        text = "cluster:\n" + "".join(f"  {ln}\n" for ln in lines)
+        with pytest.raises(ConfigError, match=why):
+            parse_config(text)
+
+    def test_node_name_from_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without node_name, $NODE_NAME (the DaemonSet's spec.nodeName) names the node."""
+        from kfwguard.cluster.service import node_name
+        from kfwguard.config import parse_config
+
+        monkeypatch.setenv("NODE_NAME", "worker-7")
+        c = parse_config("cluster: {endpoints: ['https://10.0.0.1:2379']}").cluster
+        assert c is not None
+        assert "worker-7" == node_name(c)
