@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.integration.daemon_harness import DaemonRun, base_config, sshd_fail, wait_until
-from tests.integration.test_forged_logs import REPO, status
+from tests.integration.test_forged_logs import REPO
 from tests.netns import Lab
 
 
