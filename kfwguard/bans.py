@@ -911,7 +911,7 @@ class BanManager:
         # as the cover of the nets in force (a piece takes the latest expiry
         # of the nets over it; a net that outlives an expired one around it
         # is cut out of it, as if that one were gone).
-        return {k: x for k, x in self._cover.elements().items() if x > now}
+        return self._cover.elements(after=now)
 
     def _net_changed(self, key: str) -> None:
         expiry = self._expiry.get(key)

@@ -26,6 +26,7 @@ rebuilds the blocks once; everything inside it then shares its block.
 from __future__ import annotations
 
 import socket
+import threading
 from dataclasses import dataclass, field
 
 
@@ -128,8 +129,8 @@ class CoverIndex:
 
     ``set(text, expiry)`` adds or changes a ban, ``discard(text)`` removes it;
     ``elements()`` is what ``cover()`` of the bans would return (the same dict,
-    the same texts). Not thread-safe: changes and reads from one thread at a
-    time."""
+    the same texts). Thread-safe: the BanManager changes it on the event loop
+    while a flush reads it in a worker thread."""
 
     def __init__(self) -> None:
         # ban text -> (bits, first address, prefix length, expiry)
@@ -142,6 +143,7 @@ class CoverIndex:
         self._pieces: dict[tuple[int, int], dict[str, float]] = {}
         self._dirty: set[tuple[int, int]] = set()
         self._out: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._nets)
@@ -150,6 +152,10 @@ class CoverIndex:
         return bits, value >> (bits - self._block_len[bits])
 
     def set(self, text: str, expiry: float) -> None:
+        with self._lock:
+            self._set(text, expiry)
+
+    def _set(self, text: str, expiry: float) -> None:
         old = self._nets.get(text)
         if old is not None:
             if old[3] == expiry:
@@ -166,6 +172,10 @@ class CoverIndex:
         self._dirty.add(block)
 
     def discard(self, text: str) -> None:
+        with self._lock:
+            self._discard(text)
+
+    def _discard(self, text: str) -> None:
         old = self._nets.pop(text, None)
         if old is None:
             return
@@ -188,8 +198,17 @@ class CoverIndex:
                 self._blocks.setdefault(block, set()).add(text)
                 self._dirty.add(block)
 
-    def elements(self) -> dict[str, float]:
-        """The disjoint elements of every ban (as ``cover()``); do not modify."""
+    def elements(self, after: float | None = None) -> dict[str, float]:
+        """The disjoint elements of every ban, as ``cover()`` gives them (a new
+        dict); with ``after``, only those expiring later."""
+        with self._lock:
+            self._update()
+            # Mostly nothing has expired yet: two C-speed passes, not a comprehension.
+            if after is None or not self._out or min(self._out.values()) > after:
+                return dict(self._out)
+            return {k: x for k, x in self._out.items() if x > after}
+
+    def _update(self) -> None:
         for block in self._dirty:  # all first: a rebuilt block's pieces may reappear
             for piece in self._pieces.pop(block, {}):
                 del self._out[piece]
@@ -206,4 +225,3 @@ class CoverIndex:
             self._pieces[block] = pieces
             self._out.update(pieces)
         self._dirty.clear()
-        return self._out

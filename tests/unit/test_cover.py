@@ -67,7 +67,8 @@ class TestCoverIndex:
     def test_matches_cover_after_every_change(self, changes: list[tuple[str, float | None]]
                                               ) -> None:
         """After every ban, re-ban and lift (nested, disjoint and wider CIDRs that
-        re-cut the blocks), the index gives exactly cover() of the bans held."""
+        re-cut the blocks), the index gives exactly cover() of the bans held, and
+        its pieces in force at t are exactly cover() of the bans in force at t."""
         index = CoverIndex()
         bans: dict[str, float] = {}
         for text, expiry in changes:
@@ -79,6 +80,10 @@ class TestCoverIndex:
                 index.set(text, expiry)
             assert cover(bans) == index.elements()
             assert len(bans) == len(index)
+            # The pieces still in force at t are the cover of the bans in force at t.
+            for t in (1.0, 3.0):
+                assert cover({k: x for k, x in bans.items() if x > t}) == \
+                    index.elements(after=t)
 
     def test_disjoint_bans_are_their_own_cover(self) -> None:
         """Disjoint /64s (the common case) each stay one element, as banned."""

@@ -109,7 +109,8 @@ class TestSchemaVersions:
             assert {"192.0.2.1": 2} == store.offence_counts("sshd", ["192.0.2.1"])
             assert "123" == store.load_cursor("auth")
             store.save_bans([BanRow("192.0.2.2", "web", "r", 1.0, 4e9, 1, True)])
-            assert [("192.0.2.1", 4e9)] == store.active_expiries(2.0)  # simulated: not for the kernel
+            # the simulated ban is not for the kernel
+            assert [("192.0.2.1", 4e9)] == store.active_expiries(2.0)
         finally:
             store.close()
         again = Store(path)  # migrations run once: a second open changes nothing
