@@ -15,6 +15,12 @@ and the kernel agree on when each ban ends.
 The kernel holds, per address ban, one element; CIDR bans are written as the
 disjoint cover of their ranges (kfwguard.firewall.cover), as an interval set
 needs them.
+
+Observe mode (``dry_run``, globally or per jail): a jail's bans are decided,
+stored (marked simulated), logged, counted and alerted like any other, but
+kept apart (``_simulated``) from everything that feeds the kernel. When the
+jail's dry_run is turned off (reload or restart), its simulated bans still
+in force are enforced. Manual bans are never simulated.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import ipaddress
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -33,7 +39,7 @@ from kfwguard.addresses import IgnoreList, IPAddress, IPNetwork
 from kfwguard.config import BaselineConfig, JailConfig
 from kfwguard.durations import check_ban_duration
 from kfwguard.firewall.bantable import SENTINELS, BanTable, Element, Target
-from kfwguard.firewall.cover import cover
+from kfwguard.firewall.cover import CoverIndex
 from kfwguard.firewall.nft import NftError
 from kfwguard.jails import ban_duration
 from kfwguard.model import BanRequest
@@ -143,6 +149,8 @@ class BanStats:
     bans: int = 0
     unbans: int = 0
     refused: int = 0
+    refused_manual: int = 0  # of which asked for by an operator (kfwguard ban)
+    simulated: int = 0  # decided in observe mode (dry_run), kept out of the kernel
     duplicates: int = 0
     kernel_errors: int = 0
     store_errors: int = 0
@@ -178,12 +186,19 @@ class BanManager:
         self.check_interval = check_interval
         self.persisting = store is not None
         self.stats = BanStats()
+        # Observe mode for every jail that does not set its own dry_run.
+        self.dry_run = False
+        # (target text, jail) -> row of bans decided in observe mode: never in
+        # _bans, _by_target or _expiry, so nothing of them reaches the kernel.
+        self._simulated: dict[tuple[str, str], BanRow] = {}
         # (target text, jail) -> row; the in-memory truth, mirrored in SQLite.
         self._bans: dict[tuple[str, str], BanRow] = {}
         self._by_target: dict[str, set[str]] = {}
         # target text -> latest expiry over its jails
         self._expiry: dict[str, float] = {}
         self._nets: set[str] = set()  # the CIDR targets among them
+        # their disjoint cover, kept up to date as their expiries change
+        self._cover = CoverIndex()
         # What we believe the kernel holds: element text -> absolute expiry.
         # Address targets are their own element; CIDRs are cover() pieces.
         self._kernel: dict[str, float] = {}
@@ -231,11 +246,22 @@ class BanManager:
     # -- queries -------------------------------------------------------------
 
     def active(self) -> list[BanRow]:
+        """Bans in force, the simulated ones (observe mode) included."""
         now = self.now()
-        return [r for r in self._bans.values() if r.expires_at > now]
+        return ([r for r in self._bans.values() if r.expires_at > now]
+                + [r for r in self._simulated.values() if r.expires_at > now])
+
+    def simulates(self, jail: str) -> bool:
+        """True if bans decided by ``jail`` are only simulated (observe mode).
+        A jail the config does not name (manual, restored) never is."""
+        cfg = self.jails.get(jail)
+        if cfg is None:
+            return False
+        return self.dry_run if cfg.dry_run is None else cfg.dry_run
 
     def banned_since(self, host: IPAddress | IPNetwork, jail: str) -> float | None:
-        row = self._bans.get((str(host), jail))
+        key = (str(host), jail)
+        row = self._bans.get(key) or self._simulated.get(key)
         if row is None or row.expires_at <= self.now():
             return None
         return row.banned_at
@@ -289,7 +315,7 @@ class BanManager:
         try:
             self.store.purge_expired(now)
             expiries = self.store.active_expiries(now)
-            rows = self.store.active_bans(now) if expiries else []
+            rows = self.store.active_bans(now)
         except StoreError as exc:
             self._store_failed(exc)
             log.error("stored_bans_unreadable", error=str(exc),
@@ -299,9 +325,22 @@ class BanManager:
             log.warning("store_empty_kernel_not", path=str(self.store.path),
                         note="keeping the bans the kernel holds")
             return self.adopt_kernel()
+        enforce: list[BanRow] = []
         for r in rows:
-            if valid_target_text(r.target) and ("/" not in r.target or self._stored_net_ok(r)):
+            if not valid_target_text(r.target):
+                continue
+            if r.simulated:
+                if not self._enforceable(r):
+                    self._simulated[(r.target, r.jail)] = r
+                    continue
+                r = replace(r, simulated=False)  # dry_run was turned off while we were down
+                enforce.append(r)
+            if "/" not in r.target or self._stored_net_ok(r):
                 self._remember(r)
+        if enforce:
+            self._persist(enforce)
+            log.info("simulated_bans_enforced", count=len(enforce),
+                     jails=sorted({r.jail for r in enforce}))
         self._apply_all(now)
         log.info("bans_restored", count=len(rows), targets=len(self._by_target))
         return len(rows)
@@ -425,23 +464,35 @@ class BanManager:
                 self.stats.refused += 1
                 log.warning("ban_refused", target=key, jail=req.jail, why=str(exc))
                 continue
-            rows.append(BanRow(key, req.jail, req.reason, now, now + duration, offence))
-            self._decided_at.setdefault(key, req.decided_at or now)
+            # A ban already enforced stays enforced, even if its jail has
+            # turned to observe mode since.
+            simulated = self.simulates(req.jail) and (key, req.jail) not in self._bans
+            rows.append(BanRow(key, req.jail, req.reason, now, now + duration, offence,
+                               simulated))
+            if not simulated:
+                self._decided_at.setdefault(key, req.decided_at or now)
         if not rows:
             return []
         self._persist(rows)
         for r in rows:
+            if r.simulated:
+                self._simulated[(r.target, r.jail)] = r
+                self.stats.simulated += 1
+                continue
+            self._simulated.pop((r.target, r.jail), None)
             self._remember(r)
             self._queue_add(r.target)
             self.stats.per_jail[r.jail] = self.stats.per_jail.get(r.jail, 0) + 1
-        self.stats.bans += len(rows)
+            self.stats.bans += 1
         if len(rows) <= LOG_EACH_BAN_UP_TO:
             for r in rows:
-                log.info("ban", target=r.target, jail=r.jail, reason=r.reason,
+                log.info("ban_simulated" if r.simulated else "ban", target=r.target,
+                         jail=r.jail, reason=r.reason,
                          seconds=round(r.expires_at - r.banned_at), offence=r.offence)
         else:
             # A burst: one line, not thousands (the ban list and alerts have them all).
             log.info("bans", count=len(rows), jails=sorted({r.jail for r in rows}),
+                     simulated=sum(r.simulated for r in rows),
                      targets=[r.target for r in rows[:LOG_EACH_BAN_UP_TO]], more=True)
         for listener in self.on_ban:
             listener(rows)
@@ -453,15 +504,20 @@ class BanManager:
         key = str(normalise(target))
         jails = [jail] if jail is not None else sorted(self._by_target.get(key, ()))
         rows = [self._bans[(key, j)] for j in jails if (key, j) in self._bans]
-        if not rows:
+        simulated = [r for k, r in self._simulated.items()
+                     if k[0] == key and (jail is None or k[1] == jail)]
+        if not rows and not simulated:
             return []
-        self._unpersist([(r.target, r.jail) for r in rows])
+        self._unpersist([(r.target, r.jail) for r in (*rows, *simulated)])
+        for r in simulated:
+            del self._simulated[(r.target, r.jail)]
         for r in rows:
             self._forget(r)
         if key in self._by_target:
             self._queue_add(key)  # refresh to the remaining max
-        else:
+        elif rows:
             self._queue_remove(key)
+        rows += simulated
         self.stats.unbans += len(rows)
         for r in rows:
             log.info("unban", target=r.target, jail=r.jail)
@@ -474,6 +530,9 @@ class BanManager:
         """Drop bans whose time is up from memory and the store (the kernel expires its own)."""
         now = self.now()
         gone = [r for r in self._bans.values() if r.expires_at <= now]
+        simulated = [r for r in self._simulated.values() if r.expires_at <= now]
+        for r in simulated:
+            del self._simulated[(r.target, r.jail)]
         for r in gone:
             self._forget(r)
             if r.target not in self._by_target:
@@ -485,6 +544,7 @@ class BanManager:
                 del self._kernel[el]
             self._nets_dirty = True
             self._schedule_flush()
+        gone += simulated
         if gone and self.store is not None and self.persisting:
             try:
                 self.store.purge_expired(now)
@@ -495,6 +555,44 @@ class BanManager:
             for listener in self.on_unban:
                 listener(gone)
         return gone
+
+    def enforce_simulated(self) -> list[BanRow]:
+        """Enforce the simulated bans, still in force, of jails no longer in
+        observe mode (after a reload turned their dry_run off). Returns them."""
+        now = self.now()
+        due = [r for r in self._simulated.values()
+               if r.expires_at <= now or self._enforceable(r)]
+        for r in due:
+            del self._simulated[(r.target, r.jail)]
+        # An address protected since (ignoreip, the node's own) stays unbanned.
+        rows = [replace(r, simulated=False) for r in due
+                if r.expires_at > now and self._stored_net_ok(r)]
+        dropped = [(r.target, r.jail) for r in due
+                   if r.expires_at > now and (r.target, r.jail) not in
+                   {(x.target, x.jail) for x in rows}]
+        if dropped:
+            self._unpersist(dropped)
+        if not rows:
+            return []
+        self._persist(rows)
+        for r in rows:
+            self._remember(r)
+            self._queue_add(r.target)
+            self._decided_at.setdefault(r.target, now)
+            self.stats.per_jail[r.jail] = self.stats.per_jail.get(r.jail, 0) + 1
+        self.stats.bans += len(rows)
+        log.info("simulated_bans_enforced", count=len(rows),
+                 jails=sorted({r.jail for r in rows}))
+        for listener in self.on_ban:
+            listener(rows)
+        self._schedule_flush()
+        return rows
+
+    def _enforceable(self, row: BanRow) -> bool:
+        """True if a simulated ban's jail is still configured and no longer in
+        observe mode. A jail removed from the config keeps its simulated bans
+        simulated until they expire: nobody asked for them to be enforced."""
+        return row.jail in self.jails and not self.simulates(row.jail)
 
     # -- store -------------------------------------------------------------------
 
@@ -920,7 +1018,18 @@ class BanManager:
     # -- helpers ---------------------------------------------------------------
 
     def _net_elements(self, now: float) -> dict[str, float]:
-        return cover({k: self._expiry[k] for k in self._nets if self._expiry[k] > now})
+        # The cover of every net ban, then the pieces still in force: the same
+        # as the cover of the nets in force (a piece takes the latest expiry
+        # of the nets over it; a net that outlives an expired one around it
+        # is cut out of it, as if that one were gone).
+        return self._cover.elements(after=now)
+
+    def _net_changed(self, key: str) -> None:
+        expiry = self._expiry.get(key)
+        if expiry is None:
+            self._cover.discard(key)
+        else:
+            self._cover.set(key, expiry)
 
     def _remember(self, row: BanRow) -> None:
         key = row.target
@@ -932,12 +1041,15 @@ class BanManager:
             self._expiry[key] = row.expires_at
             if "/" in key:
                 self._nets.add(key)
+                self._net_changed(key)
             return
         jails.add(row.jail)
         if old is not None and old.expires_at > row.expires_at:
             self._recompute_expiry(key)  # a re-ban with a shorter time
         elif row.expires_at > self._expiry.get(key, 0.0):
             self._expiry[key] = row.expires_at
+            if "/" in key:
+                self._net_changed(key)
 
     def _forget(self, row: BanRow) -> None:
         self._bans.pop((row.target, row.jail), None)
@@ -948,6 +1060,7 @@ class BanManager:
                 del self._by_target[row.target]
                 self._expiry.pop(row.target, None)
                 self._nets.discard(row.target)
+                self._cover.discard(row.target)
                 return
         self._recompute_expiry(row.target)
 
@@ -958,17 +1071,19 @@ class BanManager:
         else:
             self._expiry.pop(key, None)
             self._nets.discard(key)
+        if "/" in key:
+            self._net_changed(key)
 
     def _offence_count(self, key: str, jail: str) -> int:
         pending = self._journal.get((key, jail))
         if pending is not None:
             return pending.offence
         if self.store is None or not self.persisting:
-            row = self._bans.get((key, jail))
+            row = self._bans.get((key, jail)) or self._simulated.get((key, jail))
             return row.offence if row else 0
         try:
             return self.store.offence_counts(jail, [key]).get(key, 0)
         except StoreError as exc:
             self._store_failed(exc)
-            row = self._bans.get((key, jail))
+            row = self._bans.get((key, jail)) or self._simulated.get((key, jail))
             return row.offence if row else 0

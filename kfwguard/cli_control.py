@@ -133,9 +133,12 @@ def list_bans(as_json: bool, config_path: Path | None) -> None:
     if not rows:
         click.echo("no bans in force")
         return
-    table = [[r["target"], r["jail"], _when(r["banned_at"]), _when(r["expires_at"]),
-              r["reason"]] for r in rows]
-    click.echo(format_table(table, ["ADDRESS", "JAIL", "BANNED AT", "EXPIRES AT", "REASON"]))
+    # MODE: "simulated" for a ban decided in observe mode (dry_run), which the
+    # kernel does not hold.
+    table = [[r["target"], r["jail"], "simulated" if r.get("simulated") else "enforced",
+              _when(r["banned_at"]), _when(r["expires_at"]), r["reason"]] for r in rows]
+    click.echo(format_table(table, ["ADDRESS", "JAIL", "MODE", "BANNED AT", "EXPIRES AT",
+                                    "REASON"]))
 
 
 @click.command()
@@ -157,7 +160,10 @@ def render_status(st: dict[str, Any]) -> str:
         f"config {st.get('config')}, table {st.get('table')}",
         f"bans: {b.get('active', 0)} active, {b.get('pending', 0)} pending, "
         f"{b.get('total', 0)} decided, {b.get('unbans', 0)} lifted, "
-        f"{b.get('refused', 0)} refused, {b.get('kernel_errors', 0)} kernel errors",
+        f"{b.get('refused', 0)} refused ({b.get('refused_manual', 0)} manual), "
+        f"{b.get('kernel_errors', 0)} kernel errors"
+        + (f", {b['simulated_active']} simulated (observe mode, not in the kernel)"
+           if b.get("simulated_active") else ""),
         "state: " + ("persisting" if st.get("persisting") else
                      "NOT PERSISTING (bans live in memory and the kernel only)"),
     ]

@@ -130,6 +130,9 @@ class JailConfig(Model):
     # IPv6 failures count, and bans fall, per this prefix (unset: the global
     # ipv6_prefix); 128 counts and bans single addresses.
     ipv6_prefix: int | None = Field(None, ge=16, le=128)
+    # Observe mode: bans decided, stored, listed, alerted as simulated, never
+    # put in the kernel (unset: the global dry_run).
+    dry_run: bool | None = None
 
     @field_validator("findtime")
     @classmethod
@@ -281,6 +284,8 @@ class Config(Model):
     # An IPv6 attacker holds a whole /64 (or more): failures count and bans fall
     # per this prefix, in every jail that does not set its own.
     ipv6_prefix: int = Field(64, ge=16, le=128)
+    # Observe mode for every jail that does not set its own dry_run.
+    dry_run: bool = False
     node_name: str | None = None
     sources: list[SourceConfig] = Field(default_factory=list)
     jails: list[JailConfig] = Field(default_factory=list)

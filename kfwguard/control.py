@@ -87,6 +87,8 @@ def ban_to_json(row: BanRow, now: float) -> dict[str, Any]:
         "expires_at": row.expires_at,
         "remaining": max(0.0, row.expires_at - now),
         "offence": row.offence,
+        # Observe mode (dry_run): decided and stored, not in the kernel.
+        "simulated": row.simulated,
     }
 
 
@@ -111,8 +113,11 @@ def daemon_status(daemon: Daemon) -> dict[str, Any]:
     bans = daemon.bans
     active = bans.active() if bans is not None else []
     per_jail_active: dict[str, int] = {}
+    per_jail_simulated: dict[str, int] = {}
     for row in active:
         per_jail_active[row.jail] = per_jail_active.get(row.jail, 0) + 1
+        if row.simulated:
+            per_jail_simulated[row.jail] = per_jail_simulated.get(row.jail, 0) + 1
     matches: dict[str, dict[str, int]] = {}
     sources: dict[str, Any] = {}
     for name, rt in daemon.sources.items():
@@ -142,6 +147,8 @@ def daemon_status(daemon: Daemon) -> dict[str, Any]:
             # here on a live log means the stamps are read in the wrong zone.
             "stale": jail.stats.stale,
             "actions": list(jail.cfg.actions),
+            "dry_run": bans.simulates(name) if bans is not None else False,
+            "simulated_active": per_jail_simulated.get(name, 0),
         }
     for name, n in per_jail_active.items():
         # Manual bans and jails removed by a reload still hold bans.
@@ -157,11 +164,14 @@ def daemon_status(daemon: Daemon) -> dict[str, Any]:
         "sources": sources,
         "jails": jails,
         "bans": {
-            "active": len(active),
+            "active": len(active) - sum(per_jail_simulated.values()),
+            "simulated_active": sum(per_jail_simulated.values()),
+            "simulated_total": bans.stats.simulated if bans is not None else 0,
             "pending": bans.pending if bans is not None else 0,
             "total": bans.stats.bans if bans is not None else 0,
             "unbans": bans.stats.unbans if bans is not None else 0,
             "refused": bans.stats.refused if bans is not None else 0,
+            "refused_manual": bans.stats.refused_manual if bans is not None else 0,
             "kernel_errors": bans.stats.kernel_errors if bans is not None else 0,
             "table_restores": bans.stats.table_restores if bans is not None else 0,
         },
@@ -292,6 +302,11 @@ class ControlServer:
         if not isinstance(jail, str) or not _JAIL_NAME.match(jail):
             return _json_error(400, "a jail name is 1-64 letters, digits, '_', '.' or '-'")
         jail_cfg = {j.name: j for j in self.daemon.cfg.jails}.get(jail)
+        if jail_cfg is None and jail != MANUAL_JAIL:
+            # A typo must not quietly start a jail of its own.
+            known = sorted({MANUAL_JAIL, *(j.name for j in self.daemon.cfg.jails)})
+            return _json_error(400, f"no jail named {jail!r}; give one of {', '.join(known)} "
+                                    "(or leave --jail out for a manual ban)")
         duration = jail_cfg.bantime if jail_cfg is not None else DEFAULT_MANUAL_BANTIME
         if body.get("duration") is not None:
             try:
@@ -307,6 +322,10 @@ class ControlServer:
         try:
             target = bans.check_target(target, force=force)
         except BanRefused as exc:
+            bans.stats.refused += 1
+            bans.stats.refused_manual += 1
+            log.warning("manual_ban_refused", target=body["target"][:100], jail=jail,
+                        why=str(exc))
             return _json_error(400, str(exc))
         now = time.time()
         rows = bans.request([BanRequest(target=target, jail=jail, duration=duration,

@@ -417,6 +417,7 @@ class Daemon:
             check_interval=cfg.nftables.check_interval,
         )
         self.bans.set_networks(cfg.baseline)
+        self.bans.dry_run = cfg.dry_run
         if self.store is None:
             self.bans.persisting = False
             await asyncio.to_thread(self.bans.adopt_kernel)
@@ -753,7 +754,9 @@ class Daemon:
         self.ignore = await self._build_ignore(new)
         self.bans.ignore = self.ignore
         self.bans.jails = {j.name: j for j in new.jails}
+        self.bans.dry_run = new.dry_run
         self.bans.set_networks(new.baseline)
+        self.bans.enforce_simulated()  # of jails whose dry_run was turned off
         self._build_pipeline(new, filters)
         for rt in self.sources.values():
             rt.task = asyncio.create_task(self._run_source(rt), name=f"source:{rt.source.name}")

@@ -124,6 +124,13 @@ class DaemonCollector(Collector):
         for (jail_name, origin), n in sorted(self.metrics.bans_by_jail.items()):
             bans.add_metric([jail_name, origin], n)
         yield bans
+        simulated = CounterMetricFamily(
+            "kfwguard_simulated_bans",
+            "Bans decided in observe mode (dry_run), by jail: stored and alerted, never "
+            "in the kernel (not in kfwguard_bans_total)", labels=["jail"])
+        for jail_name, n in sorted(self.metrics.simulated_by_jail.items()):
+            simulated.add_metric([jail_name], n)
+        yield simulated
 
         bm = d.bans
         top = GaugeMetricFamily(
@@ -135,9 +142,15 @@ class DaemonCollector(Collector):
             for row in rows:
                 top.add_metric([row.target, row.jail], row.offence)
         yield top
-        active = GaugeMetricFamily("kfwguard_bans_active", "Bans in force")
-        active.add_metric([], len(bm.active()) if bm is not None else 0)
+        in_force = bm.active() if bm is not None else []
+        n_simulated = sum(r.simulated for r in in_force)
+        active = GaugeMetricFamily("kfwguard_bans_active", "Bans in force (enforced)")
+        active.add_metric([], len(in_force) - n_simulated)
         yield active
+        sim_active = GaugeMetricFamily("kfwguard_simulated_bans_active",
+                                       "Simulated bans (observe mode) in force")
+        sim_active.add_metric([], n_simulated)
+        yield sim_active
         pending = GaugeMetricFamily("kfwguard_bans_pending",
                                     "Ban and unban changes not yet applied to the kernel")
         pending.add_metric([], bm.pending if bm is not None else 0)
@@ -147,6 +160,8 @@ class DaemonCollector(Collector):
             ("kfwguard_unbans", "Bans lifted (by hand or expired)", "unbans"),
             ("kfwguard_bans_refused", "Bans refused (ignored or protected addresses)",
              "refused"),
+            ("kfwguard_manual_bans_refused", "Of kfwguard_bans_refused_total, those an "
+             "operator asked for (kfwguard ban)", "refused_manual"),
             ("kfwguard_kernel_update_errors", "nftables updates that failed", "kernel_errors"),
             ("kfwguard_state_errors", "State database errors", "store_errors"),
             ("kfwguard_table_restores", "Times the ban table was recreated after removal",
@@ -205,6 +220,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.alerts: AlertService | None = None
         self.bans_by_jail: dict[tuple[str, str], int] = {}
+        self.simulated_by_jail: dict[str, int] = {}  # observe mode (dry_run)
         self.latency = Histogram("kfwguard_ban_latency_seconds",
                                  "From the ban decision to the kernel update",
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
@@ -218,6 +234,9 @@ class Metrics:
 
     def on_ban(self, rows: Sequence[BanRow]) -> None:
         for r in rows:
+            if r.simulated:
+                self.simulated_by_jail[r.jail] = self.simulated_by_jail.get(r.jail, 0) + 1
+                continue
             key = (r.jail, "manual" if r.reason.startswith("manual:") else "jail")
             self.bans_by_jail[key] = self.bans_by_jail.get(key, 0) + 1
 

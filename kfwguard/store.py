@@ -3,7 +3,14 @@
 One file (``state.db`` in ``state_dir``), WAL mode. Writes are small and made
 from the event-loop thread; a ban is committed here before it touches the
 kernel, so a decided ban survives a crash or power cut.
+
+The schema is versioned with ``PRAGMA user_version``: ``_MIGRATIONS[i]``
+takes a database from version i to i + 1, each in its own transaction, in
+order, at open. A file without a version (made before versions existed) is
+version 0, whose tables migration 1 creates only if they are missing, so it
+upgrades in place. A file newer than this code is refused, not guessed at.
 """
+
 
 from __future__ import annotations
 
@@ -15,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-_SCHEMA = """
+_SCHEMA_1 = """
 CREATE TABLE IF NOT EXISTS bans (
     target     TEXT NOT NULL,
     jail       TEXT NOT NULL,
@@ -50,6 +57,15 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_next ON outbox (next_at);
 """
 
+# Each one a list of statements; never edit one that has shipped: add another.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: the schema before versions (CREATE ... IF NOT EXISTS: also adopts such a file)
+    tuple(x.strip() for x in _SCHEMA_1.split(";") if x.strip()),
+    # 2: observe mode (dry_run): a ban decided but kept out of the kernel
+    ("ALTER TABLE bans ADD COLUMN simulated INTEGER NOT NULL DEFAULT 0",),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
 
 class StoreError(Exception):
     """The state database cannot be opened or written."""
@@ -63,6 +79,8 @@ class BanRow:
     banned_at: float
     expires_at: float
     offence: int
+    # Decided in observe mode (dry_run): stored, listed, alerted, never in the kernel.
+    simulated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +106,27 @@ class Store:
             self._db.execute("PRAGMA synchronous=FULL")
             # Only this process writes the DB; a long wait would stall the event loop.
             self._db.execute("PRAGMA busy_timeout=1000")
-            self._db.executescript(_SCHEMA)
+            self._migrate()
             self._db.execute("SELECT count(*) FROM bans").fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open state database {path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"state database {self.path} has schema version {version}; "
+                             f"this kfwguard knows up to {SCHEMA_VERSION} (a newer release "
+                             "wrote it): refusing to guess")
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            with self._tx():
+                for statement in _MIGRATIONS[number - 1]:
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version={number}")
+
+    @property
+    def version(self) -> int:
+        """The schema version of the open database."""
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     @classmethod
     def in_dir(cls, state_dir: Path) -> Store:
@@ -116,11 +151,13 @@ class Store:
         if not rows:
             return
         self._db.executemany(
-            "INSERT INTO bans (target, jail, reason, banned_at, expires_at, offence) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (target, jail) DO UPDATE SET "
+            "INSERT INTO bans (target, jail, reason, banned_at, expires_at, offence, simulated) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (target, jail) DO UPDATE SET "
             "reason=excluded.reason, banned_at=excluded.banned_at, "
-            "expires_at=excluded.expires_at, offence=excluded.offence",
-            [(r.target, r.jail, r.reason, r.banned_at, r.expires_at, r.offence) for r in rows],
+            "expires_at=excluded.expires_at, offence=excluded.offence, "
+            "simulated=excluded.simulated",
+            [(r.target, r.jail, r.reason, r.banned_at, r.expires_at, r.offence,
+              int(r.simulated)) for r in rows],
         )
         self._db.executemany(
             "INSERT INTO offences (target, jail, count, last_at) VALUES (?, ?, ?, ?) "
@@ -154,20 +191,22 @@ class Store:
         now = time.time() if now is None else now
         try:
             cur = self._db.execute(
-                "SELECT target, jail, reason, banned_at, expires_at, offence FROM bans "
-                "WHERE expires_at > ?", (now,))
-            return [BanRow(*r) for r in cur]
+                "SELECT target, jail, reason, banned_at, expires_at, offence, simulated "
+                "FROM bans WHERE expires_at > ?", (now,))
+            return [BanRow(t, j, r, b, e, o, bool(s)) for t, j, r, b, e, o, s in cur]
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read bans: {exc}") from exc
 
     def active_expiries(self, now: float) -> list[tuple[str, float]]:
         """(target, latest expiry over its jails) for every ban in force: the
-        minimum needed to put the kernel back, as cheaply as SQLite can give it."""
+        minimum needed to put the kernel back, as cheaply as SQLite can give it.
+        Simulated (observe mode) bans are not among them: the kernel never
+        holds those."""
         try:
             # In expiry order along bans_expiry, so dict() keeps each target's
             # latest: 5x faster than GROUP BY, which looks every row up by target.
             latest: dict[str, float] = dict(self._db.execute(
-                "SELECT target, expires_at FROM bans WHERE expires_at > ? "
+                "SELECT target, expires_at FROM bans WHERE expires_at > ? AND NOT simulated "
                 "ORDER BY expires_at", (now,)))
             return list(latest.items())
         except sqlite3.Error as exc:

@@ -56,12 +56,16 @@ class AlertmanagerSender:
             "node": str(ev.get("node") or self.node),
             "address": str(ev["target"]),
         }
+        if ev.get("simulated"):
+            labels["simulated"] = "true"  # observe mode: route or silence it apart
         template = (self.format.get("drift_summary", "baseline ${address} drifted: ${reason}")
                     if drift else self.format.get("summary", "${address} banned"))
         summary = render(str(template),
                          address=ev["target"], jail=ev["jail"], node=labels["node"],
                          duration=format_duration(expires_at - banned_at),
                          reason=ev.get("reason", ""), offence=ev.get("offence", 1))
+        if ev.get("simulated"):
+            summary = f"[simulated, not enforced] {summary}"
         return {
             "labels": labels,
             "annotations": {"summary": summary, "reason": str(ev.get("reason", "")),

@@ -53,6 +53,8 @@ def ban_event(kind: str, row: BanRow, node: str, at: float | None = None) -> Eve
         "offence": row.offence,
         "node": node,
         "at": time.time() if at is None else at,
+        # Observe mode (dry_run): decided, not enforced; receivers show it apart.
+        "simulated": row.simulated,
     }
 
 

@@ -104,8 +104,13 @@ class AlertService:
             log.info("alerts_ready", actions=sorted(self.workers))
 
     async def _stop_workers(self) -> None:
-        for t in self._tasks.values():
-            t.cancel()
+        # Python 3.11's wait_for loses a cancel that lands as the worker's wake
+        # event fires (an alert queued just before a reload): the worker then
+        # runs on and awaiting it hangs the reload. Cancel until it ends.
+        while pending := [t for t in self._tasks.values() if not t.done()]:
+            for t in pending:
+                t.cancel()
+            await asyncio.wait(pending, timeout=0.5)
         for t in self._tasks.values():
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t

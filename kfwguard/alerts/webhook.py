@@ -23,12 +23,12 @@ from kfwguard.durations import format_duration
 
 def summarise(events: Sequence[Event], fmt: dict[str, Any], node: str) -> str:
     """The message text for ``events``: one line per (event, jail), in first-seen order."""
-    groups: dict[tuple[str, str], list[Event]] = {}
+    groups: dict[tuple[str, str, bool], list[Event]] = {}
     for ev in events:
-        groups.setdefault((ev["event"], ev["jail"]), []).append(ev)
+        groups.setdefault((ev["event"], ev["jail"], bool(ev.get("simulated"))), []).append(ev)
     max_listed = int(fmt.get("max_listed", 10))
     lines = []
-    for (kind, jail), evs in groups.items():
+    for (kind, jail, simulated), evs in groups.items():
         targets = list(dict.fromkeys(str(e["target"]) for e in evs))
         shown = [render(fmt.get("address", "${address}"), address=t)
                  for t in targets[:max_listed]]
@@ -40,11 +40,13 @@ def summarise(events: Sequence[Event], fmt: dict[str, Any], node: str) -> str:
         template = fmt.get(kind)
         if not isinstance(template, str):
             continue
-        lines.append(render(
+        line = render(
             template, count=len(targets), noun="address" if len(targets) == 1 else "addresses",
             jail=jail, node=node, addresses=addresses, duration=format_duration(longest),
             reason=reasons.most_common(1)[0][0],
-        ))
+        )
+        # Observe mode (dry_run): the reader must not think these are blocked.
+        lines.append(f"[simulated, not enforced] {line}" if simulated else line)
     if len(lines) > 1 and isinstance(fmt.get("header"), str):
         counts = Counter(e["event"] for e in events)
         lines.insert(0, render(fmt["header"], node=node, bans=counts.get("ban", 0),

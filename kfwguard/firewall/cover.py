@@ -13,11 +13,20 @@ its /24 adds nothing.
 
 CIDRs nest or are disjoint, so the bans form a forest; one sorted pass
 builds it.
+
+``CoverIndex`` keeps that cover up to date as bans come and go, recomputing
+only around what changed: with L the shortest prefix length banned (per
+family), every tree lies inside one /L block, so the cover is the union of
+the covers of the blocks, and a changed CIDR dirties its block alone. 100k
+IPv6 offenders banned as /64s are 100k blocks of one CIDR each, the cover of
+each the CIDR itself. A ban wider than L (a manual /16) makes L smaller and
+rebuilds the blocks once; everything inside it then shares its block.
 """
 
 from __future__ import annotations
 
 import socket
+import threading
 from dataclasses import dataclass, field
 
 
@@ -63,15 +72,20 @@ def cover(nets: dict[str, float]) -> dict[str, float]:
     elements (CIDR text with its prefix length -> expiry) holding, for each
     address, the latest expiry of the bans covering it."""
     out: dict[str, float] = {}
+    parsed = [(*_parse(text), expiry) for text, expiry in nets.items()]
     for bits in (32, 128):
-        items = []
-        for text, expiry in nets.items():
-            b, value, plen = _parse(text)
-            if b == bits:
-                items.append((value, plen, expiry))
-        if not items:
-            continue
-        items.sort(key=lambda x: (x[0], x[1]))
+        out.update(_cover_parsed(bits, [p for p in parsed if p[0] == bits]))
+    return out
+
+
+def _cover_parsed(bits: int, nets: list[tuple[int, int, int, float]]
+                  ) -> dict[str, float]:
+    """cover() of the bans of one family, given as (bits, first address,
+    prefix length, expiry)."""
+    out: dict[str, float] = {}
+    items = sorted(((value, plen, expiry) for _, value, plen, expiry in nets),
+                   key=lambda x: (x[0], x[1]))
+    if items:
         roots: list[_Node] = []
         stack: list[_Node] = []
         for value, plen, expiry in items:
@@ -108,3 +122,106 @@ def _emit(bits: int, node: _Node, expiry: float, out: dict[str, float]) -> None:
         first = cut.end + 1
     for value, plen in _blocks(bits, first, node.end):
         out[_text(bits, value, plen)] = expiry
+
+
+class CoverIndex:
+    """``cover()`` of a changing set of CIDR bans, kept up to date by block.
+
+    ``set(text, expiry)`` adds or changes a ban, ``discard(text)`` removes it;
+    ``elements()`` is what ``cover()`` of the bans would return (the same dict,
+    the same texts). Thread-safe: the BanManager changes it on the event loop
+    while a flush reads it in a worker thread."""
+
+    def __init__(self) -> None:
+        # ban text -> (bits, first address, prefix length, expiry)
+        self._nets: dict[str, tuple[int, int, int, float]] = {}
+        # per family: the block prefix length L in use (None: no block yet)
+        self._block_len: dict[int, int] = {}
+        # (bits, block number) -> the ban texts in that block
+        self._blocks: dict[tuple[int, int], set[str]] = {}
+        # (bits, block number) -> the pieces its cover gave
+        self._pieces: dict[tuple[int, int], dict[str, float]] = {}
+        self._dirty: set[tuple[int, int]] = set()
+        self._out: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._nets)
+
+    def _block(self, bits: int, value: int) -> tuple[int, int]:
+        return bits, value >> (bits - self._block_len[bits])
+
+    def set(self, text: str, expiry: float) -> None:
+        with self._lock:
+            self._set(text, expiry)
+
+    def _set(self, text: str, expiry: float) -> None:
+        old = self._nets.get(text)
+        if old is not None:
+            if old[3] == expiry:
+                return
+            bits, value, plen, _ = old
+        else:
+            bits, value, plen = _parse(text)
+        self._nets[text] = (bits, value, plen, expiry)
+        if old is None and plen < self._block_len.get(bits, bits + 1):
+            self._rebuild_blocks(bits, plen)
+            return
+        block = self._block(bits, value)
+        self._blocks.setdefault(block, set()).add(text)
+        self._dirty.add(block)
+
+    def discard(self, text: str) -> None:
+        with self._lock:
+            self._discard(text)
+
+    def _discard(self, text: str) -> None:
+        old = self._nets.pop(text, None)
+        if old is None:
+            return
+        block = self._block(old[0], old[1])
+        members = self._blocks[block]
+        members.discard(text)
+        if not members:
+            del self._blocks[block]
+        self._dirty.add(block)
+
+    def _rebuild_blocks(self, bits: int, plen: int) -> None:
+        """Blocks of the family ``bits`` cut anew at /plen (a wider ban came)."""
+        for block in [b for b in self._blocks if b[0] == bits]:
+            del self._blocks[block]
+            self._dirty.add(block)
+        self._block_len[bits] = plen
+        for text, (b, value, _, _) in self._nets.items():
+            if b == bits:
+                block = self._block(bits, value)
+                self._blocks.setdefault(block, set()).add(text)
+                self._dirty.add(block)
+
+    def elements(self, after: float | None = None) -> dict[str, float]:
+        """The disjoint elements of every ban, as ``cover()`` gives them (a new
+        dict); with ``after``, only those expiring later."""
+        with self._lock:
+            self._update()
+            # Mostly nothing has expired yet: two C-speed passes, not a comprehension.
+            if after is None or not self._out or min(self._out.values()) > after:
+                return dict(self._out)
+            return {k: x for k, x in self._out.items() if x > after}
+
+    def _update(self) -> None:
+        for block in self._dirty:  # all first: a rebuilt block's pieces may reappear
+            for piece in self._pieces.pop(block, {}):
+                del self._out[piece]
+        for block in self._dirty:
+            members = self._blocks.get(block)
+            if not members:
+                continue
+            if len(members) == 1:
+                (text,) = members
+                bits, value, plen, expiry = self._nets[text]
+                pieces = {_text(bits, value, plen): expiry}
+            else:
+                pieces = _cover_parsed(block[0], [self._nets[t] for t in members])
+            self._pieces[block] = pieces
+            self._out.update(pieces)
+        self._dirty.clear()

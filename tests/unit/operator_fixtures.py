@@ -27,6 +27,17 @@ from kfwguard.store import Store
 from tests.conftest import HOST_NETNS
 
 
+def jails_named(tmp_path: Path, *names: str, **options: Any) -> dict[str, Any]:
+    """Config for jails ``names`` over one file source (never started): the
+    jails a manual ``--jail`` may name."""
+    log = tmp_path / "auth.log"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    log.touch()
+    return {"sources": [{"name": "auth", "type": "file", "path": str(log)}],
+            "jails": [{"name": n, "source": "auth", "filter": "sshd", **options}
+                      for n in names]}
+
+
 def make_daemon(tmp_path: Path, **config: Any) -> tuple[Daemon, BanTable]:
     """A Daemon (not started) with a store and a BanManager over a fresh ban table
     in the current network namespace (use with the ``private_netns`` fixture)."""

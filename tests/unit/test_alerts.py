@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -388,12 +389,44 @@ node_name: node-7
         assert [("chat", "unban", "192.0.2.1")] == self.queued(svc)
 
 
+    async def test_reload_right_after_a_ban_ends(self) -> None:
+        """A reload while a worker's wake fires (a ban queued just before) ends:
+        the cancel Python 3.11's wait_for can lose is made again."""
+        svc = self.service()
+        await svc.start()
+        try:
+            for _ in range(20):  # the race is narrow: give it many chances
+                svc.on_ban([row("192.0.2.1", "sshd")])
+                await asyncio.wait_for(svc.reload(svc.cfg), 10)
+        finally:
+            await asyncio.wait_for(svc.stop(), 10)
+
     def test_drift_goes_to_every_action(self) -> None:
         """A healed baseline drift is queued for every configured action."""
         svc = self.service()
         svc.on_drift("kfwguard_baseline", "chain input was flushed")
         assert [("chat", "drift", "kfwguard_baseline"),
                 ("am", "drift", "kfwguard_baseline")] == self.queued(svc)
+
+
+class TestSimulatedMarking:
+    def test_simulated_ban_marked_in_chat_and_alertmanager(self) -> None:
+        """An observe-mode ban is marked in the event, the chat line and as an
+        Alertmanager label and summary; an enforced one is not."""
+        sim = ban_event("ban", replace(row("192.0.2.9"), simulated=True), "node-1", NOW)
+        real = ban_event("ban", row("192.0.2.8"), "node-1", NOW)
+        assert (True, False) == (sim["simulated"], real["simulated"])
+        lines = summarise([sim, real], load_format("slack"), "node-1").splitlines()
+        [sim_line] = [x for x in lines if "192.0.2.9" in x]
+        [real_line] = [x for x in lines if "192.0.2.8" in x]
+        assert sim_line.startswith("[simulated, not enforced] ")
+        assert "simulated" not in real_line
+        am = AlertmanagerSender("am", AlertmanagerActionConfig.model_validate(
+            {"type": "alertmanager", "url": "http://am.example"}), "node-1")
+        a_sim, a_real = am.body([sim, real])
+        assert ("true", None) == (a_sim["labels"].get("simulated"),
+                                  a_real["labels"].get("simulated"))
+        assert a_sim["annotations"]["summary"].startswith("[simulated, not enforced]")
 
 
 class TestDriftMessages:

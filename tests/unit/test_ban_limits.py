@@ -66,7 +66,7 @@ class TestDurations:
 
 
 class TestCli:
-    @pytest.mark.parametrize("value", ["99999999w", HUGE, "366d", "0.1s", "inf"])
+    @pytest.mark.parametrize("value", ["99999999w", HUGE, "366d", "0.1s", "500ms", "inf"])
     def test_for_refused_before_asking(self, tmp_path: Path, value: str) -> None:
         """`ban --for` out of range exits 2 with a clear message (no daemon needed,
         no traceback)."""

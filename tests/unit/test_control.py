@@ -26,7 +26,7 @@ from kfwguard.control import (
 from kfwguard.daemon import Daemon
 from kfwguard.firewall.bantable import BanTable
 from tests.conftest import need
-from tests.unit.operator_fixtures import make_daemon
+from tests.unit.operator_fixtures import jails_named, make_daemon
 
 # A real ban table in a network namespace of the test's own (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("private_netns")
@@ -58,7 +58,7 @@ class Served:
 
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
-    daemon, table = make_daemon(tmp_path, jails=[], sources=[])
+    daemon, table = make_daemon(tmp_path, **jails_named(tmp_path, "web", "a", "b"))
     server = ControlServer(daemon, daemon.cfg.control_socket)
     await server.start()
     try:
@@ -176,6 +176,26 @@ class TestControlServer:
             await served.client.call("POST", "/bans", {"target": "192.0.2.1",
                                                        "duration": "soon"})
         assert [] == await served.client.bans()
+
+    async def test_unknown_jail_refused(self, served: Served) -> None:
+        """A manual ban naming a jail the config lacks (a typo) is refused; 'manual' is not."""
+        with pytest.raises(ControlError, match="no jail named 'wbe'") as exc:
+            await served.client.ban("192.0.2.20", jail="wbe")
+        assert 400 == exc.value.status
+        assert [] == await served.client.bans()
+        out = await served.client.ban("192.0.2.20", jail="manual")
+        assert ["manual"] == [r["jail"] for r in out["banned"]]
+
+    async def test_protected_manual_ban_counted(self, served: Served) -> None:
+        """A manual ban refused for a protected address is counted in status and metrics."""
+        from kfwguard.metrics import Metrics
+
+        with pytest.raises(ControlError, match="protected"):
+            await served.client.ban("127.0.0.1")
+        st = await served.client.status()
+        assert (1, 1) == (st["bans"]["refused"], st["bans"]["refused_manual"])
+        text = Metrics(served.daemon).exposition().decode()
+        assert "kfwguard_manual_bans_refused_total 1.0" in text.splitlines()
 
     async def test_unban(self, served: Served) -> None:
         """DELETE /bans/{target} lifts the ban (CIDR in the path too); a second one is 404."""

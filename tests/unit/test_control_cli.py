@@ -16,7 +16,7 @@ from kfwguard.cli import main
 from kfwguard.cli_control import format_table
 from kfwguard.control import ControlServer
 from kfwguard.daemon import Daemon
-from tests.unit.operator_fixtures import make_daemon
+from tests.unit.operator_fixtures import jails_named, make_daemon
 
 # A real ban table in a network namespace of the test's own (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("private_netns")
@@ -43,7 +43,7 @@ async def cli(cfg: Path, *args: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
-    d, _ = make_daemon(tmp_path)
+    d, _ = make_daemon(tmp_path, **jails_named(tmp_path, "web"))
     server = ControlServer(d, d.cfg.control_socket)
     await server.start()
     try:
@@ -99,9 +99,9 @@ class TestControlCommands:
         assert 0 == rc
         rc, out, _ = await cli(cfg, "list")
         lines = out.splitlines()
-        assert lines[0].split() == ["ADDRESS", "JAIL", "BANNED", "AT", "EXPIRES", "AT",
-                                    "REASON"]
-        assert ["203.0.113.5", "manual"] == lines[1].split()[:2]
+        assert lines[0].split() == ["ADDRESS", "JAIL", "MODE", "BANNED", "AT", "EXPIRES",
+                                    "AT", "REASON"]
+        assert ["203.0.113.5", "manual", "enforced"] == lines[1].split()[:3]
         assert lines[1].endswith("manual: port scan")
         assert ["2001:db8::/64", "web"] == lines[2].split()[:2]
         rc, out, _ = await cli(cfg, "list", "--json")

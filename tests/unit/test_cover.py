@@ -7,7 +7,7 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kfwguard.firewall.cover import cover
+from kfwguard.firewall.cover import CoverIndex, cover
 
 # Nested and disjoint CIDRs inside 10.0.0.0/16 and 2001:db8::/56.
 V4 = st.builds(lambda a, p: str(ipaddress.ip_network(f"10.0.{a}.0/{p}", strict=False)),
@@ -53,3 +53,46 @@ class TestCover:
             holding = [x for e, x in elements.items() if addr in ipaddress.ip_network(e)]
             want = expiry_at(bans, addr)
             assert ([] if want is None else [want]) == holding, str(addr)
+
+
+# A change to the set: (CIDR, expiry) to ban or re-ban, (CIDR, None) to lift.
+CHANGES = st.lists(st.tuples(st.one_of(V4, V6, st.sampled_from(
+    ["10.0.0.0/8", "2001:db8::/32", "10.0.0.0/16", "2001:db8::/48"])),
+    st.one_of(st.none(), st.integers(1, 5).map(float))), max_size=40)
+
+
+class TestCoverIndex:
+    @settings(max_examples=300, deadline=None)
+    @given(CHANGES)
+    def test_matches_cover_after_every_change(self, changes: list[tuple[str, float | None]]
+                                              ) -> None:
+        """After every ban, re-ban and lift (nested, disjoint and wider CIDRs that
+        re-cut the blocks), the index gives exactly cover() of the bans held, and
+        its pieces in force at t are exactly cover() of the bans in force at t."""
+        index = CoverIndex()
+        bans: dict[str, float] = {}
+        for text, expiry in changes:
+            if expiry is None:
+                bans.pop(text, None)
+                index.discard(text)
+            else:
+                bans[text] = expiry
+                index.set(text, expiry)
+            assert cover(bans) == index.elements()
+            assert len(bans) == len(index)
+            # The pieces still in force at t are the cover of the bans in force at t.
+            for t in (1.0, 3.0):
+                assert cover({k: x for k, x in bans.items() if x > t}) == \
+                    index.elements(after=t)
+
+    def test_disjoint_bans_are_their_own_cover(self) -> None:
+        """Disjoint /64s (the common case) each stay one element, as banned."""
+        index = CoverIndex()
+        nets = {str(ipaddress.ip_network(f"2001:db8:0:{i:x}::/64")): float(i + 1)
+                for i in range(50)}
+        for text, expiry in nets.items():
+            index.set(text, expiry)
+        assert nets == index.elements()
+        index.discard("2001:db8:0:7::/64")
+        del nets["2001:db8:0:7::/64"]
+        assert nets == index.elements()

@@ -16,7 +16,7 @@ from kfwguard.metrics import Metrics, parse_listen
 from kfwguard.model import BanRequest, Record
 from kfwguard.sources.base import Backlog, Sink
 from tests.conftest import need
-from tests.unit.operator_fixtures import make_daemon
+from tests.unit.operator_fixtures import jails_named, make_daemon
 
 # A real ban table in a network namespace of the test's own (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("private_netns")
@@ -147,3 +147,40 @@ class TestMetrics:
             parse_listen("localhost")
 
 
+
+
+class TestObserveMode:
+    async def test_simulated_bans_counted_apart_and_kept_out_of_the_kernel(
+            self, tmp_path: Path) -> None:
+        """A dry_run jail's ban is counted in kfwguard_simulated_bans_total and
+        _active, not in kfwguard_bans_total/_active, and the kernel's set lacks it;
+        enforce_simulated() after dry_run is turned off moves it to the kernel."""
+        from ipaddress import ip_address
+
+        daemon, table = make_daemon(tmp_path, **jails_named(tmp_path, "sshd", dry_run=True))
+        metrics = Metrics(daemon)
+        bans = daemon.bans
+        assert isinstance(bans, BanManager)
+        bans.on_ban.append(metrics.on_ban)
+        [row] = bans.request([BanRequest(ip_address("192.0.2.7"), "sshd", 600, "r")])
+        await bans.flush()
+        assert row.simulated
+        got = samples(metrics.exposition().decode())
+        assert 1 == got[("kfwguard_simulated_bans_total", (("jail", "sshd"),))]
+        assert 1 == got[("kfwguard_simulated_bans_active", ())]
+        assert 0 == got[("kfwguard_bans_active", ())]
+        assert ("kfwguard_bans_total", (("jail", "sshd"), ("origin", "jail"))) not in got
+        assert "192.0.2.7" not in table.list()
+        assert [("192.0.2.7", True)] == [(r.target, r.simulated) for r in bans.active()]
+
+        cfg = daemon.cfg.jails[0].model_copy(update={"dry_run": False})
+        bans.jails = {"sshd": cfg}
+        assert ["192.0.2.7"] == [r.target for r in bans.enforce_simulated()]
+        await bans.flush()
+        assert "192.0.2.7" in table.list()
+        got = samples(metrics.exposition().decode())
+        assert (1, 0) == (got[("kfwguard_bans_active", ())],
+                          got[("kfwguard_simulated_bans_active", ())])
+        assert daemon.store is not None
+        assert [False] == [r.simulated for r in daemon.store.active_bans()]
+        daemon.store.close()

@@ -67,3 +67,68 @@ class TestStore:
         s._db.execute("PRAGMA query_only=OFF")
         s.apply_changes([BanRow("5.6.7.8", "web", "r", 100.0, 900.0, 1)], [("1.2.3.4", "sshd")])
         assert [("5.6.7.8", "web")] == [(r.target, r.jail) for r in s.active_bans(now=0)]
+
+
+# The schema exactly as kfwguard wrote it before schema versions (user_version 0).
+UNVERSIONED_SCHEMA = """
+CREATE TABLE bans (target TEXT NOT NULL, jail TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+    banned_at REAL NOT NULL, expires_at REAL NOT NULL, offence INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (target, jail));
+CREATE INDEX bans_expiry ON bans (expires_at);
+CREATE TABLE offences (target TEXT NOT NULL, jail TEXT NOT NULL, count INTEGER NOT NULL,
+    last_at REAL NOT NULL, PRIMARY KEY (target, jail));
+CREATE TABLE cursors (source TEXT PRIMARY KEY, position TEXT NOT NULL, saved_at REAL NOT NULL);
+CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, action TEXT NOT NULL,
+    payload TEXT NOT NULL, created REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL, last_error TEXT);
+CREATE INDEX outbox_next ON outbox (next_at);
+"""
+
+
+class TestSchemaVersions:
+    def test_unversioned_db_upgrades_in_place(self, tmp_path: Path) -> None:
+        """A state file of the schema before versions opens at the latest version,
+        keeping its bans (enforced), offences and cursors, and takes simulated bans."""
+        import sqlite3
+
+        from kfwguard.store import SCHEMA_VERSION
+
+        path = tmp_path / "state.db"
+        db = sqlite3.connect(path)
+        db.executescript(UNVERSIONED_SCHEMA)
+        db.execute("INSERT INTO bans VALUES ('192.0.2.1', 'sshd', 'old', 1.0, 4e9, 2)")
+        db.execute("INSERT INTO offences VALUES ('192.0.2.1', 'sshd', 2, 1.0)")
+        db.execute("INSERT INTO cursors VALUES ('auth', '123', 1.0)")
+        db.commit()
+        db.close()
+        store = Store(path)
+        try:
+            assert 2 == SCHEMA_VERSION == store.version
+            assert [BanRow("192.0.2.1", "sshd", "old", 1.0, 4e9, 2, False)] == \
+                store.active_bans(2.0)
+            assert {"192.0.2.1": 2} == store.offence_counts("sshd", ["192.0.2.1"])
+            assert "123" == store.load_cursor("auth")
+            store.save_bans([BanRow("192.0.2.2", "web", "r", 1.0, 4e9, 1, True)])
+            # the simulated ban is not for the kernel
+            assert [("192.0.2.1", 4e9)] == store.active_expiries(2.0)
+        finally:
+            store.close()
+        again = Store(path)  # migrations run once: a second open changes nothing
+        try:
+            assert {("192.0.2.1", False), ("192.0.2.2", True)} == {
+                (r.target, r.simulated) for r in again.active_bans(2.0)}
+        finally:
+            again.close()
+
+    def test_newer_db_refused(self, tmp_path: Path) -> None:
+        """A state file written by a newer schema is refused, not guessed at."""
+        import sqlite3
+
+        path = tmp_path / "state.db"
+        Store(path).close()
+        db = sqlite3.connect(path)
+        db.execute("PRAGMA user_version=99")
+        db.commit()
+        db.close()
+        with pytest.raises(StoreError, match="schema version 99"):
+            Store(path)
