@@ -155,7 +155,9 @@ class ClusterService:
     # -- local decisions -> outbox ---------------------------------------------
 
     def _shared(self, row: BanRow) -> bool:
-        return not is_peer_jail(row.jail) and (not self.share or row.jail in self.share)
+        # Observe mode's simulated bans stay on this node: peers would enforce them.
+        return (not row.simulated and not is_peer_jail(row.jail)
+                and (not self.share or row.jail in self.share))
 
     def _intent(self, target: str) -> bytes | None:
         """What this node publishes for ``target`` now: its longest local shared
