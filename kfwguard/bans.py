@@ -186,6 +186,9 @@ class BanManager:
         self.check_interval = check_interval
         self.persisting = store is not None
         self.stats = BanStats()
+        # Why the kernel last refused a ban, in an operator's words (a full set
+        # names nftables.set_size); the control API shows it with a ban not applied.
+        self.last_kernel_error: str | None = None
         # Observe mode for every jail that does not set its own dry_run.
         self.dry_run = False
         # (target text, jail) -> row of bans decided in observe mode: never in
@@ -866,7 +869,7 @@ class BanManager:
                     cb(max(0.0, done - decided))
         if failed:
             self.stats.kernel_errors += 1
-            log.error("kernel_update_failed", error=str(failed[0][1])[:500], failed=len(refused),
+            log.error("kernel_update_failed", error=self._why_refused(failed), failed=len(refused),
                       adds=len(new) + len(refresh), removes=len(gone),
                       examples=sorted(refused)[:5])
             for key in refused:
@@ -997,7 +1000,8 @@ class BanManager:
                       note="isolating the refused ones")
         self.table.replace([])
         new = [Element(k, x - now) for k, x in want.items()]
-        refused = {str(e.target) for e, _ in self._add_isolating(new, [])}
+        failed = [(str(e.target), exc) for e, exc in self._add_isolating(new, [])]
+        refused = {k for k, _ in failed}
         mono = self._monotonic()
         for k, x in want.items():
             if k in refused:
@@ -1013,7 +1017,14 @@ class BanManager:
                 self._backoff.pop(k, None)
         if refused:
             self.stats.kernel_errors += 1
-            log.error("bans_refused_by_kernel", count=len(refused), examples=sorted(refused)[:5])
+            log.error("bans_refused_by_kernel", error=self._why_refused(failed),
+                      count=len(refused), examples=sorted(refused)[:5])
+
+    def _why_refused(self, failed: list[tuple[str, NftError]]) -> str:
+        """Each distinct reason the kernel gave, in words (remembered for the control API)."""
+        why = "; ".join(dict.fromkeys(self.table.refusal_text(k, e) for k, e in failed))[:500]
+        self.last_kernel_error = why
+        return why
 
     # -- helpers ---------------------------------------------------------------
 

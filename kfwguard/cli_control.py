@@ -96,8 +96,10 @@ def ban(address: str, jail: str | None, duration: str | None, reason: str | None
                    f"{format_duration(row['expires_at'] - row['banned_at'])} "
                    f"(until {_when(row['expires_at'])})")
     if not out.get("applied", True):
-        click.echo("kfwguard: stored, but the kernel has not taken it yet "
-                   "(the daemon keeps retrying; see its log)", err=True)
+        why = out.get("kernel_error")
+        click.echo("kfwguard: stored, but the kernel has not taken it yet"
+                   + (f": {why}" if why else "")
+                   + " (the daemon keeps retrying; see its log)", err=True)
 
 
 @click.command()

@@ -338,8 +338,10 @@ class ControlServer:
         applied = await _wait_applied(bans.flush()) and bans.in_kernel(target)
         log.info("manual_ban", target=str(target), jail=jail, seconds=round(duration),
                  applied=applied)
-        return json_response({"banned": [ban_to_json(r, now) for r in rows],
-                              "applied": applied})
+        out: dict[str, Any] = {"banned": [ban_to_json(r, now) for r in rows], "applied": applied}
+        if not applied and bans.last_kernel_error:
+            out["kernel_error"] = bans.last_kernel_error
+        return json_response(out)
 
     async def delete_ban(self, request: Request) -> Response:
         bans = self.daemon.bans

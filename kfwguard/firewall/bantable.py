@@ -42,6 +42,11 @@ SENTINELS = {
 }
 
 
+# nf_tables answers ENFILE when a set already holds ``size`` elements, and nft
+# prints that errno's text, which says nothing about sets.
+_SET_FULL = "Too many open files in system"
+
+
 def set_for(target: Target | str) -> str:
     if isinstance(target, str):
         # Normalised text (as BanManager keeps it): cheaper than parsing again.
@@ -90,6 +95,14 @@ class BanTable:
         # the kernel about these by handle, which costs the same at 200k bans
         # as at none (listing the chain makes nft fetch every set element).
         self._rule_handles: list[int] | None = None
+
+    def refusal_text(self, key: str, exc: NftError) -> str:
+        """The kernel's refusal of element ``key`` in words an operator can act on."""
+        if _SET_FULL in str(exc):
+            return (f"ban set {self.table}/{set_for(key)} is full: it holds "
+                    f"nftables.set_size = {self.set_size} elements (one is the health-check "
+                    "sentinel); raise nftables.set_size")
+        return str(exc)
 
     # -- scripts -------------------------------------------------------------
 

@@ -10,6 +10,8 @@ import json
 import textwrap
 from pathlib import Path
 
+from tests.integration.daemon_harness import DaemonRun, base_config
+from tests.integration.test_operator import cli
 from tests.netns import Lab
 
 PRELUDE = """
@@ -120,6 +122,47 @@ class TestBanManager:
         assert r["errors"] >= 1  # type: ignore[operator]
         assert 0 < r["kernel"] < 40  # type: ignore[operator]
         assert r["pending"] > 0  # type: ignore[operator]
+
+    def test_full_set_named_in_the_log(self, lab: Lab, tmp_path: Path) -> None:
+        """A full set's refusal is logged naming the set and nftables.set_size, not
+        the kernel's ENFILE text ("Too many open files in system")."""
+        r = run_in(lab, f"""
+            from structlog.testing import capture_logs
+            async def main():
+                m = manager({str(tmp_path)!r}, set_size=16); m.restore()
+                with capture_logs() as logs:
+                    m.request([req(f"198.51.100.{{i}}") for i in range(1, 41)])
+                    await m.flush()
+                return [e.get("error") for e in logs if e["event"] == "kernel_update_failed"]
+            print(json.dumps(asyncio.run(main())))
+        """)
+        assert r, "no kernel_update_failed logged"
+        assert ("ban set kfwtest/ban_v4 is full: it holds nftables.set_size = 16 elements "
+                "(one is the health-check sentinel); raise nftables.set_size") == r[0]
+
+
+class TestFullSetCli:
+    def test_ban_into_full_set_says_which_setting(self, lab: Lab, tmp_path: Path) -> None:
+        """`kfwguard ban` into a full set says the set is full and names
+        nftables.set_size, instead of "Too many open files in system"."""
+        host = lab.host("node")
+        log = tmp_path / "auth.log"
+        log.write_text("")
+        cfg = base_config(tmp_path, log)
+        cfg["nftables"]["set_size"] = 16
+        d = DaemonRun(host, tmp_path, cfg)
+        d.start()
+        try:
+            # 15 elements and the sentinel fill the set behind the daemon's back.
+            host.nft("add element inet kfwtest ban_v4 { "
+                     + ", ".join(f"10.9.0.{i}" for i in range(1, 16)) + " }")
+            r = cli(d.config_path, "ban", "203.0.113.77")
+            assert 0 == r.returncode, r.stderr
+            assert ("kfwguard: stored, but the kernel has not taken it yet: ban set "
+                    "kfwtest/ban_v4 is full: it holds nftables.set_size = 16 elements") in r.stderr
+            assert "Too many open files" not in r.stderr + d.log()
+        finally:
+            d.stop()
 
 
 class TestFlushCancellation:
