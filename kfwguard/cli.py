@@ -76,7 +76,7 @@ def run(config_path: Path | None, log_level: str) -> None:
 def check_config(config_path: Path | None) -> None:
     """Validate the config and every filter it uses."""
     from kfwguard.config import ConfigError, load_config_or_default
-    from kfwguard.daemon import build_filters
+    from kfwguard.daemon import build_filters, jail_filter
     from kfwguard.matching import FilterError
 
     try:
@@ -91,11 +91,13 @@ def check_config(config_path: Path | None) -> None:
         if not d.is_dir():
             click.echo(f"{origin}: warning: filters_dirs: {str(d)!r} is not a directory; "
                        "no filter is read from it", err=True)
-    for j in cfg.jails:
+    for i, j in enumerate(cfg.jails):
         if not j.enabled:
             continue
         try:
-            build_filters(cfg.model_copy(update={"jails": [j]}))
+            jail_filter(cfg, i)
+        except ConfigError as exc:  # names the jail's own line already
+            problems.append(str(exc))
         except FilterError as exc:
             problems.append(f"{origin}: jail {j.name!r}: {exc}")
     if cfg.baseline.enabled:

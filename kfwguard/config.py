@@ -17,6 +17,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -294,27 +295,50 @@ class Config(Model):
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)  # type: ignore[arg-type]
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)  # type: ignore[arg-type]
     cluster: ClusterConfig | None = None
+    # Key path -> line in the YAML this was parsed from (parse_config sets it).
+    _lines: dict[tuple[Any, ...], int] = PrivateAttr(default_factory=dict)
+    _origin: str = PrivateAttr("<config>")
 
     @model_validator(mode="after")
     def _references(self) -> Config:
         names = [s.name for s in self.sources]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise ValueError(f"source names must be unique; repeated: {sorted(dup)}")
+        for i, n in enumerate(names):
+            if n in names[:i]:
+                raise _KeyProblem(("sources", i, "name"),
+                                  f"source names must be unique; {n!r} is repeated")
         jnames = [j.name for j in self.jails]
-        jdup = {n for n in jnames if jnames.count(n) > 1}
-        if jdup:
-            raise ValueError(f"jail names must be unique; repeated: {sorted(jdup)}")
-        for j in self.jails:
+        for i, n in enumerate(jnames):
+            if n in jnames[:i]:
+                raise _KeyProblem(("jails", i, "name"),
+                                  f"jail names must be unique; {n!r} is repeated")
+        for i, j in enumerate(self.jails):
             if j.source not in names:
-                raise ValueError(
+                raise _KeyProblem(
+                    ("jails", i, "source"),
                     f"jail {j.name!r} names source {j.source!r}, which is not defined "
                     f"(defined: {', '.join(names) or 'none'})"
                 )
-            for a in j.actions:
+            for k, a in enumerate(j.actions):
                 if a not in self.actions:
-                    raise ValueError(f"jail {j.name!r} names action {a!r}, which is not defined")
+                    raise _KeyProblem(("jails", i, "actions", k),
+                                      f"jail {j.name!r} names action {a!r}, which is not defined")
         return self
+
+    def error_at(self, loc: tuple[str | int, ...], message: str) -> ConfigError:
+        """A ConfigError naming file, line and key ``loc`` of the YAML this config was
+        parsed from, for a problem found after parsing (a filter that is not there)."""
+        key, line = _locate(loc, self._lines)
+        return ConfigError(self._origin, (f"line {line}: {key}: {message}" if line
+                                          else f"{key}: {message}",))
+
+
+class _KeyProblem(ValueError):
+    """A problem found across keys (a reference, a repeat): ``loc`` is the key to blame,
+    which a model validator's own error location (the whole config) does not say."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
 
 
 @dataclass(frozen=True)
@@ -392,17 +416,21 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     if node is not None:
         _line_index(node, (), lines)
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            key, line = _locate(err["loc"], lines)
+            blame = (err.get("ctx") or {}).get("error")
+            loc = (*err["loc"], *blame.loc) if isinstance(blame, _KeyProblem) else err["loc"]
+            key, line = _locate(loc, lines)
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
             where = f"line {line}: " if line else ""
             problems.append(f"{where}{key}: {msg}")
         raise ConfigError(path, tuple(problems)) from None
+    cfg._lines, cfg._origin = lines, path
+    return cfg
 
 
 def load_config(path: Path | str) -> Config:

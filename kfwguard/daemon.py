@@ -44,6 +44,7 @@ from kfwguard.firewall.nft import Nft, NftError, NftUnavailable
 from kfwguard.jails import Jail
 from kfwguard.matching import Filter, FilterError, load_filter
 from kfwguard.matching.engine import Hit
+from kfwguard.matching.loader import FilterNotFound
 from kfwguard.matching.sessions import Sessions, block_sessions, record_sessions
 from kfwguard.model import BanRequest, Record
 from kfwguard.node import protected_networks
@@ -106,14 +107,24 @@ class SourceRuntime:
 
 
 def build_filters(cfg: Config) -> dict[str, Filter]:
-    """Load every filter the enabled jails use; raise FilterError on the first bad one."""
+    """Load every filter the enabled jails use; raise FilterError on the first bad one,
+    or ConfigError (naming the jail's line) for one that is not there."""
     out: dict[str, Filter] = {}
-    for j in cfg.jails:
+    for i, j in enumerate(cfg.jails):
         if j.enabled and j.filter not in out:
-            out[j.filter] = load_filter(
-                j.filter, cfg.filters_dirs,
-                networks={"control_plane": cfg.baseline.control_plane_cidrs})
+            out[j.filter] = jail_filter(cfg, i)
     return out
+
+
+def jail_filter(cfg: Config, index: int) -> Filter:
+    """The filter of jail ``cfg.jails[index]``; see build_filters."""
+    j = cfg.jails[index]
+    try:
+        return load_filter(j.filter, cfg.filters_dirs,
+                           networks={"control_plane": cfg.baseline.control_plane_cidrs})
+    except FilterNotFound as exc:
+        raise cfg.error_at(("jails", index, "filter"),
+                           f"jail {j.name!r}: {exc}") from None
 
 
 class Daemon:
@@ -429,7 +440,7 @@ class Daemon:
             filters = build_filters(cfg)
             if cfg.baseline.enabled:
                 validate(cfg.baseline)
-        except (FilterError, BaselineError) as exc:
+        except (ConfigError, FilterError, BaselineError) as exc:
             ignore_lookup.cancel()
             raise StartupError(str(exc)) from exc
         self.ignore = self.bans.ignore = await ignore_lookup

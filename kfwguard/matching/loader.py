@@ -47,11 +47,15 @@ def split_mode(name_or_path: str) -> tuple[str, str | None]:
     return name_or_path, None
 
 
+class FilterNotFound(FilterError):
+    """No filter by that name or path: the config naming it is what to fix."""
+
+
 def _read(source: Traversable, path: str) -> str:
     try:
         return source.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise FilterError(path, "no such file") from None
+        raise FilterNotFound(path, "no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise FilterError(path, f"cannot read: {exc}") from None
 
@@ -87,7 +91,7 @@ def load_filter(name_or_path: str, dirs: Sequence[Path] = (), *,
         return parse_filter(_read(shipped, str(shipped)), name_or_path, str(shipped),
                             accelerate=accelerate, networks=networks, mode=mode)
     searched = [str(d) for d in dirs] + ["the shipped filters"]
-    raise FilterError(
+    raise FilterNotFound(
         name_or_path,
         f"no filter of that name (looked in {', '.join(searched)}; "
         f"shipped: {', '.join(shipped_filter_names()) or 'none'})",

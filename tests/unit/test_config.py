@@ -88,6 +88,42 @@ class TestConfig:
             parse_config(text)
         assert "names source 'nope'" in str(err.value)
 
+    def test_undefined_source_names_its_line(self) -> None:
+        """A jail naming an unknown source is blamed on the line of its source key."""
+        text = CONTRACT.replace("source: auth", "source: nope")
+        with pytest.raises(ConfigError) as err:
+            parse_config(text, "k.yaml")
+        assert ("k.yaml: line 11: jails[0].source: jail 'sshd' names source 'nope', which "
+                "is not defined (defined: auth)") == str(err.value)
+
+    def test_duplicate_jail_names_the_repeat(self) -> None:
+        """A repeated jail name is blamed on the line of the second jail's name."""
+        text = CONTRACT + "  - {name: sshd, source: auth, filter: sshd}\n"
+        with pytest.raises(ConfigError) as err:
+            parse_config(text, "k.yaml")
+        assert ("k.yaml: line 18: jails[1].name: jail names must be unique; 'sshd' is "
+                "repeated") == str(err.value)
+
+    def test_duplicate_source_names_the_repeat(self) -> None:
+        """A repeated source name is blamed on the line of the second source."""
+        text = CONTRACT.replace(
+            "jails:", "  - {name: auth, type: file, path: /var/log/x.log}\njails:")
+        with pytest.raises(ConfigError) as err:
+            parse_config(text, "k.yaml")
+        assert ("k.yaml: line 9: sources[1].name: source names must be unique; 'auth' is "
+                "repeated") == str(err.value)
+
+    def test_missing_filter_names_its_line(self) -> None:
+        """A jail whose filter is nowhere is blamed on the line of its filter key, in
+        the config file (check-config and run both load filters this way)."""
+        from kfwguard.daemon import build_filters
+
+        cfg = parse_config(CONTRACT.replace("filter: sshd", "filter: sshd-typo"), "k.yaml")
+        with pytest.raises(ConfigError) as err:
+            build_filters(cfg)
+        assert str(err.value).startswith(
+            "k.yaml: line 12: jails[0].filter: jail 'sshd': sshd-typo: no filter of that name")
+
     def test_invalid_yaml_names_line(self) -> None:
         """Broken YAML is reported with its line, not a traceback."""
         with pytest.raises(ConfigError) as err:
