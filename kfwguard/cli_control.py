@@ -179,6 +179,8 @@ def render_status(st: dict[str, Any]) -> str:
             rows.append([name, str(s.get("lines_read", 0)), str(skipped),
                          "-" if lag is None else f"{lag:.1f}s"])
         lines += ["", format_table(rows, ["SOURCE", "LINES", "SKIPPED", "LAG"])]
+        lines += [f"WARNING: source {name}: {s['problem']}"
+                  for name, s in sorted(sources.items()) if s.get("problem")]
     jails = st.get("jails") or {}
     if jails:
         rows = []

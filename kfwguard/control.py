@@ -129,6 +129,8 @@ def daemon_status(daemon: Daemon) -> dict[str, Any]:
             "lag": None if lag is None else round(lag, 3),
             "errors": rt.errors,
             "jails": [jr.jail.name for jr in rt.jails],
+            # Why it reads nothing, when it knows (journald not running).
+            "problem": getattr(src, "problem", None),
         }
         for (jail_name, rule), n in rt.matches.items():
             per_rule = matches.setdefault(jail_name, {})

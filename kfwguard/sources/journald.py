@@ -90,6 +90,9 @@ class JournaldSource:
         self._wake = asyncio.Event()
         self.ready = asyncio.Event()
         self._said: set[str] = set()
+        # Why the source reads nothing (no journal to open, or no journal
+        # files in it: journald not running or not mounted here), for status.
+        self.problem: str | None = None
         self._log = structlog.get_logger().bind(source=self.name)
 
     def position(self) -> str | None:
@@ -176,7 +179,7 @@ class JournaldSource:
             else:
                 reader = journal.Reader()
         except OSError as exc:
-            self._once("open", "source.waiting_for_journal", path=str(self.path), error=str(exc))
+            self._no_journal(f"cannot open the journal: {exc}")
             return False
         try:
             for field, values in self.match.items():
@@ -187,9 +190,18 @@ class JournaldSource:
             fd = reader.fileno()
         except OSError as exc:
             reader.close()
-            self._once("open", "source.waiting_for_journal", path=str(self.path), error=str(exc))
+            self._no_journal(f"cannot open the journal: {exc}")
             return False
-        self._said.discard("open")
+        if reader.get_usage() == 0:
+            # sd-journal opens no files without complaint: this is what a
+            # node without a running journald (or a pod without the journal
+            # mounted) looks like. Kept open: files journald creates later
+            # are picked up, and the first entry read clears the problem.
+            self._no_journal("no journal files: is systemd-journald running"
+                             + (" (and its journal mounted here)?" if self.path is None
+                                else " and writing there?"))
+        else:
+            self._journal_found()
         self._reader = reader
         self._fd = fd
         loop.add_reader(fd, self._readable)
@@ -271,7 +283,19 @@ class JournaldSource:
             ))
         return out
 
+    def _no_journal(self, problem: str) -> None:
+        where = str(self.path) if self.path is not None else "the system journal"
+        self.problem = f"{where}: {problem}"
+        self._once("no_journal", "source.waiting_for_journal", path=where, problem=problem)
+
+    def _journal_found(self) -> None:
+        if self.problem is not None:
+            self._log.info("source.journal_found")
+        self.problem = None
+        self._said.discard("no_journal")
+
     def _deliver(self, sink: Sink, records: list[Record]) -> None:
+        self._journal_found()
         sink(records)
         self.lines_read += len(records)
         self._cursor = records[-1].position

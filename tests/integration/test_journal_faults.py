@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -95,4 +96,55 @@ class TestJournalFaults:
         d.start()
         assert wait_until(lambda: "198.51.100.71" in d.elements("ban_v4"), timeout=20), d.log()
         assert d.alive()
+        d.stop()
+
+
+def test_no_journald_reported_once_per_source(lab: Lab, tmp_path: Path) -> None:
+    """With no journal to read (journald's directories empty, as on a node where it
+    does not run; or a journal path that is not there), each journald source
+    says so once in the log and in `status`, instead of reading nothing silently."""
+    # The machine's journald keeps running (other tests use it): the daemon runs
+    # in a mount namespace of its own where tmpfs hides its journal directories,
+    # which is all a reader of a stopped journald sees.
+    cfg = {
+        "state_dir": str(tmp_path / "state"),
+        "control_socket": str(tmp_path / "control.sock"),
+        "nftables": {"table": "kfwtest"},
+        "sources": [
+            {"name": "sshd", "type": "journald", "match": {"_SYSTEMD_UNIT": "ssh.service"}},
+            {"name": "elsewhere", "type": "journald", "path": str(tmp_path / "nope")},
+        ],
+        "jails": [{"name": "sshd", "source": "sshd", "filter": "sshd"},
+                  {"name": "elsewhere", "source": "elsewhere", "filter": "sshd"}],
+    }
+    d = DaemonRun(lab.host("node"), tmp_path, cfg)
+    hide = " && ".join(f"{{ ! [ -d {p} ] || mount -t tmpfs kfwtest {p}; }}"
+                       for p in JOURNAL_DIRS)
+    with d.log_path.open("ab") as log:
+        d.proc = d.host.popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+             f'{hide} && exec "$0" -m kfwguard run -c "$1"', sys.executable,
+             str(d.config_path)], stdout=log, stderr=log)
+    try:
+        def problems() -> dict[str, object]:
+            st = d.status() or {}
+            return {n: s.get("problem") for n, s in st.get("sources", {}).items()}
+
+        assert wait_until(lambda: all(problems().values()) and len(problems()) == 2,
+                          timeout=30), d.log()
+        got = problems()
+        assert "the system journal: no journal files: is systemd-journald running" in str(
+            got["sshd"])
+        assert f"{tmp_path / 'nope'}: cannot open the journal" in str(got["elsewhere"])
+        # Long enough for the missing path to be retried a few times (every 1 s).
+        assert wait_until(lambda: (d.status() or {}).get("uptime", 0) >= 3.5, timeout=30)
+        said = [e.get("source") for e in d.events()
+                if e.get("event") == "source.waiting_for_journal"]
+        assert ["elsewhere", "sshd"] == sorted(said)
+        text = subprocess.run([sys.executable, "-m", "kfwguard", "status", "-c",
+                               str(d.config_path)], capture_output=True, text=True,
+                              timeout=30).stdout
+        assert "WARNING: source sshd: the system journal: no journal files" in text
+        assert d.alive()
+    finally:
         d.stop()
