@@ -89,8 +89,11 @@ class Kfwguard:
         sources: list[dict[str, Any]] = [
             {"name": "auth", "type": "file", "path": str(self.logfile)}]
         jails: list[dict[str, Any]] = [
+            # Per address, as fail2ban bans: the corpora's IPv6 offenders share
+            # one /64, which the default ipv6_prefix (64) would ban once.
             {"name": "sshd", "source": "auth", "filter": "sshd", "maxretry": jail.maxretry,
-             "findtime": f"{jail.findtime}s", "bantime": f"{jail.bantime}s"}]
+             "findtime": f"{jail.findtime}s", "bantime": f"{jail.bantime}s",
+             "ipv6_prefix": 128}]
         if extra_sources:
             # The embedded default's jails, on files: journald may not run here.
             for name, flt, fmt in (("kubelet", "kubelet", "text"),
