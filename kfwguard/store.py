@@ -92,20 +92,27 @@ class OutboxRow:
     attempts: int
 
 
+def open_wal(path: Path, synchronous: str) -> sqlite3.Connection:
+    """An autocommit SQLite connection in WAL mode, its folder made root-only.
+    Only this process writes the file; a long busy wait would stall the event
+    loop. Raises sqlite3.Error or OSError."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={synchronous}")
+    db.execute("PRAGMA busy_timeout=1000")
+    return db
+
+
 class Store:
     """The daemon's persistent state. Not thread-safe: use from one thread."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode: a committed transaction survives a process crash;
             # FULL adds an fsync per commit so it also survives a power cut.
-            self._db.execute("PRAGMA synchronous=FULL")
-            # Only this process writes the DB; a long wait would stall the event loop.
-            self._db.execute("PRAGMA busy_timeout=1000")
+            self._db = open_wal(path, synchronous="FULL")
             self._migrate()
             self._db.execute("SELECT count(*) FROM bans").fetchone()
         except sqlite3.Error as exc:

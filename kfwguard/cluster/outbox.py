@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kfwguard.store import open_wal
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cluster_outbox (
     target TEXT PRIMARY KEY,
@@ -38,16 +40,12 @@ class Outbox:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL (no fsync per commit; a process crash loses nothing): a
             # power cut may lose the newest intents, and the start's
             # reconcile puts them back (local bans missing from etcd are
             # sent, own keys without a local ban deleted). An fsync here
             # would sit on every shared ban's path.
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=1000")
+            self._db = open_wal(path, synchronous="NORMAL")
             self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT max(seq) FROM cluster_outbox").fetchone()
         except sqlite3.Error as exc:
