@@ -65,20 +65,26 @@ class Outbox:
         for target, value in items:
             self._seq += 1
             rows.append((target, value, self._seq))
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(
+        if not self._write(
                 "INSERT INTO cluster_outbox (target, value, seq) VALUES (?, ?, ?) "
                 "ON CONFLICT (target) DO UPDATE SET value=excluded.value, seq=excluded.seq",
-                rows)
+                rows):
+            for t, v, s in rows:
+                self._memory[t] = Pending(t, v, s)
+
+    def _write(self, sql: str, rows: Sequence[tuple[object, ...]]) -> bool:
+        """Run ``sql`` for every row in one transaction; False if the file failed."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(sql, rows)
             self._db.execute("COMMIT")
         except sqlite3.Error:
             try:
                 self._db.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            for t, v, s in rows:
-                self._memory[t] = Pending(t, v, s)
+            return False
+        return True
 
     def due(self, limit: int = 128) -> list[Pending]:
         out = list(self._memory.values())[:limit]
@@ -98,16 +104,8 @@ class Outbox:
             m = self._memory.get(p.target)
             if m is not None and m.seq == p.seq:
                 del self._memory[p.target]
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("DELETE FROM cluster_outbox WHERE target=? AND seq=?",
-                                 [(p.target, p.seq) for p in items])
-            self._db.execute("COMMIT")
-        except sqlite3.Error:
-            try:
-                self._db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
+        self._write("DELETE FROM cluster_outbox WHERE target=? AND seq=?",
+                    [(p.target, p.seq) for p in items])
 
     def targets(self) -> set[str]:
         out = set(self._memory)
