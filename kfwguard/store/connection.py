@@ -1,26 +1,27 @@
-"""SQLite state: bans in force, offence history, source positions, alert outbox.
+"""The state database's file: opening it, its schema version and migrations.
 
-One file (``state.db`` in ``state_dir``), WAL mode. Writes are small and made
-from the event-loop thread; a ban is committed here before it touches the
-kernel, so a decided ban survives a crash or power cut.
+One SQLite file (``state.db`` in ``state_dir``), WAL mode. Writes are small
+and made from the event-loop thread; a ban is committed before it touches
+the kernel, so a decided ban survives a crash or power cut.
 
 The schema is versioned with ``PRAGMA user_version``: ``_MIGRATIONS[i]``
 takes a database from version i to i + 1, each in its own transaction, in
 order, at open. A file without a version (made before versions existed) is
 version 0, whose tables migration 1 creates only if they are missing, so it
 upgrades in place. A file newer than this code is refused, not guessed at.
-"""
 
+Beside the file lies ``state.db.saved``: it exists only while the file holds
+every ban change the daemon decided (kfwguard.bans.journal removes it when
+the disk refuses a write and puts it back when the journal is written). A
+start that does not find it knows the file may be older than the kernel.
+"""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 _SCHEMA_1 = """
 CREATE TABLE IF NOT EXISTS bans (
@@ -71,27 +72,6 @@ class StoreError(Exception):
     """The state database cannot be opened or written."""
 
 
-@dataclass(frozen=True, slots=True)
-class BanRow:
-    target: str
-    jail: str
-    reason: str
-    banned_at: float
-    expires_at: float
-    offence: int
-    # Decided in observe mode (dry_run): stored, listed, alerted, never in the kernel.
-    simulated: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    id: int
-    action: str
-    payload: dict[str, Any]
-    created: float
-    attempts: int
-
-
 def open_wal(path: Path, synchronous: str) -> sqlite3.Connection:
     """An autocommit SQLite connection in WAL mode, its folder made root-only.
     Only this process writes the file; a long busy wait would stall the event
@@ -104,11 +84,17 @@ def open_wal(path: Path, synchronous: str) -> sqlite3.Connection:
     return db
 
 
-class Store:
-    """The daemon's persistent state. Not thread-safe: use from one thread."""
+class Database:
+    """The open state file, migrated to SCHEMA_VERSION. Not thread-safe: use
+    from one thread. The tables' methods live in their own modules."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = path
+        self.clock = clock
+        self._saved_marker = path.with_name(path.name + ".saved")
+        # Read before anything can write: did the last run save every change?
+        self.was_saved = self._saved_marker.exists()
+        self._marked_saved = self.was_saved
         try:
             # NORMAL in WAL mode: a committed transaction survives a process crash;
             # FULL adds an fsync per commit so it also survives a power cut.
@@ -135,182 +121,23 @@ class Store:
         """The schema version of the open database."""
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
-    @classmethod
-    def in_dir(cls, state_dir: Path) -> Store:
-        return cls(state_dir / "state.db")
-
     def close(self) -> None:
         self._db.close()
 
-    # -- bans ---------------------------------------------------------------
-
-    def save_bans(self, rows: Sequence[BanRow]) -> None:
-        """Insert or refresh bans (and their offence counts) in one transaction."""
-        if not rows:
+    def mark_saved(self, saved: bool) -> None:
+        """Say whether the file holds every change decided so far (the marker
+        beside it). Removing works on a full disk; creating needs no data
+        block, and if it fails the next start only does more checking."""
+        if saved == self._marked_saved:
             return
         try:
-            with self._tx():
-                self._save(rows)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot save bans: {exc}") from exc
-
-    def _save(self, rows: Sequence[BanRow]) -> None:
-        if not rows:
+            if saved:
+                self._saved_marker.touch()
+            else:
+                self._saved_marker.unlink(missing_ok=True)
+        except OSError:
             return
-        self._db.executemany(
-            "INSERT INTO bans (target, jail, reason, banned_at, expires_at, offence, simulated) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (target, jail) DO UPDATE SET "
-            "reason=excluded.reason, banned_at=excluded.banned_at, "
-            "expires_at=excluded.expires_at, offence=excluded.offence, "
-            "simulated=excluded.simulated",
-            [(r.target, r.jail, r.reason, r.banned_at, r.expires_at, r.offence,
-              int(r.simulated)) for r in rows],
-        )
-        self._db.executemany(
-            "INSERT INTO offences (target, jail, count, last_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (target, jail) DO UPDATE SET count=excluded.count, "
-            "last_at=excluded.last_at",
-            [(r.target, r.jail, r.offence, r.banned_at) for r in rows],
-        )
-
-    def apply_changes(self, saves: Sequence[BanRow],
-                      deletes: Sequence[tuple[str, str]]) -> None:
-        """save_bans() and delete_bans() in one transaction: what a journal of
-        changes the disk refused becomes when it takes writes again."""
-        if not saves and not deletes:
-            return
-        try:
-            with self._tx():
-                self._save(saves)
-                self._db.executemany("DELETE FROM bans WHERE target=? AND jail=?",
-                                     list(deletes))
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot save bans: {exc}") from exc
-
-    def delete_bans(self, keys: Iterable[tuple[str, str]]) -> None:
-        try:
-            with self._tx():
-                self._db.executemany("DELETE FROM bans WHERE target=? AND jail=?", list(keys))
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot delete bans: {exc}") from exc
-
-    def active_bans(self, now: float | None = None) -> list[BanRow]:
-        now = time.time() if now is None else now
-        try:
-            cur = self._db.execute(
-                "SELECT target, jail, reason, banned_at, expires_at, offence, simulated "
-                "FROM bans WHERE expires_at > ?", (now,))
-            return [BanRow(t, j, r, b, e, o, bool(s)) for t, j, r, b, e, o, s in cur]
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read bans: {exc}") from exc
-
-    def active_expiries(self, now: float) -> list[tuple[str, float]]:
-        """(target, latest expiry over its jails) for every ban in force: the
-        minimum needed to put the kernel back, as cheaply as SQLite can give it.
-        Simulated (observe mode) bans are not among them: the kernel never
-        holds those."""
-        try:
-            # In expiry order along bans_expiry, so dict() keeps each target's
-            # latest: 5x faster than GROUP BY, which looks every row up by target.
-            latest: dict[str, float] = dict(self._db.execute(
-                "SELECT target, expires_at FROM bans WHERE expires_at > ? AND NOT simulated "
-                "ORDER BY expires_at", (now,)))
-            return list(latest.items())
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read bans: {exc}") from exc
-
-    def purge_expired(self, now: float) -> int:
-        try:
-            with self._tx():
-                cur = self._db.execute("DELETE FROM bans WHERE expires_at <= ?", (now,))
-            return cur.rowcount
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot purge bans: {exc}") from exc
-
-    def offence_counts(self, jail: str, targets: Sequence[str]) -> dict[str, int]:
-        out: dict[str, int] = {}
-        try:
-            for i in range(0, len(targets), 500):
-                chunk = targets[i:i + 500]
-                q = ",".join("?" * len(chunk))
-                for t, c in self._db.execute(
-                    f"SELECT target, count FROM offences WHERE jail=? AND target IN ({q})",
-                    (jail, *chunk),
-                ):
-                    out[t] = int(c)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read offences: {exc}") from exc
-        return out
-
-    # -- cursors ------------------------------------------------------------
-
-    def save_cursor(self, source: str, position: str) -> None:
-        try:
-            self._db.execute(
-                "INSERT INTO cursors (source, position, saved_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (source) DO UPDATE SET position=excluded.position, "
-                "saved_at=excluded.saved_at",
-                (source, position, time.time()),
-            )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot save position of {source}: {exc}") from exc
-
-    def load_cursor(self, source: str) -> str | None:
-        try:
-            row = self._db.execute(
-                "SELECT position FROM cursors WHERE source=?", (source,)).fetchone()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read position of {source}: {exc}") from exc
-        return None if row is None else str(row[0])
-
-    # -- alert outbox -------------------------------------------------------
-
-    def outbox_add(self, items: Sequence[tuple[str, dict[str, Any]]], now: float) -> None:
-        if not items:
-            return
-        try:
-            with self._tx():
-                self._db.executemany(
-                    "INSERT INTO outbox (action, payload, created, next_at) VALUES (?, ?, ?, ?)",
-                    [(a, json.dumps(p, separators=(",", ":")), now, now) for a, p in items],
-                )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot queue alerts: {exc}") from exc
-
-    def outbox_due(self, action: str, now: float, limit: int = 500) -> list[OutboxRow]:
-        try:
-            cur = self._db.execute(
-                "SELECT id, action, payload, created, attempts FROM outbox "
-                "WHERE action=? AND next_at <= ? ORDER BY id LIMIT ?", (action, now, limit))
-            return [OutboxRow(i, a, json.loads(p), c, n) for i, a, p, c, n in cur]
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read alert outbox: {exc}") from exc
-
-    def outbox_done(self, ids: Sequence[int]) -> None:
-        try:
-            with self._tx():
-                self._db.executemany("DELETE FROM outbox WHERE id=?", [(i,) for i in ids])
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot update alert outbox: {exc}") from exc
-
-    def outbox_retry(self, ids: Sequence[int], next_at: float, error: str) -> None:
-        try:
-            with self._tx():
-                self._db.executemany(
-                    "UPDATE outbox SET attempts=attempts+1, next_at=?, last_error=? WHERE id=?",
-                    [(next_at, error[:500], i) for i in ids])
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot update alert outbox: {exc}") from exc
-
-    def outbox_size(self, action: str | None = None) -> int:
-        if action is None:
-            row = self._db.execute("SELECT count(*) FROM outbox").fetchone()
-        else:
-            row = self._db.execute("SELECT count(*) FROM outbox WHERE action=?",
-                                   (action,)).fetchone()
-        return int(row[0])
-
-    # -- helpers ------------------------------------------------------------
+        self._marked_saved = saved
 
     def _tx(self) -> _Tx:
         return _Tx(self._db)
