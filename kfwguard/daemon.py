@@ -408,7 +408,7 @@ class Daemon:
     async def _start(self) -> None:
         cfg = self.cfg
         try:
-            self.store = Store.in_dir(cfg.state_dir)
+            self.store = Store.in_dir(cfg.state_dir, clock=self.clock)
         except StoreError as exc:
             # Keep banning, from memory; say loudly that nothing is persisted.
             log.error("state_unavailable", error=str(exc),
