@@ -4,10 +4,10 @@ Changes are queued by target (``queue_add``/``queue_remove``; CIDR bans mark
 the cover dirty) and applied in one nft transaction per event-loop tick,
 however many bans arrived in that tick, by the one flush task every ban
 shares. Each pass has three steps: ``_plan`` (event loop: reads the index
-and what the kernel holds, builds the elements), ``_send`` (worker thread:
-nft I/O only, returns the elements the kernel refused) and ``_settle``
-(event loop: records what the kernel now holds, and the back-off of what it
-refused). No state is touched off the event loop.
+and what the kernel holds, builds the elements), ``kernel_io.send`` (worker
+thread: nft I/O only, returns the elements the kernel refused) and
+``_settle`` (event loop: records what the kernel now holds, and the back-off
+of what it refused). No state is touched off the event loop.
 
 An element the kernel refuses (a full set) waits for its own retry with a
 back-off doubling from RETRY_FIRST to RETRY_MAX; the rest of its batch goes
@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import structlog
 
 from kfwguard.bans.index import BanIndex
+from kfwguard.bans.kernel_io import Batch, Rebuilt, Refused, send, send_all
 from kfwguard.bans.model import BanStats
 from kfwguard.firewall.bantable import BanTable, Element
 from kfwguard.firewall.nft import NftError
@@ -35,30 +35,6 @@ log = structlog.get_logger("kfwguard.bans")
 # An element the kernel refused is tried again after this, doubling up to the cap.
 RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
-
-Refused = list[tuple[str, NftError]]
-
-
-@dataclass
-class _Batch:
-    """One pass's changes, planned on the event loop."""
-    adds: set[str]
-    removes: set[str]
-    mono: float
-    new: list[Element] = field(default_factory=list)
-    refresh: list[Element] = field(default_factory=list)
-    gone: list[str] = field(default_factory=list)
-    # element -> the expiry it is given, exactly (now + timeout is not, and a
-    # piece whose recorded expiry drifts would be refreshed on every pass)
-    planned: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class _Rebuild:
-    """What the worker thread reports of a whole-table rebuild."""
-    first_error: NftError | None = None  # why the one-transaction rebuild failed
-    refused: Refused = field(default_factory=list)  # then, the elements refused
-
 
 class KernelEnforcer:
     def __init__(self, table: BanTable, index: BanIndex, stats: BanStats, *,
@@ -203,7 +179,7 @@ class KernelEnforcer:
                 self._inflight = len(adds) + len(removes) + int(nets)
                 try:
                     batch = self._plan(adds, removes, nets)
-                    refused = await asyncio.to_thread(self._send, batch)
+                    refused = await asyncio.to_thread(send, self.table, batch)
                     self._settle(batch, refused)
                 except Exception:
                     # A bug must not end the flush task and drop the batch with
@@ -225,7 +201,7 @@ class KernelEnforcer:
     def flush_now(self) -> bool:
         """Apply pending changes synchronously (outside an event loop)."""
         batch = self._plan(*self._take_pending())
-        return self._settle(batch, self._send(batch))
+        return self._settle(batch, send(self.table, batch))
 
     def _take_pending(self) -> tuple[set[str], set[str], bool]:
         adds, removes, nets = self._pending, self._pending_remove, self._nets_dirty
@@ -236,9 +212,9 @@ class KernelEnforcer:
         b = self._backoff.get(element)
         return b is not None and b[1] > mono
 
-    def _plan(self, adds: set[str], removes: set[str], nets: bool) -> _Batch:
+    def _plan(self, adds: set[str], removes: set[str], nets: bool) -> Batch:
         now = self._now()
-        batch = _Batch(adds, removes, self._monotonic())
+        batch = Batch(adds, removes, self._monotonic())
         mono = batch.mono
         for key in adds:
             expiry = self._index.expiry(key) or 0.0
@@ -275,28 +251,7 @@ class KernelEnforcer:
                     self._backoff.pop(piece, None)  # in the kernel as wanted
         return batch
 
-    def _send(self, batch: _Batch) -> Refused:
-        """Worker thread: the batch's nft I/O, nothing else. Returns the
-        elements the kernel refused, each with its refusal."""
-        refused: Refused = []
-        try:
-            if batch.gone:
-                self.table.update(batch.gone, batch.new, batch.refresh)
-            else:
-                refused += [(str(e.target), exc)
-                            for e, exc in self._add_isolating(batch.new, batch.refresh)]
-        except NftError:
-            # Something in the batch was refused: removals on their own, then
-            # the additions split until each refused element stands alone.
-            try:
-                self.table.remove(batch.gone)
-            except NftError as exc:
-                refused += [(k, exc) for k in batch.gone]
-            refused += [(str(e.target), exc)
-                        for e, exc in self._add_isolating(batch.new, batch.refresh)]
-        return refused
-
-    def _settle(self, batch: _Batch, failed: Refused) -> bool:
+    def _settle(self, batch: Batch, failed: Refused) -> bool:
         """Event loop: record what the kernel took, and back off what it refused."""
         refused = {k for k, _ in failed}
         for key in batch.gone:
@@ -333,24 +288,6 @@ class KernelEnforcer:
     def _back_off(self, key: str, mono: float) -> None:
         delay = min(max(self._backoff.get(key, (0.0, 0.0))[0] * 2, RETRY_FIRST), RETRY_MAX)
         self._backoff[key] = (delay, mono + delay)
-
-    def _add_isolating(self, new: list[Element],
-                       refresh: list[Element]) -> list[tuple[Element, NftError]]:
-        """Add in one transaction; if the kernel refuses it (e.g. a full set), split
-        it so that the elements that can go in do. Returns the refused elements."""
-        if not new and not refresh:
-            return []
-        try:
-            self.table.add(new, refresh)
-            return []
-        except NftError as exc:
-            if len(new) + len(refresh) == 1:
-                return [((new or refresh)[0], exc)]
-            if not self.table.exists():
-                return [(e, exc) for e in (*new, *refresh)]
-        hn, hr = (len(new) + 1) // 2, (len(refresh) + 1) // 2
-        return (self._add_isolating(new[:hn], refresh[:hr])
-                + self._add_isolating(new[hn:], refresh[hr:]))
 
     def _why_refused(self, failed: Refused) -> str:
         """Each distinct reason the kernel gave, in words (remembered for the control API)."""
@@ -412,7 +349,7 @@ class KernelEnforcer:
             now = self._now()
             want = self._plan_all(now)
             try:
-                result = await asyncio.to_thread(self._send_all, want, now)
+                result = await asyncio.to_thread(send_all, self.table, want, now)
             except NftError as exc:
                 self.stats.kernel_errors += 1
                 log.error("table_restore_failed", error=str(exc)[:500])
@@ -427,7 +364,7 @@ class KernelEnforcer:
         anything else runs). Raises NftError only if not even an empty table
         can be made."""
         want = self._plan_all(now)
-        self._settle_all(want, self._send_all(want, now))
+        self._settle_all(want, send_all(self.table, want, now))
 
     def _plan_all(self, now: float) -> dict[str, float]:
         want = self._index.address_expiries(now)
@@ -440,20 +377,7 @@ class KernelEnforcer:
         self._kernel = {}
         return want
 
-    def _send_all(self, want: dict[str, float], now: float) -> _Rebuild:
-        """Worker thread: the table holding every ban in force, in one
-        transaction; if the kernel refuses that, an empty table and then the
-        bans, split until each refused element stands alone."""
-        try:
-            self.table.replace_expiring(list(want.items()), now)
-            return _Rebuild()
-        except NftError as exc:
-            first = exc
-        self.table.replace([])
-        new = [Element(k, x - now) for k, x in want.items()]
-        return _Rebuild(first, [(str(e.target), exc) for e, exc in self._add_isolating(new, [])])
-
-    def _settle_all(self, want: dict[str, float], result: _Rebuild) -> None:
+    def _settle_all(self, want: dict[str, float], result: Rebuilt) -> None:
         if result.first_error is None:
             self._kernel = want
             self._backoff.clear()

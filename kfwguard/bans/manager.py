@@ -24,7 +24,6 @@ jail's dry_run is turned off (reload or restart), its simulated bans still
 in force are enforced. Manual bans are never simulated.
 """
 
-
 from __future__ import annotations
 
 import asyncio
@@ -36,35 +35,31 @@ from dataclasses import replace
 import structlog
 
 from kfwguard.addresses import IgnoreList, IPAddress, IPNetwork
-from kfwguard.bans import restore as restoring
 from kfwguard.bans.enforcer import KernelEnforcer
 from kfwguard.bans.index import BanIndex
 from kfwguard.bans.journal import StoreJournal
 from kfwguard.bans.model import (
-    MEANINGLESS,
     BanRefused,
     BanStats,
-    as_net,
     is_peer_jail,
     normalise,
     plain_key,
-    valid_target_text,
 )
+from kfwguard.bans.refusals import BanGuard, Protected, checked
+from kfwguard.bans.restore import Start, from_kernel, from_store
 from kfwguard.config import BaselineConfig, JailConfig
 from kfwguard.durations import check_ban_duration
 from kfwguard.firewall.bantable import BanTable, Target
 from kfwguard.firewall.nft import NftError
 from kfwguard.jails import ban_duration
 from kfwguard.model import BanRequest
-from kfwguard.store import BanRow, Store, StoreError
+from kfwguard.store import BanRow, Store
 
 log = structlog.get_logger("kfwguard.bans")
 
 LOG_EACH_BAN_UP_TO = 50
 
 BanListener = Callable[[Sequence[BanRow]], None]
-# A check that may refuse a target: returns why, or None to let it pass.
-BanGuard = Callable[[Target], str | None]
 
 
 class BanManager:
@@ -189,62 +184,20 @@ class BanManager:
     def restore(self) -> int:
         """Put every ban still in force back in the kernel (one transaction), then
         load them into memory. The kernel comes first: it is what protects.
+        What the kernel adds when the store cannot be trusted, and why:
+        kfwguard.bans.restore. Runs before anything else touches the bans (the
+        daemon runs it in a worker thread at start). Returns the stored bans."""
+        return from_store(self._start(), self.now())
 
-        A store that fails to read (a damaged page), or that holds no ban
-        while the kernel does (a zero-length or replaced file), never empties
-        the kernel: its bans are adopted, as without a store. A store that may
-        have missed changes (the last run's disk was full) gets the kernel's
-        bans it does not know (kfwguard.bans.restore).
+    def adopt_kernel(self) -> int:
+        """Keep what the kernel already holds rather than starting with a silently
+        empty ban list (no store, or one that cannot be trusted), and make sure
+        the table is intact. The adopted bans are stored when the store works."""
+        return from_kernel(self._start(), self.now())
 
-        Runs before anything else touches the bans (the daemon runs it in a
-        worker thread at start)."""
-        if self.store is None:
-            return self.adopt_kernel()
-        now = self.now()
-        try:
-            self.store.purge_expired(now)
-            expiries = self.store.active_expiries(now)
-            rows = self.store.active_bans(now)
-        except StoreError as exc:
-            self.journal.failed(exc)
-            log.error("stored_bans_unreadable", error=str(exc),
-                      note="keeping the bans the kernel holds")
-            return self.adopt_kernel()
-        live = self._kernel_bans() if not self.store.was_saved or not expiries else {}
-        if not expiries and live:
-            log.warning("store_empty_kernel_not", path=str(self.store.path),
-                        note="keeping the bans the kernel holds")
-            return self.adopt_kernel()
-        enforce: list[BanRow] = []
-        for r in rows:
-            if not valid_target_text(r.target):
-                continue
-            if r.simulated:
-                if not self._enforceable(r):
-                    self.index.simulate(r)
-                    continue
-                r = replace(r, simulated=False)  # dry_run was turned off while we were down
-                enforce.append(r)
-            if "/" not in r.target or self._stored_net_ok(r):
-                self.index.add(r)
-        if enforce:
-            self.journal.save(enforce)
-            log.info("simulated_bans_enforced", count=len(enforce),
-                     jails=sorted({r.jail for r in enforce}))
-        if live:
-            known = self.index.address_expiries(now)
-            known.update(self.index.net_elements(now))
-            missed = restoring.unknown(live, known, now)
-            if missed:
-                self.journal.save(missed)
-                for r in missed:
-                    self.index.add(r)
-                log.warning("bans_adopted_from_kernel", count=len(missed),
-                            note="the store missed them (its disk was full)")
-        self.kernel.apply_all(now)
-        self.journal.sync()  # nothing left unsaved: the store is whole again
-        log.info("bans_restored", count=len(rows), targets=self.index.targets)
-        return len(rows)
+    def _start(self) -> Start:
+        return Start(self.store, self.table, self.index, self.journal, self.kernel,
+                     self._enforceable, self._stored_net_ok)
 
     def _stored_net_ok(self, row: BanRow) -> bool:
         try:
@@ -254,77 +207,14 @@ class BanManager:
             return False
         return True
 
-    def _kernel_bans(self) -> dict[str, float]:
-        """The kernel's ban elements (text -> seconds left); none if unreadable."""
-        try:
-            return self.table.list() if self.table.exists() else {}
-        except NftError as exc:
-            log.error("kernel_bans_unreadable", error=str(exc))
-            return {}
-
-    def adopt_kernel(self) -> int:
-        """Keep what the kernel already holds rather than starting with a silently
-        empty ban list (no store, or one that cannot be trusted), and make sure
-        the table is intact. The adopted bans are stored when the store works."""
-        now = self.now()
-        rows = restoring.adopted(self._kernel_bans(), now)
-        self.journal.save(rows)  # journalled if the store refuses: written when it can
-        for r in rows:
-            self.index.add(r)
-        self.kernel.apply_all(now)
-        log.warning("bans_adopted_from_kernel", count=len(rows))
-        return len(rows)
-
     # -- ban / unban -----------------------------------------------------------
 
     def check_target(self, target: Target, *, force: bool = False) -> Target:
         """The target to ban (IPv4-mapped folded to IPv4), or BanRefused if it may
         never be banned. ``force`` (an operator's) allows a ban overlapping the
         cluster, pod or service CIDRs; nothing allows one of an admin network."""
-        target = normalise(target)
-        if isinstance(target, ipaddress.IPv4Address | ipaddress.IPv6Address):
-            return self._check_address(target, force)
-        net = as_net(target)
-        for bad, what in MEANINGLESS:
-            if net.version == bad.version and net.overlaps(bad):
-                raise BanRefused(f"{target} is or covers {what}: not a source to ban")
-        if self.admin.overlaps(net):
-            raise BanRefused(f"{target} overlaps admin_cidrs: the operator's access "
-                             "is never banned")
-        if self.ignore.overlaps(net):
-            raise BanRefused(f"{target} overlaps an ignored or protected address")
-        if net.prefixlen < (8 if net.version == 4 else 16):
-            raise BanRefused(f"{target} is too wide to ban")
-        if not force and self.cluster.overlaps(net):
-            raise BanRefused(f"{target} overlaps the cluster, pod or service CIDRs "
-                             "(an operator may insist with --force)")
-        self._check_guards(target)
-        return target
-
-    def _check_guards(self, target: Target) -> None:
-        for guard in self.guards:
-            why = guard(target)
-            if why is not None:
-                raise BanRefused(why)
-
-    def _check_address(self, addr: IPAddress, force: bool) -> IPAddress:
-        """check_target for one address, on ints: the path every jail ban takes."""
-        value = int(addr)
-        if addr.version == 4:
-            if value >> 24 == 0 or value >= 0xE0000000:
-                raise BanRefused(f"{addr} is in 0.0.0.0/8 or 224.0.0.0/3 (multicast, "
-                                 "reserved, broadcast): not a source to ban")
-        elif value == 0 or value >> 120 == 0xFF:
-            raise BanRefused(f"{addr} is unspecified or multicast: not a source to ban")
-        if addr in self.admin:
-            raise BanRefused(f"{addr} is in admin_cidrs: the operator's access is never banned")
-        if addr in self.ignore:
-            raise BanRefused(f"{addr} is on an ignore list or is protected (node, loopback)")
-        if not force and addr in self.cluster:
-            raise BanRefused(f"{addr} is in the cluster, pod or service CIDRs "
-                             "(an operator may insist with --force)")
-        self._check_guards(addr)
-        return addr
+        return checked(target, Protected(self.admin, self.ignore, self.cluster,
+                                                self.guards), force=force)
 
     def request(self, requests: Sequence[BanRequest], *, force: bool = False) -> list[BanRow]:
         """Decide bans: store them, then queue them for the kernel. Returns the new

@@ -108,27 +108,27 @@ class TestRestoreUnknown:
     def test_element_the_store_lacks_is_adopted(self) -> None:
         """A kernel ban the store does not know comes back for the time the
         kernel had left, its origin recorded as unknown (jail 'restored')."""
-        got = restoring.unknown({"192.0.2.7": 3600.0}, {}, now=1000.0)
+        got = restoring.adopt_missing({"192.0.2.7": 3600.0}, {}, now=1000.0)
         assert [("192.0.2.7", ADOPTED_JAIL, 4600.0)] == [
             (r.target, r.jail, r.expires_at) for r in got]
 
     def test_known_elements_are_not_adopted(self) -> None:
         """An element the store would put back with the same expiry (within the
         kernel's rounding) is the store's, not adopted again."""
-        assert [] == restoring.unknown({"192.0.2.7": 3600.5, "10.0.0.0/25": 60.0},
+        assert [] == restoring.adopt_missing({"192.0.2.7": 3600.5, "10.0.0.0/25": 60.0},
                                        {"192.0.2.7": 4600.0, "10.0.0.0/25": 1060.0},
                                        now=1000.0)
 
     def test_longer_in_the_kernel_is_adopted(self) -> None:
         """A re-ban the store missed (the kernel holds it longer than the store
         says) keeps the kernel's expiry."""
-        got = restoring.unknown({"192.0.2.7": 7200.0}, {"192.0.2.7": 4600.0}, now=1000.0)
+        got = restoring.adopt_missing({"192.0.2.7": 7200.0}, {"192.0.2.7": 4600.0}, now=1000.0)
         assert [8200.0] == [r.expires_at for r in got]
 
     def test_nearly_expired_sentinels_and_no_timeout(self) -> None:
         """Elements about to expire are let go, a sentinel or garbage is never a
         ban, and an element without a timeout is adopted for a day."""
-        got = restoring.unknown({"192.0.2.7": 1.0, "255.255.255.255": 60.0,
+        got = restoring.adopt_missing({"192.0.2.7": 1.0, "255.255.255.255": 60.0,
                                  "not an address": 60.0, "192.0.2.8": float("inf")},
                                 {}, now=0.0)
         assert [("192.0.2.8", restoring.ADOPTED_NO_TIMEOUT)] == [
