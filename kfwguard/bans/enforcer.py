@@ -78,11 +78,6 @@ class KernelEnforcer:
         return (len(self._pending) + len(self._pending_remove) + len(self._deferred)
                 + len(self._deferred_remove) + self._inflight + int(self._nets_dirty))
 
-    @property
-    def elements(self) -> int:
-        """How many elements the kernel holds, as far as we know."""
-        return len(self._kernel)
-
     def in_kernel(self, key: str) -> bool:
         """True if the kernel holds the ban of ``key`` as decided (not pending)."""
         if self._index.expiry(key) is None:

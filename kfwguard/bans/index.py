@@ -130,9 +130,6 @@ class BanIndex:
     def unsimulate(self, key: Key) -> BanRow | None:
         return self._simulated.pop(key, None)
 
-    def get_simulated(self, key: Key) -> BanRow | None:
-        return self._simulated.get(key)
-
     def simulated(self) -> Iterable[BanRow]:
         return self._simulated.values()
 
