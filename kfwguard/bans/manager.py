@@ -213,8 +213,10 @@ class BanManager:
         """The target to ban (IPv4-mapped folded to IPv4), or BanRefused if it may
         never be banned. ``force`` (an operator's) allows a ban overlapping the
         cluster, pod or service CIDRs; nothing allows one of an admin network."""
-        return checked(target, Protected(self.admin, self.ignore, self.cluster,
-                                                self.guards), force=force)
+        return checked(target, self._protected(), force=force)
+
+    def _protected(self) -> Protected:
+        return Protected(self.admin, self.ignore, self.cluster, self.guards)
 
     def request(self, requests: Sequence[BanRequest], *, force: bool = False) -> list[BanRow]:
         """Decide bans: store them, then queue them for the kernel. Returns the new
@@ -222,9 +224,10 @@ class BanManager:
         now = self.now()
         rows: list[BanRow] = []
         seen: set[tuple[str, str]] = set()
+        protected = self._protected()
         for req in requests:
             try:
-                target = self.check_target(req.target, force=force)
+                target = checked(req.target, protected, force=force)
             except BanRefused as exc:
                 self.stats.refused += 1
                 log.warning("ban_refused", target=str(req.target), jail=req.jail, why=str(exc))
