@@ -26,6 +26,8 @@ from collections import OrderedDict
 
 from kfwguard.addresses import host_key, parse_host
 
+__all__ = ["NativeWindows", "PyWindows", "resolve"]
+
 try:  # built with the block scanner (setup.py)
     from kfwguard.matching._native import Windows as NativeWindows
 except ImportError:  # no compiler or RE2 headers at install time
