@@ -69,7 +69,7 @@ def main(
     clock = time.time() if now is None else now
     try:
         with open(logfile, "rb") as stream:
-            return _run(filt, stream, str(logfile), as_json, out, clock, missed, chunk_size)
+            return run(filt, stream, str(logfile), as_json, out, clock, missed, chunk_size)
     except BrokenPipeError:
         # The reader of our output left (`| head -1`): not an error of the log
         # file. Stop quietly; point stdout at /dev/null so the interpreter's
@@ -168,8 +168,9 @@ class _Numbers:
         return self._before + self._count + 1
 
 
-def _run(filt: Filter, stream: BinaryIO, name: str, as_json: bool, out: TextIO, now: float,
-         missed: bool = False, chunk_size: int = CHUNK) -> int:
+def run(filt: Filter, stream: BinaryIO, name: str, as_json: bool, out: TextIO, now: float,
+        missed: bool = False, chunk_size: int = CHUNK) -> int:
+    """test-filter over an open stream (``main`` without loading anything)."""
     jail = counting_jail(filt)
     feed = JailFeed(jail, filt, Sessions(filt.kinds) if filt.paired else None)
     per_rule: dict[str, int] = dict.fromkeys(filt.rules, 0)
