@@ -50,6 +50,12 @@ class JailFeed:
     # Records (or blocks) a filter bug cost.
     errors: int = 0
 
+    @classmethod
+    def of(cls, jail: Jail, filter: Filter) -> JailFeed:
+        """The feed the daemon builds for ``jail`` reading with ``filter`` (sessions
+        for a paired filter); test-filter builds the same one."""
+        return cls(jail, filter, Sessions(filter.kinds) if filter.paired else None)
+
     def take(self, records: Sequence[Record], now: float) -> tuple[list[BanRequest], RuleCounts]:
         """The batch into the jail: the bans it asks for and its matches per rule."""
         if isinstance(records, TextBlock):

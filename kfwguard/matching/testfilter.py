@@ -22,9 +22,9 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, Final, TextIO
+from typing import Any, BinaryIO, Final, TextIO
 
 import re2
 
@@ -33,10 +33,9 @@ from kfwguard.config import JailConfig
 from kfwguard.jails.jail import Jail
 from kfwguard.matching.engine import Filter, Hit
 from kfwguard.matching.loader import load_filter
-from kfwguard.matching.sessions import Sessions
 from kfwguard.matching.spec import FilterError
 from kfwguard.matching.timeparse import format_rfc3339
-from kfwguard.model import MAX_LINE, Record
+from kfwguard.model import MAX_LINE, BanRequest, Record
 from kfwguard.pipeline import JailFeed
 from kfwguard.sources.base import MAX_BATCH
 from kfwguard.sources.file import CHUNK
@@ -108,11 +107,33 @@ def batches(stream: BinaryIO, skipped: dict[str, int], chunk_size: int = CHUNK,
         yield records
 
 
-def counting_jail(filt: Filter) -> Jail:
-    """A jail for ``filt`` that counts every failure and never bans."""
-    cfg = JailConfig(name="test-filter", source="file", filter=filt.name, maxretry=_NEVER,
-                     findtime=float(_NEVER), ipv6_prefix=128)
-    return Jail(cfg, IgnoreList(), max_entries=_NEVER)
+class CountingJail(Jail):
+    """A jail that counts every failure and never bans, and also counts what the
+    daemon's jail passes over: hits without an address to count (ignoreregex,
+    ``outside``, bad host, by status) and blocks the C++ pass counted whole
+    (which reports no such hits)."""
+
+    def __init__(self, filt: Filter) -> None:
+        cfg = JailConfig(name="test-filter", source="file", filter=filt.name,
+                         maxretry=_NEVER, findtime=float(_NEVER), ipv6_prefix=128)
+        super().__init__(cfg, IgnoreList(), max_entries=_NEVER)
+        self.passed: Counter[str] = Counter()
+        self.cxx_blocks = 0
+
+    def add_hits(self, hits: Iterable[Hit], now: float, filter: str,
+                 ) -> tuple[list[BanRequest], dict[str | None, int]]:
+        hits = list(hits)
+        passed = self.passed
+        for hit in hits:
+            if hit[3] is None:
+                passed[hit[1]] += 1
+        return super().add_hits(hits, now, filter)
+
+    def add_lines(self, *args: Any, **kwargs: Any,
+                  ) -> tuple[list[BanRequest], dict[str | None, int]] | None:
+        done = super().add_lines(*args, **kwargs)
+        self.cxx_blocks += done is not None
+        return done
 
 
 # --missed: a line no rule matched that holds an address and one of these words
@@ -171,41 +192,43 @@ class _Numbers:
 def run(filt: Filter, stream: BinaryIO, name: str, as_json: bool, out: TextIO, now: float,
         missed: bool = False, chunk_size: int = CHUNK) -> int:
     """test-filter over an open stream (``main`` without loading anything)."""
-    jail = counting_jail(filt)
-    feed = JailFeed(jail, filt, Sessions(filt.kinds) if filt.paired else None)
+    jail = CountingJail(filt)
+    feed = JailFeed.of(jail, filt)
     per_rule: dict[str, int] = dict.fromkeys(filt.rules, 0)
-    statuses: Counter[str] = Counter()
     skipped: dict[str, int] = {}
     write = out.write
     dumps = json.dumps
     filter_name = filt.name
     missed_lines: list[tuple[int, str]] = []
     numbers = _Numbers()
-    # Each batch's hits as the feed finds them (its scanner, its sessions), into
-    # the jail: what ``take`` does, except that for a filter without sessions
-    # the daemon may count a block in one C++ pass straight into the windows
-    # (Jail.add_lines), which gives the same counts (tests/unit/test_windows.py)
-    # but not the ignored and bad-host lines this summary shows.
+    # The summary alone: each batch through the feed's ``take``, the daemon's
+    # own call. --json and --missed show lines: the hits the feed finds (its
+    # scanner, its sessions), each with its line number, into the jail, as
+    # ``take`` does where no C++ pass counts a block whole.
+    detail = as_json or missed
+
     def tally(counts: dict[str | None, int]) -> None:
         for rule, n in counts.items():
             per_rule[rule or ""] = per_rule.get(rule or "", 0) + n
 
     def count(found: list[Hit]) -> None:
-        for number, status, rule, host, _key, t in found:
-            if host is None or rule is None or status != "match":
-                statuses[status] += 1
-            elif as_json:
-                write(dumps({
-                    "line": number,
-                    "host": str(host),
-                    "time": format_rfc3339(t),
-                    "filter": filter_name,
-                    "rule": rule,
-                }) + "\n")
+        if as_json:
+            for number, status, rule, host, _key, t in found:
+                if host is not None and rule is not None and status == "match":
+                    write(dumps({
+                        "line": number,
+                        "host": str(host),
+                        "time": format_rfc3339(t),
+                        "filter": filter_name,
+                        "rule": rule,
+                    }) + "\n")
         tally(jail.add_hits(found, now, filter_name)[1])
 
     started = time.perf_counter()
     for batch in batches(stream, skipped, chunk_size, numbers.chunk):
+        if not detail:
+            tally(feed.take(batch, now)[1])
+            continue
         taken: set[int] = set()
 
         def place(hits: list[Hit], by_offset: bool, batch: Sequence[Record] = batch,
@@ -218,7 +241,7 @@ def run(filt: Filter, stream: BinaryIO, name: str, as_json: bool, out: TextIO, n
             taken.update(h[0] for h in out)
             return out
 
-        found = feed.found(batch, now, place if as_json or missed else None)
+        found = feed.found(batch, now, place)
         if missed:
             for record in batch:
                 number = numbers.number(int(record.position or 0) - 1)
@@ -229,8 +252,11 @@ def run(filt: Filter, stream: BinaryIO, name: str, as_json: bool, out: TextIO, n
         count(feed.sessions.flush())
     elapsed = time.perf_counter() - started
     lines = numbers.lines
+    statuses = jail.passed
     statuses["match"] += sum(per_rule.values())
     statuses["too-long"] += skipped.get("too_long", 0)
+    # Lines the C++ pass counted whole: it reports no ignored or bad-host hits.
+    partial = " + not reported by the C++ pass (--missed shows all)" if jail.cxx_blocks else ""
     if as_json:
         for number, text in sorted(missed_lines):
             write(dumps({"line": number, "missed": text}) + "\n")
@@ -244,8 +270,9 @@ def run(filt: Filter, stream: BinaryIO, name: str, as_json: bool, out: TextIO, n
         f"log       {name}",
         f"lines     {lines}",
         f"matched   {statuses['match']} from {len(jail)} distinct hosts",
-        f"ignored   {statuses['ignored']} (ignoreregex, or an address the rule leaves out)",
-        f"bad host  {statuses['bad-host']} (rule matched, text is not an IP address)",
+        f"ignored   {statuses['ignored']}{partial} "
+        "(ignoreregex, or an address the rule leaves out)",
+        f"bad host  {statuses['bad-host']}{partial} (rule matched, text is not an IP address)",
         f"too long  {statuses['too-long']} (over {MAX_LINE} bytes, skipped)",
         "rules:",
         *(f"  {rule:<{width}}  {per_rule[rule]}" for rule in filt.rules),

@@ -26,11 +26,12 @@ LOG = (
 )
 
 
-def run(tmp_path: Path, body: bytes, as_json: bool, filt: str = "sshd") -> tuple[int, str, str]:
+def run(tmp_path: Path, body: bytes, as_json: bool, filt: str = "sshd",
+        missed: bool = False) -> tuple[int, str, str]:
     log = tmp_path / "test.log"
     log.write_bytes(body)
     out, err = io.StringIO(), io.StringIO()
-    code = main(filt, log, as_json, [], out, err=err, now=NOW)
+    code = main(filt, log, as_json, [], out, err=err, now=NOW, missed=missed)
     return code, out.getvalue(), err.getvalue()
 
 
@@ -91,7 +92,7 @@ class TestDaemonPath:
                 "<38>1 2026-11-26T04:57:45Z h sshd 4 - - Invalid user b from 192.0.2.9 port 1"
                 ).encode("utf-8", "surrogateescape")
         flt = load_filter("sshd")
-        feed = JailFeed(testfilter.counting_jail(flt), flt, None)
+        feed = JailFeed(testfilter.CountingJail(flt), flt, None)
         want: dict[str, int] = {}
         for batch in batches(io.BytesIO(body), {}):
             for rule, n in feed.take(batch, NOW)[1].items():
@@ -160,7 +161,9 @@ class TestTestFilterSummary:
         assert "lines     1001\n" in out
 
     def test_ignored_and_bad_host_counted(self, tmp_path: Path) -> None:
-        """ignoreregex hits and non-address hosts are counted apart from matches."""
+        """ignoreregex hits and non-address hosts are counted apart from matches
+        where the lines are shown (--missed: the feed's hits, line by line); the
+        summary alone says when the C++ pass counted lines it does not report."""
         filt = tmp_path / "app.yaml"
         filt.write_text(
             "format: text\nprefix: [syslog]\nrules:\n  - name: fail\n"
@@ -168,10 +171,16 @@ class TestTestFilterSummary:
             "ignoreregex: 'from 192\\.0\\.2\\.99$'\n")
         body = "".join(f"Nov 26 04:57:45 n app: login failed from {h}\n"
                        for h in ("192.0.2.1", "nope", "192.0.2.99"))
-        _, out, _ = run(tmp_path, body.encode(), as_json=False, filt=str(filt))
+        _, out, _ = run(tmp_path, body.encode(), as_json=False, filt=str(filt), missed=True)
         for expected in ("lines     3\n", "matched   1 from 1 distinct hosts", "ignored   1 ",
                          "bad host  1 ", "too long  0 "):
             assert expected in out
+        _, out, _ = run(tmp_path, body.encode(), as_json=False, filt=str(filt))
+        assert "matched   1 from 1 distinct hosts" in out
+        if "scanner   native" in out:  # the daemon's C++ pass counted the block
+            assert "ignored   0 + not reported by the C++ pass" in out
+        else:
+            assert "ignored   1 " in out
 
     def test_summary(self, tmp_path: Path) -> None:
         """The human summary counts lines, matches, skips and per-rule hits."""
