@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import corpus
-from bench.daemons import REPO, Daemon, Fail2ban, Jail, Kfwguard, rss_mb, wait_until
+from bench.daemons import REPO, Daemon, Fail2ban, Jail, Kfwguard, rss_mb
 from bench.report import Figure, Section, median, percentile
+from tests.integration.daemon_harness import wait_until
 from tests.netns import Host, Lab
 
 

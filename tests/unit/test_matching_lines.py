@@ -19,7 +19,7 @@ from tests.conftest import need
 NOW = time.mktime((2026, 11, 26, 12, 0, 0, 0, 0, -1))
 SAMPLES = Path(__file__).resolve().parents[2] / "filters" / "samples"
 
-# Lines chosen to sit on the edges of the block program: other header forms,
+# Lines chosen to sit on the edges of the C++ scanner: other header forms,
 # other programs, odd tags, CRLF, invalid UTF-8, no header at all.
 EDGES = [
     "Nov 26 04:57:45 node-1 sshd[12]: Failed password for root from 203.0.113.9 port 22 ssh2",
@@ -69,7 +69,7 @@ def built() -> None:
 @ENGINES
 class TestScanLines:
     def test_samples_agree(self, accelerate: Accel) -> None:
-        """On every shipped text sample, the block program and the per-record path agree."""
+        """On every shipped text sample, the C++ scanner and the per-record path agree."""
         for name in ("sshd", "kubelet"):
             flt = load_filter(name, accelerate=accelerate)
             data = (SAMPLES / f"{name}.log").read_bytes()
