@@ -2,7 +2,7 @@
 
 Reads the corpus under tests/data/reallogs/ (sources and licences in its
 README.md), runs each filter line by line in each mode, and prints per
-corpus, filter and mode:
+corpus, filter and mode (with --misses, every missed expected line on stderr):
 
 * recall: of the lines the corpus's own expectation says are an attack on
   this address, the share the filter counts;
@@ -34,6 +34,7 @@ from pathlib import Path
 
 from kfwguard.addresses import parse_host
 from kfwguard.matching import Filter, load_filter
+from kfwguard.matching.prefix import split_syslog
 from kfwguard.matching.sessions import Sessions, block_sessions
 from kfwguard.matching.testfilter import numbered
 from kfwguard.matching.testing import check_samples, read_samples
@@ -67,6 +68,7 @@ class Score:
     wrong_host: int = 0
     missed: dict[str, int] = field(default_factory=dict)
     wrong: list[str] = field(default_factory=list)
+    missed_lines: list[str] = field(default_factory=list)
 
     @property
     def recall(self) -> str:
@@ -121,12 +123,28 @@ def _plain(path: Path, host: str) -> Iterator[Expect]:
             yield Expect(text, host)
 
 
-def _why_missed(text: str) -> str:
-    if not re.search(r"\d+\.\d+\.\d+\.\d+|[0-9a-f]*:[0-9a-f]*:[0-9a-f:]*", text):
+def _addresses(text: str) -> list[str]:
+    """The tokens of ``text`` that are an address (a zone index counts as one)."""
+    found = []
+    for token in re.findall(r"[0-9A-Fa-f:.%\w]*[:.][0-9A-Fa-f:.%\w]*", text):
+        token = token.strip(".:[]()")
+        if parse_host(token.split("%", 1)[0]) is not None:
+            found.append(token)
+    return found
+
+
+def _why_missed(text: str, elsewhere: list[str]) -> str:
+    """Why no rule of this mode reads ``text`` (``elsewhere``: the modes that do)."""
+    if elsewhere:
+        return f"read in {'/'.join(elsewhere)} mode"
+    header = split_syslog(text)
+    message = header[0] if header is not None else text
+    found = _addresses(message)
+    if not found:
+        if re.search(r"from [a-z][\w.-]*\.[a-z]{2,}(?:\s|$)", message):
+            return "host name, not an address"
         return "no address on the line"
-    if re.search(r"from [a-z][\w.-]*\.[a-z]{2,}(?:\s|$)", text):
-        return "host name, not an address"
-    if "%" in text:
+    if all("%" in a for a in found):
         return "address with a zone index"
     return "message kind not read"
 
@@ -148,7 +166,15 @@ def counted_lines(flt: Filter, lines: list[str]) -> dict[int, list[str]]:
     return out
 
 
-def score(flt: Filter, expects: list[Expect]) -> Score:
+def _reads(flt: Filter, exp: Expect) -> bool:
+    """A rule of ``flt`` reads ``exp`` with its expected address (not as success or end)."""
+    out = flt.evaluate(Record(exp.line), NOW)
+    kind = flt.kinds.get(out.rule or "", "failure")
+    return (out.status == "match" and out.match is not None and kind not in ("success", "end")
+            and exp.host is not None and parse_host(exp.host) == out.match.host)
+
+
+def score(flt: Filter, expects: list[Expect], others: dict[str, Filter] | None = None) -> Score:
     """Recall and wrong hosts line by line (does a rule read the line, with the
     expected address?); false positives after the session settlement (does the
     daemon count a line it must not?)."""
@@ -165,8 +191,10 @@ def score(flt: Filter, expects: list[Expect]) -> Score:
         out = flt.evaluate(Record(exp.line), NOW)
         kind = flt.kinds.get(out.rule or "", "failure")
         if out.status != "match" or out.match is None or kind in ("success", "end"):
-            why = _why_missed(exp.line)
+            why = _why_missed(exp.line, [m for m, f in (others or {}).items()
+                                         if m != flt.mode and _reads(f, exp)])
             s.missed[why] = s.missed.get(why, 0) + 1
+            s.missed_lines.append(f"{why}: {exp.line}")
         elif parse_host(exp.host) != out.match.host:
             s.wrong_host += 1
             s.wrong.append(f"wrong host {out.match.host} (expected {exp.host}): {exp.line}")
@@ -183,6 +211,7 @@ def annotated(flt: Filter, path: Path) -> Score:
         s.expected += sample.expect.status == "match"
     problems = [p for p in check_samples(flt, path, NOW) if "has no matching sample" not in p]
     s.false_pos = sum("got match" in p for p in problems)
+    s.missed_lines = [p for p in problems if "expected match" in p]
     s.counted = s.expected - sum("expected match" in p for p in problems)
     s.wrong += problems
     return s
@@ -203,14 +232,20 @@ def measure() -> list[tuple[str, str, str, Score]]:
     rows = []
     for corpus, name, data in corpora():
         base = load_filter(name)
+        modes = {m: base if m == base.mode else load_filter(f"{name}[mode={m}]")
+                 for m in base.modes}
         for mode in base.modes or (None,):
-            flt = base if mode in (None, base.mode) else load_filter(f"{name}[mode={mode}]")
-            s = annotated(flt, data) if isinstance(data, Path) else score(flt, data)
+            flt = modes[mode] if mode is not None else base
+            s = annotated(flt, data) if isinstance(data, Path) else score(flt, data, modes)
             rows.append((corpus, name, mode or "-", s))
     return rows
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if set(args) - {"--misses"}:
+        print("usage: python -m bench.reallogs [--misses]", file=sys.stderr)
+        return 2
     print("| corpus | filter | mode | expected | counted (recall) | false positives "
           "| wrong hosts | misses by reason |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -220,6 +255,8 @@ def main() -> int:
         print(f"| {corpus} | {name} | {mode} | {s.expected} | {s.counted} ({s.recall}) "
               f"| {s.false_pos} | {s.wrong_host} | {misses} |")
         details += [f"{corpus} [{mode}]: {w}" for w in s.wrong]
+        if "--misses" in args:
+            details += [f"{corpus} [{mode}] missed: {m}" for m in s.missed_lines]
     for d in details:
         print(d, file=sys.stderr)
     return 0
