@@ -176,7 +176,7 @@ def _wazuh(path: Path) -> Iterator[Expect]:
             section.append((key.strip(), value))
 
 
-def _cluster_clients(path: Path) -> Iterator[Expect]:
+def _harmless(path: Path) -> Iterator[Expect]:
     """Lines that must never count (a comment line starts with #)."""
     for text in path.read_text(encoding="utf-8").splitlines():
         if text.strip() and not text.startswith("#"):
@@ -309,8 +309,12 @@ def corpora() -> list[tuple[str, str, list[Expect] | Path]]:
         ("Wazuh ruleset sshd tests", "sshd", list(_wazuh(CORPUS / "wazuh" / "sshd.ini"))),
         ("quoted kubelet lines", "kubelet", CORPUS / "quoted" / "kubelet.log"),
         ("quoted etcd lines", "etcd", CORPUS / "quoted" / "etcd.log"),
+        ("CrowdSec hub nginx-http-sensitive-files", "ingress-nginx",
+         list(_plain(CORPUS / "crowdsec" / "nginx-http-sensitive-files.log", "127.0.0.1"))),
+        ("quoted ingress-nginx lines", "ingress-nginx",
+         list(_harmless(CORPUS / "quoted" / "ingress-nginx.log"))),
         ("quoted kube-apiserver audit events", "kube-apiserver-audit",
-         list(_cluster_clients(CORPUS / "quoted" / "kube-apiserver-audit.jsonl"))),
+         list(_harmless(CORPUS / "quoted" / "kube-apiserver-audit.jsonl"))),
     ]
 
 

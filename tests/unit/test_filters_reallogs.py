@@ -86,6 +86,15 @@ class TestRealLogs:
                 if jail["filter"].split("[")[0] in ("kubelet", "kube-apiserver-audit", "etcd"):
                     assert needed <= set(jail.get("ignoreip", [])), (name, jail["name"])
 
+    def test_ingress_reads_probes_and_leaves_browsers_alone(self) -> None:
+        """CrowdSec's sensitive-file probes are read (but for /.cache and /.config, which
+        may be a site's own) and a real controller log of ordinary browsing counts nothing."""
+        rows = {(r[0], r[2]): r[3] for r in ROWS if r[1] == "ingress-nginx"}
+        probes = rows[("CrowdSec hub nginx-http-sensitive-files", "normal")]
+        assert (9, 7) == (probes.expected, probes.counted)
+        browsing = rows[("quoted ingress-nginx lines", "aggressive")]
+        assert 0 == browsing.false_pos
+
     def test_recall_of_attack_lines_in_normal_mode(self) -> None:
         """Every CrowdSec brute-force line is read, and most of fail2ban's normal-mode
         lines (the rest: no address on the line, host names, pre-7.4 formats)."""
