@@ -309,6 +309,7 @@ def corpora() -> list[tuple[str, str, list[Expect] | Path]]:
         ("Wazuh ruleset sshd tests", "sshd", list(_wazuh(CORPUS / "wazuh" / "sshd.ini"))),
         ("quoted kubelet lines", "kubelet", CORPUS / "quoted" / "kubelet.log"),
         ("quoted etcd lines", "etcd", CORPUS / "quoted" / "etcd.log"),
+        ("fail2ban nginx-env", "ingress-nginx", list(_fail2ban(CORPUS / "fail2ban" / "nginx-env"))),
         ("CrowdSec hub nginx-http-sensitive-files", "ingress-nginx",
          list(_plain(CORPUS / "crowdsec" / "nginx-http-sensitive-files.log", "127.0.0.1"))),
         ("quoted ingress-nginx lines", "ingress-nginx",

@@ -87,11 +87,14 @@ class TestRealLogs:
                     assert needed <= set(jail.get("ignoreip", [])), (name, jail["name"])
 
     def test_ingress_reads_probes_and_leaves_browsers_alone(self) -> None:
-        """CrowdSec's sensitive-file probes are read (but for /.cache and /.config, which
-        may be a site's own) and a real controller log of ordinary browsing counts nothing."""
+        """fail2ban's real .env scanners and CrowdSec's sensitive-file probes are read (but
+        for /.cache and /.config, which may be a site's own), and a real controller log of
+        ordinary browsing counts nothing."""
         rows = {(r[0], r[2]): r[3] for r in ROWS if r[1] == "ingress-nginx"}
         probes = rows[("CrowdSec hub nginx-http-sensitive-files", "normal")]
         assert (9, 7) == (probes.expected, probes.counted)
+        env = rows[("fail2ban nginx-env", "normal")]
+        assert (3, 3) == (env.expected, env.counted)
         browsing = rows[("quoted ingress-nginx lines", "aggressive")]
         assert 0 == browsing.false_pos
 
