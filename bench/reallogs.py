@@ -9,9 +9,13 @@ corpus, filter and mode (with --misses, every missed expected line on stderr):
 * false positives: lines the expectation says are not an attack (or that
   the default config must leave alone) that the filter counts;
 * wrong hosts: counted lines whose address is not the expected one;
+* kept safe: lines the filter counts that the default config's jail ignores
+  (its ignoreip of the cluster's ranges), for the corpora judged as the
+  default config runs them (DEFAULT_CONFIG_CORPORA);
 * misses by reason, so a figure can be read: a line without any address
-  (fail2ban pairs those over several lines), a host name instead of an
-  address, a message kind out of scope.
+  (fail2ban pairs those over several lines), a syslog header form not read,
+  a host name instead of an address, a zoned address, a message kind read
+  only in other modes, a message kind not read.
 
 Recall and wrong hosts are per line: does a rule read the line, with the
 expected address (kinds success and end are not reads)? False positives are
