@@ -644,12 +644,18 @@ class BanManager:
 
     # -- bans decided by peers (cluster mode) ----------------------------------
 
-    def apply_peer(self, rows: Sequence[BanRow]) -> list[BanRow]:
+    async def apply_peer(self, rows: Sequence[BanRow], *,
+                         applied: Callable[[], None] | None = None) -> list[BanRow]:
         """Enforce bans another node decided (``row.jail`` is ``peer_jail(node)``),
         with their own expiry. Protected and ignored addresses are refused here as
         for a local ban; a row already in force unchanged is skipped. No listener
         hears of them: they are not published again and raise no alert, and no
-        local jail counts them as offences. Returns the rows taken."""
+        local jail counts them as offences. Returns the rows taken; ``applied``
+        is called when the kernel has them.
+
+        Kernel first, store after (the reverse of a local ban): the peers'
+        store (etcd) already holds them durably and a restart lists them
+        again, so protection must not wait for a local commit."""
         now = self.now()
         taken: list[BanRow] = []
         for row in rows:
@@ -678,14 +684,17 @@ class BanManager:
             taken.append(row)
         if not taken:
             return []
-        self._persist(taken)
         for r in taken:
             self._remember(r)
-            self._pending.add(r.target)
-            self._pending_remove.discard(r.target)
+            self._queue_add(r.target)
         log.info("peer_bans", count=len(taken), origins=sorted({r.jail for r in taken}),
                  targets=[r.target for r in taken[:LOG_EACH_BAN_UP_TO]])
-        self._schedule_flush()
+        await self.flush()
+        if applied is not None:
+            applied()
+        # Only what is still in force as taken: a withdraw (an unban) may have
+        # come in while the kernel was busy, and must not be stored back.
+        self._persist([r for r in taken if self._bans.get((r.target, r.jail)) is r])
         return taken
 
     def withdraw_peer(self, keys: Sequence[tuple[str, str]]) -> list[BanRow]:

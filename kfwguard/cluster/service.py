@@ -269,13 +269,13 @@ class ClusterService:
 
     async def _apply(self, bans: Sequence[SharedBan]) -> None:
         rows = self._peer_rows(bans)
-        taken = self.bans.apply_peer(rows)
+        marks: list[float] = []
+        taken = await self.bans.apply_peer(rows, applied=lambda: marks.append(time.time()))
         if not taken:
             return
+        done = marks[0] if marks else time.time()
         self.stats["received"] += len(taken)
         decided = {b.target: b.decided_at for b in bans}
-        await self.bans.flush()
-        done = time.time()
         for r in taken:
             d = decided.get(r.target)
             if d is not None and d > 0:
