@@ -644,6 +644,8 @@ class BanManager:
 
     # -- bans decided by peers (cluster mode) ----------------------------------
 
+    PEER_STORE_CHUNK = 5000  # rows per state DB transaction after a peers' batch
+
     async def apply_peer(self, rows: Sequence[BanRow], *,
                          applied: Callable[[], None] | None = None) -> list[BanRow]:
         """Enforce bans another node decided (``row.jail`` is ``peer_jail(node)``),
@@ -692,9 +694,13 @@ class BanManager:
         await self.flush()
         if applied is not None:
             applied()
-        # Only what is still in force as taken: a withdraw (an unban) may have
-        # come in while the kernel was busy, and must not be stored back.
-        self._persist([r for r in taken if self._bans.get((r.target, r.jail)) is r])
+        # In chunks, the loop running between them (100k rows are seconds of
+        # SQLite), and only what is still in force as taken: a withdraw (an
+        # unban) may come in meanwhile and must not be stored back.
+        for i in range(0, len(taken), self.PEER_STORE_CHUNK):
+            self._persist([r for r in taken[i:i + self.PEER_STORE_CHUNK]
+                           if self._bans.get((r.target, r.jail)) is r])
+            await asyncio.sleep(0)
         return taken
 
     def withdraw_peer(self, keys: Sequence[tuple[str, str]]) -> list[BanRow]:

@@ -32,7 +32,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import structlog
@@ -91,8 +91,8 @@ def prefix_end(prefix: str) -> bytes:
     return b"\x00"
 
 
-@dataclass(frozen=True, slots=True)
-class KeyValue:
+class KeyValue(NamedTuple):
+    # A tuple, not a dataclass: a listing makes 100k of them at a new node's start.
     key: str
     value: bytes
     mod_revision: int
@@ -133,6 +133,9 @@ class EtcdClient:
         self.last_error: str | None = None
         self.switches = 0
         self.watching = False  # a watch stream is open and its endpoint answers
+        # None: not decided yet; set by the first listing (etcdgrpc.available()).
+        self.grpc_listing: bool | None = None
+        self._lister: Any = None
 
     # -- connection ------------------------------------------------------------
 
@@ -221,7 +224,34 @@ class EtcdClient:
     async def range_prefix(self, prefix: str, *, page: int = 5000,
                            retry: bool = True) -> tuple[int, list[KeyValue]]:
         """Every key under ``prefix`` at one revision, fetched in pages (a large
-        listing does not have to fit one response). Returns (revision, kvs)."""
+        listing does not have to fit one response). Returns (revision, kvs).
+        Over gRPC when the ``cluster`` extra is installed (etcdgrpc.py), else
+        through the gateway in pages of ``page``."""
+        if self.grpc_listing is None:
+            from kfwguard.cluster import etcdgrpc
+
+            self.grpc_listing = etcdgrpc.available()
+            if self.grpc_listing:
+                self._lister = etcdgrpc.GrpcLister(self.tls)
+        if self._lister is not None:
+            delay = 0.05
+            while True:
+                ep = self.endpoint
+                try:
+                    out: tuple[int, list[KeyValue]] = await self._lister.range_prefix(
+                        ep, prefix.encode(), prefix_end(prefix), 30.0)
+                    self.last_error = None
+                    return out
+                except EtcdUnavailable as exc:
+                    self._switch(ep, str(exc))
+                    if not retry:
+                        raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        return await self._range_gateway(prefix, page, retry)
+
+    async def _range_gateway(self, prefix: str, page: int,
+                             retry: bool) -> tuple[int, list[KeyValue]]:
         end = b64(prefix_end(prefix))
 
         async def fetch(start: bytes, revision: int) -> dict[str, Any]:

@@ -244,6 +244,7 @@ class ClusterService:
     def _peer_rows(self, bans: Sequence[SharedBan]) -> list[BanRow]:
         rows = []
         limit = self._clock() + MAX_PEER_BAN
+        jails: dict[str, str] = {}
         for b in bans:
             if b.node == self.node:
                 continue
@@ -262,12 +263,16 @@ class ClusterService:
                 log.warning("peer_ban_refused", target=b.target, origin=b.node,
                             why="a protected address of this node (admin, cluster, etcd)")
                 continue
-            expires = min(b.expires_at, limit)
-            rows.append(BanRow(b.target, peer_jail(b.node), f"{b.node}/{b.jail}: {b.reason}",
-                               b.banned_at, expires, 1))
+            jail = jails.get(b.node)
+            if jail is None:
+                jail = jails[b.node] = peer_jail(b.node)
+            rows.append(BanRow(b.target, jail, f"{b.node}/{b.jail}: {b.reason}",
+                               b.banned_at, min(b.expires_at, limit), 1))
         return rows
 
-    async def _apply(self, bans: Sequence[SharedBan]) -> None:
+    async def _apply(self, bans: Sequence[SharedBan], *, live: bool = True) -> None:
+        """Enforce peers' bans; ``live`` ones (from the watch) are propagation
+        samples, a listing's are not (they may have been decided hours ago)."""
         rows = self._peer_rows(bans)
         marks: list[float] = []
         taken = await self.bans.apply_peer(rows, applied=lambda: marks.append(time.time()))
@@ -275,6 +280,8 @@ class ClusterService:
             return
         done = marks[0] if marks else time.time()
         self.stats["received"] += len(taken)
+        if not live:
+            return
         decided = {b.target: b.decided_at for b in bans}
         for r in taken:
             d = decided.get(r.target)
@@ -321,7 +328,7 @@ class ClusterService:
         self.stats["withdrawn"] += len(gone)
         for u in snap.unbans:
             self._unban_asked(u)
-        await self._apply(peer)
+        await self._apply(peer, live=False)
         # Own subtree: what the store holds must be what this node enforces.
         mine = {b.target for b in snap.bans if b.node == self.node and b.expires_at > now}
         pending = self.outbox.targets() if self.outbox is not None else set()
