@@ -28,10 +28,12 @@ from tests.integration.daemon_harness import (
     wait_until,
 )
 from tests.integration.etcd_cluster import EtcdCluster, have_etcd
+from tests.integration.test_operator import RECEIVER
 from tests.netns import Host, Lab, can_connect
 
 PREFIX = "/kfwguard/v1"
 PORT = 2222
+HOOK_PORT = 8089
 ADMIN_CIDR_B = "10.66.0.0/24"
 
 
@@ -120,6 +122,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 "tls": etcd.tls(f"node-{name}"), "node_name": f"node-{name}",
                 "prefix": PREFIX, "heartbeat": "1s",
             }
+            if name == "a":
+                # A hears the cluster's alerts (the baseline alert) on a chat hook.
+                cfg["actions"] = {"hook": {"type": "webhook", "format": "json",
+                                           "url": f"http://127.0.0.1:{HOOK_PORT}/hook"}}
             if name == "b":
                 cfg["metrics"] = {"listen": "127.0.0.1:9741"}
                 # B enforces a baseline (and lets itself reach etcd); it is not
@@ -133,6 +139,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             nodes[name] = Node(name, host, logfile, DaemonRun(host, d, cfg))
         lab.link(nodes["c"].host, attacker, "10.79.3", "fd00:79:3")
         servers.append(listen_tcp(nodes["c"].host, PORT))
+        servers.append(nodes["a"].host.popen([sys.executable, "-c", RECEIVER,
+                                              str(work / "a" / "hook.jsonl"), str(HOOK_PORT),
+                                              "0"]))
         for n in nodes.values():
             n.daemon.start()
         assert all(wait_until(lambda n=n: '"cluster_synced"' in n.daemon.log(), 20)
@@ -154,6 +163,31 @@ def logs(cl: Cluster) -> str:
 
 def events(node: Node, name: str) -> list[dict[str, Any]]:
     return [e for e in node.daemon.events() if e.get("event") == name]
+
+
+def hook_events(cl: Cluster, about: str) -> list[str]:
+    """The cluster baseline events about node ``about`` A's chat hook received."""
+    path = cl.a.daemon.workdir / "hook.jsonl"
+    if not path.exists():
+        return []
+    return [e["event"] for line in path.read_text().splitlines()
+            for e in json.loads(line)["body"]["events"]
+            if e["event"].startswith("baseline_") and e["target"] == about]
+
+
+def add_rule_b(cl: Cluster, port: int) -> int:
+    """Add a rule by hand to B's baseline input chain; returns its handle."""
+    cl.b.host.run("nft", "add", "rule", "inet", "kfwguard_baseline", "input",
+                  "tcp", "dport", str(port), "accept")
+    chain = json.loads(cl.b.host.nft_json("-a", "list", "chain", "inet",
+                                          "kfwguard_baseline", "input"))
+    return next(int(i["rule"]["handle"]) for i in chain["nftables"]
+                if "rule" in i and f'"right": {port}' in json.dumps(i["rule"]["expr"]))
+
+
+def delete_rule_b(cl: Cluster, handle: int) -> None:
+    cl.b.host.run("nft", "delete", "rule", "inet", "kfwguard_baseline", "input",
+                  "handle", str(handle))
 
 
 class TestSharedBans:
@@ -216,6 +250,27 @@ class TestSharedBans:
                     cluster.b.host.run("nft", "delete", "rule", "inet", "kfwguard_baseline",
                                        "input", "handle", str(rule["handle"]))
         assert wait_until(lambda: cluster.a.states().get("node-b") == "up", 15)
+
+    def test_baseline_alert_fires_once_and_resolves(self, cluster: Cluster) -> None:
+        """B's baseline edited by hand raises one baseline alert, announced by A
+        (the first node by name), and one resolution when the edit is undone."""
+        assert wait_until(lambda: cluster.a.states().get("node-b") == "up", 15)
+        before = hook_events(cluster, "node-b")
+        assert not before or before[-1] == "baseline_agrees", before
+        rule = add_rule_b(cluster, 9998)
+        try:
+            assert wait_until(lambda: hook_events(cluster, "node-b")[len(before):]
+                              == ["baseline_differs"], 30), logs(cluster)
+        finally:
+            delete_rule_b(cluster, rule)
+        assert wait_until(lambda: hook_events(cluster, "node-b")[len(before):]
+                          == ["baseline_differs", "baseline_agrees"], 30), logs(cluster)
+        assert wait_until(lambda: cluster.a.states().get("node-b") == "up", 15)
+        assert ["baseline_differs", "baseline_agrees"] == \
+            hook_events(cluster, "node-b")[len(before):]  # once, not per heartbeat
+        # B and C saw the same difference and announced nothing.
+        assert not events(cluster.b, "cluster_baseline_differs")
+        assert not events(cluster.c, "cluster_baseline_differs")
 
     def test_metrics(self, cluster: Cluster) -> None:
         """B's /metrics says it is connected, counts peers' bans received and
