@@ -9,6 +9,7 @@ it: it runs at start and after a compaction, not on a hot path.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ class GrpcLister:
         """Every key in [start, end) at one revision, in pages; the next page
         is asked for while this one is decoded. Raises EtcdUnavailable when
         ``endpoint`` cannot serve it (the caller moves on), EtcdError else."""
-        from aetcd.rpc import rpc_pb2, rpc_pb2_grpc
+        from aetcd.rpc import rpc_pb2_grpc
 
         grpc = self._grpc
         target = endpoint.split("://", 1)[-1]
@@ -65,20 +66,15 @@ class GrpcLister:
                    if endpoint.startswith("https://") and self._creds is not None
                    else grpc.aio.insecure_channel(target, options=options))
         kv = rpc_pb2_grpc.KVStub(channel)
-        # Refuse to be served by a member without a leader (a stale listing).
-        meta = (("hasleader", "true"),)
-
-        def ask(key: bytes, revision: int) -> Any:
-            return kv.Range(rpc_pb2.RangeRequest(key=key, range_end=end, limit=self.page,
-                                                 revision=revision),
-                            timeout=timeout, metadata=meta)
+        ahead: asyncio.Future[Any] | None = None
         try:
-            resp = await ask(start, 0)
+            resp = await self._page(kv, start, end, 0, timeout)
             revision = int(resp.header.revision)
             out: list[KeyValue] = []
             while True:
-                ahead = ask(resp.kvs[-1].key + b"\x00", revision) if resp.more and resp.kvs \
-                    else None
+                ahead = (asyncio.ensure_future(self._page(kv, resp.kvs[-1].key + b"\x00", end,
+                                                          revision, timeout))
+                         if resp.more and resp.kvs else None)
                 out += [KeyValue(k.key.decode(errors="replace"), k.value, k.mod_revision,
                                  k.lease) for k in resp.kvs]
                 if ahead is None:
@@ -90,4 +86,15 @@ class GrpcLister:
                 raise EtcdUnavailable(msg) from None
             raise EtcdError(msg) from None
         finally:
+            if ahead is not None and not ahead.done():
+                ahead.cancel()
             await channel.close()
+
+    async def _page(self, kv: Any, key: bytes, end: bytes, revision: int,
+                    timeout: float) -> Any:  # noqa: ASYNC109
+        from aetcd.rpc import rpc_pb2
+
+        # hasleader: refuse to be served by a member cut off from its leader.
+        return await kv.Range(rpc_pb2.RangeRequest(key=key, range_end=end, limit=self.page,
+                                                   revision=revision),
+                              timeout=timeout, metadata=(("hasleader", "true"),))

@@ -312,9 +312,15 @@ class TestSharedBans:
 
 
 class TestResilience:
-    def test_listing_in_pages_at_one_revision(self, cluster: Cluster) -> None:
-        """A listing fetched in pages returns every key once, at the revision of
-        its first page, even with writes landing between the pages."""
+    @pytest.mark.parametrize("path", ["gateway", "grpc"])
+    def test_listing_in_pages_at_one_revision(self, cluster: Cluster, path: str) -> None:
+        """A listing fetched in pages (through the JSON gateway, or over gRPC with
+        the cluster extra) returns every key once, at the revision of its first
+        page, even with writes landing between the pages."""
+        if path == "grpc":
+            from kfwguard.cluster import etcdgrpc
+
+            need(etcdgrpc.available(), "needs the cluster extra (aetcd, grpcio)")
         code = f"""
 import asyncio, json
 from kfwguard.cluster.etcdclient import EtcdClient, TLSFiles
@@ -322,14 +328,27 @@ async def main():
     c = EtcdClient({cluster.etcd.endpoints!r}, TLSFiles(**{cluster.etcd.tls()!r}))
     for i in range(50):
         await c.put(f"/pagetest/k{{i:03}}", str(i))
-    real = c._post
-    async def post(ep, path, body, timeout):
-        out = await real(ep, path, body, timeout)
-        if path == "/v3/kv/range" and body.get("limit") == 7:
-            await c.put(f"/pagetest/k{{body['key']}}x", "new")  # lands between pages
-            await c.delete("/pagetest/k049")
-        return out
-    c._post = post
+    async def between(key):
+        await c.put(f"/pagetest/k{{key}}x", "new")  # lands between pages
+        await c.delete("/pagetest/k049")
+    if {path!r} == "grpc":
+        from kfwguard.cluster.etcdgrpc import GrpcLister
+        c.grpc_listing, c._lister = True, GrpcLister(c.tls, page=7)
+        real = c._lister._page
+        async def page(kv, key, end, revision, timeout):
+            out = await real(kv, key, end, revision, timeout)
+            await between(key.hex())
+            return out
+        c._lister._page = page
+    else:
+        c.grpc_listing = False
+        real = c._post
+        async def post(ep, path, body, timeout):
+            out = await real(ep, path, body, timeout)
+            if path == "/v3/kv/range" and body.get("limit") == 7:
+                await between(body["key"])
+            return out
+        c._post = post
     rev, kvs = await c.range_prefix("/pagetest/", page=7)
     await c.delete("/pagetest/", prefix=True)
     await c.close()
