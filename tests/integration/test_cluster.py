@@ -332,16 +332,16 @@ async def main():
         await c.put(f"/pagetest/k{{key}}x", "new")  # lands between pages
         await c.delete("/pagetest/k049")
     if {path!r} == "grpc":
-        from kfwguard.cluster.etcdgrpc import GrpcLister
-        c.grpc_listing, c._lister = True, GrpcLister(c.tls, page=7)
-        real = c._lister._page
+        from kfwguard.cluster.etcdgrpc import GrpcClient
+        c.use_grpc, c._grpc = True, GrpcClient(c.tls, page=7)
+        real = c._grpc._page
         async def page(kv, key, end, revision, timeout):
             out = await real(kv, key, end, revision, timeout)
             await between(key.hex())
             return out
-        c._lister._page = page
+        c._grpc._page = page
     else:
-        c.grpc_listing = False
+        c.use_grpc = False
         real = c._post
         async def post(ep, path, body, timeout):
             out = await real(ep, path, body, timeout)
@@ -357,6 +357,52 @@ asyncio.run(main())
 """
         keys = json.loads(cluster.etcd.host.python(code).stdout)
         assert [f"/pagetest/k{i:03}" for i in range(50)] == keys
+
+    @pytest.mark.parametrize("path", ["gateway", "grpc"])
+    def test_watch_in_order_and_compaction(self, cluster: Cluster, path: str) -> None:
+        """A watch (through the JSON gateway, or over gRPC with the cluster extra)
+        yields puts and deletes in revision order from its start revision, and
+        ends with EtcdCompacted when that revision was compacted away."""
+        if path == "grpc":
+            from kfwguard.cluster import etcdgrpc
+
+            need(etcdgrpc.available(), "needs the cluster extra (aetcd, grpcio)")
+        code = f"""
+import asyncio, json
+from kfwguard.cluster.etcdclient import EtcdClient, EtcdCompacted, TLSFiles
+async def main():
+    c = EtcdClient({cluster.etcd.endpoints!r}, TLSFiles(**{cluster.etcd.tls()!r}))
+    c.use_grpc = None if {path!r} == "grpc" else False
+    rev = await c.put("/watchtest/a", "1")
+    got = []
+    async def follow():
+        async for r, evs in c.watch("/watchtest/", rev):
+            got.extend([e.kind, e.kv.key, e.kv.value.decode(), e.kv.mod_revision] for e in evs)
+            if len(got) >= 3:
+                return
+    task = asyncio.create_task(follow())
+    await c.put("/watchtest/b", "2")
+    await c.delete("/watchtest/a")
+    await asyncio.wait_for(task, 20)
+    await c.compact(await c.put("/watchtest/c", "3"))
+    try:
+        async for _ in c.watch("/watchtest/", rev):
+            break
+        compacted = False
+    except EtcdCompacted:
+        compacted = True
+    await c.delete("/watchtest/", prefix=True)
+    await c.close()
+    print(json.dumps(dict(rev=rev, got=got, compacted=compacted, grpc=c._grpc is not None)))
+asyncio.run(main())
+"""
+        r = json.loads(cluster.etcd.host.python(code).stdout.splitlines()[-1])
+        assert [["put", "/watchtest/a", "1"], ["put", "/watchtest/b", "2"],
+                ["delete", "/watchtest/a", ""]] == [g[:3] for g in r["got"]]
+        revs = [g[3] for g in r["got"]]  # other writers (heartbeats) share the revisions
+        assert r["rev"] == revs[0] < revs[1] < revs[2]
+        assert r["compacted"]
+        assert (path == "grpc") == r["grpc"]
 
     def test_leader_killed_mid_burst(self, cluster: Cluster) -> None:
         """Kill the etcd leader in the middle of 1,000 bans on A: every one reaches
