@@ -49,6 +49,10 @@ class AlertmanagerSender:
         drift = ev["event"] == "drift"
         alertname = (self.format.get("drift_alertname", "KfwguardBaselineDrift") if drift
                      else self.format.get("alertname", "KfwguardBan"))
+        cluster = ev["event"] in ("baseline_differs", "baseline_agrees")
+        if cluster:  # "baseline_agrees" resolves it: its expires_at is now
+            alertname = self.format.get("cluster_baseline_alertname",
+                                        "KfwguardClusterBaselineDiffers")
         labels = {
             **self.extra_labels,
             "alertname": str(alertname),
@@ -60,6 +64,9 @@ class AlertmanagerSender:
             labels["simulated"] = "true"  # observe mode: route or silence it apart
         template = (self.format.get("drift_summary", "baseline ${address} drifted: ${reason}")
                     if drift else self.format.get("summary", "${address} banned"))
+        if cluster:
+            template = self.format.get("cluster_baseline_summary",
+                                       "baseline of node ${address}: ${reason}")
         summary = render(str(template),
                          address=ev["target"], jail=ev["jail"], node=labels["node"],
                          duration=format_duration(expires_at - banned_at),

@@ -78,6 +78,28 @@ def drift_event(table: str, reason: str, node: str, at: float) -> Event:
     }
 
 
+# Cluster mode's baseline alert (kfwguard/cluster/service.py _check_baselines):
+# a node whose baseline is not the cluster's. Event "baseline_differs" fires
+# (Alertmanager: until CLUSTER_ALERT_SECONDS later unless raised again),
+# "baseline_agrees" resolves it; ``target`` is the node the alert is about.
+CLUSTER_ALERT_SECONDS = 24 * 3600.0
+
+
+def cluster_baseline_event(subject: str, firing: bool, reason: str, node: str,
+                           at: float) -> Event:
+    return {
+        "event": "baseline_differs" if firing else "baseline_agrees",
+        "target": subject,
+        "jail": "cluster",
+        "reason": reason,
+        "banned_at": at,
+        "expires_at": at + CLUSTER_ALERT_SECONDS if firing else at,
+        "offence": 1,
+        "node": node,
+        "at": at,
+    }
+
+
 def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z")

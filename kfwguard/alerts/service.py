@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 
 from kfwguard.alerts.alertmanager import AlertmanagerSender
-from kfwguard.alerts.base import Sender, ban_event, drift_event
+from kfwguard.alerts.base import Sender, ban_event, cluster_baseline_event, drift_event
 from kfwguard.alerts.outbox import AlertWorker, Outbox
 from kfwguard.alerts.webhook import WebhookSender
 from kfwguard.config import ActionConfig, Config, WebhookActionConfig
@@ -80,6 +80,13 @@ class AlertService:
         """The baseline had drifted and was put back: every action hears of it."""
         now = self.clock()
         self.outbox.put([(a, drift_event(table, reason, self.node, now))
+                         for a in self.cfg.actions])
+
+    def on_cluster_baseline(self, subject: str, firing: bool, reason: str) -> None:
+        """Cluster mode: node ``subject``'s baseline differs from the cluster's
+        (``firing``) or agrees again; every action hears of it."""
+        now = self.clock()
+        self.outbox.put([(a, cluster_baseline_event(subject, firing, reason, self.node, now))
                          for a in self.cfg.actions])
 
     # -- lifecycle ---------------------------------------------------------------

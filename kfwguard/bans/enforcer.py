@@ -118,16 +118,6 @@ class KernelEnforcer:
         self._deferred_remove.discard(key)
         self._pending_remove.add(key)
 
-    def mark_add(self, key: str) -> None:
-        """Queue ``key`` as an element of its own (a peer's ban, as apply_peer
-        has always queued it)."""
-        self._pending.add(key)
-        self._pending_remove.discard(key)
-
-    def mark_remove(self, key: str) -> None:
-        self._pending.discard(key)
-        self._pending_remove.add(key)
-
     def expired(self, targets: list[str], nets: bool, now: float) -> None:
         """Forget elements of bans whose time is up (the kernel expired its own)."""
         for key in targets:

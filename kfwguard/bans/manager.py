@@ -59,6 +59,9 @@ log = structlog.get_logger("kfwguard.bans")
 
 LOG_EACH_BAN_UP_TO = 50
 
+# Peers' bans are stored this many rows per state DB transaction, after the kernel.
+PEER_STORE_CHUNK = 5000
+
 BanListener = Callable[[Sequence[BanRow]], None]
 
 
@@ -380,12 +383,19 @@ class BanManager:
 
     # -- bans decided by peers (cluster mode) ----------------------------------
 
-    def apply_peer(self, rows: Sequence[BanRow]) -> list[BanRow]:
+    async def apply_peer(self, rows: Sequence[BanRow], *,
+                         applied: Callable[[], None] | None = None) -> list[BanRow]:
         """Enforce bans another node decided (``row.jail`` is ``peer_jail(node)``),
         with their own expiry. Protected and ignored addresses are refused here as
         for a local ban; a row already in force unchanged is skipped. No listener
         hears of them: they are not published again and raise no alert, and no
-        local jail counts them as offences. Returns the rows taken."""
+        local jail counts them as offences. Returns the rows taken; ``applied``
+        is called when the kernel has them.
+
+        Kernel first, store after (the reverse of a local ban): the peers'
+        store (etcd) already holds them durably and a restart lists them
+        again, so protection must not wait for a local commit. A peer's CIDR
+        goes through the same disjoint cover as a local one."""
         now = self.now()
         taken: list[BanRow] = []
         for row in rows:
@@ -414,13 +424,21 @@ class BanManager:
             taken.append(row)
         if not taken:
             return []
-        self.journal.save(taken)
         for r in taken:
             self.index.add(r)
-            self.kernel.mark_add(r.target)
+            self.kernel.queue_add(r.target)
         log.info("peer_bans", count=len(taken), origins=sorted({r.jail for r in taken}),
                  targets=[r.target for r in taken[:LOG_EACH_BAN_UP_TO]])
-        self.kernel.schedule_flush()
+        await self.flush()
+        if applied is not None:
+            applied()
+        # In chunks, the loop running between them (100k rows are seconds of
+        # SQLite), and only what is still in force as taken: a withdraw (an
+        # unban) may come in meanwhile and must not be stored back.
+        for i in range(0, len(taken), PEER_STORE_CHUNK):
+            self.journal.save([r for r in taken[i:i + PEER_STORE_CHUNK]
+                               if self.index.get((r.target, r.jail)) is r])
+            await asyncio.sleep(0)
         return taken
 
     def withdraw_peer(self, keys: Sequence[tuple[str, str]]) -> list[BanRow]:
@@ -433,9 +451,9 @@ class BanManager:
         for r in rows:
             self.index.remove(r)
             if self.index.has_target(r.target):
-                self.kernel.mark_add(r.target)
+                self.kernel.queue_add(r.target)
             else:
-                self.kernel.mark_remove(r.target)
+                self.kernel.queue_remove(r.target)
         log.info("peer_unbans", count=len(rows), targets=[r.target for r in rows[:50]])
         self.kernel.schedule_flush()
         return rows

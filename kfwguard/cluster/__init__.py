@@ -83,6 +83,9 @@ class ClusterHooks:
         metrics = getattr(op, "metrics", None)
         if metrics is not None:
             _register_metrics(metrics.registry, svc)
+        alerts = getattr(op, "alerts", None)
+        if alerts is not None:
+            svc.on_baseline_alert.append(alerts.on_cluster_baseline)
 
     async def stop(self, daemon: Daemon) -> None:
         if self.service is not None:
