@@ -416,7 +416,12 @@ class CriDecoder:
         self._pending.clear()
 
 
-def make_decoder(fmt: Literal["text", "json", "cri"], skipped: dict[str, int]) -> Decoder:
+# How a file's lines become records: plain text, one JSON object a line, or
+# the container runtime's CRI log format (stamp, stream, partial flag).
+LineFormat = Literal["text", "json", "cri"]
+
+
+def make_decoder(fmt: LineFormat, skipped: dict[str, int]) -> Decoder:
     if fmt == "json":
         return JsonDecoder(skipped)
     if fmt == "cri":

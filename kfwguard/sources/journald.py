@@ -1,4 +1,5 @@
-"""Read the systemd journal with ``systemd.journal.Reader`` on the event loop.
+"""The ``type: journald`` source kind: read the systemd journal with
+``systemd.journal.Reader`` on the event loop.
 
 Position: the journal cursor (``__CURSOR``) of the last entry delivered.
 
@@ -17,13 +18,14 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import structlog
+from pydantic import Field
 
-from kfwguard.config import JournaldSourceConfig
+from kfwguard.configtypes import AbsolutePath
 from kfwguard.model import Record
-from kfwguard.sources.base import MAX_BATCH, Backlog, Sink
+from kfwguard.sources.base import MAX_BATCH, SOURCES, Backlog, Sink, Source, SourceConfig
 from kfwguard.sources.formats import count
 
 # Re-check interval while entries are flowing: a busy source delivers an
@@ -43,6 +45,18 @@ REOPEN_WAIT = 1.0
 
 # A position that is not a cursor: where a first run began reading (epoch s).
 REALTIME_PREFIX = "realtime:"
+
+
+@SOURCES.register
+class JournaldSourceConfig(SourceConfig):
+    type: Literal["journald"]
+    # FIELD: value or [values]; sd-journal ORs the values of a field, ANDs fields.
+    match: dict[str, str | list[str]] = Field(default_factory=dict)
+    # A journal directory to read instead of the system journal (tests, containers).
+    path: AbsolutePath | None = None
+
+    def build(self, position: str | None, *, clock: Callable[[], float]) -> Source:
+        return JournaldSource(self, position, clock=clock)
 
 
 def _text(value: Any) -> str:

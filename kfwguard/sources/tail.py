@@ -21,10 +21,9 @@ from typing import Literal
 
 import structlog
 
-from kfwguard.config import FileSourceConfig
 from kfwguard.model import Record
 from kfwguard.sources.base import MAX_BATCH, MAX_LINE, Backlog, Sink
-from kfwguard.sources.formats import Line, LineSplitter, TextBlock, make_decoder
+from kfwguard.sources.formats import Line, LineFormat, LineSplitter, TextBlock, make_decoder
 from kfwguard.sources.inotify import (
     IN_IGNORED,
     IN_MOVED_FROM,
@@ -68,19 +67,23 @@ def format_position(dev: int, ino: int, off: int) -> str:
 
 
 class FileSource:
-    """A ``type: file`` source (formats text, json, cri)."""
+    """A ``type: file`` source with a plain path (formats text, json, cri); the
+    options are those of kfwguard.sources.file.FileSourceConfig."""
 
     def __init__(
         self,
-        cfg: FileSourceConfig,
+        name: str,
+        path: Path,
         position: str | None,
         *,
+        fmt: LineFormat = "text",
+        allow_outside_dir: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.name = cfg.name
-        self.path = Path(os.path.abspath(cfg.path))
-        self.format = cfg.format
-        self._allow_outside = cfg.allow_outside_dir
+        self.name = name
+        self.path = Path(os.path.abspath(path))
+        self.format = fmt
+        self._allow_outside = allow_outside_dir
         self.lines_read = 0
         self.skipped: dict[str, int] = {}
         self._clock = clock
@@ -88,7 +91,7 @@ class FileSource:
         self._bad_position: str | None = (
             position if position and self._saved is None else None
         )
-        self._decoder = make_decoder(cfg.format, self.skipped)
+        self._decoder = make_decoder(fmt, self.skipped)
         self._split = LineSplitter(0, self.skipped)
         self._fd: int | None = None
         self._ident: Identity = (0, 0)

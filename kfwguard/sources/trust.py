@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from kfwguard.config import Config, FileSourceConfig, JournaldSourceConfig
+from kfwguard.config import Config
 from kfwguard.matching import Filter, TextFilter
+from kfwguard.sources.file import FileSourceConfig
+from kfwguard.sources.journald import JournaldSourceConfig
 
 # journald fields that say which process wrote an entry (set by journald).
 WRITER_FIELDS = frozenset({"_UID", "_COMM", "_EXE", "_PID", "_CMDLINE"})

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import structlog
 
-from kfwguard.config import JournaldSourceConfig
 from kfwguard.model import Record
 from kfwguard.sources import Source, build_source
 from kfwguard.sources import journald as journald_module
 from kfwguard.sources.base import MAX_BATCH
+from kfwguard.sources.journald import JournaldSourceConfig
 from tests.integration.test_sources_file import Tail, running
 
 pytestmark = [pytest.mark.journald, pytest.mark.usefixtures("journald")]

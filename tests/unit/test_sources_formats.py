@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from kfwguard.sources.base import MAX_LINE
-from kfwguard.sources.file import format_position, parse_position
 from kfwguard.sources.formats import (
     CriDecoder,
     JsonDecoder,
@@ -13,6 +12,7 @@ from kfwguard.sources.formats import (
     TextDecoder,
     parse_rfc3339,
 )
+from kfwguard.sources.tail import format_position, parse_position
 
 
 def pos(off: int) -> str:

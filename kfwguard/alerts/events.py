@@ -1,0 +1,92 @@
+"""What alerts are about: a typed union of events, one class per kind.
+
+Listeners turn what happened (a ban, an early unban, a healed baseline drift)
+into an event; the outbox stores its ``payload()`` (JSON, tagged by
+``"event"``) and hands senders the event again (``from_payload``). Each sender
+renders every kind (``match`` with ``assert_never``: mypy names a sender that
+misses a new kind). A new kind is a class here, a member of ``AlertEvent``
+and a case in each sender.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+# A drift alert stays firing this long in Alertmanager: the daemon heals drift
+# at once, so there is no later "resolved" moment to wait for.
+DRIFT_ALERT_SECONDS = 15 * 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class _BanFacts:
+    """A ban as it stood when the event was queued."""
+
+    target: str
+    jail: str
+    reason: str
+    banned_at: float
+    expires_at: float
+    offence: int
+    node: str
+    # When the event happened (queued), not when it is delivered.
+    at: float
+    # Observe mode (dry_run): decided, not enforced; receivers show it apart.
+    simulated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Ban(_BanFacts):
+    """An address (or prefix) was banned."""
+
+    kind: ClassVar[str] = "ban"
+
+
+@dataclass(frozen=True, slots=True)
+class Unban(_BanFacts):
+    """A ban was lifted before it expired (expiries are not alerted)."""
+
+    kind: ClassVar[str] = "unban"
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """The baseline table had been changed by someone else and was put back."""
+
+    kind: ClassVar[str] = "drift"
+    table: str
+    reason: str
+    node: str
+    at: float
+
+
+AlertEvent = Ban | Unban | Drift
+
+_KINDS: dict[str, type[AlertEvent]] = {k.kind: k for k in (Ban, Unban, Drift)}
+
+
+def payload(event: AlertEvent) -> dict[str, Any]:
+    """The stored (and JSON webhook) form: the fields and ``"event": kind``."""
+    return {"event": event.kind, **asdict(event)}
+
+
+class BadPayload(ValueError):
+    """A stored event this version cannot read (damaged, or from a newer version)."""
+
+
+def from_payload(data: object) -> AlertEvent:
+    """The event back from ``payload()``; BadPayload if it is not one."""
+    if not isinstance(data, dict):
+        raise BadPayload("not a mapping")
+    cls = _KINDS.get(str(data.get("event")))
+    if cls is None:
+        raise BadPayload(f"unknown event {data.get('event')!r}")
+    values = dict(data)
+    if cls is Drift and "table" not in values:
+        # Queued by a version that sent drift as a fake ban of the table.
+        values["table"] = values.get("target")
+    names = {f.name for f in fields(cls)}
+    try:
+        return cls(**{k: v for k, v in values.items() if k in names})
+    except TypeError as exc:
+        raise BadPayload(str(exc)) from None
