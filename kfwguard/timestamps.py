@@ -19,6 +19,8 @@ def parse_rfc3339(text: str, *, zone_required: bool = False) -> float | None:
     ``zone_required``, none (the node's local time).
     """
     n = len(text)
+    if not text.isascii():
+        return None  # fromisoformat would read other scripts' digits
     if (n < 19 or n > 64 or text[4] != "-" or text[7] != "-" or text[10] not in "Tt "
             or text[13] != ":" or text[16] != ":"):
         return None
