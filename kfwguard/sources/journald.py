@@ -271,6 +271,11 @@ class JournaldSource:
     # -- reading -----------------------------------------------------------------
 
     def _read_batch(self) -> list[Record]:
+        # The fast path: the reader's private C calls (_next, _get_all,
+        # _get_realtime, _get_cursor) give raw bytes; the public get_next()
+        # runs a Python converter on every field of every entry, several
+        # times slower. Private API: pyproject.toml caps systemd-python, and
+        # test_sources_journald.py::TestFastPath fails if this path is left.
         reader = self._reader
         reader.process()
         out: list[Record] = []
