@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from kfwguard.alerts.base import (
     load_format,
     redact,
 )
-from kfwguard.alerts.events import AlertEvent, Ban, Drift, Unban, from_payload
+from kfwguard.alerts.events import AlertEvent, Ban, Drift, Unban, from_payload, payload
 from kfwguard.alerts.outbox import AlertWorker, Outbox
 from kfwguard.alerts.service import AlertService
 from kfwguard.alerts.webhook import WebhookActionConfig, WebhookSender, summarise
@@ -446,3 +447,42 @@ class TestDriftMessages:
         assert ("KfwguardBaselineDrift", "kfwguard_baseline") == \
             (alert["labels"]["alertname"], alert["labels"]["address"])
         assert "rule edited in chain input" in alert["annotations"]["summary"]
+
+
+class TestTypedEvents:
+    def test_payload_round_trip(self) -> None:
+        """Every event kind comes back from its stored payload as the same typed event."""
+        events: list[AlertEvent] = [*bans(1), event(Unban, row("192.0.2.5")),
+                                    Drift("kfwguard_baseline", "chain flushed", "node-1", NOW)]
+        assert events == [from_payload(payload(e)) for e in events]
+
+    def test_drift_queued_by_an_older_version_is_read(self) -> None:
+        """A drift payload stored as the old fake ban (target = the table) is read as Drift."""
+        old = {"event": "drift", "target": "kfwguard_baseline", "jail": "baseline",
+               "reason": "rule edited", "banned_at": NOW, "expires_at": NOW + 900,
+               "offence": 1, "node": "node-1", "at": NOW}
+        assert Drift("kfwguard_baseline", "rule edited", "node-1", NOW) == from_payload(old)
+
+    async def test_unreadable_payload_dropped_and_counted(self, tmp_path: Path,
+                                                          receiver: Receiver) -> None:
+        """A stored event this version cannot read (an unknown kind) is dropped and
+        counted; the readable ones beside it are delivered."""
+        store = Store.in_dir(tmp_path)
+        try:
+            box = Outbox(store)
+            store.outbox_add([("chat", {"event": "from-the-future", "x": 1})], time.time())
+            box.put([("chat", e) for e in bans(2)])
+            box.spool_now()
+            worker = AlertWorker(WebhookSender("chat", webhook(receiver.url()), "node-1"), box)
+            task = asyncio.create_task(worker.run())
+            try:
+                await eventually(lambda: box.size("chat") == 0)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                await worker.sender.close()
+        finally:
+            store.close()
+        assert (1, 2) == (worker.dropped, worker.sent)
+        assert "2 addresses banned" in receiver.posts[0][1]["text"]
