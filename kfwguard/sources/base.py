@@ -90,5 +90,11 @@ class SourceConfig(Model):
         """The running source, resuming at ``position`` (what the daemon saved
         from ``records[-1].position``) when given."""
 
+    def forgery_warning(self, jail: str, filter_name: str, *, syslog_tag: bool) -> str | None:
+        """Why a local user could write lines that jail ``jail`` counts, or None
+        (kfwguard/sources/trust.py). ``syslog_tag``: the filter trusts a
+        syslog header's tag to name the program."""
+        return None
+
 
 SOURCES: Registry[SourceConfig] = Registry("source", SourceConfig)

@@ -32,3 +32,11 @@ class FileSourceConfig(SourceConfig):
                                   allow_outside_dir=self.allow_outside_dir, clock=clock)
         return FileSource(self.name, self.path, position, fmt=self.format,
                           allow_outside_dir=self.allow_outside_dir, clock=clock)
+
+    def forgery_warning(self, jail: str, filter_name: str, *, syslog_tag: bool) -> str | None:
+        if self.format != "text" or not syslog_tag:
+            return None
+        return (f"jail {jail!r} reads the syslog file {str(self.path)!r}: any local user "
+                f"can write a line there with any tag (logger -t {filter_name} ...) and "
+                "have the address in it banned; read it from journald with "
+                "_SYSTEMD_UNIT and _UID (or _COMM/_EXE) in the match")

@@ -28,6 +28,10 @@ from kfwguard.model import Record
 from kfwguard.sources.base import MAX_BATCH, SOURCES, Backlog, Sink, Source, SourceConfig
 from kfwguard.sources.formats import count
 
+# journald fields that say which process wrote an entry (set by journald from
+# the sender's credentials, never by the sender; kfwguard/sources/trust.py).
+WRITER_FIELDS = frozenset({"_UID", "_COMM", "_EXE", "_PID", "_CMDLINE"})
+
 # Re-check interval while entries are flowing: a busy source delivers an
 # entry ~5-10 ms after it was written (median).
 BUSY_POLL = 0.01
@@ -57,6 +61,14 @@ class JournaldSourceConfig(SourceConfig):
 
     def build(self, position: str | None, *, clock: Callable[[], float]) -> Source:
         return JournaldSource(self, position, clock=clock)
+
+    def forgery_warning(self, jail: str, filter_name: str, *, syslog_tag: bool) -> str | None:
+        if WRITER_FIELDS & set(self.match):
+            return None
+        return (f"jail {jail!r} reads journald source {self.name!r} without a writer "
+                "field in its match (_UID, _COMM or _EXE): any process that can log there "
+                "(for _SYSTEMD_UNIT, any process in the unit's cgroup) can have an "
+                "address banned")
 
 
 def _text(value: Any) -> str:
