@@ -56,7 +56,7 @@ def run(data: bytes, filter_name: str = "sshd", now: float | None = None) -> dic
             block = TextBlock(found[0], found[1], position)
             lines += len(block)
             done = jail.add_lines(flt, block.data, now)
-            if done is not None:  # the daemon's path (daemon.Daemon._sink_for)
+            if done is not None:  # the daemon's path (pipeline.JailFeed.take)
                 matches += sum(done[1].values())
                 bans += len(done[0])
                 continue

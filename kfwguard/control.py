@@ -128,7 +128,7 @@ def daemon_status(daemon: Daemon) -> dict[str, Any]:
             "skipped": dict(src.skipped),
             "lag": None if lag is None else round(lag, 3),
             "errors": rt.errors,
-            "jails": [jr.jail.name for jr in rt.jails],
+            "jails": [f.jail.name for f in rt.feeds],
             # Why it reads nothing, when it knows (journald not running).
             "problem": getattr(src, "problem", None),
         }

@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,23 +43,16 @@ from kfwguard.firewall.baseline import (
 from kfwguard.firewall.nft import Nft, NftError, NftUnavailable
 from kfwguard.jails import Jail
 from kfwguard.matching import Filter, FilterError, load_filter
-from kfwguard.matching.engine import Hit
 from kfwguard.matching.loader import FilterNotFound
-from kfwguard.matching.sessions import Sessions, block_sessions, record_sessions
-from kfwguard.model import BanRequest, Record
+from kfwguard.matching.sessions import Sessions
 from kfwguard.node import protected_networks
 from kfwguard.notify import Notifier
-from kfwguard.sources import Source, build_source
-from kfwguard.sources.formats import TextBlock
+from kfwguard.pipeline import CURSOR_SAVE_INTERVAL, JailFeed, SourcePipeline
+from kfwguard.sources import build_source
 from kfwguard.sources.trust import forgery_warnings
 from kfwguard.store import Store, StoreError
 
 log = structlog.get_logger("kfwguard.daemon")
-
-# Positions are saved at most this often per source (and at stop): a crash
-# re-reads at most this much, and re-read lines never re-ban (jails count by
-# log time and skip what precedes a ban).
-CURSOR_SAVE_INTERVAL = 1.0
 
 
 # READY waits this long for sources to fix their starting point; a source
@@ -84,26 +77,6 @@ class PendingBaseline:
 
 class StartupError(Exception):
     """The daemon cannot start; the message says why."""
-
-
-@dataclass
-class JailRuntime:
-    jail: Jail
-    filter: Filter
-    # A paired filter's hits settle per session (PAM + sshd lines, one count).
-    sessions: Sessions | None = None
-
-
-@dataclass
-class SourceRuntime:
-    source: Source
-    jails: list[JailRuntime]
-    task: asyncio.Task[None] | None = None
-    last_saved: float = 0.0
-    unsaved: str | None = None
-    errors: int = 0
-    cursor_failing: bool = False
-    matches: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 def build_filters(cfg: Config) -> dict[str, Filter]:
@@ -138,7 +111,7 @@ class Daemon:
         self.notifier = Notifier()
         self.store: Store | None = None
         self.bans: BanManager | None = None
-        self.sources: dict[str, SourceRuntime] = {}
+        self.sources: dict[str, SourcePipeline] = {}
         self.jails: dict[str, Jail] = {}
         self.ignore = IgnoreList()
         # Sentences about the config an operator must see (logged, in status).
@@ -192,7 +165,7 @@ class Daemon:
         for warning in self.warnings:
             log.warning("source_forgeable", detail=warning)
         self.jails = {}
-        by_source: dict[str, list[JailRuntime]] = {}
+        by_source: dict[str, list[JailFeed]] = {}
         for jc in cfg.jails:
             if not jc.enabled:
                 continue
@@ -203,7 +176,7 @@ class Daemon:
             self.jails[jc.name] = jail
             flt = filters[jc.filter]
             sessions = Sessions(flt.kinds) if flt.paired else None
-            by_source.setdefault(jc.source, []).append(JailRuntime(jail, flt, sessions))
+            by_source.setdefault(jc.source, []).append(JailFeed(jail, flt, sessions))
         self.sources = {}
         for sc in cfg.sources:
             if sc.name not in by_source:
@@ -215,140 +188,15 @@ class Daemon:
                 except StoreError as exc:
                     log.error("cursor_unreadable", source=sc.name, error=str(exc))
             src = build_source(sc, position, clock=self.clock)
-            self.sources[sc.name] = SourceRuntime(src, by_source[sc.name])
-
-    # -- the pipeline ------------------------------------------------------------
-
-    def _sink_for(self, rt: SourceRuntime) -> Callable[[Sequence[Record]], None]:
-        bans = self.bans
-        assert bans is not None
-        clock = self.clock
-        jails = rt.jails
-        matches = rt.matches
-
-        def hits_of(jr: JailRuntime, records: Sequence[Record], now: float) -> list[Hit]:
-            """The filter's findings for the batch (settled per session for a paired
-            filter); a filter bug costs its record only."""
-            found, by_offset = raw_hits_of(jr, records, now)
-            if jr.sessions is None:
-                return found
-            sids = (block_sessions(records.data, found)
-                    if by_offset and isinstance(records, TextBlock)
-                    else record_sessions(records, found))
-            return jr.sessions.settle(found, sids, now)
-
-        def raw_hits_of(jr: JailRuntime, records: Sequence[Record], now: float,
-                        ) -> tuple[list[Hit], bool]:
-            """The hits, and whether they are placed by byte offsets (a TextBlock's
-            scan) rather than by record index."""
-            flt = jr.filter
-            try:
-                if isinstance(records, TextBlock):
-                    # Raw lines: lines no rule can match never become objects.
-                    return flt.scan_lines(records.data, now), True
-                return flt.hits(records, now), False
-            except Exception:
-                pass
-            # Again record by record, so that only the record that trips the
-            # bug is lost.
-            out: list[Hit] = []
-            for i, rec in enumerate(records):
-                try:
-                    # Indexed as in the batch, so that the sessions find the record.
-                    out += [(i, *h[1:]) for h in flt.hits([rec], now)]
-                except Exception:
-                    rt.errors += 1
-                    log.exception("filter_error", filter=flt.name)
-            return out, False
-
-        def lines_into(jr: JailRuntime, block: TextBlock, now: float,
-                       ) -> tuple[list[BanRequest], dict[str | None, int]]:
-            """A block of raw lines into the jail: in one C++ pass where both sides
-            were built for it (Jail.add_lines), else through the filter's hits."""
-            try:
-                done = jr.jail.add_lines(jr.filter, block.data, now)
-                if done is None:  # e.g. a paired filter: its hits settle in Python
-                    done = jr.jail.add_hits(hits_of(jr, block, now), now, jr.filter.name)
-            except Exception:
-                # Either pass counted the lines before the failing one and
-                # cannot say which those were: the rest of the block is lost,
-                # loudly, rather than the first lines counted twice.
-                rt.errors += 1
-                log.exception("filter_error", filter=jr.filter.name)
-                return [], {}
-            return done
-
-        def sink(records: Sequence[Record]) -> None:
-            now = clock()
-            # Before deciding anything, persist where this batch begins, so a
-            # crash mid-batch resumes here.
-            self._save_start_position(rt)
-            requests: list[BanRequest] = []
-            for jr in jails:
-                jail = jr.jail
-                found, counts = (
-                    lines_into(jr, records, now) if isinstance(records, TextBlock)
-                    else jail.add_hits(hits_of(jr, records, now), now, jr.filter.name))
-                requests += found
-                for rule, n in counts.items():
-                    k = (jail.name, rule or "")
-                    matches[k] = matches.get(k, 0) + n
-            if requests:
-                bans.request(requests)
-            position = (
-                records.end_position if isinstance(records, TextBlock)
-                else records[-1].position if records else None
-            )
-            if position is not None:
-                rt.unsaved = position
-                if now - rt.last_saved >= CURSOR_SAVE_INTERVAL:
-                    self._save_cursor(rt)
-
-        return sink
-
-    def _save_start_position(self, rt: SourceRuntime) -> None:
-        """Until a position has been saved, save where reading began: without it a
-        crash makes the next start a first run, which starts at the end."""
-        if not rt.last_saved and rt.unsaved is None:
-            rt.unsaved = rt.source.position()
-            self._save_cursor(rt)
-
-    def _save_cursor(self, rt: SourceRuntime) -> None:
-        if rt.unsaved is None or self.store is None:
-            return
-        try:
-            self.store.save_cursor(rt.source.name, rt.unsaved)
-            rt.unsaved = None
-            rt.last_saved = self.clock()
-            if rt.cursor_failing:
-                rt.cursor_failing = False
-                log.info("cursor_saved_again", source=rt.source.name)
-        except StoreError as exc:
-            if not rt.cursor_failing:  # once per outage, not once per second
-                rt.cursor_failing = True
-                log.error("cursor_not_saved", source=rt.source.name, error=str(exc))
-
-    async def _run_source(self, rt: SourceRuntime) -> None:
-        sink = self._sink_for(rt)
-        while True:
-            try:
-                await rt.source.run(sink)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # Sources promise not to raise on bad input; if one does anyway,
-                # keep the daemon alive and restart that source.
-                rt.errors += 1
-                log.exception("source_crashed_restarting", source=rt.source.name)
-                await asyncio.sleep(1.0)
+            self.sources[sc.name] = SourcePipeline(src, by_source[sc.name], self.store,
+                                                   bans.request, self.clock)
 
     async def _save_cursors_periodically(self) -> None:
         while True:
             await asyncio.sleep(CURSOR_SAVE_INTERVAL)
             for rt in self.sources.values():
-                self._save_start_position(rt)
-                self._save_cursor(rt)
+                rt.save_start_position()
+                rt.save_cursor()
 
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval
@@ -658,7 +506,7 @@ class Daemon:
     def _start_tasks(self) -> None:
         assert self.bans is not None
         for rt in self.sources.values():
-            rt.task = asyncio.create_task(self._run_source(rt), name=f"source:{rt.source.name}")
+            rt.start()
         self._tasks = [
             asyncio.create_task(self.bans.watch_table(), name="watch_table"),
             asyncio.create_task(self._save_cursors_periodically(), name="cursors"),
@@ -734,7 +582,7 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         for rt in self.sources.values():
-            self._save_cursor(rt)
+            rt.save_cursor()
 
     async def reload(self) -> bool:
         """Re-read the config; rebuild jails and sources. Bans are kept. False if refused
@@ -770,7 +618,7 @@ class Daemon:
         self.bans.enforce_simulated()  # of jails whose dry_run was turned off
         self._build_pipeline(new, filters)
         for rt in self.sources.values():
-            rt.task = asyncio.create_task(self._run_source(rt), name=f"source:{rt.source.name}")
+            rt.start()
         await self._sources_ready()
         for hook in self.on_reload:
             res = hook(self)

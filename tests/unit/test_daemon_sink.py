@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kfwguard.daemon import Daemon, SourceRuntime, build_filters
+from kfwguard.daemon import Daemon, build_filters
+from kfwguard.pipeline import SourcePipeline
 from kfwguard.sources.formats import TextBlock
 from tests.conftest import need
 from tests.unit.operator_fixtures import make_daemon
@@ -25,7 +26,7 @@ def failures(addr: str, n: int, end: str = "\n") -> TextBlock:
     return TextBlock((line * n).encode(), 0, str)
 
 
-def pipeline(tmp_path: Path) -> tuple[Daemon, SourceRuntime]:
+def pipeline(tmp_path: Path) -> tuple[Daemon, SourcePipeline]:
     log = tmp_path / "auth.log"
     log.write_text("")
     daemon, _ = make_daemon(
@@ -46,15 +47,15 @@ class TestTextBlockSink:
         """A block of failures bans its address and counts its rule's matches, in
         one C++ pass (the jail's windows are the C++ ones)."""
         daemon, rt = pipeline(tmp_path)
-        need(rt.jails[0].jail.native, "the C++ extension was not built")
-        daemon._sink_for(rt)(failures("203.0.113.7", 2))
+        need(rt.feeds[0].jail.native, "the C++ extension was not built")
+        rt.sink(failures("203.0.113.7", 2))
         assert {"203.0.113.7"} == banned(daemon)
         assert {("sshd", "failed-auth"): 2} == rt.matches
 
     async def test_blocks_the_pass_cannot_take_still_ban(self, tmp_path: Path) -> None:
         """CRLF lines take the filter's per-record path and ban the same way."""
         daemon, rt = pipeline(tmp_path)
-        daemon._sink_for(rt)(failures("203.0.113.8", 2, end="\r\n"))
+        rt.sink(failures("203.0.113.8", 2, end="\r\n"))
         assert {"203.0.113.8"} == banned(daemon)
 
     async def test_an_exception_in_the_pass_costs_its_block_only(
@@ -63,9 +64,9 @@ class TestTextBlockSink:
         maxretry) is counted as a source error; the sink returns, and the next
         block bans as usual."""
         daemon, rt = pipeline(tmp_path)
-        jail = rt.jails[0].jail
+        jail = rt.feeds[0].jail
         need(jail.native, "the C++ extension was not built")
-        sink = daemon._sink_for(rt)
+        sink = rt.sink
 
         def broken(host: object, jail_name: str) -> float | None:
             raise RuntimeError("ban table broken")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import aiohttp
@@ -11,9 +12,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kfwguard.bans import BanManager
-from kfwguard.daemon import SourceRuntime
 from kfwguard.metrics import Metrics, parse_listen
 from kfwguard.model import BanRequest, Record
+from kfwguard.pipeline import SourcePipeline
 from kfwguard.sources.base import Backlog, Sink
 from tests.conftest import need
 from tests.unit.operator_fixtures import jails_named, make_daemon
@@ -68,7 +69,7 @@ def metrics_with_activity(tmp_path: Path) -> Metrics:
                   BanRequest(ip_address("192.0.2.4"), "sshd", 600, "r", offence=3)])
     bans.flush_now()
     bans.unban(ip_address("192.0.2.3"))
-    rt = SourceRuntime(CountingSource("auth"), [])  # type: ignore[arg-type]
+    rt = SourcePipeline(CountingSource("auth"), [], None, bans.request, time.time)  # type: ignore[arg-type]
     rt.matches = {("sshd", "password"): 7, ("sshd", "invalid_user"): 2}
     daemon.sources = {"auth": rt}
     return metrics
