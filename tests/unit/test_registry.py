@@ -137,6 +137,28 @@ class TestRegistry:
         assert {"file", "journald", "test-lines"} <= set(message.split("one of: ")[1]
                                                          .split(", "))
 
+    def test_missing_type_names_the_kinds(self) -> None:
+        """An entry without type: is blamed on its line and lists the kinds to choose."""
+        with pytest.raises(ConfigError) as err:
+            parse_config("sources:\n  - {name: a, path: /x}\n", "k.yaml")
+        assert str(err.value).startswith(
+            "k.yaml: line 2: sources[0].type: Field required; one of: file, journald")
+
+    def test_a_taken_tag_is_refused(self) -> None:
+        """A second kind claiming a tag already registered is refused at import, naming
+        the kind that holds it; the config keeps the first."""
+        class Impostor(SourceConfig):
+            type: Literal["file"]
+
+            def build(self, position: str | None, *, clock: Callable[[], float]) -> Source:
+                raise AssertionError
+
+        taken = r"'file' is already kfwguard\.sources\.file\.FileSourceConfig"
+        with pytest.raises(ValueError, match=taken):
+            SOURCES.register(Impostor)
+        cfg = parse_config("sources: [{name: a, type: file, path: /x}]\n")
+        assert "FileSourceConfig" == type(cfg.sources[0]).__name__
+
     @pytest.mark.usefixtures("private_netns")
     async def test_daemon_builds_and_runs_the_new_source(self, tmp_path: Path) -> None:
         """The daemon builds the new source from config and bans what it delivers."""
