@@ -4,14 +4,15 @@ Listeners turn what happened (a ban, an early unban, a healed baseline drift)
 into an event; the outbox stores its ``payload()`` (JSON, tagged by
 ``"event"``) and hands senders the event again (``from_payload``). Each sender
 renders every kind (``match`` with ``assert_never``: mypy names a sender that
-misses a new kind). A new kind is a class here, a member of ``AlertEvent``
-and a case in each sender.
+misses a new kind). A new kind is a class here with its ``kind`` tag, a
+member of ``AlertEvent``, a route in AlertService.routes_for, a case in each
+sender and its line in the message formats (actions/*.yaml).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
 # A drift alert stays firing this long in Alertmanager: the daemon heals drift
 # at once, so there is no later "resolved" moment to wait for.
@@ -62,7 +63,7 @@ class Drift:
 
 AlertEvent = Ban | Unban | Drift
 
-_KINDS: dict[str, type[AlertEvent]] = {k.kind: k for k in (Ban, Unban, Drift)}
+_KINDS: dict[str, type[AlertEvent]] = {k.kind: k for k in get_args(AlertEvent)}
 
 
 def payload(event: AlertEvent) -> dict[str, Any]:
