@@ -14,11 +14,14 @@ from typing import Any, Literal, assert_never
 from pydantic import Field
 
 from kfwguard.alerts.base import SENDERS, JsonPoster, Sender, URLActionConfig, load_format, render
-from kfwguard.alerts.events import DRIFT_ALERT_SECONDS, AlertEvent, Ban, Drift, Unban
+from kfwguard.alerts.events import AlertEvent, Ban, Drift, Unban
 from kfwguard.durations import format_duration
 from kfwguard.timestamps import format_rfc3339
 
 _LABEL_NAME = re.compile(r"[^A-Za-z0-9_]")
+# A drift alert stays firing this long: the daemon heals drift at once, so
+# there is no later "resolved" moment to wait for.
+DRIFT_ALERT_SECONDS = 15 * 60.0
 
 
 @SENDERS.register

@@ -14,10 +14,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, get_args
 
-# A drift alert stays firing this long in Alertmanager: the daemon heals drift
-# at once, so there is no later "resolved" moment to wait for.
-DRIFT_ALERT_SECONDS = 15 * 60.0
-
 
 @dataclass(frozen=True, slots=True)
 class _BanFacts:
