@@ -67,6 +67,11 @@ def payload(event: AlertEvent) -> dict[str, Any]:
     return {"event": event.kind, **asdict(event)}
 
 
+# What each field annotation accepts from JSON (annotations are strings here).
+_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "float": (int, float), "int": (int,),
+                                       "bool": (bool,)}
+
+
 class BadPayload(ValueError):
     """A stored event this version cannot read (damaged, or from a newer version)."""
 
@@ -82,8 +87,18 @@ def from_payload(data: object) -> AlertEvent:
     if cls is Drift and "table" not in values:
         # Queued by a version that sent drift as a fake ban of the table.
         values["table"] = values.get("target")
-    names = {f.name for f in fields(cls)}
+    kept: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in values:
+            continue  # a required one missing fails below
+        value, want = values[f.name], str(f.type)
+        # A number stored as 1 reads back as int; a bool is not a number here.
+        ok = (isinstance(value, _TYPES[want]) and not
+              (want != "bool" and isinstance(value, bool)))
+        if not ok:
+            raise BadPayload(f"{f.name}: {type(value).__name__} where {want} belongs")
+        kept[f.name] = float(value) if want == "float" else value
     try:
-        return cls(**{k: v for k, v in values.items() if k in names})
+        return cls(**kept)
     except TypeError as exc:
         raise BadPayload(str(exc)) from None

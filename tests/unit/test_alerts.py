@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -23,7 +24,15 @@ from kfwguard.alerts.base import (
     load_format,
     redact,
 )
-from kfwguard.alerts.events import AlertEvent, Ban, Drift, Unban, from_payload, payload
+from kfwguard.alerts.events import (
+    AlertEvent,
+    BadPayload,
+    Ban,
+    Drift,
+    Unban,
+    from_payload,
+    payload,
+)
 from kfwguard.alerts.outbox import AlertWorker, Outbox
 from kfwguard.alerts.service import AlertService
 from kfwguard.alerts.webhook import WebhookActionConfig, WebhookSender, summarise
@@ -462,6 +471,14 @@ class TestTypedEvents:
                "reason": "rule edited", "banned_at": NOW, "expires_at": NOW + 900,
                "offence": 1, "node": "node-1", "at": NOW}
         assert Drift("kfwguard_baseline", "rule edited", "node-1", NOW) == from_payload(old)
+
+    @pytest.mark.parametrize("damage", [{"banned_at": "soon"}, {"offence": None},
+                                        {"target": 7}, {"simulated": "yes"}, {"jail": None}])
+    def test_damaged_payload_is_refused(self, damage: dict[str, Any]) -> None:
+        """A stored ban whose fields have the wrong types is BadPayload, not an event
+        that breaks the sender later."""
+        with pytest.raises(BadPayload):
+            from_payload({**payload(bans(1)[0]), **damage})
 
     async def test_unreadable_payload_dropped_and_counted(self, tmp_path: Path,
                                                           receiver: Receiver) -> None:
