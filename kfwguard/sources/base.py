@@ -65,6 +65,12 @@ class Source(Protocol):
         """What is written but not read yet."""
         ...
 
+    @property
+    def problem(self) -> str | None:
+        """Why the source reads nothing right now (no such file, no journal), for
+        status; None while it reads."""
+        ...
+
     def position(self) -> str | None:
         """Resume token after the last record delivered, or, before any, where
         reading began. The daemon saves it at start so that a crash before the

@@ -77,6 +77,12 @@ class GlobFileSource:
                 out[k] = out.get(k, 0) + v
         return out
 
+    @property
+    def problem(self) -> str | None:
+        if self._inner is not None:
+            return self._inner.problem
+        return f"no file matches {self.pattern}" if self.ready.is_set() else None
+
     def lag(self) -> float | None:
         if self._inner is not None:
             return self._inner.lag()

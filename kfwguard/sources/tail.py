@@ -66,6 +66,18 @@ def format_position(dev: int, ino: int, off: int) -> str:
     return f'{{"dev":{dev},"ino":{ino},"off":{off}}}'
 
 
+# Conditions (FileSource._said keys) under which no file is being read, in
+# the order status names them, with what it says.
+_NOT_READING = (
+    ("nodir", "no such directory; waiting for it"),
+    ("missing", "no such file; waiting for it"),
+    ("outside", "resolves outside its directory: not read (allow_outside_dir)"),
+    ("notreg", "not a regular file"),
+    ("open", "cannot be opened"),
+    ("stat", "cannot be examined"),
+)
+
+
 class FileSource:
     """A ``type: file`` source with a plain path (formats text, json, cri); the
     options are those of kfwguard.sources.file.FileSourceConfig."""
@@ -114,6 +126,15 @@ class FileSource:
         self._log = structlog.get_logger().bind(source=self.name, path=str(self.path))
 
     # -- API ------------------------------------------------------------------
+
+    @property
+    def problem(self) -> str | None:
+        if self._fd is not None:
+            return f"{self.path}: read error" if "io" in self._said else None
+        for key, text in _NOT_READING:
+            if key in self._said:
+                return f"{self.path}: {text}"
+        return None
 
     def position(self) -> str | None:
         return self._delivered

@@ -34,6 +34,7 @@ class LinesSource:
         self.lines_read = 0
         self.skipped: dict[str, int] = {}
         self.ready = asyncio.Event()
+        self.problem: str | None = None
 
     def lag(self) -> float | None:
         return 0.0
