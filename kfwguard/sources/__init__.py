@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from kfwguard.sources import file, journald  # noqa: F401  (each registers its kind)
+from kfwguard.sources import filekind, journald  # noqa: F401  (each registers its kind)
 from kfwguard.sources.base import SOURCES, Sink, Source, SourceConfig
 
 __all__ = ["SOURCES", "Sink", "Source", "SourceConfig", "build_source"]
