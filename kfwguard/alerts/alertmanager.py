@@ -14,7 +14,7 @@ from typing import Any, Literal, assert_never
 from pydantic import Field
 
 from kfwguard.alerts.base import SENDERS, JsonPoster, Sender, URLActionConfig, load_format, render
-from kfwguard.alerts.events import AlertEvent, Ban, Drift, Unban
+from kfwguard.alerts.events import AlertEvent, Ban, BaselineAgrees, BaselineDiffers, Drift, Unban
 from kfwguard.durations import format_duration
 from kfwguard.timestamps import format_rfc3339
 
@@ -22,6 +22,10 @@ _LABEL_NAME = re.compile(r"[^A-Za-z0-9_]")
 # A drift alert stays firing this long: the daemon heals drift at once, so
 # there is no later "resolved" moment to wait for.
 DRIFT_ALERT_SECONDS = 15 * 60.0
+# Cluster mode's baseline alert fires this long unless raised again
+# (kfwguard/cluster/service.py raises it again well before); an agreement
+# resolves it at once.
+CLUSTER_ALERT_SECONDS = 24 * 3600.0
 
 
 @SENDERS.register
@@ -91,6 +95,18 @@ class AlertmanagerSender:
                 return self._alert(self.format.get("drift_alertname", "KfwguardBaselineDrift"),
                                    "baseline", ev.node, ev.table, summary, ev.reason, 1,
                                    ev.at, ev.at + DRIFT_ALERT_SECONDS, False)
+            case BaselineDiffers() | BaselineAgrees():
+                ends = ev.at + CLUSTER_ALERT_SECONDS if isinstance(ev, BaselineDiffers) else ev.at
+                template = self.format.get("cluster_baseline_summary",
+                                           "baseline of node ${address}: ${reason}")
+                summary = render(str(template), address=ev.target, jail="cluster",
+                                 node=ev.node or self.node,
+                                 duration=format_duration(ends - ev.at), reason=ev.reason,
+                                 offence=1)
+                return self._alert(self.format.get("cluster_baseline_alertname",
+                                                   "KfwguardClusterBaselineDiffers"),
+                                   "cluster", ev.node, ev.target, summary, ev.reason, 1,
+                                   ev.at, ends, False)
             case _:
                 assert_never(ev)
 

@@ -57,7 +57,32 @@ class Drift:
     at: float
 
 
-AlertEvent = Ban | Unban | Drift
+@dataclass(frozen=True, slots=True)
+class _NodeBaseline:
+    """Cluster mode: what this node (``node``) sees of another node's baseline."""
+
+    # The node the alert is about.
+    target: str
+    reason: str
+    node: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineDiffers(_NodeBaseline):
+    """Node ``target`` runs a baseline that is not the cluster's (fires)."""
+
+    kind: ClassVar[str] = "baseline_differs"
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineAgrees(_NodeBaseline):
+    """Node ``target``'s baseline is the cluster's again (resolves)."""
+
+    kind: ClassVar[str] = "baseline_agrees"
+
+
+AlertEvent = Ban | Unban | Drift | BaselineDiffers | BaselineAgrees
 
 _KINDS: dict[str, type[AlertEvent]] = {k.kind: k for k in get_args(AlertEvent)}
 

@@ -12,7 +12,7 @@ from typing import Any, assert_never
 
 import structlog
 
-from kfwguard.alerts.events import AlertEvent, Ban, Drift, Unban
+from kfwguard.alerts.events import AlertEvent, Ban, BaselineAgrees, BaselineDiffers, Drift, Unban
 from kfwguard.alerts.outbox import AlertWorker, Outbox
 from kfwguard.config import Config
 from kfwguard.store import BanRow, Store
@@ -65,7 +65,7 @@ class AlertService:
         match event:
             case Ban() | Unban():
                 return self.actions_for(event.jail)
-            case Drift():
+            case Drift() | BaselineDiffers() | BaselineAgrees():
                 return list(self.cfg.actions)
             case _:
                 assert_never(event)
@@ -89,6 +89,12 @@ class AlertService:
     def on_drift(self, table: str, reason: str) -> None:
         """The baseline had drifted and was put back: every action hears of it."""
         self.publish([Drift(table, reason, self.node, self.clock())])
+
+    def on_cluster_baseline(self, subject: str, firing: bool, reason: str) -> None:
+        """Cluster mode: node ``subject``'s baseline differs from the cluster's
+        (``firing``) or agrees again; every action hears of it."""
+        kind = BaselineDiffers if firing else BaselineAgrees
+        self.publish([kind(subject, reason, self.node, self.clock())])
 
     # -- lifecycle ---------------------------------------------------------------
 

@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, assert_never
 
 from kfwguard.alerts.base import SENDERS, JsonPoster, Sender, URLActionConfig, load_format, render
-from kfwguard.alerts.events import AlertEvent, Ban, Drift, Unban, payload
+from kfwguard.alerts.events import (
+    AlertEvent,
+    Ban,
+    BaselineAgrees,
+    BaselineDiffers,
+    Drift,
+    Unban,
+    payload,
+)
 from kfwguard.configtypes import Duration
 from kfwguard.durations import format_duration
 
@@ -46,6 +54,8 @@ def _group(ev: AlertEvent) -> tuple[tuple[str, str, bool], str, str, float]:
                     ev.expires_at - ev.banned_at)
         case Drift():
             return (ev.kind, "baseline", False), ev.table, ev.reason, 0.0
+        case BaselineDiffers() | BaselineAgrees():
+            return (ev.kind, "cluster", False), ev.target, ev.reason, 0.0
         case _:
             assert_never(ev)
 

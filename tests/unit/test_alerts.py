@@ -28,6 +28,8 @@ from kfwguard.alerts.events import (
     AlertEvent,
     BadPayload,
     Ban,
+    BaselineAgrees,
+    BaselineDiffers,
     Drift,
     Unban,
     from_payload,
@@ -462,7 +464,9 @@ class TestTypedEvents:
     def test_payload_round_trip(self) -> None:
         """Every event kind comes back from its stored payload as the same typed event."""
         events: list[AlertEvent] = [*bans(1), event(Unban, row("192.0.2.5")),
-                                    Drift("kfwguard_baseline", "chain flushed", "node-1", NOW)]
+                                    Drift("kfwguard_baseline", "chain flushed", "node-1", NOW),
+                                    BaselineDiffers("node-b", "differs", "node-1", NOW),
+                                    BaselineAgrees("node-b", "agrees", "node-1", NOW)]
         assert events == [from_payload(payload(e)) for e in events]
 
     def test_drift_queued_by_an_older_version_is_read(self) -> None:
@@ -503,3 +507,33 @@ class TestTypedEvents:
             store.close()
         assert (1, 2) == (worker.dropped, worker.sent)
         assert "2 addresses banned" in receiver.posts[0][1]["text"]
+
+
+class TestClusterBaselineMessages:
+    def test_chat_and_alertmanager_render_the_cluster_baseline(self) -> None:
+        """A node whose baseline is not the cluster's is one chat line naming it and a
+        KfwguardClusterBaselineDiffers alert (address = that node); its agreement
+        resolves the alert at once."""
+        differs = BaselineDiffers("node-b", "policy differs from 2 of 3 nodes", "node-a", NOW)
+        agrees = BaselineAgrees("node-b", "agrees again", "node-a", NOW + 60)
+        assert ":warning: node *`node-b`* runs a baseline that is not the cluster's (seen " \
+               "from node-1): policy differs from 2 of 3 nodes" == \
+            summarise([differs], load_format("slack"), "node-1")
+        am = AlertmanagerSender("am", AlertmanagerActionConfig.model_validate(
+            {"type": "alertmanager", "url": "http://am.example"}), "node-1")
+        [fire] = am.body([differs])
+        assert {"alertname": "KfwguardClusterBaselineDiffers", "jail": "cluster",
+                "node": "node-a", "address": "node-b"} == fire["labels"]
+        assert ("2023-11-14T22:13:20.000Z", "2023-11-15T22:13:20.000Z") == \
+            (fire["startsAt"], fire["endsAt"])
+        [resolve] = am.body([differs, agrees])
+        assert "2023-11-14T22:14:20.000Z" == resolve["endsAt"]
+
+    def test_goes_to_every_action(self) -> None:
+        """The cluster baseline alert is queued for every configured action, typed."""
+        svc = TestAlertService().service()
+        svc.on_cluster_baseline("node-b", True, "policy differs")
+        svc.outbox.spool_now()
+        queued = [from_payload(r.payload) for a in ("chat", "am")
+                  for r in svc.outbox.due(a, NOW + 1, 100)]
+        assert [BaselineDiffers("node-b", "policy differs", "node-7", NOW)] * 2 == queued
