@@ -23,9 +23,9 @@ from pydantic import (
     model_validator,
 )
 
-from kfwguard.alerts import SENDERS, ActionConfig
+from kfwguard.alerts.base import SENDERS, ActionConfig
 from kfwguard.configtypes import AbsolutePath, BanDuration, Duration, Model, Network
-from kfwguard.sources import SOURCES, SourceConfig
+from kfwguard.sources.base import SOURCES, SourceConfig
 from kfwguard.yamlkeys import key_lines
 
 DEFAULT_CONFIG_PATH = Path("/etc/kfwguard/kfwguard.yaml")

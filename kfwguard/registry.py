@@ -1,17 +1,19 @@
 """Component kinds by their ``type:`` tag: one registry per pluggable sort
-(log sources, alert senders, filter formats).
+(log sources, alert senders).
 
 A kind is one file: its config model (a subclass of the sort's base model,
 with ``type: Literal["tag"]`` and unknown keys refused) carries its factory
 (a ``build`` method) and registers itself with ``@REGISTRY.register``. Adding
-a kind is that file plus one import line in the sort's package, which loads
-the built-in kinds. kfwguard.config validates each entry through
-``Registry.validate``: the ``type:`` key picks the model, so the YAML format stays
-``{name: ..., type: file, ...}`` and an error names the key inside the entry.
+a kind is that file plus one import line in the sort's ``kinds`` module,
+which the registry imports when it is first asked about its kinds.
+kfwguard.config validates each entry through ``Registry.validate``: the
+``type:`` key picks the model, so the YAML format stays ``{name: ..., type:
+file, ...}`` and an error names the key inside the entry.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from typing import Any, Generic, Literal, TypeVar, cast, get_args, get_origin
 
@@ -43,14 +45,23 @@ def _error(loc: tuple[str, ...], kind: str, message: str, value: object) -> Vali
 class Registry(Generic[B]):
     """The kinds of one sort: ``type:`` tag → config model (whose ``build`` is the factory)."""
 
-    def __init__(self, sort: str, base: type[Model]) -> None:
+    def __init__(self, sort: str, base: type[Model], builtins: str) -> None:
         # ``base`` is B (abstract: mypy takes no abstract class for a type[B]).
         self.sort = sort
         self.base = base
+        # The module whose import registers the built-in kinds.
+        self.builtins = builtins
+        self._loaded = False
         self._kinds: dict[str, type[B]] = {}
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True  # before: the kinds' own register() calls land here
+            importlib.import_module(self.builtins)
 
     def register(self, model: K) -> K:
         """Class decorator: make ``model`` the kind for its ``type:`` tag."""
+        self._load()
         kind: type[Model] = model
         if not issubclass(kind, self.base):
             raise TypeError(f"a {self.sort} kind must subclass {self.base.__name__}")
@@ -63,13 +74,16 @@ class Registry(Generic[B]):
         return model
 
     def tags(self) -> list[str]:
+        self._load()
         return sorted(self._kinds)
 
     def model(self, tag: str) -> type[B] | None:
+        self._load()
         return self._kinds.get(tag)
 
     def validate(self, value: object) -> B:
         """A config entry (a mapping with ``type:``) → the model of its kind."""
+        self._load()
         if isinstance(value, self.base):
             if type(value) is not self._kinds.get(_tag_of(type(value))):
                 raise ValueError(f"{type(value).__name__} is not a registered {self.sort} kind")

@@ -57,7 +57,7 @@ class ActionConfig(Model):
         """The sender for action ``name`` on node ``node``."""
 
 
-SENDERS: Registry[ActionConfig] = Registry("action", ActionConfig)
+SENDERS: Registry[ActionConfig] = Registry("action", ActionConfig, "kfwguard.alerts.kinds")
 
 
 class URLActionConfig(ActionConfig):

@@ -1,8 +1,8 @@
 """Log sources: where records come from (files, CRI logs, the journal).
 
 One file per kind (its config model, registered in ``SOURCES``, builds the
-running source); the import below loads the built-in kinds. A new kind is one
-file plus its name on that line.
+running source); kinds.py names the built-in ones. A new kind is one file
+plus its name there.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from kfwguard.sources import filekind, journald  # noqa: F401  (each registers its kind)
 from kfwguard.sources.base import SOURCES, Sink, Source, SourceConfig
 
 __all__ = ["SOURCES", "Sink", "Source", "SourceConfig", "build_source"]

@@ -99,4 +99,4 @@ class SourceConfig(Model):
         return None
 
 
-SOURCES: Registry[SourceConfig] = Registry("source", SourceConfig)
+SOURCES: Registry[SourceConfig] = Registry("source", SourceConfig, "kfwguard.sources.kinds")
