@@ -37,8 +37,8 @@ from kfwguard.matching.spec import FilterError
 from kfwguard.model import MAX_LINE, BanRequest, Record
 from kfwguard.pipeline import JailFeed
 from kfwguard.sources.base import MAX_BATCH
-from kfwguard.sources.file import CHUNK
 from kfwguard.sources.formats import LineSplitter, TextBlock, TextDecoder, text_blocks
+from kfwguard.sources.tail import CHUNK
 from kfwguard.timestamps import format_rfc3339
 
 # A jail that only counts: no window ever fills, none forgets an address, no

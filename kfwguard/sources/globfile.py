@@ -22,8 +22,8 @@ from pathlib import Path
 import structlog
 
 from kfwguard.sources.base import Backlog, Sink
-from kfwguard.sources.file import FileSource, format_position, parse_position
 from kfwguard.sources.formats import LineFormat
+from kfwguard.sources.tail import FileSource, format_position, parse_position
 
 # How often the pattern is re-evaluated for a newer file.
 RESCAN = 2.0

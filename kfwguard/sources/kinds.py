@@ -3,6 +3,6 @@
 here. The registry imports this module the first time a config is checked, so
 what only reads lines (test-filter) does not load every kind."""
 
-from kfwguard.sources import filekind, journald
+from kfwguard.sources import file, journald
 
-__all__ = ["filekind", "journald"]
+__all__ = ["file", "journald"]

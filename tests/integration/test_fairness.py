@@ -7,7 +7,7 @@ from pathlib import Path
 
 from kfwguard.model import Record
 from kfwguard.sources import build_source
-from kfwguard.sources.filekind import FileSourceConfig
+from kfwguard.sources.file import FileSourceConfig
 
 
 class TestFairness:

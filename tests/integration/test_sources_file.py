@@ -21,9 +21,9 @@ import structlog
 
 from kfwguard.model import Record
 from kfwguard.sources import Source, build_source
-from kfwguard.sources import file as file_module
+from kfwguard.sources import tail as file_module
 from kfwguard.sources.base import Backlog
-from kfwguard.sources.filekind import FileSourceConfig
+from kfwguard.sources.file import FileSourceConfig
 
 Format = Literal["text", "json", "cri"]
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from kfwguard.sources import build_source, globfile
-from kfwguard.sources.filekind import FileSourceConfig
+from kfwguard.sources.file import FileSourceConfig
 from tests.integration.test_sources_file import running
 
 

@@ -154,7 +154,7 @@ class TestRegistry:
             def build(self, position: str | None, *, clock: Callable[[], float]) -> Source:
                 raise AssertionError
 
-        taken = r"'file' is already kfwguard\.sources\.filekind\.FileSourceConfig"
+        taken = r"'file' is already kfwguard\.sources\.file\.FileSourceConfig"
         with pytest.raises(ValueError, match=taken):
             SOURCES.register(Impostor)
         cfg = parse_config("sources: [{name: a, type: file, path: /x}]\n")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 from kfwguard.model import MAX_LINE
-from kfwguard.sources.file import format_position, parse_position
 from kfwguard.sources.formats import (
     CriDecoder,
     JsonDecoder,
     LineSplitter,
     TextDecoder,
 )
+from kfwguard.sources.tail import format_position, parse_position
 from kfwguard.timestamps import parse_rfc3339
 
 
