@@ -130,7 +130,7 @@ def daemon_status(daemon: Daemon) -> dict[str, Any]:
             "errors": rt.errors,
             "jails": [f.jail.name for f in rt.feeds],
             # Why it reads nothing, when it knows (journald not running).
-            "problem": getattr(src, "problem", None),
+            "problem": src.problem,
         }
         for (jail_name, rule), n in rt.matches.items():
             per_rule = matches.setdefault(jail_name, {})

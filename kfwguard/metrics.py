@@ -33,7 +33,7 @@ from kfwguard.httpserver import HTTPServer, Request, Response, Route, Router, te
 from kfwguard.store import BanRow
 
 if TYPE_CHECKING:
-    from kfwguard.alerts import AlertService
+    from kfwguard.alerts.service import AlertService
     from kfwguard.daemon import Daemon
 
 log = structlog.get_logger("kfwguard.metrics")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from kfwguard.alerts import AlertService
+from kfwguard.alerts.service import AlertService
 from kfwguard.control import ControlServer, ControlUnavailable
 from kfwguard.metrics import Metrics
 

@@ -52,7 +52,7 @@ MAX_PEER_BAN = 30 * 86400.0
 # A node's baseline must differ for this many heartbeat intervals before the
 # alert fires (a rolling restart or a reload passes through short differences),
 # and a firing alert is raised again after BASELINE_ALERT_REFRESH seconds
-# (Alertmanager ends it by itself at alerts.base.CLUSTER_ALERT_SECONDS).
+# (Alertmanager ends it by itself at alerts.alertmanager.CLUSTER_ALERT_SECONDS).
 BASELINE_ALERT_HOLD = 3
 BASELINE_ALERT_REFRESH = 12 * 3600.0
 
