@@ -65,10 +65,10 @@ def main() -> None:
               type=click.Choice(["debug", "info", "warning", "error"]))
 def run(config_path: Path | None, log_level: str) -> None:
     """Run the daemon in the foreground."""
-    from kfwguard import daemon, logs
+    from kfwguard import app, logs
 
     logs.configure(log_level)
-    sys.exit(daemon.run(config_path))
+    sys.exit(app.run(config_path))
 
 
 @main.command("check-config")
@@ -76,8 +76,8 @@ def run(config_path: Path | None, log_level: str) -> None:
 def check_config(config_path: Path | None) -> None:
     """Validate the config and every filter it uses."""
     from kfwguard.config import ConfigError, load_config_or_default
-    from kfwguard.daemon import build_filters, jail_filter
     from kfwguard.matching import FilterError
+    from kfwguard.pipeline import build_filters, jail_filter
 
     try:
         cfg, origin = load_config_or_default(config_path)

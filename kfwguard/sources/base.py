@@ -47,6 +47,9 @@ class Source(Protocol):
     def skipped(self) -> dict[str, int]:
         """Inputs skipped, by reason (too_long, invalid_json, …)."""
         ...
+    # Why it reads nothing, when it knows (journald not running); else None.
+    problem: str | None
+
     # Set by run() once the starting point is fixed (file opened and positioned,
     # or the journal's start stamp taken): what is written after it is read.
     ready: asyncio.Event

@@ -70,6 +70,8 @@ def format_position(dev: int, ino: int, off: int) -> str:
 class FileSource:
     """A ``type: file`` source (formats text, json, cri)."""
 
+    problem: str | None = None  # a file source has none to tell
+
     def __init__(
         self,
         cfg: FileSourceConfig,

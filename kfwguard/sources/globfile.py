@@ -48,6 +48,8 @@ def _matches(pattern: str) -> list[tuple[float, str, os.stat_result]]:
 class GlobFileSource:
     """``type: file`` with a glob ``path``: the newest matching file, followed."""
 
+    problem: str | None = None  # a file source has none to tell
+
     def __init__(self, cfg: FileSourceConfig, position: str | None, *,
                  clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kfwguard.daemon import Daemon, build_filters
-from kfwguard.pipeline import SourcePipeline
+from kfwguard.daemon import Daemon
+from kfwguard.pipeline import SourcePipeline, build_filters
 from kfwguard.sources.formats import TextBlock
 from tests.conftest import need
 from tests.unit.operator_fixtures import make_daemon
