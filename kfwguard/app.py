@@ -27,7 +27,7 @@ from kfwguard.firewall.bantable import BanTable
 from kfwguard.firewall.baseline.keeper import BaselineKeeper
 from kfwguard.firewall.nft import Nft, NftUnavailable
 from kfwguard.lifecycle import StartupError
-from kfwguard.operator import Operator
+from kfwguard.operator.surface import Operator
 from kfwguard.store import Store, StoreError
 from kfwguard.telemetry import Telemetry
 

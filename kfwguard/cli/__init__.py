@@ -31,12 +31,12 @@ class _LazyGroup(click.Group):
     modules' imports (pydantic's schemas alone take a quarter of a second)."""
 
     LAZY: ClassVar[dict[str, tuple[str, str]]] = {
-        "baseline": ("kfwguard.cli_baseline", "baseline"),
-        "ban": ("kfwguard.cli_control", "ban"),
-        "unban": ("kfwguard.cli_control", "unban"),
-        "list": ("kfwguard.cli_control", "list_bans"),
-        "status": ("kfwguard.cli_control", "status"),
-        "reload": ("kfwguard.cli_control", "reload"),
+        "baseline": ("kfwguard.cli.baseline", "baseline"),
+        "ban": ("kfwguard.cli.control", "ban"),
+        "unban": ("kfwguard.cli.control", "unban"),
+        "list": ("kfwguard.cli.control", "list_bans"),
+        "status": ("kfwguard.cli.control", "status"),
+        "reload": ("kfwguard.cli.control", "reload"),
         "cluster": ("kfwguard.cluster.cli", "cluster"),
     }
 

@@ -20,8 +20,8 @@ from kfwguard.bans import BanManager
 from kfwguard.config import Config
 from kfwguard.firewall.baseline import snapshot
 from kfwguard.firewall.baseline.keeper import BaselineKeeper
-from kfwguard.httpserver import Request, Response, Route, error_response, json_response
-from kfwguard.operator import Operator
+from kfwguard.operator.http import Request, Response, Route, error_response, json_response
+from kfwguard.operator.surface import Operator
 
 if TYPE_CHECKING:
     from kfwguard.cluster.service import ClusterService

@@ -1,4 +1,4 @@
-"""The control API: JSON over HTTP on a root-only Unix socket, and its client.
+"""The control API: JSON over HTTP on a root-only Unix socket.
 
 Two locks keep it root-only: the socket file is mode 0600 in a 0700
 directory, and every request's peer credentials (SO_PEERCRED) are checked,
@@ -16,8 +16,8 @@ Endpoints:
 - ``GET /status``: sources, jails, bans, persistence, baseline, alerts
 - ``POST /reload``: re-read the config (like SIGHUP), errors reported back
 
-The server is kfwguard.httpserver (no aiohttp in the daemon for this); the
-client, used by the CLI only, is aiohttp's, imported when it is called.
+The server is kfwguard.operator.http (no aiohttp in the daemon for this); the
+client, used by the CLI only, is kfwguard.operator.client.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote
 
 import structlog
 
@@ -41,7 +40,9 @@ from kfwguard.addresses import parse_target
 from kfwguard.bans import DEFAULT_MANUAL_BANTIME, MANUAL_JAIL, BanManager, BanRefused
 from kfwguard.config import Config, ConfigError, load_config_or_default
 from kfwguard.durations import check_ban_duration, parse_duration
-from kfwguard.httpserver import (
+from kfwguard.matching import FilterError
+from kfwguard.model import BanRequest
+from kfwguard.operator.http import (
     HTTPError,
     HTTPServer,
     Request,
@@ -51,8 +52,6 @@ from kfwguard.httpserver import (
     error_response,
     json_response,
 )
-from kfwguard.matching import FilterError
-from kfwguard.model import BanRequest
 from kfwguard.pipeline import build_filters
 from kfwguard.store import BanRow
 from kfwguard.telemetry import Snapshot, Telemetry
@@ -410,88 +409,3 @@ def _answers(path: Path) -> bool:
     finally:
         s.close()
     return True
-
-
-# -- client --------------------------------------------------------------------
-
-
-class ControlError(Exception):
-    """The daemon answered with an error, or could not be reached."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class DaemonNotRunning(ControlError):
-    """Nothing answers on the control socket."""
-
-
-class ControlClient:
-    """Talks to a running daemon over its control socket."""
-
-    def __init__(self, path: Path, timeout: float = 30.0) -> None:
-        self.path = path
-        self.timeout = timeout
-
-    async def call(self, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
-        import aiohttp  # the client side only: the daemon never loads it for this
-
-        conn = aiohttp.UnixConnector(path=str(self.path))
-        timeout = aiohttp.ClientTimeout(total=self.timeout)
-        try:
-            async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session, \
-                    session.request(method, f"http://kfwguard{url}", json=body) as resp:
-                try:
-                    data = await resp.json(content_type=None)
-                except ValueError:
-                    data = None
-                if resp.status >= 400:
-                    msg = data.get("error") if isinstance(data, dict) else None
-                    raise ControlError(msg or f"HTTP {resp.status}", resp.status)
-                return data
-        except aiohttp.ClientConnectorError as exc:
-            err = exc.os_error
-            if isinstance(err, PermissionError):
-                raise ControlError(f"permission denied on {self.path}: "
-                                   "the control socket answers root only") from None
-            if isinstance(err, FileNotFoundError | ConnectionRefusedError):
-                raise DaemonNotRunning(f"kfwguard is not running (nothing answers on "
-                                       f"{self.path})") from None
-            raise ControlError(f"cannot reach kfwguard on {self.path}: {err}") from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ControlError(f"kfwguard on {self.path} did not answer: "
-                               f"{type(exc).__name__} {exc}") from None
-
-    async def ban(self, target: str, jail: str | None = None, duration: float | None = None,
-                  reason: str | None = None, force: bool = False) -> dict[str, Any]:
-        body: dict[str, Any] = {"target": target}
-        if force:
-            body["force"] = True
-        if jail:
-            body["jail"] = jail
-        if duration is not None:
-            body["duration"] = duration
-        if reason:
-            body["reason"] = reason
-        out: dict[str, Any] = await self.call("POST", "/bans", body)
-        return out
-
-    async def unban(self, target: str, jail: str | None = None) -> dict[str, Any]:
-        url = "/bans/" + quote(target, safe="")
-        if jail:
-            url += "?jail=" + quote(jail, safe="")
-        out: dict[str, Any] = await self.call("DELETE", url)
-        return out
-
-    async def bans(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = await self.call("GET", "/bans")
-        return out
-
-    async def status(self) -> dict[str, Any]:
-        out: dict[str, Any] = await self.call("GET", "/status")
-        return out
-
-    async def reload(self) -> dict[str, Any]:
-        out: dict[str, Any] = await self.call("POST", "/reload")
-        return out

@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from kfwguard.config import parse_listen
-from kfwguard.httpserver import HTTPServer, Request, Response, Route, Router, text_response
+from kfwguard.operator.http import HTTPServer, Request, Response, Route, Router, text_response
 from kfwguard.store import BanRow
 from kfwguard.telemetry import Snapshot, Telemetry
 

@@ -17,9 +17,9 @@ import structlog
 
 from kfwguard.alerts import AlertService
 from kfwguard.config import Config
-from kfwguard.control import Controlled, ControlServer, ControlUnavailable
 from kfwguard.lifecycle import StartupError
-from kfwguard.metrics import Metrics
+from kfwguard.operator.control import Controlled, ControlServer, ControlUnavailable
+from kfwguard.operator.metrics import Metrics
 from kfwguard.store import Store
 from kfwguard.telemetry import Telemetry
 

@@ -1,6 +1,6 @@
 """What a started daemon keeps out of its memory (bench/PROFILE.md, idle RSS).
 
-The control socket and the metrics endpoint are served by kfwguard.httpserver,
+The control socket and the metrics endpoint are served by kfwguard.operator.http,
 and the alert senders import aiohttp's client when they first post, so a
 daemon with no alert action never loads aiohttp (nor yarl and multidict) while
 still answering both endpoints.

@@ -11,10 +11,11 @@ from click.testing import CliRunner
 
 from kfwguard.cli import main
 from kfwguard.config import ConfigError, JailConfig, parse_config
-from kfwguard.control import ControlClient, ControlError, ControlServer
 from kfwguard.daemon import Daemon
 from kfwguard.durations import MAX_BAN, check_ban_duration, parse_duration
 from kfwguard.firewall.bantable import nft_timeout
+from kfwguard.operator.client import ControlClient, ControlError
+from kfwguard.operator.control import ControlServer
 from kfwguard.telemetry import Telemetry
 from tests.unit.operator_fixtures import make_daemon
 

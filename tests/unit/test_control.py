@@ -18,18 +18,13 @@ import yaml
 
 from kfwguard.alerts import AlertService
 from kfwguard.config import BaselineConfig
-from kfwguard.control import (
-    ControlClient,
-    ControlError,
-    ControlServer,
-    ControlUnavailable,
-    DaemonNotRunning,
-)
 from kfwguard.daemon import Daemon
 from kfwguard.firewall.bantable import BanTable
 from kfwguard.firewall.baseline import BaselineEnforcer
 from kfwguard.firewall.baseline.keeper import BaselineKeeper
 from kfwguard.firewall.nft import Nft
+from kfwguard.operator.client import ControlClient, ControlError, DaemonNotRunning
+from kfwguard.operator.control import ControlServer, ControlUnavailable
 from kfwguard.telemetry import Telemetry
 from tests.conftest import need
 from tests.unit.operator_fixtures import VALID_BASELINE, jails_named, make_daemon
@@ -194,7 +189,7 @@ class TestControlServer:
 
     async def test_protected_manual_ban_counted(self, served: Served) -> None:
         """A manual ban refused for a protected address is counted in status and metrics."""
-        from kfwguard.metrics import Metrics
+        from kfwguard.operator.metrics import Metrics
 
         with pytest.raises(ControlError, match="protected"):
             await served.client.ban("127.0.0.1")

@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from kfwguard.cli import main
-from kfwguard.cli_control import format_table
-from kfwguard.control import ControlServer
+from kfwguard.cli.control import format_table
 from kfwguard.daemon import Daemon
+from kfwguard.operator.control import ControlServer
 from kfwguard.telemetry import Telemetry
 from tests.unit.operator_fixtures import jails_named, make_daemon
 

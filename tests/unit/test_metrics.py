@@ -16,8 +16,8 @@ from kfwguard.config import BaselineConfig
 from kfwguard.firewall.baseline import BaselineEnforcer
 from kfwguard.firewall.baseline.keeper import BaselineKeeper
 from kfwguard.firewall.nft import Nft
-from kfwguard.metrics import Metrics, parse_listen
 from kfwguard.model import BanRequest, Record
+from kfwguard.operator.metrics import Metrics, parse_listen
 from kfwguard.pipeline import SourcePipeline
 from kfwguard.sources.base import Backlog, Sink
 from kfwguard.telemetry import Telemetry
