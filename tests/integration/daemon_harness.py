@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +15,7 @@ import yaml
 
 from kfwguard.firewall.bantable import SENTINELS
 from tests.netns import Host
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
+from tests.wait import wait_until
 
 
 def syslog_now() -> str:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
-from tests.integration.daemon_harness import DaemonRun, wait_until
+from tests.integration.daemon_harness import DaemonRun
 from tests.integration.test_operator import Node, node  # noqa: F401
+from tests.wait import wait_until
 
 
 class TestSecondDaemon:

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.daemon_harness import DaemonRun, wait_until
+from tests.integration.daemon_harness import DaemonRun
 from tests.netns import Lab
+from tests.wait import wait_until
 
 
 def journald_config(tmp: Path, tag: str, **jail: Any) -> dict[str, Any]:

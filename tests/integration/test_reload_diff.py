@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.daemon_harness import DaemonRun, base_config, sshd_fail, wait_until
+from tests.integration.daemon_harness import DaemonRun, base_config, sshd_fail
 from tests.netns import Host, Lab
+from tests.wait import wait_until
 
 
 @dataclass
