@@ -88,7 +88,7 @@ class Daemon:
         self.warnings: list[str] = []
         # Keeps the baseline policy in force (None: this daemon never touches it).
         self.baseline = baseline
-        # Started in order after the bans are restored, stopped in reverse.
+        # Started in order after the bans are restored (and stopped in that order).
         self.components = list(components)
         # Why the last reload was refused (the control API tells the CLI), and
         # what the operator must do after one that was accepted.
