@@ -8,10 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.daemon_harness import DaemonRun, base_config, sshd_fail
+from tests.integration.daemon_harness import DaemonRun, base_config, sshd_fail, wait_until
 from tests.integration.test_forged_logs import REPO
 from tests.netns import Lab
-from tests.wait import wait_until
 
 
 def cli(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:

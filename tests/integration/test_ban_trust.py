@@ -30,10 +30,9 @@ from kfwguard.firewall.bantable import BanTable, Element
 from kfwguard.firewall.nft import Nft
 from kfwguard.model import BanRequest
 from kfwguard.store import BanRow, Store
-from tests.integration.daemon_harness import DaemonRun, base_config, sshd_fail
+from tests.integration.daemon_harness import DaemonRun, base_config, sshd_fail, wait_until
 from tests.integration.test_faults import tmpfs
 from tests.netns import Lab, can_connect
-from tests.wait import wait_until
 
 WEEK = 7 * 86400.0
 DAY = 86400.0 - 3600  # short enough for the old `<N>ms` timeouts: tests of other things

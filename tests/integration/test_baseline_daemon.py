@@ -15,10 +15,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import need
-from tests.integration.daemon_harness import DaemonRun, base_config, listen_tcp
+from tests.integration.daemon_harness import DaemonRun, base_config, listen_tcp, wait_until
 from tests.integration.test_operator import HOOK_PORT, RECEIVER
 from tests.netns import Host, Lab, can_connect
-from tests.wait import wait_until
 
 pytestmark = pytest.mark.root
 

@@ -25,10 +25,10 @@ from tests.integration.daemon_harness import (
     base_config,
     listen_tcp,
     sshd_fail,
+    wait_until,
 )
 from tests.integration.etcd_cluster import EtcdCluster, have_etcd
 from tests.netns import Host, Lab, can_connect
-from tests.wait import wait_until
 
 PREFIX = "/kfwguard/v1"
 PORT = 2222

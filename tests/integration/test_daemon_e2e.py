@@ -18,9 +18,9 @@ from tests.integration.daemon_harness import (
     base_config,
     listen_tcp,
     sshd_fail,
+    wait_until,
 )
 from tests.netns import Host, Lab, can_connect
-from tests.wait import wait_until
 
 PORT = 2222
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import re
 
-from tests.integration.daemon_harness import DaemonRun
+from tests.integration.daemon_harness import DaemonRun, wait_until
 from tests.integration.test_operator import Node, node  # noqa: F401
-from tests.wait import wait_until
 
 
 class TestSecondDaemon:

@@ -17,10 +17,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.integration.daemon_harness import DaemonRun, base_config
+from tests.integration.daemon_harness import DaemonRun, base_config, wait_until
 from tests.integration.test_forged_logs import status
 from tests.netns import Host, Lab
-from tests.wait import wait_until
 
 PORT = 9741
 IDLE = 1200

@@ -12,9 +12,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.integration.daemon_harness import DaemonRun, base_config, sshd_fail
+from tests.integration.daemon_harness import DaemonRun, base_config, sshd_fail, wait_until
 from tests.netns import Host, Lab
-from tests.wait import wait_until
 
 
 @contextlib.contextmanager

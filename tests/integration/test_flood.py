@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.daemon_harness import DaemonRun, base_config, syslog_now
+from tests.integration.daemon_harness import DaemonRun, base_config, syslog_now, wait_until
 from tests.netns import Lab
-from tests.wait import wait_until
 
 FLOOD = 1_000_000
 MAX_ENTRIES = 100_000

@@ -24,10 +24,9 @@ import yaml
 
 from kfwguard.config import default_config_text
 from tests.conftest import need
-from tests.integration.daemon_harness import DaemonRun, base_config
+from tests.integration.daemon_harness import DaemonRun, base_config, wait_until
 from tests.journal_writer import NOBODY, logger_as_nobody, send_as_root
 from tests.netns import Lab
-from tests.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import need
+from tests.integration.daemon_harness import wait_until
 from tests.netns import Lab
-from tests.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "deploy" / "image" / "build.sh"

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.integration.daemon_harness import DaemonRun, base_config, sshd_fail
+from tests.integration.daemon_harness import DaemonRun, base_config, sshd_fail, wait_until
 from tests.netns import Lab
-from tests.wait import wait_until
 
 
 def test_rotating_attacker_gets_maxretry_tries_in_all(lab: Lab, tmp_path: Path) -> None:

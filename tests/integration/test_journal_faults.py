@@ -18,10 +18,9 @@ import pytest
 
 from kfwguard.store import Store
 from tests.conftest import _start_journald, journald_alive
-from tests.integration.daemon_harness import DaemonRun
+from tests.integration.daemon_harness import DaemonRun, wait_until
 from tests.integration.test_k8s_e2e import journald_config, send_fail
 from tests.netns import Lab
-from tests.wait import wait_until
 
 # journald writes to /var/log/journal when it exists, else to /run/log/journal.
 JOURNAL_DIRS = (Path("/run/log/journal"), Path("/var/log/journal"))

@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.daemon_harness import DaemonRun
+from tests.integration.daemon_harness import DaemonRun, wait_until
 from tests.netns import Lab
-from tests.wait import wait_until
 
 
 def journald_config(tmp: Path, tag: str, **jail: Any) -> dict[str, Any]:

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from tests.conftest import need
+from tests.integration.daemon_harness import wait_until
 from tests.integration.test_operator import METRICS_PORT, Node, node  # noqa: F401
 from tests.netns import Lab
-from tests.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 PROM = REPO / "deploy" / "prometheus"

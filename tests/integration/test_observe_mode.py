@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.integration.daemon_harness import DaemonRun, base_config, sshd_fail
+from tests.integration.daemon_harness import DaemonRun, base_config, sshd_fail, wait_until
 from tests.integration.test_operator import HOOK_PORT, RECEIVER, cli
 from tests.netns import Lab
-from tests.wait import wait_until
 
 
 def listed(d: DaemonRun) -> list[dict[str, Any]]:

@@ -22,9 +22,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import need
-from tests.integration.daemon_harness import DaemonRun, base_config, sshd_fail
+from tests.integration.daemon_harness import DaemonRun, base_config, sshd_fail, wait_until
 from tests.netns import Host, Lab
-from tests.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "xoxTOKEN-7f3a9c2e4b1d"

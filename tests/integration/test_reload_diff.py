@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.daemon_harness import DaemonRun, base_config, sshd_fail
+from tests.integration.daemon_harness import DaemonRun, base_config, sshd_fail, wait_until
 from tests.netns import Host, Lab
-from tests.wait import wait_until
 
 
 @dataclass

@@ -24,7 +24,6 @@ from kfwguard.model import Record
 from kfwguard.sources import Source, build_source
 from kfwguard.sources import file as file_module
 from kfwguard.sources.base import Backlog
-from tests.wait import until
 
 Format = Literal["text", "json", "cri"]
 
@@ -53,7 +52,10 @@ class Tail:
         return self.records[-1].position if self.records else None
 
     async def until(self, pred: Callable[[], bool], within: float = 10.0) -> None:
-        assert await until(pred, within), f"timed out; got {self.texts[-5:]}"
+        deadline = time.monotonic() + within
+        while not pred():
+            assert time.monotonic() < deadline, f"timed out; got {self.texts[-5:]}"
+            await asyncio.sleep(0.005)
 
     async def until_text(self, text: str) -> None:
         await self.until(lambda: text in self.texts)

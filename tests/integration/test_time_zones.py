@@ -18,11 +18,10 @@ import pytest
 import yaml
 
 from kfwguard.config import default_config_text
-from tests.integration.daemon_harness import DaemonRun, base_config
+from tests.integration.daemon_harness import DaemonRun, base_config, wait_until
 from tests.integration.test_forged_logs import status
 from tests.journal_writer import send_as_root
 from tests.netns import Lab
-from tests.wait import wait_until
 
 
 def klog_now(zone: str) -> str:
