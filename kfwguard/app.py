@@ -34,10 +34,10 @@ from kfwguard.telemetry import Telemetry
 log = structlog.get_logger("kfwguard.app")
 
 
-def open_store(state_dir: Path) -> Store | None:
+def open_store(state_dir: Path, clock: Callable[[], float] = time.time) -> Store | None:
     """The state database, or None (logged) when it cannot be opened."""
     try:
-        return Store.in_dir(state_dir)
+        return Store.in_dir(state_dir, clock=clock)
     except StoreError as exc:
         # Keep banning, from memory; say loudly that nothing is persisted.
         log.error("state_unavailable", error=str(exc),
@@ -77,7 +77,8 @@ def build(cfg: Config, cfg_path: str | None, *,
     without libnftables."""
     nft = Nft()
     keeper = BaselineKeeper(nft, cfg.state_dir, clock=clock)
-    daemon = Daemon(cfg, cfg_path, make_bans=ban_manager(nft, clock), open_store=open_store,
+    daemon = Daemon(cfg, cfg_path, make_bans=ban_manager(nft, clock),
+                    open_store=lambda state_dir: open_store(state_dir, clock),
                     baseline=keeper, clock=clock)
     telemetry = Telemetry(daemon, clock)
     operator = Operator(daemon, telemetry, keeper.on_drift)
