@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kfwguard import __version__
-from kfwguard.alerts import AlertService
+from kfwguard.alerts.service import AlertService
 from kfwguard.bans import BanManager
 from kfwguard.config import Config
 from kfwguard.firewall.baseline.keeper import BaselineKeeper

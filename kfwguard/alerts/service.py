@@ -1,4 +1,4 @@
-"""Alerts for one daemon: ban listeners → outbox → one worker per action."""
+"""Alerts for one daemon: listeners → typed events → outbox → one worker per action."""
 
 from __future__ import annotations
 
@@ -8,15 +8,13 @@ import os
 import socket
 import time
 from collections.abc import Callable, Collection, Sequence
-from typing import Any
+from typing import Any, assert_never
 
 import structlog
 
-from kfwguard.alerts.alertmanager import AlertmanagerSender
-from kfwguard.alerts.base import Sender, ban_event, drift_event
+from kfwguard.alerts.events import AlertEvent, Ban, Drift, Unban
 from kfwguard.alerts.outbox import AlertWorker, Outbox
-from kfwguard.alerts.webhook import WebhookSender
-from kfwguard.config import ActionConfig, Config, WebhookActionConfig
+from kfwguard.config import Config
 from kfwguard.configdiff import changed_actions
 from kfwguard.store import BanRow, Store
 
@@ -29,10 +27,10 @@ def node_name(cfg: Config) -> str:
     return cfg.node_name or os.environ.get("NODE_NAME") or socket.gethostname()
 
 
-def build_sender(name: str, cfg: ActionConfig, node: str) -> Sender:
-    if isinstance(cfg, WebhookActionConfig):
-        return WebhookSender(name, cfg, node)
-    return AlertmanagerSender(name, cfg, node)
+def _facts(row: BanRow, node: str, at: float) -> dict[str, Any]:
+    return {"target": row.target, "jail": row.jail, "reason": row.reason,
+            "banned_at": row.banned_at, "expires_at": row.expires_at, "offence": row.offence,
+            "node": node, "at": at, "simulated": row.simulated}
 
 
 class AlertService:
@@ -62,26 +60,36 @@ class AlertService:
             return self.routes[jail]
         return list(self.cfg.actions)
 
-    # -- listeners (called by the BanManager; only queue) --------------------------
+    def routes_for(self, event: AlertEvent) -> list[str]:
+        """The actions that hear of ``event``: a ban's jail's; the node's own
+        events (drift) go to every action."""
+        match event:
+            case Ban() | Unban():
+                return self.actions_for(event.jail)
+            case Drift():
+                return list(self.cfg.actions)
+            case _:
+                assert_never(event)
+
+    def publish(self, events: Sequence[AlertEvent]) -> None:
+        """Queue ``events`` for the actions they route to. Never blocks, never raises."""
+        self.outbox.put([(a, ev) for ev in events for a in self.routes_for(ev)])
+
+    # -- listeners (called by the BanManager and the baseline; only queue) ---------
 
     def on_ban(self, rows: Sequence[BanRow]) -> None:
         now = self.clock()
-        self.outbox.put([(a, ban_event("ban", r, self.node, now))
-                         for r in rows for a in self.actions_for(r.jail)])
+        self.publish([Ban(**_facts(r, self.node, now)) for r in rows])
 
     def on_unban(self, rows: Sequence[BanRow]) -> None:
         now = self.clock()
         # Expiries need no message: Alertmanager resolves at endsAt by itself,
         # and a chat line for every expiry would drown the bans.
-        self.outbox.put([(a, ban_event("unban", r, self.node, now))
-                         for r in rows if r.expires_at > now
-                         for a in self.actions_for(r.jail)])
+        self.publish([Unban(**_facts(r, self.node, now)) for r in rows if r.expires_at > now])
 
     def on_drift(self, table: str, reason: str) -> None:
         """The baseline had drifted and was put back: every action hears of it."""
-        now = self.clock()
-        self.outbox.put([(a, drift_event(table, reason, self.node, now))
-                         for a in self.cfg.actions])
+        self.publish([Drift(table, reason, self.node, self.clock())])
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -94,13 +102,12 @@ class AlertService:
             if only is not None and name not in only:
                 continue
             try:
-                sender = build_sender(name, acfg, self.node)
+                sender = acfg.build(name, self.node)
             except (OSError, ValueError) as exc:
                 log.error("alert_action_unusable", action=name, error=str(exc))
                 continue
-            aggregate = acfg.aggregate if isinstance(acfg, WebhookActionConfig) else 0.0
-            worker = AlertWorker(sender, self.outbox, aggregate=aggregate, clock=self.clock,
-                                 **self.worker_options)
+            worker = AlertWorker(sender, self.outbox, aggregate=sender.aggregate,
+                                 clock=self.clock, **self.worker_options)
             self.workers[name] = worker
             self._tasks[name] = asyncio.create_task(worker.run(), name=f"alerts:{name}")
         if self.workers:

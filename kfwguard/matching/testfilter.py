@@ -26,7 +26,7 @@ from kfwguard.matching.engine import MAX_LINE, Filter, Hit
 from kfwguard.matching.loader import load_filter
 from kfwguard.matching.sessions import Sessions, block_sessions
 from kfwguard.matching.spec import FilterError
-from kfwguard.matching.timeparse import format_rfc3339
+from kfwguard.timestamps import format_rfc3339
 
 CHUNK = 1 << 20
 

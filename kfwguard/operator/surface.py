@@ -15,7 +15,7 @@ from typing import Protocol
 
 import structlog
 
-from kfwguard.alerts import AlertService
+from kfwguard.alerts.service import AlertService
 from kfwguard.config import Config
 from kfwguard.lifecycle import StartupError
 from kfwguard.operator.control import Controlled, ControlServer, ControlUnavailable

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import structlog
 
-from kfwguard.config import FileSourceConfig
 from kfwguard.sources.base import Backlog, Sink
-from kfwguard.sources.file import FileSource, format_position, parse_position
+from kfwguard.sources.formats import LineFormat
+from kfwguard.sources.tail import FileSource, format_position, parse_position
 
 # How often the pattern is re-evaluated for a newer file.
 RESCAN = 2.0
@@ -50,11 +50,13 @@ class GlobFileSource:
 
     problem: str | None = None  # a file source has none to tell
 
-    def __init__(self, cfg: FileSourceConfig, position: str | None, *,
+    def __init__(self, name: str, pattern: Path, position: str | None, *,
+                 fmt: LineFormat = "text", allow_outside_dir: bool = False,
                  clock: Callable[[], float] = time.time) -> None:
-        self.cfg = cfg
-        self.name = cfg.name
-        self.pattern = os.path.abspath(str(cfg.path))
+        self.name = name
+        self.pattern = os.path.abspath(str(pattern))
+        self.format: LineFormat = fmt
+        self._allow_outside = allow_outside_dir
         self._clock = clock
         self._position = position
         self._inner: FileSource | None = None
@@ -159,8 +161,8 @@ class GlobFileSource:
         return newest if newest[0] > cur_mtime else None
 
     async def _start(self, path: str, position: str | None, sink: Sink) -> asyncio.Task[None]:
-        inner = FileSource(self.cfg.model_copy(update={"path": Path(path)}), position,
-                           clock=self._clock)
+        inner = FileSource(self.name, Path(path), position, fmt=self.format,
+                           allow_outside_dir=self._allow_outside, clock=self._clock)
         if self._inner is not None:
             self._lines_before += self._inner.lines_read
             for k, v in self._inner.skipped.items():

@@ -19,11 +19,11 @@ from typing import Literal
 import pytest
 import structlog
 
-from kfwguard.config import FileSourceConfig
 from kfwguard.model import Record
 from kfwguard.sources import Source, build_source
-from kfwguard.sources import file as file_module
+from kfwguard.sources import tail as file_module
 from kfwguard.sources.base import Backlog
+from kfwguard.sources.file import FileSourceConfig
 
 Format = Literal["text", "json", "cri"]
 

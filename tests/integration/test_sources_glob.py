@@ -6,8 +6,8 @@ import asyncio
 import os
 from pathlib import Path
 
-from kfwguard.config import FileSourceConfig
 from kfwguard.sources import build_source, globfile
+from kfwguard.sources.file import FileSourceConfig
 from tests.integration.test_sources_file import running
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kfwguard.alerts import AlertService
+from kfwguard.alerts.service import AlertService
 from kfwguard.config import BaselineConfig
 from kfwguard.daemon import Daemon
 from kfwguard.firewall.bantable import BanTable

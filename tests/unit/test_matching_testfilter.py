@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from kfwguard.matching import testfilter
 from kfwguard.matching.testfilter import iter_blocks, iter_lines, main
-from kfwguard.matching.timeparse import parse_rfc3339
+from kfwguard.timestamps import parse_rfc3339
 
 NOW = parse_rfc3339("2026-11-26T12:00:00Z") or 0.0
 
