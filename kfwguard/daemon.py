@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import ipaddress
-import os
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from kfwguard.addresses import LOOPBACK_NETS, IgnoreList, IPNetwork
+from kfwguard.addresses import IgnoreList
 from kfwguard.bans import BanManager
 from kfwguard.config import Config, ConfigError, load_config_or_default
 from kfwguard.configdiff import ConfigDiff
@@ -34,7 +31,6 @@ from kfwguard.jails import Jail
 from kfwguard.lifecycle import Component, StartupError
 from kfwguard.matching import Filter, FilterError
 from kfwguard.matching.sessions import Sessions
-from kfwguard.node import AddressWatch, protected_networks
 from kfwguard.notify import Notifier
 from kfwguard.pipeline import (
     CURSOR_SAVE_INTERVAL,
@@ -43,8 +39,10 @@ from kfwguard.pipeline import (
     build_filters,
     filter_fingerprint,
 )
+from kfwguard.protection import follow_addresses, ignore_list
 from kfwguard.sources import build_source
 from kfwguard.sources.trust import forgery_warnings
+from kfwguard.statelock import StateLock
 from kfwguard.store import Store, StoreError
 
 log = structlog.get_logger("kfwguard.daemon")
@@ -54,9 +52,6 @@ log = structlog.get_logger("kfwguard.daemon")
 # that takes longer (a hung NFS mount) is reported and READY is sent anyway.
 SOURCE_READY_TIMEOUT = 10.0
 
-
-# In state_dir: held (flock) by the running daemon, holding its pid.
-LOCK_NAME = "kfwguard.lock"
 
 # Builds the BanManager over the firewall, once the store is open (None: no store).
 BanManagerFactory = Callable[[Config, Store | None], BanManager]
@@ -73,7 +68,7 @@ class Daemon:
         self.cfg_path = cfg_path
         self._make_bans = make_bans
         self._open_store = open_store
-        self._lock_fd: int | None = None
+        self._lock = StateLock()
         self.clock = clock
         self.started_at = clock()
         self.notifier = Notifier()
@@ -99,15 +94,6 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
 
     # -- building --------------------------------------------------------------
-
-    async def _build_ignore(self, cfg: Config) -> IgnoreList:
-        # admin_cidrs join every jail's ignore list: bans never beat the failsafe.
-        ignore = IgnoreList([*LOOPBACK_NETS, *cfg.ignoreip, *cfg.baseline.admin_cidrs])
-        # Runs a child process (pyroute2 stays out of the daemon) and waits for
-        # it, up to node.CHILD_TIMEOUT: keep that wait off our event loop.
-        for net in await asyncio.to_thread(protected_networks):
-            ignore.add(net)
-        return ignore
 
     def _build_pipeline(self, cfg: Config, filters: dict[str, Filter],
                         diff: ConfigDiff | None = None) -> list[SourcePipeline]:
@@ -176,49 +162,12 @@ class Daemon:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    def _take_lock(self, state_dir: Path) -> None:
-        """One daemon per state_dir, decided before anything touches the kernel: a
-        second `kfwguard run` on the same config must not restore bans into the
-        first one's table before it finds out (the control socket tells only later)."""
-        path = state_dir / LOCK_NAME
-        try:
-            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as exc:
-                # An unusable state_dir is reported by the store; the control
-                # socket still keeps a second daemon out.
-                log.warning("lock_unavailable", path=str(path), error=str(exc))
-                return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            try:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            except OSError:
-                holder = ""
-            os.close(fd)
-            pid = f" (pid {holder})" if holder.isdigit() else ""
-            raise StartupError(f"another kfwguard{pid} is running with state_dir "
-                               f"{state_dir}; not starting") from None
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
-
-    def _release_lock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the lock
-            self._lock_fd = None
-
     async def start(self) -> None:
-        self._take_lock(self.cfg.state_dir)
+        self._lock.take(self.cfg.state_dir)
         try:
             await self._start()
         except BaseException:
-            self._release_lock()
+            self._lock.release()
             raise
 
     async def _start(self) -> None:
@@ -227,7 +176,7 @@ class Daemon:
         # The node's own addresses come from a child process; look them up while
         # the bans go back into the kernel, which comes first: it is what protects.
         # (Restored bans were checked against the ignore lists when decided.)
-        ignore_lookup = asyncio.create_task(self._build_ignore(cfg))
+        ignore_lookup = asyncio.create_task(ignore_list(cfg))
         self.bans = self._make_bans(cfg, self.store)
         if self.store is None:
             self.bans.persisting = False
@@ -266,56 +215,9 @@ class Daemon:
             asyncio.create_task(self.bans.watch_table(), name="watch_table"),
             asyncio.create_task(self._save_cursors_periodically(), name="cursors"),
             asyncio.create_task(self._watchdog(), name="watchdog"),
-            asyncio.create_task(self._follow_addresses(), name="addresses"),
+            asyncio.create_task(follow_addresses(lambda: self.ignore, self.bans),
+                                name="addresses"),
         ]
-
-    async def _follow_addresses(self) -> None:
-        """Protect addresses added after start (CNI bridges, VIPs: the unit starts
-        before the kubelet): each is put on the ignore list as netlink announces
-        it, and a ban covering it is lifted at once."""
-        try:
-            watch = AddressWatch()
-        except OSError as exc:
-            log.warning("address_watch_unavailable", error=str(exc),
-                        note="addresses added after start are protected at the next reload")
-            return
-        loop = asyncio.get_running_loop()
-        wake = asyncio.Event()
-        loop.add_reader(watch.fileno(), wake.set)
-        try:
-            # Whatever was added between the start's look-up and the watch.
-            self._protect(await asyncio.to_thread(protected_networks))
-            while True:
-                await wake.wait()
-                wake.clear()
-                added, lost = watch.read()
-                if added:
-                    self._protect([ipaddress.ip_network(a) for a in added])
-                if lost:
-                    log.warning("address_notifications_lost", note="re-reading the node")
-                    self._protect(await asyncio.to_thread(protected_networks))
-        finally:
-            loop.remove_reader(watch.fileno())
-            watch.close()
-
-    def _protect(self, nets: Sequence[IPNetwork]) -> None:
-        """Add ``nets`` (the node's own) to the ignore list; lift bans covering them."""
-        fresh = [n for n in nets if n not in self.ignore]
-        if not fresh or self.bans is None:
-            return
-        for net in fresh:
-            self.ignore.add(net)  # the BanManager's list too: it refuses new bans of it
-        log.info("addresses_protected", addresses=[str(n) for n in fresh])
-        for row in self.bans.active():
-            try:
-                target = ipaddress.ip_network(row.target, strict=False)
-            except ValueError:
-                continue
-            if any(target.version == n.version and target.overlaps(n) for n in fresh):
-                log.warning("protected_address_unbanned", target=row.target, jail=row.jail,
-                            why="a ban covered an address this node now holds")
-                self.bans.unban(target if "/" in row.target else target.network_address,
-                                row.jail)
 
     async def _sources_ready(self, pipelines: Sequence[SourcePipeline] | None = None) -> None:
         """Wait until every source (of ``pipelines``) has fixed its starting point, so
@@ -375,7 +277,7 @@ class Daemon:
                                     if name not in diff.sources_kept])
         self.cfg = new
         assert self.bans is not None
-        self.ignore = await self._build_ignore(new)
+        self.ignore = await ignore_list(new)
         self.bans.ignore = self.ignore
         self.bans.jails = {j.name: j for j in new.jails}
         self.bans.dry_run = new.dry_run
@@ -441,5 +343,5 @@ class Daemon:
                 await t
         if self.store is not None:
             self.store.close()
-        self._release_lock()
+        self._lock.release()
         log.info("stopped", note="bans stay in the kernel and expire there")
