@@ -27,10 +27,9 @@ from kfwguard.config import Config, ConfigError, load_config_or_default
 from kfwguard.configdiff import ConfigDiff
 from kfwguard.firewall.baseline import BaselineError
 from kfwguard.firewall.baseline.keeper import BaselineKeeper
-from kfwguard.jails import Jail
+from kfwguard.jails.jail import Jail
 from kfwguard.lifecycle import Component, StartupError
 from kfwguard.matching import Filter, FilterError
-from kfwguard.matching.sessions import Sessions
 from kfwguard.notify import Notifier
 from kfwguard.pipeline import (
     CURSOR_SAVE_INTERVAL,
@@ -120,8 +119,7 @@ class Daemon:
                             ipv6_prefix=cfg.ipv6_prefix)
             self.jails[jc.name] = jail
             flt = filters[jc.filter]
-            sessions = Sessions(flt.kinds) if flt.paired else None
-            by_source.setdefault(jc.source, []).append(JailFeed(jail, flt, sessions))
+            by_source.setdefault(jc.source, []).append(JailFeed.of(jail, flt))
         self._filters = {name: filter_fingerprint(f) for name, f in filters.items()}
         old_sources, self.sources = self.sources, {}
         for sc in cfg.sources:

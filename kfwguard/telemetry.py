@@ -18,7 +18,7 @@ from kfwguard.alerts.service import AlertService
 from kfwguard.bans import BanManager
 from kfwguard.config import Config
 from kfwguard.firewall.baseline.keeper import BaselineKeeper
-from kfwguard.jails import Jail
+from kfwguard.jails.jail import Jail
 from kfwguard.pipeline import SourcePipeline
 from kfwguard.sources.base import Backlog
 from kfwguard.store import BanRow

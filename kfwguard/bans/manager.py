@@ -51,7 +51,7 @@ from kfwguard.config import BaselineConfig, JailConfig
 from kfwguard.durations import check_ban_duration
 from kfwguard.firewall.bantable import BanTable, Target
 from kfwguard.firewall.nft import NftError
-from kfwguard.jails import ban_duration
+from kfwguard.jails.policy import ban_duration
 from kfwguard.model import BanRequest
 from kfwguard.store import BanRow, Store
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing_extensions import Buffer
 
 class Windows:
-    """A jail's failure windows and ignore list (jails.PyWindows is the Python twin)."""
+    """A jail's failure windows and ignore list (jails.windows.PyWindows is the Python twin)."""
 
     def __init__(self, max_entries: int, findtime: float, maxretry: int,
                  resolve: Callable[[bytes], int | None],

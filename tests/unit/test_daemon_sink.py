@@ -12,7 +12,7 @@ import pytest
 
 from kfwguard.addresses import LOOPBACK_NETS, IgnoreList
 from kfwguard.daemon import Daemon
-from kfwguard.jails import Jail
+from kfwguard.jails.jail import Jail
 from kfwguard.pipeline import JailFeed, SourcePipeline, build_filters
 from kfwguard.sources import build_source
 from kfwguard.sources.formats import TextBlock
