@@ -7,7 +7,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, assert_never
 
 import structlog
@@ -15,6 +15,7 @@ import structlog
 from kfwguard.alerts.events import AlertEvent, Ban, BaselineAgrees, BaselineDiffers, Drift, Unban
 from kfwguard.alerts.outbox import AlertWorker, Outbox
 from kfwguard.config import Config
+from kfwguard.configdiff import changed_actions
 from kfwguard.store import BanRow, Store
 
 log = structlog.get_logger("kfwguard.alerts")
@@ -102,8 +103,10 @@ class AlertService:
         self._spooler = asyncio.create_task(self.outbox.spool(), name="alerts:spool")
         await self._start_workers()
 
-    async def _start_workers(self) -> None:
+    async def _start_workers(self, only: Collection[str] | None = None) -> None:
         for name, acfg in self.cfg.actions.items():
+            if only is not None and name not in only:
+                continue
             try:
                 sender = acfg.build(name, self.node)
             except (OSError, ValueError) as exc:
@@ -116,29 +119,35 @@ class AlertService:
         if self.workers:
             log.info("alerts_ready", actions=sorted(self.workers))
 
-    async def _stop_workers(self) -> None:
+    async def _stop_workers(self, only: Collection[str] | None = None) -> None:
+        names = [n for n in self._tasks if only is None or n in only]
+        tasks = [self._tasks.pop(n) for n in names]
         # Python 3.11's wait_for loses a cancel that lands as the worker's wake
         # event fires (an alert queued just before a reload): the worker then
         # runs on and awaiting it hangs the reload. Cancel until it ends.
-        while pending := [t for t in self._tasks.values() if not t.done()]:
+        while pending := [t for t in tasks if not t.done()]:
             for t in pending:
                 t.cancel()
             await asyncio.wait(pending, timeout=0.5)
-        for t in self._tasks.values():
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        for w in self.workers.values():
+        for n in names:
             with contextlib.suppress(Exception):
-                await w.sender.close()
-        self._tasks.clear()
-        self.workers.clear()
+                await self.workers.pop(n).sender.close()
 
     async def reload(self, cfg: Config) -> None:
+        """Restart the workers of the actions that changed (all of them if the node's
+        name did); the others deliver on undisturbed."""
+        changed: Collection[str] = changed_actions(self.cfg, cfg)
+        if node_name(cfg) != self.node:
+            changed = self.cfg.actions.keys() | cfg.actions.keys()
         # Queued items stay; counters carry over so metrics stay monotonic.
-        old = {n: (w.sent, w.messages, w.failures, w.dropped) for n, w in self.workers.items()}
-        await self._stop_workers()
+        old = {n: (w.sent, w.messages, w.failures, w.dropped)
+               for n, w in self.workers.items() if n in changed}
+        await self._stop_workers(changed)
         self.configure(cfg)
-        await self._start_workers()
+        await self._start_workers(changed)
         for name, (sent, messages, failures, dropped) in old.items():
             w = self.workers.get(name)
             if w is not None:

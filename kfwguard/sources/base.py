@@ -47,6 +47,7 @@ class Source(Protocol):
     def skipped(self) -> dict[str, int]:
         """Inputs skipped, by reason (too_long, invalid_json, …)."""
         ...
+
     # Set by run() once the starting point is fixed (file opened and positioned,
     # or the journal's start stamp taken): what is written after it is read.
     ready: asyncio.Event

@@ -48,6 +48,7 @@ def _matches(pattern: str) -> list[tuple[float, str, os.stat_result]]:
 class GlobFileSource:
     """``type: file`` with a glob ``path``: the newest matching file, followed."""
 
+
     def __init__(self, name: str, pattern: Path, position: str | None, *,
                  fmt: LineFormat = "text", allow_outside_dir: bool = False,
                  clock: Callable[[], float] = time.time) -> None:

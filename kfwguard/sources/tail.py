@@ -82,6 +82,7 @@ class FileSource:
     """A ``type: file`` source with a plain path (formats text, json, cri); the
     options are those of kfwguard.sources.file.FileSourceConfig."""
 
+
     def __init__(
         self,
         name: str,

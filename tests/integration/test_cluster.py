@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from kfwguard.control import ControlClient
+from kfwguard.operator.client import ControlClient
 from tests.conftest import need
 from tests.integration.daemon_harness import (
     DaemonRun,

@@ -410,9 +410,30 @@ node_name: node-7
         svc = self.service()
         await svc.start()
         try:
-            for _ in range(20):  # the race is narrow: give it many chances
+            for i in range(20):  # the race is narrow: give it many chances
                 svc.on_ban([row("192.0.2.1", "sshd")])
-                await asyncio.wait_for(svc.reload(svc.cfg), 10)
+                # A new node name: every worker restarts.
+                renamed = svc.cfg.model_copy(update={"node_name": f"node-{i}"})
+                await asyncio.wait_for(svc.reload(renamed), 10)
+        finally:
+            await asyncio.wait_for(svc.stop(), 10)
+
+    async def test_reload_restarts_only_changed_actions(self) -> None:
+        """A reload restarts the worker of a changed action only: an unchanged
+        action's worker runs on, the same one, with its counters."""
+        svc = self.service()
+        await svc.start()
+        try:
+            chat, am = svc.workers["chat"], svc.workers["am"]
+            chat.sent = am.sent = 3
+            actions = {**svc.cfg.actions,
+                       "am": svc.cfg.actions["am"].model_copy(
+                           update={"url": "http://127.0.0.1:9094"})}
+            await asyncio.wait_for(svc.reload(svc.cfg.model_copy(update={"actions": actions})),
+                                   10)
+            assert svc.workers["chat"] is chat and svc.workers["am"] is not am
+            assert (3, 3) == (svc.workers["chat"].sent, svc.workers["am"].sent)
+            assert "http://127.0.0.1:9094" == str(svc.cfg.actions["am"].url)
         finally:
             await asyncio.wait_for(svc.stop(), 10)
 

@@ -13,11 +13,11 @@ from typing import Literal
 
 import pytest
 
+from kfwguard import app
 from kfwguard.alerts.base import SENDERS, ActionConfig, Sender
 from kfwguard.alerts.events import AlertEvent, Ban
 from kfwguard.alerts.service import AlertService
 from kfwguard.config import ConfigError, parse_config
-from kfwguard.daemon import Daemon
 from kfwguard.model import Record
 from kfwguard.sources.base import SOURCES, Backlog, Sink, Source, SourceConfig
 from kfwguard.store import BanRow
@@ -164,7 +164,7 @@ class TestRegistry:
     async def test_daemon_builds_and_runs_the_new_source(self, tmp_path: Path) -> None:
         """The daemon builds the new source from config and bans what it delivers."""
         cfg = parse_config(config_text(tmp_path))
-        daemon = Daemon(cfg)
+        daemon = app.build(cfg, None).daemon
         await daemon.start()
         try:
             assert isinstance(daemon.sources["mem"].source, LinesSource)
