@@ -242,7 +242,8 @@ def write_bans(addr_file: Path, tls_json: str, endpoints: list[str]) -> None:
     import asyncio
 
     from kfwguard.cluster.etcd import EtcdFeed
-    from kfwguard.cluster.etcdclient import EtcdClient, TLSFiles
+    from kfwguard.cluster.etcdclient import EtcdClient
+    from kfwguard.cluster.etcdtypes import TLSFiles
     from kfwguard.cluster.feed import SharedBan
 
     tls = TLSFiles(**json.loads(tls_json))

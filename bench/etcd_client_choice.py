@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kfwguard.cluster.etcdclient import EtcdClient, TLSFiles
+from kfwguard.cluster.etcdclient import EtcdClient
+from kfwguard.cluster.etcdtypes import TLSFiles
 
 
 def pct(xs: list[float], p: float) -> float:

@@ -19,7 +19,8 @@ import time
 from typing import Any
 
 from kfwguard.cluster.etcd import EtcdFeed
-from kfwguard.cluster.etcdclient import EtcdClient, TLSFiles, prefix_end
+from kfwguard.cluster.etcdclient import EtcdClient
+from kfwguard.cluster.etcdtypes import TLSFiles, prefix_end
 from kfwguard.cluster.feed import SharedBan
 
 P = "/kfwguard/v1/"

@@ -43,7 +43,8 @@ class Host(Protocol):
 def build_service(daemon: Host) -> ClusterService:
     # Imported only in cluster mode: the etcd client loads aiohttp.
     from kfwguard.cluster.etcd import EtcdFeed
-    from kfwguard.cluster.etcdclient import EtcdClient, TLSFiles
+    from kfwguard.cluster.etcdclient import EtcdClient
+    from kfwguard.cluster.etcdtypes import TLSFiles
     from kfwguard.cluster.service import ClusterService
 
     cfg = daemon.cfg

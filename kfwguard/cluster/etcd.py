@@ -22,8 +22,8 @@ from typing import Any
 
 import structlog
 
-from kfwguard.cluster.etcdclient import (
-    EtcdClient,
+from kfwguard.cluster.etcdclient import EtcdClient
+from kfwguard.cluster.etcdtypes import (
     EtcdCompacted,
     EtcdError,
     EtcdUnavailable,

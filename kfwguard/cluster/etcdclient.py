@@ -28,17 +28,29 @@ Failure model:
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import aiohttp
 import structlog
+
+from kfwguard.cluster import etcdgrpc
+from kfwguard.cluster.etcdtypes import (
+    EtcdCompacted,
+    EtcdError,
+    EtcdUnavailable,
+    KeyValue,
+    LeaseNotFound,
+    TLSFiles,
+    WatchEvent,
+    b64,
+    prefix_end,
+    unb64,
+)
 
 log = structlog.get_logger("kfwguard.cluster.etcdclient")
 
@@ -48,71 +60,6 @@ _UNAVAILABLE_CODES = {1, 4, 8, 10, 13, 14}
 _NOT_FOUND = 5
 _PERMISSION_DENIED = 7
 _UNAUTHENTICATED = 16
-
-
-class EtcdError(Exception):
-    """etcd refused a request (not a transport problem)."""
-
-    def __init__(self, message: str, code: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class EtcdUnavailable(EtcdError):
-    """The endpoint did not answer in time, or etcd cannot serve now (no leader)."""
-
-
-class EtcdCompacted(EtcdError):
-    """A watch asked for a revision that compaction removed."""
-
-    def __init__(self, compact_revision: int) -> None:
-        super().__init__(f"revision compacted up to {compact_revision}")
-        self.compact_revision = compact_revision
-
-
-class LeaseNotFound(EtcdError):
-    """The lease expired or was revoked."""
-
-
-def b64(data: str | bytes) -> str:
-    raw = data.encode() if isinstance(data, str) else data
-    return base64.b64encode(raw).decode("ascii")
-
-
-def unb64(text: str | None) -> bytes:
-    return base64.b64decode(text) if text else b""
-
-
-def prefix_end(prefix: str) -> bytes:
-    """The range end that selects every key starting with ``prefix``."""
-    raw = bytearray(prefix.encode())
-    while raw:
-        if raw[-1] < 0xFF:
-            raw[-1] += 1
-            return bytes(raw)
-        raw.pop()
-    return b"\x00"
-
-
-class KeyValue(NamedTuple):
-    # A tuple, not a dataclass: a listing makes 100k of them at a new node's start.
-    key: str
-    value: bytes
-    mod_revision: int
-    lease: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class WatchEvent:
-    kind: str  # "put" or "delete"
-    kv: KeyValue
-
-
-@dataclass(frozen=True, slots=True)
-class TLSFiles:
-    ca: str
-    cert: str
-    key: str
 
 
 def _kv(d: dict[str, Any]) -> KeyValue:
@@ -228,8 +175,6 @@ class EtcdClient:
     def _grpc_client(self) -> Any:
         """The gRPC paths (etcdgrpc.GrpcClient), or None without the cluster extra."""
         if self.use_grpc is None:
-            from kfwguard.cluster import etcdgrpc
-
             self.use_grpc = etcdgrpc.available()
             if self.use_grpc:
                 self._grpc = etcdgrpc.GrpcClient(self.tls)

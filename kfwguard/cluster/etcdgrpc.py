@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kfwguard.cluster.etcdclient import (
+from kfwguard.cluster.etcdtypes import (
     EtcdCompacted,
     EtcdError,
     EtcdUnavailable,

@@ -23,7 +23,7 @@ import structlog
 
 from kfwguard.addresses import IgnoreList
 from kfwguard.bans import BanManager, is_peer_jail, peer_jail, plain_key
-from kfwguard.cluster.etcdclient import EtcdError
+from kfwguard.cluster.etcdtypes import EtcdError
 from kfwguard.cluster.feed import (
     AllowGone,
     AllowPut,

@@ -328,7 +328,8 @@ class TestResilience:
             need(etcdgrpc.available(), "needs the cluster extra (aetcd, grpcio)")
         code = f"""
 import asyncio, json
-from kfwguard.cluster.etcdclient import EtcdClient, TLSFiles
+from kfwguard.cluster.etcdclient import EtcdClient
+from kfwguard.cluster.etcdtypes import TLSFiles
 async def main():
     c = EtcdClient({cluster.etcd.endpoints!r}, TLSFiles(**{cluster.etcd.tls()!r}))
     for i in range(50):
@@ -374,7 +375,8 @@ asyncio.run(main())
             need(etcdgrpc.available(), "needs the cluster extra (aetcd, grpcio)")
         code = f"""
 import asyncio, json
-from kfwguard.cluster.etcdclient import EtcdClient, EtcdCompacted, TLSFiles
+from kfwguard.cluster.etcdclient import EtcdClient
+from kfwguard.cluster.etcdtypes import EtcdCompacted, TLSFiles
 async def main():
     c = EtcdClient({cluster.etcd.endpoints!r}, TLSFiles(**{cluster.etcd.tls()!r}))
     c.use_grpc = None if {path!r} == "grpc" else False

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from kfwguard.cluster.etcd import EtcdFeed
-from kfwguard.cluster.etcdclient import EtcdClient, KeyValue, prefix_end
+from kfwguard.cluster.etcdclient import EtcdClient
+from kfwguard.cluster.etcdtypes import KeyValue, prefix_end
 from kfwguard.cluster.feed import (
     AllowPut,
     BanGone,
