@@ -44,7 +44,7 @@ from kfwguard.firewall.nft import Nft, NftError, NftUnavailable
 from kfwguard.jails import Jail
 from kfwguard.matching import Filter, FilterError, load_filter
 from kfwguard.matching.loader import FilterNotFound
-from kfwguard.matching.sessions import Sessions
+from kfwguard.matching.sessions import sessions_for
 from kfwguard.node import protected_networks
 from kfwguard.notify import Notifier
 from kfwguard.pipeline import CURSOR_SAVE_INTERVAL, JailFeed, SourcePipeline
@@ -175,8 +175,7 @@ class Daemon:
                         ipv6_prefix=cfg.ipv6_prefix)
             self.jails[jc.name] = jail
             flt = filters[jc.filter]
-            sessions = Sessions(flt.kinds) if flt.paired else None
-            by_source.setdefault(jc.source, []).append(JailFeed(jail, flt, sessions))
+            by_source.setdefault(jc.source, []).append(JailFeed(jail, flt, sessions_for(flt)))
         self.sources = {}
         for sc in cfg.sources:
             if sc.name not in by_source:

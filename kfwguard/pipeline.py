@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -27,6 +28,9 @@ from kfwguard.model import BanRequest, Record
 from kfwguard.sources import Source
 from kfwguard.sources.formats import TextBlock
 from kfwguard.store import Store, StoreError
+
+if TYPE_CHECKING:
+    from kfwguard.matching import _native
 
 log = structlog.get_logger("kfwguard.pipeline")
 
@@ -45,8 +49,9 @@ class JailFeed:
 
     jail: Jail
     filter: Filter
-    # A paired filter's hits settle per session (PAM + sshd lines, one count).
-    sessions: Sessions | None = None
+    # A paired filter's hits settle per session (PAM + sshd lines, one count):
+    # matching.sessions.sessions_for; its C++ form lets the block pass settle them.
+    sessions: Sessions | _native.Sessions | None = None
     # Records (or blocks) a filter bug cost.
     errors: int = 0
 
@@ -93,8 +98,11 @@ class JailFeed:
         """A block of raw lines into the jail: in one C++ pass where both sides
         were built for it (Jail.add_lines), else through the filter's hits."""
         try:
-            done = self.jail.add_lines(self.filter, block.data, now)
-            if done is None:  # e.g. a paired filter: its hits settle in Python
+            sessions = self.sessions
+            done = self.jail.add_lines(
+                self.filter, block.data, now,
+                None if isinstance(sessions, Sessions) else sessions)
+            if done is None:  # a block the per-record path must read, or Python sessions
                 done = self.jail.add_hits(self._hits_of(block, now), now, self.filter.name)
         except Exception:
             # Either pass counted the lines before the failing one and cannot say

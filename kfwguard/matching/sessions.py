@@ -26,16 +26,32 @@ paired by its address instead.
 Memory is bounded: past ``max_sessions`` pending sessions the oldest is
 counted (never dropped); the sessions remembered as failed are forgotten
 oldest first.
+
+This class is the reference. The daemon's jails use its C++ twin
+(``_native.Sessions``, from ``sessions_for``) where the extension was built:
+the C++ block pass (``Jail.add_lines``) settles a block's hits there on the
+way into the failure windows, without a Python object per hit, and its
+``settle`` serves the per-record path's hits from the same state.
+tests/unit/test_sessions_native.py proves both give the same bans and counts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from kfwguard.matching.engine import Hit
+from kfwguard.addresses import key_host
+from kfwguard.matching.engine import Filter, Hit
 from kfwguard.matching.prefix import session_of
 from kfwguard.model import Record
+
+if TYPE_CHECKING:
+    from kfwguard.matching import _native
+
+try:  # the C++ twin of Sessions, built with the block scanner (setup.py)
+    from kfwguard.matching._native import Sessions as NativeSessions
+except ImportError:  # no compiler or RE2 headers at install time
+    NativeSessions = None  # type: ignore[assignment,misc]
 
 HOLD: Final = 30.0  # pam_faildelay is 2 s; an LDAP round trip a few more
 MAX_SESSIONS: Final = 50_000
@@ -142,6 +158,29 @@ class Sessions:
         for sid in done:
             del self._pending[sid]
         return out
+
+
+# _native.cpp's Kind codes.
+_KIND_CODES: Final = {"failure": 0, "helper": 1, "once": 2, "end": 3, "success": 4}
+
+
+def sessions_for(flt: Filter, *, native: bool = True, hold: float = HOLD,
+                 max_sessions: int = MAX_SESSIONS) -> Sessions | _native.Sessions | None:
+    """The settlement a jail reading ``flt`` needs: None for a filter that is not
+    paired; else the C++ Sessions where the extension was built (and ``native``),
+    which the C++ block pass can settle into, else the Python one."""
+    if not flt.paired:
+        return None
+    if not native or NativeSessions is None:
+        return Sessions(flt.kinds, hold=hold, max_sessions=max_sessions)
+    names = flt.rules
+
+    def make_hit(key: int, rule: int, t: float) -> Hit:
+        """A hit the C++ pass held back, for the per-record path that releases it."""
+        return 0, "match", names[rule], key_host(key), key, t
+
+    return NativeSessions(list(names), [_KIND_CODES[flt.kinds.get(n, "failure")] for n in names],
+                          make_hit, hold, max_sessions)
 
 
 def block_sessions(data: bytes, hits: Sequence[Hit]) -> list[str | None]:
