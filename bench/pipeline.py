@@ -17,7 +17,7 @@ from typing import Any
 
 from kfwguard.addresses import IgnoreList
 from kfwguard.config import JailConfig
-from kfwguard.jails import Jail
+from kfwguard.jails.jail import Jail
 from kfwguard.matching import load_filter
 from kfwguard.sources.formats import LineSplitter, TextBlock, TextDecoder
 

@@ -18,7 +18,7 @@ from bench import corpus
 from bench.daemons import rss_mb
 from kfwguard.addresses import IgnoreList, host_key
 from kfwguard.config import JailConfig
-from kfwguard.jails import Jail
+from kfwguard.jails.jail import Jail
 
 BATCH = 2000  # what the daemon hands a jail at most at once
 

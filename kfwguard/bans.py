@@ -41,7 +41,7 @@ from kfwguard.durations import check_ban_duration
 from kfwguard.firewall.bantable import SENTINELS, BanTable, Element, Target
 from kfwguard.firewall.cover import CoverIndex
 from kfwguard.firewall.nft import NftError
-from kfwguard.jails import ban_duration
+from kfwguard.jails.policy import ban_duration
 from kfwguard.model import BanRequest
 from kfwguard.store import BanRow, Store, StoreError
 

@@ -41,7 +41,7 @@ from kfwguard.firewall.baseline import (
     write_json_atomic,
 )
 from kfwguard.firewall.nft import Nft, NftError, NftUnavailable
-from kfwguard.jails import Jail
+from kfwguard.jails.jail import Jail
 from kfwguard.matching import Filter, FilterError, load_filter
 from kfwguard.matching.loader import FilterNotFound
 from kfwguard.matching.sessions import sessions_for

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from kfwguard.jails import Jail
+from kfwguard.jails.jail import Jail
 from kfwguard.matching import Filter
 from kfwguard.matching.engine import Hit
 from kfwguard.matching.sessions import Sessions, block_sessions, record_sessions

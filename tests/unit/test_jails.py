@@ -6,10 +6,11 @@ import ipaddress
 
 import pytest
 
-from kfwguard import jails
 from kfwguard.addresses import IgnoreList
 from kfwguard.config import BantimeIncrement, JailConfig
-from kfwguard.jails import Jail, ban_duration
+from kfwguard.jails import jail as jail_module
+from kfwguard.jails.jail import Jail
+from kfwguard.jails.policy import ban_duration
 from kfwguard.model import Match
 from tests.conftest import need
 
@@ -21,9 +22,9 @@ def windows(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     """Every jail test runs on both failure windows: C++ (the daemon's, where
     built) and Python."""
     if request.param == "python":
-        monkeypatch.setattr(jails, "NativeWindows", None)
+        monkeypatch.setattr(jail_module, "NativeWindows", None)
     else:
-        need(jails.NativeWindows is not None, "the C++ extension was not built")
+        need(jail_module.NativeWindows is not None, "the C++ extension was not built")
 
 
 def cfg(**kw: object) -> JailConfig:

@@ -16,10 +16,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kfwguard import jails
 from kfwguard.addresses import IgnoreList, IPAddress, IPNetwork, host_key, key_host, parse_host
 from kfwguard.config import JailConfig
-from kfwguard.jails import Jail, PyWindows
+from kfwguard.jails.jail import Jail
+from kfwguard.jails.windows import NativeWindows, PyWindows, resolve
 from kfwguard.matching import Filter, load_filter, parse_filter, shipped_dir
 from kfwguard.model import BanRequest
 from tests.conftest import need
@@ -53,14 +53,14 @@ def sshd() -> Filter:
 
 @pytest.fixture(autouse=True)
 def built() -> None:
-    need(jails.NativeWindows is not None,
+    need(NativeWindows is not None,
          "the C++ extension was not built (needs g++ and libre2-dev)")
 
 
 def native_windows(max_entries: int, findtime: float, maxretry: int,
                    ignore: list[tuple[int, int]] | None = None) -> _native.Windows:
-    assert jails.NativeWindows is not None
-    return jails.NativeWindows(max_entries, findtime, maxretry, jails._resolve, ignore or [])
+    assert NativeWindows is not None
+    return NativeWindows(max_entries, findtime, maxretry, resolve, ignore or [])
 
 
 def cfg(**kw: object) -> JailConfig:

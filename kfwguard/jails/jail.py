@@ -1,31 +1,23 @@
-"""Jails: count failures per address in a sliding window (by log time) and decide bans."""
+"""A jail: counts failures per address in a sliding window (by log time) and decides bans."""
 
 from __future__ import annotations
 
 import ipaddress
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from kfwguard.addresses import IgnoreList, IPAddress, IPNetwork, host_key, key_host, parse_host
+from kfwguard.addresses import IgnoreList, IPAddress, IPNetwork, host_key, key_host
 from kfwguard.config import JailConfig
+from kfwguard.jails.windows import NativeWindows, PyWindows, resolve
 from kfwguard.model import BanRequest, Match
 
 if TYPE_CHECKING:
     from kfwguard.matching import _native
-    from kfwguard.matching.engine import Filter
-
-try:  # the C++ twin of PyWindows, built with the block scanner (setup.py)
-    from kfwguard.matching._native import Windows as NativeWindows
-except ImportError:  # no compiler or RE2 headers at install time
-    NativeWindows = None  # type: ignore[assignment,misc]
+    from kfwguard.matching.engine import Filter, Hit
 
 _V6_FLAG = 1 << 128  # addresses.host_key's mark of an IPv6 key
-
-# A filter's hit (matching.engine.Hit): (line end, status, rule, host, host_key, time).
-Failure = tuple[int, str, str | None, IPAddress | None, int, float]
 
 # Clock skew and year inference can put a log time slightly ahead of ours;
 # beyond this, the line's time is not trusted and our clock is used instead.
@@ -40,73 +32,6 @@ class JailStats:
     already_banned: int = 0
     bans: int = 0
     evicted: int = 0
-
-
-def ban_duration(cfg: JailConfig, offence: int) -> float:
-    """Ban length for the ``offence``-th ban of an address (1 = first)."""
-    if cfg.bantime_increment is None or offence <= 1:
-        return cfg.bantime
-    inc = cfg.bantime_increment
-    grown = cfg.bantime * inc.factor ** min(offence - 1, 64)
-    return max(cfg.bantime, min(grown, inc.max))
-
-
-class PyWindows:
-    """A jail's failure windows in Python: per address (by host_key) the times of its
-    failures within findtime of its latest one. For where the C++ ``Windows``
-    (the daemon's choice, ``kfwguard/matching/_native.cpp``) was not built; both
-    keep the same state for the same calls (tests/unit/test_windows.py)."""
-
-    def __init__(self, max_entries: int, findtime: float, maxretry: int) -> None:
-        if max_entries < 1 or maxretry < 1 or not findtime >= 0:
-            raise ValueError("max_entries and maxretry >= 1, findtime >= 0")
-        self._failures: OrderedDict[int, list[float]] = OrderedDict()
-        self._max = max_entries
-        self._findtime = findtime
-        self._maxretry = maxretry
-        self.evicted = 0
-
-    def __len__(self) -> int:
-        return len(self._failures)
-
-    def add(self, key: int, t: float) -> list[float] | None:
-        """One failure of ``key`` at ``t``; its window's times once they reach maxretry."""
-        failures = self._failures
-        times = failures.get(key)
-        if times is None:
-            times = failures[key] = [t]
-            if len(failures) > self._max:  # forget the least recently failed
-                failures.popitem(last=False)
-                self.evicted += 1
-        else:
-            failures.move_to_end(key)
-            times.append(t)
-            since = t - self._findtime
-            if times[0] < since:
-                times[:] = [x for x in times if x >= since]
-        return list(times) if len(times) >= self._maxretry else None
-
-    def keep(self, key: int, times: list[float] | None) -> None:
-        """Replace ``key``'s window with ``times``; None or empty: forget ``key``."""
-        if not times:
-            self._failures.pop(key, None)
-            return
-        self._failures[key][:] = times
-
-    def count(self, key: int) -> int:
-        return len(self._failures.get(key, ()))
-
-    def by_age(self) -> list[int]:
-        """Least recently failed first."""
-        return list(self._failures)
-
-
-def _resolve(text: bytes) -> int | None:
-    """The key of a host text the C++ windows leave to Python (not ASCII, or an
-    IPv6 form libc refuses); None when it is not exactly one address. As the
-    filters' own host cache decides (engine.TextFilter._new_host)."""
-    addr = parse_host(text.decode("utf-8", "replace"))
-    return None if addr is None else host_key(addr)
 
 
 class Jail:
@@ -140,7 +65,7 @@ class Jail:
         # windows let a filter's C++ scanner count a block's failures without
         # Python (add_lines); ``native=False`` keeps them in Python.
         self._windows: PyWindows | _native.Windows = (
-            NativeWindows(max_entries, cfg.findtime, cfg.maxretry, _resolve, self._ranges,
+            NativeWindows(max_entries, cfg.findtime, cfg.maxretry, resolve, self._ranges,
                           self.ipv6_prefix)
             if native and NativeWindows is not None
             else PyWindows(max_entries, cfg.findtime, cfg.maxretry))
@@ -202,7 +127,7 @@ class Jail:
         return requests[0] if requests else None
 
     def add_hits(
-        self, hits: Iterable[Failure], now: float, filter: str
+        self, hits: Iterable[Hit], now: float, filter: str
     ) -> tuple[list[BanRequest], dict[str | None, int]]:
         """Record the failures among ``filter``'s hits (``Filter.scan_lines``: hits
         without a host are not failures). Returns the ban requests they trigger
