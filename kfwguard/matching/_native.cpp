@@ -1304,6 +1304,84 @@ PyObject* Matcher_track(MatcherObject* self, PyObject* const* args, Py_ssize_t n
     return Py_BuildValue("(NLL)", per_rule, ignored, stale);
 }
 
+// tag_sessions(block, ends) -> for each line end, the session of that line
+// (prefix.session_of): "prog[pid]", None for a plain syslog header without a
+// pid, False for a line without the plain header (Python reads it).
+PyObject* tag_sessions(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "tag_sessions(block, ends)");
+        return nullptr;
+    }
+    PyObject* ends = PySequence_Fast(args[1], "ends are a sequence of ints");
+    if (ends == nullptr) return nullptr;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) != 0) {
+        Py_DECREF(ends);
+        return nullptr;
+    }
+    const char* base = static_cast<const char*>(view.buf);
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(ends);
+    PyObject* out = PyList_New(n);
+    Py_ssize_t last_end = -1;
+    PyObject* last = nullptr;  // borrowed from out
+    std::string sid;
+    for (Py_ssize_t i = 0; out != nullptr && i < n; ++i) {
+        Py_ssize_t end = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(ends, i));
+        if (end == -1 && PyErr_Occurred()) {
+            Py_CLEAR(out);
+            break;
+        }
+        if (end < 0 || end > view.len) {
+            PyErr_SetString(PyExc_ValueError, "a line end outside the block");
+            Py_CLEAR(out);
+            break;
+        }
+        PyObject* item;
+        if (end == last_end && last != nullptr) {
+            item = last;  // repeats of one line
+            Py_INCREF(item);
+        } else {
+            const char* nl = base + end;
+            const char* line = base;
+            for (const char* p = nl; p > base; --p) {
+                if (p[-1] == '\n') {
+                    line = p;
+                    break;
+                }
+            }
+            const char* tag = nullptr;
+            size_t tag_len = 0;
+            if (plain_header(line, nl, &tag, &tag_len) == nullptr) {
+                item = Py_False;
+                Py_INCREF(item);
+            } else if (tag_session(tag, tag_len, &sid)) {
+                item = PyUnicode_DecodeASCII(sid.data(), static_cast<Py_ssize_t>(sid.size()),
+                                             "strict");
+                if (item == nullptr) {
+                    Py_CLEAR(out);
+                    break;
+                }
+            } else {
+                item = Py_None;
+                Py_INCREF(item);
+            }
+        }
+        PyList_SET_ITEM(out, i, item);
+        last = item;
+        last_end = end;
+    }
+    PyBuffer_Release(&view);
+    Py_DECREF(ends);
+    return out;
+}
+
+PyMethodDef module_methods[] = {
+    {"tag_sessions", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(tag_sessions)),
+     METH_FASTCALL,
+     "tag_sessions(block, ends) -> each line's prog[pid], None (no pid) or False (not plain)"},
+    {nullptr, nullptr, 0, nullptr},
+};
+
 PyMethodDef Matcher_methods[] = {
     {"scan", reinterpret_cast<PyCFunction>(Matcher_scan), METH_O,
      "scan(block) -> [(line end, rule index, host start, host end)] for matching lines"},
@@ -1321,7 +1399,7 @@ PyTypeObject MatcherType = {
 PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "kfwguard.matching._native",
     "A text filter's block scan in C++ on RE2 (see engine.TextFilter.scan_lines).", -1,
-    nullptr, nullptr, nullptr, nullptr, nullptr,
+    module_methods, nullptr, nullptr, nullptr, nullptr,
 };
 
 }  // namespace

@@ -50,8 +50,10 @@ if TYPE_CHECKING:
 
 try:  # the C++ twin of Sessions, built with the block scanner (setup.py)
     from kfwguard.matching._native import Sessions as NativeSessions
+    from kfwguard.matching._native import tag_sessions
 except ImportError:  # no compiler or RE2 headers at install time
     NativeSessions = None  # type: ignore[assignment,misc]
+    tag_sessions = None  # type: ignore[assignment]
 
 HOLD: Final = 30.0  # pam_faildelay is 2 s; an LDAP round trip a few more
 MAX_SESSIONS: Final = 50_000
@@ -185,22 +187,30 @@ def sessions_for(flt: Filter, *, native: bool = True, hold: float = HOLD,
 
 def block_sessions(data: bytes, hits: Sequence[Hit]) -> list[str | None]:
     """The session of each hit of ``Filter.scan_lines(data)`` (from its line's header).
-    Lines of one second and one process share their header: it is read once."""
-    out: list[str | None] = []
+    Plain syslog headers are read in C++ where the extension was built
+    (``_native.tag_sessions``); other lines as ``session_of`` reads them, a
+    header shared by lines of one second and one process once."""
+    out: list[str | bool | None]
+    if tag_sessions is not None:
+        out = tag_sessions(data, [hit[0] for hit in hits])
+    else:
+        out = [False] * len(hits)
     cache: dict[bytes, str | None] = {}
-    for hit in hits:
-        end = hit[0]
+    for i, sid in enumerate(out):
+        if sid is not False:
+            continue
+        end = hits[i][0]
         start = data.rfind(b"\n", 0, end) + 1
         colon = data.find(b": ", start, min(end, start + 400))
         head = data[start : colon + 2] if colon != -1 else data[start : min(end, start + 512)]
         try:
-            out.append(cache[head])
+            out[i] = cache[head]
         except KeyError:
-            sid = session_of(data[start : min(end, start + 512)].decode("utf-8", "replace"))
+            found = session_of(data[start : min(end, start + 512)].decode("utf-8", "replace"))
             if len(cache) < 4096:
-                cache[head] = sid
-            out.append(sid)
-    return out
+                cache[head] = found
+            out[i] = found
+    return out  # type: ignore[return-value]  # no False is left
 
 
 def record_sessions(records: Sequence[Record], hits: Sequence[Hit]) -> list[str | None]:

@@ -204,3 +204,37 @@ class TestNativeSessions:
         assert first is not None and first[0] == [] and len(sessions) == 5
         later = jail.add_lines(sshd("normal"), b"", NOW + 31, sessions)
         assert later is not None and len(later[0]) == 1 and len(sessions) == 0
+
+
+class TestTagSessions:
+    @settings(max_examples=400, deadline=None)
+    @given(lines=st.lists(st.tuples(
+        st.sampled_from(["Nov 26 04:57:45 ", "Nov 26 04:57:45 ", "Nov  6 04:57:45 ",
+                         "Nov 6 04:57:45 ",
+                         "Nov 26 04:57:45.123 ", "<38>Nov 26 04:57:45 ", "2026-11-26T04:57:45Z ",
+                         "Foo 26 04:57:45 ", ""]),
+        st.sampled_from(["host ", "host ", "host ", "h:", "h: ", "host auth.info ", "", "a:b "]),
+        st.one_of(
+            st.text(alphabet="sd[]0129:x -é", max_size=12),
+            st.tuples(st.sampled_from(["sshd", "", "a[b", "s:d"]),
+                      st.sampled_from(["[", "", "[["]),
+                      st.text(alphabet="0129x]é ", max_size=4),
+                      st.sampled_from(["]", "", "]]"])).map("".join)),
+        st.sampled_from([": Failed", ":Failed", ": ", ""]),
+    ), min_size=1, max_size=20))
+    def test_cxx_reads_each_line_as_session_of(
+            self, lines: list[tuple[str, str, str, str]]) -> None:
+        """Any header-like line (odd stamps, hosts, tags with brackets, digits,
+        colons, spaces, non-ASCII) gets the session prefix.session_of gives it,
+        whether the C++ reader or Python reads it."""
+        from kfwguard.matching.prefix import session_of
+
+        texts = ["".join(parts) for parts in lines]
+        data = "".join(t + "\n" for t in texts).encode()
+        ends, pos = [], 0
+        for t in texts:
+            pos += len(t.encode())
+            ends.append(pos)
+            pos += 1
+        hits = [(end, "match", "r", None, 0, 0.0) for end in ends for _ in range(2)]
+        assert block_sessions(data, hits) == [session_of(t) for t in texts for _ in range(2)]
