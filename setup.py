@@ -2,8 +2,8 @@
 
 Everything else is in pyproject.toml. The extension is optional: without a
 C++ compiler or RE2's headers (Debian: g++, libre2-dev) the build goes on
-without it and text filters scan blocks with hyperscan or RE2 from Python,
-with the same results (tests/unit/test_matching_lines.py compares them).
+without it and text filters read blocks on the per-record path (RE2 from
+Python), with the same results (tests/unit/test_matching_lines.py compares them).
 """
 
 from setuptools import Extension, setup

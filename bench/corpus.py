@@ -192,6 +192,51 @@ def auth_log(out_dir: Path, n: int, seed: int = 6) -> Path:
     return path
 
 
+def distributed_lines(n: int, seed: int, failure_share: float = 0.8) -> Iterator[str]:
+    """``n`` lines of an auth.log under a distributed brute force: ``failure_share``
+    of them are sshd failures, nearly each from an address seen nowhere else
+    (a botnet trying every address once), the rest the usual noise."""
+    rng = random.Random(seed)
+    fails = int(n * failure_share)
+    botnet = distinct_addresses(fails, rng.randrange(1 << 30))
+    noise = [(w, make) for w, make in _line_kinds(rng, botnet[:1000] or ["1.2.3.4"])
+             if "sshd" not in make("", 0) or "Accepted" in make("", 0)]
+    makers = [make for _, make in noise]
+    picks = rng.choices(range(len(noise)), weights=[w for w, _ in noise], k=n - fails)
+    kinds = ("Failed password for root from {a} port {p} ssh2",
+             "Failed password for invalid user {u} from {a} port {p} ssh2",
+             "Invalid user {u} from {a} port {p}")
+    order = [True] * fails + [False] * (n - fails)
+    rng.shuffle(order)
+    stamp = ""
+    f = k = 0
+    for i, failure in enumerate(order):
+        if i % LINES_PER_SECOND == 0:
+            stamp = syslog_stamp(BASE + i // LINES_PER_SECOND)
+        pid = rng.randrange(1000, 99999)
+        if failure:
+            msg = rng.choice(kinds).format(a=botnet[f], p=rng.randrange(1024, 65536),
+                                           u=rng.choice(_ATTACK_USERS))
+            f += 1
+            yield f"{stamp} {HOST} sshd[{pid}]: {msg}"
+        else:
+            yield makers[picks[k]](stamp, pid)
+            k += 1
+
+
+def distributed_log(out_dir: Path, n: int, seed: int = 7) -> Path:
+    """The distributed brute force corpus for ``n`` lines (built once)."""
+    path = out_dir / f"distributed-{n}-{seed}.log"
+    if path.exists():
+        return path
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write("\n".join(distributed_lines(n, seed)) + "\n")
+    tmp.rename(path)
+    return path
+
+
 def failures(addrs: list[str], ts: str, repeat: int = 1) -> bytes:
     """``repeat`` failure lines per address, the repeats of one address together."""
     lines = [failure_line(ts, a, 40000 + (i * 7 + r) % 20000)

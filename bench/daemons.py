@@ -13,28 +13,18 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
 
+from tests.integration.daemon_harness import wait_until
 from tests.netns import Host
 
 REPO = Path(__file__).resolve().parents[1]
 F2B_CONF = Path("/etc/fail2ban")
 F2B_TABLE = "f2b-table"
-
-
-def wait_until(pred: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:

@@ -25,6 +25,7 @@ DISAGREE below.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import sys
@@ -34,8 +35,7 @@ from pathlib import Path
 
 from kfwguard.addresses import parse_host
 from kfwguard.matching import Filter, load_filter
-from kfwguard.matching.sessions import Sessions, block_sessions
-from kfwguard.matching.testfilter import numbered
+from kfwguard.matching.testfilter import run
 from kfwguard.matching.testing import check_samples, read_samples
 from kfwguard.model import Record
 
@@ -136,16 +136,13 @@ def counted_lines(flt: Filter, lines: list[str]) -> dict[int, list[str]]:
     settlement the daemon applies (a PAM line paired with sshd's own line, or
     forgiven by "Accepted", counts nothing; a held line counts on its own line)."""
     data = ("\n".join(lines) + "\n").encode()
-    hits = flt.scan_lines(data, NOW)
-    found = numbered(data, hits, 0)
-    if flt.paired:
-        sessions = Sessions(flt.kinds)
-        found = sessions.settle(found, block_sessions(data, hits), NOW) + sessions.flush()
-    out: dict[int, list[str]] = {}
-    for number, status, _rule, host, _key, _t in found:
-        if status == "match" and host is not None:
-            out.setdefault(number, []).append(str(host))
-    return out
+    out = io.StringIO()
+    run(flt, io.BytesIO(data), "lines", True, out, NOW)  # test-filter --json: the daemon's path
+    counted: dict[int, list[str]] = {}
+    for row in out.getvalue().splitlines():
+        hit = json.loads(row)
+        counted.setdefault(hit["line"], []).append(hit["host"])
+    return counted
 
 
 def score(flt: Filter, expects: list[Expect]) -> Score:

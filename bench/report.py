@@ -51,6 +51,7 @@ class Section:
 
 SECTIONS = (
     ("throughput", "Matching throughput, sshd filter"),
+    ("throughput-distributed", "Matching throughput, sshd filter, distributed brute force"),
     ("latency", "Ban latency: line appended → element in the kernel set"),
     ("burst", "Burst: distinct offenders written at once → all in the kernel"),
     ("restore", "Start-up with bans in force → all back in the kernel"),

@@ -44,7 +44,6 @@ from kfwguard.firewall.nft import Nft, NftError, NftUnavailable
 from kfwguard.jails.jail import Jail
 from kfwguard.matching import Filter, FilterError, load_filter
 from kfwguard.matching.loader import FilterNotFound
-from kfwguard.matching.sessions import sessions_for
 from kfwguard.node import protected_networks
 from kfwguard.notify import Notifier
 from kfwguard.pipeline import CURSOR_SAVE_INTERVAL, JailFeed, SourcePipeline
@@ -175,7 +174,7 @@ class Daemon:
                         ipv6_prefix=cfg.ipv6_prefix)
             self.jails[jc.name] = jail
             flt = filters[jc.filter]
-            by_source.setdefault(jc.source, []).append(JailFeed(jail, flt, sessions_for(flt)))
+            by_source.setdefault(jc.source, []).append(JailFeed.of(jail, flt))
         self.sources = {}
         for sc in cfg.sources:
             if sc.name not in by_source:

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from kfwguard.addresses import IPAddress, IPNetwork
+
+# Longer lines (or joined CRI messages) are skipped and counted, never
+# matched: no real failure message is this long, the cap bounds the work per
+# line, and buffering them would cost memory. Sources and filters share it.
+MAX_LINE: Final = 64 * 1024
 
 
 def lines_fit(data: bytes, cap: int, pos: int = 0, end: int | None = None) -> bool:

@@ -23,7 +23,7 @@ import structlog
 from kfwguard.jails.jail import Jail
 from kfwguard.matching import Filter
 from kfwguard.matching.engine import Hit
-from kfwguard.matching.sessions import Sessions, block_sessions, record_sessions
+from kfwguard.matching.sessions import Sessions, block_sessions, record_sessions, sessions_for
 from kfwguard.model import BanRequest, Record
 from kfwguard.sources import Source
 from kfwguard.sources.formats import TextBlock
@@ -55,22 +55,51 @@ class JailFeed:
     # Records (or blocks) a filter bug cost.
     errors: int = 0
 
+    @classmethod
+    def of(cls, jail: Jail, filter: Filter) -> JailFeed:
+        """The feed the daemon builds for ``jail`` reading with ``filter`` (sessions
+        for a paired filter); test-filter builds the same one."""
+        return cls(jail, filter, sessions_for(filter))
+
     def take(self, records: Sequence[Record], now: float) -> tuple[list[BanRequest], RuleCounts]:
         """The batch into the jail: the bans it asks for and its matches per rule."""
         if isinstance(records, TextBlock):
             return self._lines_into(records, now)
         return self.jail.add_hits(self._hits_of(records, now), now, self.filter.name)
 
+    @property
+    def scanner(self) -> str:
+        """What reads this feed's blocks of lines: "native" (the C++ block scanner;
+        with C++ windows, straight into the jail's windows, a paired filter's
+        hits settled on the way in the C++ sessions) or "per-record"."""
+        return self.filter.block_engine
+
+    def found(self, records: Sequence[Record], now: float,
+              place: Callable[[list[Hit], bool], list[Hit]] | None = None) -> list[Hit]:
+        """What ``take`` counts, for a tool that shows it line by line: the hits of
+        the batch, settled per session for a paired filter (``jail.add_hits`` of
+        them is ``take``). ``place(hits, by_offset)`` may first give each hit its
+        place in the whole input (the first field: a byte offset in
+        ``records.data`` when by_offset, else the record's index), so that a
+        hit a session held back from an earlier batch keeps its own."""
+        found, by_offset = self._raw_hits_of(records, now)
+        sids = self._sessions_of(records, found, by_offset)
+        if place is not None:
+            found = place(found, by_offset)
+        return found if self.sessions is None else self.sessions.settle(found, sids, now)
+
     def _hits_of(self, records: Sequence[Record], now: float) -> list[Hit]:
         """The filter's findings for the batch (settled per session for a paired
         filter); a filter bug costs its record only."""
-        found, by_offset = self._raw_hits_of(records, now)
+        return self.found(records, now)
+
+    def _sessions_of(self, records: Sequence[Record], found: list[Hit],
+                     by_offset: bool) -> list[str | None]:
         if self.sessions is None:
-            return found
-        sids = (block_sessions(records.data, found)
+            return []
+        return (block_sessions(records.data, found)
                 if by_offset and isinstance(records, TextBlock)
                 else record_sessions(records, found))
-        return self.sessions.settle(found, sids, now)
 
     def _raw_hits_of(self, records: Sequence[Record], now: float) -> tuple[list[Hit], bool]:
         """The hits, and whether they are placed by byte offsets (a TextBlock's

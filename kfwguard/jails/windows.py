@@ -8,11 +8,14 @@ object unless its address reaches maxretry; under a distributed brute force
 whole cost. What the C++ side holds is only the windows: ``add`` (append a
 time, drop those older than findtime, report the window once it holds
 maxretry times), ``keep`` (what Python decided to keep), bounded memory with
-least-recently-failed eviction. It receives the jail's data, not its rules:
-the ignore list as key ranges (``IgnoreList.key_ranges``) and the IPv6 prefix
-as a number. What a jail *means* lives once, in Python (``jails/jail.py``):
-which addresses are ignored (``IgnoreList``), stale and future times, what
-a full window bans (an address or its IPv6 network), whether a ban in force
+least-recently-failed eviction. Two steps of the pass sit beside them because
+the pass must not return to Python per failure, and both run on data Python
+computed: the ignore check is a look-up in ``IgnoreList.key_ranges()``, and
+the IPv6 aggregation (``Jail._aggregate``'s twin) uses the jail's prefix and
+those ranges (and each time is compared with the stale and future bounds
+``Jail.add_lines`` passes in). What a jail *means* lives once, in Python (``jails/jail.py``):
+which addresses are ignored (``IgnoreList``), stale and future times, what a
+full window bans (an address or its IPv6 network), whether a ban in force
 already covers it, and for how long (``jails/policy.py``).
 
 ``PyWindows`` is the twin for where the extension was not built (no compiler
@@ -25,6 +28,8 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from kfwguard.addresses import host_key, parse_host
+
+__all__ = ["NativeWindows", "PyWindows", "resolve"]
 
 try:  # built with the block scanner (setup.py)
     from kfwguard.matching._native import Windows as NativeWindows

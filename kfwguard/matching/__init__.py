@@ -4,7 +4,7 @@
 the daemon calls per record. Matching is linear-time (RE2) by construction.
 """
 
-from kfwguard.matching.engine import MAX_LINE, Filter, JsonFilter, Outcome, TextFilter
+from kfwguard.matching.engine import Filter, JsonFilter, Outcome, TextFilter
 from kfwguard.matching.loader import (
     load_filter,
     parse_filter,
@@ -14,7 +14,6 @@ from kfwguard.matching.loader import (
 from kfwguard.matching.spec import FilterError
 
 __all__ = [
-    "MAX_LINE",
     "Filter",
     "FilterError",
     "JsonFilter",

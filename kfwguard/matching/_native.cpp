@@ -164,7 +164,7 @@ bool times_from(PyObject* value, std::vector<double>* out) {
 
 // ---- Windows: one jail's failure windows (and its ignore list) ----------------
 //
-// The same bookkeeping as jails.PyWindows (the pure-Python twin, used where
+// The same bookkeeping as jails.windows.PyWindows (the pure-Python twin, used where
 // this extension was not built; tests/unit/test_windows.py runs both on the
 // same input): per address the times of its failures within findtime of the
 // latest one, in a least-recently-failed order; past max_entries addresses
@@ -261,7 +261,7 @@ void erase(WindowsObject* w, Nodes::iterator it) {
     w->nodes->erase(it);
 }
 
-// One failure of ``key`` at ``t``: jails.PyWindows.add. Returns its window.
+// One failure of ``key`` at ``t``: jails.windows.PyWindows.add. Returns its window.
 Node* add_failure(WindowsObject* w, const Key& key, double t) {
     auto [it, fresh] = w->nodes->try_emplace(key);
     Node* n = &it->second;
@@ -1025,8 +1025,8 @@ bool digit(char c) { return c >= '0' && c <= '9'; }
 bool visible(char c) { return c >= '!' && c <= '~'; }  // [!-~]
 
 // The message start of a line with the plain syslog header, exactly as
-// engine._STAMP_HOST_RE + engine._ANY_TAG_RE (the Python path's ``valid``
-// check) and so prefix.strip_syslog read it: "Mmm dd hh:mm:ss " (a known
+// prefix.plain_header defines it (tests/unit/test_header.py holds the two,
+// and prefix.split_syslog, to one corpus): "Mmm dd hh:mm:ss " (a known
 // month; the day's first digit may be a space), a host of 1 to 255 visible
 // characters not ending in ':' and a space, then a tag of 1 to 100 visible characters other
 // than ":", and ": ". nullptr for any other line; ``tag``/``tag_len`` give the tag.

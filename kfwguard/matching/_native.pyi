@@ -8,7 +8,7 @@ from typing_extensions import Buffer
 from kfwguard.matching.engine import Hit
 
 class Windows:
-    """A jail's failure windows and ignore list (jails.PyWindows is the Python twin)."""
+    """A jail's failure windows and ignore list (jails.windows.PyWindows is the Python twin)."""
 
     def __init__(self, max_entries: int, findtime: float, maxretry: int,
                  resolve: Callable[[bytes], int | None],

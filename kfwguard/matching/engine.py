@@ -13,19 +13,13 @@ more than the scan itself on a log line, so the hot path avoids calls:
 4. ignoreregex runs only for lines that matched, and the host text is
    validated and normalised by ``parse_host`` (cached per host string).
 
-For batches (``scan``, ``match_many``) one unanchored RE2 search over the
-joined lines finds the candidate lines, so lines no rule can match cost no
-Python work at all; candidates then take the per-line path above.
-
-For a block of raw lines (``scan_lines``: what a file source reads) text
-filters go further. One RE2 DFA pass checks that every line has a plain
-syslog header (else the block takes the per-record path whole); then one
-hyperscan scan of the block, with every rule in one database, reports the
-lines some rule could match, and only those lines run their rule's RE2
-regex, for the verdict and the host. Other lines never become Python
-objects. Where hyperscan is missing or cannot compile a rule, an RE2 search
-for the lines whose message starts with a rule's literal head does the same
-job, one call per candidate line.
+For a block of raw lines (``scan_lines``: what a text file source reads)
+the C++ block scanner (``_native.cpp``, built where g++ and RE2's headers
+are) does that per line without a Python object per line, and reports only
+the lines some rule matched. Those are the two matching paths: the
+per-record path above is the reference (and the fallback where the scanner
+was not built, or a block it does not take), the C++ scanner the fast one;
+tests/unit/test_matching_lines.py and test_linear.py prove they agree.
 """
 
 from __future__ import annotations
@@ -48,14 +42,11 @@ from kfwguard.matching.spec import (
     Lines,
     TextFilterSpec,
 )
-from kfwguard.model import Match, Record, lines_fit
+from kfwguard.model import MAX_LINE, Match, Record, lines_fit
 
 if TYPE_CHECKING:
     from kfwguard.matching import _native
 
-# Longer lines are skipped (counted by callers), never matched: no real
-# failure message is this long, and the cap bounds the work per line.
-MAX_LINE: Final = 64 * 1024
 _HOST_CACHE_MAX: Final = 16384  # per generation of a filter's host cache
 
 # "success": a rule of kind success matched (sshd's "Accepted ..."): it never
@@ -63,10 +54,10 @@ _HOST_CACHE_MAX: Final = 16384  # per generation of a filter's host cache
 Status = Literal["match", "nomatch", "ignored", "bad-host", "too-long", "success"]
 # "message repeated N times: [ msg ]" (rsyslog) counts as N failures, at most this many.
 REPEAT_MAX: Final = 100
-# How a text filter may scan a block of lines: True = the fastest available
-# (the C++ extension, else hyperscan), one of them by name, or False = RE2
-# from Python alone. All give the same hits; tests compare them.
-Accel = bool | Literal["native", "hyperscan"]
+# How a text filter may scan a block of lines: True = with the C++ block
+# scanner where it was built, False = the per-record path alone. Both give
+# the same hits; tests compare them.
+Accel = bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,12 +127,6 @@ def unwrap_repeat(message: str) -> tuple[str, int]:
         return message, 1
     inner = message[end + 9 : -1]
     return inner[1:] if inner.startswith(" ") else inner, max(1, min(int(number), REPEAT_MAX))
-
-
-def _found(nl: int, rule: int, begin: int, host: tuple[int, int]) -> tuple[int, int, int, int]:
-    """A block scanner's finding: the host's span in a message starting at ``begin``
-    moved to block offsets ((-1, -1), a host group that took no part, stays)."""
-    return (nl, rule, -1, -1) if host[0] < 0 else (nl, rule, begin + host[0], begin + host[1])
 
 
 def split_block(data: bytes) -> tuple[list[Record], list[int]]:
@@ -273,25 +258,13 @@ class Filter:
                 out.append((i, result))
         return out
 
-    def scan(self, records: Sequence[Record], now: float) -> list[tuple[int, Outcome]]:
-        """Outcomes of ``records`` other than "nomatch", as (index, Outcome), in order.
-
-        Gives exactly what ``evaluate`` gives per record; text filters do it
-        faster for a batch.
-        """
-        return [(i, _outcome(c)) for i, c in self._scan(records, now)]
-
-    def match_many(self, records: Sequence[Record], now: float) -> list[tuple[int, Match]]:
-        """Matches among ``records`` as (index, Match): ``match`` for a batch."""
-        return [(i, c[2]) for i, c in self._scan(records, now)
-                if c[2] is not None and c[0] == "match"]
-
     def hits(self, records: Sequence[Record], now: float) -> list[Hit]:
-        """``scan`` as compact tuples (the index of the record first), for the daemon."""
+        """What ``evaluate`` gives ``records``, other than "nomatch", as compact tuples
+        (the index of the record first), in order: the daemon's per-record path."""
         return _expand(self._scan(records, now))
 
     def scan_lines(self, data: bytes, now: float) -> list[Hit]:
-        """``scan`` for a block of raw lines separated by b"\\n", in order.
+        """``hits`` for a block of raw lines separated by b"\\n", in order.
 
         Each line is what a text file source would make a record of (UTF-8
         with invalid bytes replaced, one trailing b"\\r" dropped, empty lines
@@ -303,8 +276,8 @@ class Filter:
 
     @property
     def block_engine(self) -> str:
-        """What scans blocks of lines (``scan_lines``): "native" (C++), "hyperscan",
-        "re2" (from Python), or "per-record"."""
+        """What scans blocks of lines (``scan_lines``): "native" (the C++ block
+        scanner) or "per-record"."""
         return "per-record"
 
     def track_lines(self, data: bytes, now: float, windows: _native.Windows,
@@ -441,7 +414,7 @@ class TextFilter(Filter):
         self._names = tuple(r.name for r in rules)
         self.kinds = {r.name: r.kind for r in rules}
         # Python decides these rules' hits (networks): no C++ counting.
-        self._outside = any(r.outside is not None for r in rules)
+        self._has_outside = any(r.outside is not None for r in rules)
         self._head_len = 0
         self._heads: dict[str, tuple[_TextRule, ...]] = {}
         if all(lit for lit, _ in literals):
@@ -462,80 +435,25 @@ class TextFilter(Filter):
         # a syslog header reads text whose tag any local user can choose.
         self.headers = tuple(spec.prefix)
         self._host = HostCache()
-        self._scanner = _scanner([patterns.expand_host(r.regex) for r in spec.rules]
-                                 # a repeat wrapper hides the rule's "$" behind its "]"
-                                 + ([r"message repeated \d+ times: \["]
-                                    if "syslog" in spec.prefix else []))
         self._hosts: dict[bytes, tuple[IPAddress, int] | None] = {}
         self._hosts_old: dict[bytes, tuple[IPAddress, int] | None] = {}
-        self._lines = _LineProgram.build(
-            spec, self._heads, self._head_len, rules,
-            [r.regex.replace(patterns.HOST_TAG, _HS_HOST) for r in spec.rules]
-            if accelerate in (True, "hyperscan") else (),
-            [patterns.expand_host(r.regex) for r in spec.rules]
-            if accelerate in (True, "native") else (),
-            ignore_pattern,
-        )
+        # The C++ block scanner, where it was built and can read these rules.
+        self._native = _native_matcher(
+            rules, [patterns.expand_host(r.regex) for r in spec.rules], spec,
+            ignore=ignore_pattern) if accelerate else None
+        self._header = bool(spec.prefix)
 
     @property
     def rules(self) -> tuple[str, ...]:
         return self._names
 
-    def _scan(self, records: Sequence[Record], now: float) -> list[tuple[int, Check]]:
-        """Batch form of ``_check``: one RE2 pass over all lines finds the candidates.
-
-        The scanner is a superset of the rules (unanchored, any line), so
-        every line that could match is a candidate and then goes through
-        ``evaluate`` itself: results are identical, and lines that cannot
-        match cost no Python work at all.
-        """
-        texts = [r.text if len(r.text) <= MAX_LINE else "" for r in records]
-        joined = "\n".join(texts)
-        if self._scanner is None or joined.count("\n") != len(texts) - 1:
-            return super()._scan(records, now)  # some text holds a newline itself
-        buf = _encode(joined)
-        search = self._scanner
-        check = self._check
-        out: list[tuple[int, Check]] = []
-        for i, r in enumerate(records):
-            if len(r.text) > MAX_LINE:
-                out.append((i, _TOO_LONG_T))
-        index, line_start, pos, end = 0, 0, 0, len(buf)
-        while pos <= end:
-            found = search(buf, pos)
-            if found < 0:
-                break
-            index += buf.count(b"\n", line_start, found)
-            line_start = buf.rfind(b"\n", 0, found) + 1
-            result = check(records[index], now)
-            if result[0] != "nomatch":
-                out.append((index, result))
-                if index >= 64 and len(out) * 3 > index:
-                    # Mostly failures (an attack): the scan only adds a call per
-                    # line now, so finish the batch line by line.
-                    for j in range(index + 1, len(records)):
-                        if len(records[j].text) <= MAX_LINE:
-                            result = check(records[j], now)
-                            if result[0] != "nomatch":
-                                out.append((j, result))
-                    break
-            nl = buf.find(b"\n", found)
-            if nl == -1:
-                break
-            # Resume at the next line, not the match end: a scanner match may
-            # run into the next line ([^"] matches a newline) and hide one there.
-            pos = nl + 1
-        if len(out) > 1:
-            out.sort(key=lambda item: item[0])
-        return out
-
-    def _block_program(self, data: bytes) -> _LineProgram | None:
-        """The block program, if it may scan ``data``; None: the per-record path must."""
-        program = self._lines
-        if program is None:
+    def _block_scanner(self, data: bytes) -> _native.Matcher | None:
+        """The C++ scanner, if it may scan ``data``; None: the per-record path must."""
+        native = self._native
+        if native is None:
             return None
         # A CR before the newline is dropped by the per-line decoding, which the
-        # block program does not know about. (One byte is a memchr; b"\r\n" in
+        # scanner does not know about. (One byte is a memchr; b"\r\n" in
         # data a slower search, worth it only when a CR is there at all.)
         if b"\r" in data and (b"\r\n" in data or data.endswith(b"\r")):
             return None
@@ -547,32 +465,29 @@ class TextFilter(Filter):
                 return None
         if not lines_fit(data, MAX_LINE):
             return None  # the per-record path says "too-long" for that line
-        if program.valid is not None and (b"message repeated " in data or b"]: [ID " in data):
+        if self._header and (b"message repeated " in data or b"]: [ID " in data):
             return None  # rsyslog's repeats and Solaris ids: the per-record path unwraps them
-        # The C++ scanner checks each line's header itself (a line without the
+        # The scanner checks each line's header itself (a line without the
         # plain header makes it refuse the block), in the same pass.
-        if (program.native is None and program.valid is not None
-                and program.valid(data, 0, len(data))[0][0] < 0):
-            return None
-        return program
+        return native
 
     def track_lines(self, data: bytes, now: float, windows: _native.Windows,
                     oldest: float, latest: float,
                     on_full: Callable[[int, int, list[float]], list[float] | None],
                     sessions: _native.Sessions | None = None,
                     ) -> tuple[dict[str | None, int], int, int] | None:
-        if self._outside or (sessions is None and self.paired):
+        if self._has_outside or (sessions is None and self.paired):
             return None
-        program = self._block_program(data)
-        if program is None or program.native is None:
+        native = self._block_scanner(data)
+        if native is None:
             return None
 
         def stamp_time(stamp: bytes) -> float:  # called only for a filter with a header
             t = timeparse.parse_syslog(stamp.decode(), now)
             return now if t is None else t
 
-        found = program.native.track(data, windows, now, oldest, latest, stamp_time, on_full,
-                                     sessions if self.paired else None)
+        found = native.track(data, windows, now, oldest, latest, stamp_time, on_full,
+                             sessions if self.paired else None)
         if found is None:  # a header of another shape: nothing was counted
             return None
         per_rule, ignored, stale = found
@@ -580,84 +495,23 @@ class TextFilter(Filter):
         return counts, ignored, stale
 
     def scan_lines(self, data: bytes, now: float) -> list[Hit]:
-        program = self._block_program(data)
-        if program is None:
+        native = self._block_scanner(data)
+        if native is None:
             return super().scan_lines(data, now)
-        end = len(data)
-        if program.native is not None:
-            return self._scan_native(data, now, program.native, program.valid is not None)
-        if program.lines is not None:
-            return self._scan_events(data, now, program.lines, program.valid is not None)
-        search = program.candidates
-        head_len = program.head_len
-        heads = program.heads
-        find = data.find
-        found: list[tuple[int, int, int, int]] = []
-        pos = 0
-        while pos < end:
-            at = search(data, pos, end)[0][1]
-            if at < 0:
-                break
-            nl = find(b"\n", at)
-            if nl < 0:
-                nl = end
-            pos = nl + 1
-            begin = at - head_len
-            message = data[begin:nl]
-            for rule in heads[message[:head_len]]:
-                spans = rule.spans(message, 0, len(message))
-                if spans[0][0] >= 0:
-                    found.append(_found(nl, rule.index, begin, spans[rule.host]))
-                    break
-        return self._hits(data, now, found, program.valid is not None)
-
-    def _scan_events(self, data: bytes, now: float, lines: _HsLines,
-                     header: bool) -> list[Hit]:
-        """``scan_lines`` over a checked block, from hyperscan's events: only the
-        reported lines become Python work, one RE2 call each."""
-        events = lines.events(data)
-        shift = lines.shift
-        mask = (1 << shift) - 1
-        rules = lines.calls
-        rfind = data.rfind
-        find = data.find
-        found: list[tuple[int, int, int, int]] = []
-        done = -1
-        for event in events:
-            nl = event >> shift
-            if nl == done:
-                continue  # an earlier rule (in file order) matched this line
-            begin = rfind(b"\n", 0, nl) + 1
-            if header:  # the checked header: stamp (15), host up to a space, tag to ": "
-                begin = find(b": ", find(b" ", begin + 16)) + 2
-            rule_id = event & mask
-            run, host_group = rules[rule_id]
-            spans = run(data[begin:nl], 0, nl - begin)
-            if spans[0][0] >= 0:
-                done = nl
-                found.append(_found(nl, rule_id, begin, spans[host_group]))
-        return self._hits(data, now, found, header)
-
-    def _scan_native(self, data: bytes, now: float, native: _native.Matcher,
-                     header: bool) -> list[Hit]:
-        """``scan_lines`` over a checked block by the C++ scanner: Python sees only the
-        lines that matched, with their rule and the host's span."""
         try:
             found = native.scan(data)
         except ValueError:  # a header of another shape: the per-record path decides
-            return Filter.scan_lines(self, data, now)
-        return self._hits(data, now, found, header)
+            return super().scan_lines(data, now)
+        return self._hits(data, now, found, self._header)
 
     def _hits(self, data: bytes, now: float, found: list[tuple[int, int, int, int]],
               header: bool) -> list[Hit]:
-        """The hits of a checked block from the lines a scanner found a rule match
+        """The hits of a block from the lines the C++ scanner found a rule match
         on: (line end, rule index, host start, host end; (-1, -1) for a host
-        group that took no part), offsets into the block. Every block scanner
-        ends here, so the host cache, ignoreregex and stamps work one way."""
+        group that took no part), offsets into the block."""
         out: list[Hit] = []
         names = self._names
         rfind = data.rfind
-        find = data.find
         hosts = self._hosts
         ignore = self._ignore
         last_stamp = b""
@@ -679,8 +533,10 @@ class TextFilter(Filter):
                 continue
             start = rfind(b"\n", 0, nl) + 1
             if ignore is not None:
-                message = data[find(b": ", find(b" ", start + 16)) + 2 : nl] if header else (
-                    data[start:nl])
+                if header:  # the scanner checked it: plain_header cannot say None
+                    message = data[(prefix.plain_header(data, start, nl) or (0, 0, start))[2]:nl]
+                else:
+                    message = data[start:nl]
                 if ignore.search(message) is not None:
                     out.append((nl, "ignored", name, None, 0, 0.0))
                     continue
@@ -698,11 +554,7 @@ class TextFilter(Filter):
 
     @property
     def block_engine(self) -> str:
-        if self._lines is None:
-            return "per-record"
-        if self._lines.native is not None:
-            return "native"
-        return "hyperscan" if self._lines.lines is not None else "re2"
+        return "per-record" if self._native is None else "native"
 
     def _new_host(self, text: bytes) -> tuple[IPAddress, int] | None:
         """A host text the block loops' cache (``_hosts``) does not hold. Two
@@ -811,212 +663,26 @@ class TextFilter(Filter):
         return status, rule.name, Match(host, t, self.name, rule.name, fields)
 
 
-_MONTH_RE: Final = "(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
-# A syslog header exactly as prefix.strip_syslog reads it, for whole-second
-# stamps: host up to 255 characters (not ending in ":": that is a tag without
-# a host, read differently), then a tag without spaces or colons up
-# to the first ": ".
-_STAMP_HOST_RE: Final = (
-    _MONTH_RE + " [ 0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9] [!-~]{0,254}[!-9;-~] "
-)
-_TAG_MAX: Final = 100  # strip_syslog allows 127; tags longer than this take the slow path
-_ANY_TAG_RE: Final = f"[!-9;-~]{{1,{_TAG_MAX}}}: "
+# Program names the C++ scanner compares as the tag's text up to "[" or ":":
+# prefix._tag cuts a tag at its first "[", so a name holding one of the
+# others' separators could be read two ways; such a filter stays per-record.
 _TAG_CHARS: Final = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-/@"
 )
 
 
-def _raw(pattern: str, anchor_name: str, *, never_nl: bool = False) -> Callable[..., Spans]:
-    options = re2.Options()
-    options.never_nl = never_nl
-    options.never_capture = True
-    options.max_mem = 64 << 20  # a bigger DFA cache keeps long scans off the NFA
-    regexp = re2.compile(pattern, options)
-    raw = getattr(regexp, "_regexp", None)
-    anchor = getattr(getattr(re2, "_Anchor", None), anchor_name, None)
-    if raw is None or anchor is None or not hasattr(raw, "Match"):
-        raise re2.error("no raw RE2 object in this re2 binding")
-    call = raw.Match
-
-    def run(data: bytes, pos: int, end: int) -> Spans:
-        spans: Spans = call(anchor, data, pos, end)
-        return spans
-
-    return run
-
-
-@dataclass(frozen=True, slots=True)
-class _LineProgram:
-    """How a text filter reads a block of lines without a record per line.
-
-    ``valid`` (one DFA pass over the block, no captures) says whether every
-    line is either empty or starts with a syslog header of the exact shape
-    below; only then is ``candidates`` trusted. ``candidates`` finds, in one
-    call per line, the next line whose header names an allowed program and
-    whose message starts with one of the rules' literal heads (all of one
-    length, so the match end says where the message starts). That is exactly
-    the set of lines the per-line path would try a rule on; each then runs
-    the rules of its head, as the per-line path does. A block that is not
-    ``valid`` (other stamp forms, lines without a header) takes the per-line
-    path whole.
-    """
-
-    valid: Callable[[bytes, int, int], Spans] | None
-    candidates: Callable[[bytes, int, int], Spans]
-    head_len: int
-    heads: dict[bytes, tuple[_TextRule, ...]]
-    # The hyperscan form of ``candidates``, when hyperscan can compile it.
-    lines: _HsLines | None = None
-    # The whole scan in C++ (kfwguard.matching._native), when it was built.
-    native: _native.Matcher | None = None
-
-    @staticmethod
-    def build(spec: TextFilterSpec, heads: dict[str, tuple[_TextRule, ...]],
-              head_len: int, rules: Sequence[_TextRule] = (),
-              bodies: Sequence[str] = (), full: Sequence[str] = (),
-              ignore: str | None = None) -> _LineProgram | None:
-        if not head_len or not all(h.isascii() for h in heads):
-            return None
-        head_re = "(?:" + "|".join(re2.escape(h) for h in heads) + ")"
-        try:
-            if not spec.prefix:
-                return _LineProgram(None, _raw("(?m)^" + head_re, "UNANCHORED"), head_len,
-                                    {h.encode(): r for h, r in heads.items()},
-                                    *_accelerators(rules, bodies, full, (), header=False,
-                                                   hs_header="", ignore=ignore))
-            if list(spec.prefix) != ["syslog"]:
-                return None  # klog and mixed headers: the per-line path
-            if any(h[:3] in _MONTHS_SET for h in heads):
-                return None  # a head that looks like a stamp: lines could be misread
-            if spec.programs:
-                if any(not p or not set(p) <= _TAG_CHARS for p in spec.programs):
-                    return None
-                tag = "(?:" + "|".join(
-                    re2.escape(p) + rf"(?:\[[!-9;-~]{{0,{_TAG_MAX - len(p) - 1}}})?"
-                    for p in spec.programs if len(p) < _TAG_MAX
-                ) + "): "
-                # The same for hyperscan: unbounded, as ``valid`` bounds the tag.
-                hs_tag = "(?:" + "|".join(
-                    re2.escape(p) for p in spec.programs if len(p) < _TAG_MAX
-                ) + r")(?:\[[!-9;-~]*)?: "
-            else:
-                tag = _ANY_TAG_RE
-                hs_tag = "[!-9;-~]+: "
-            line = _STAMP_HOST_RE + _ANY_TAG_RE + "[^\n]*"
-            valid = _raw("(?:(?:" + line + ")?\n)*(?:" + line + ")?", "ANCHOR_BOTH")
-            candidates = _raw("(?m)^" + _STAMP_HOST_RE + tag + head_re, "UNANCHORED",
-                              never_nl=True)
-        except re2.error:
-            return None
-        return _LineProgram(valid, candidates, head_len,
-                            {h.encode(): r for h, r in heads.items()},
-                            *_accelerators(rules, bodies, full, spec.programs, header=True,
-                                           hs_header=_HS_HEADER + hs_tag, ignore=ignore))
-
-
-# A superset of _STAMP_HOST_RE for hyperscan, whose bounded repeats are slow:
-# ``valid`` has already checked the exact shape of every line of the block.
-_HS_HEADER: Final = "[A-Z][a-z][a-z] [ 0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9] [!-~]+ "
-# A superset of patterns.HOST_PATTERN (its characters, any number): it halves
-# hyperscan's compile time, and RE2 checks the exact host on reported lines.
-_HS_HOST: Final = r"[0-9A-Fa-f:.\[\]]+"
-
-
-def _block_safe(body: str) -> bool:
-    """True when ``body`` (a rule without its leading ``^``) means the same inside a
-    multi-line buffer: no ``^``, ``\\A``, ``\\z`` or flag groups, whose meaning
-    would change there (a ``$`` only gains line ends, which is harmless)."""
-    return not (
-        "^" in body.replace("[^", "") or "\\A" in body or "\\z" in body or "(?" in (
-            body.replace("(?:", "").replace("(?P<", "").replace("(?<", "")
-        )
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class _HsLines:
-    """All of a text filter's rules in one hyperscan database, scanned over a block.
-
-    Pattern i is ``^`` + header + rule i + ``[^\\n]*$`` in multi-line mode, so
-    hyperscan reports at most one event per (rule, line), at the line's end,
-    for every line on which rule i could match the message (and for a few
-    more: the host is any run of address characters, a final ``$`` is
-    dropped, a class like ``[^x]`` may run across lines in hyperscan, and its
-    character classes differ from RE2's at the edges). Each reported line
-    then runs rule i's own RE2 regex on the message, exactly as the per-line
-    path does, so the result is RE2's; hyperscan only saves the calls for
-    the lines that cannot match, all in one C loop per block.
-    """
-
-    database: Any
-    calls: tuple[tuple[Callable[[bytes, int, int], Spans], int], ...]  # run, host group
-    shift: int
-
-    @staticmethod
-    def build(header: str, rules: Sequence[_TextRule],
-              bodies: Sequence[str]) -> _HsLines | None:
-        if not rules or len(rules) != len(bodies):
-            return None
-        try:
-            import hyperscan
-        except ImportError:  # a platform without a wheel: the RE2 candidates serve
-            return None
-        expressions = []
-        for body in bodies:
-            body = body[1:] if body.startswith("^") else body
-            if body.endswith("$") and (len(body) - len(body[:-1].rstrip("\\"))) % 2:
-                # Rule i + anything to the line end is a superset of rule i + "$"
-                # (hyperscan refuses a "$" before more pattern).
-                body = body[:-1]
-            hs_body = patterns.for_hyperscan(patterns.strip_group_names(body))
-            if hs_body is None or not _block_safe(body):
-                return None
-            expressions.append(("^" + header + "(?:" + hs_body + ")[^\n]*$").encode())
-        database = hyperscan.Database()
-        try:
-            database.compile(
-                expressions=expressions, ids=list(range(len(expressions))),
-                elements=len(expressions),
-                flags=hyperscan.HS_FLAG_MULTILINE | hyperscan.HS_FLAG_UTF8,
-            )
-        except hyperscan.error:  # syntax hyperscan lacks (\\C, \\pN...): RE2 alone
-            return None
-        return _HsLines(database, tuple((r.spans, r.host) for r in rules),
-                        max(1, (len(rules) - 1).bit_length()))
-
-    def events(self, data: bytes) -> list[int]:
-        """(line end << shift | rule index) for each reported line, ascending: the
-        lines in order, and on one line the rules in file order."""
-        found: list[int] = []
-        add = found.append
-        shift = self.shift
-
-        def on_match(rule: int, _start: int, end: int, _flags: int, _ctx: object) -> None:
-            add(end << shift | rule)
-
-        self.database.scan(data, match_event_handler=on_match)
-        found.sort()
-        return found
-
-
-def _accelerators(rules: Sequence[_TextRule], bodies: Sequence[str], full: Sequence[str],
-                  programs: Sequence[str], *, header: bool,
-                  hs_header: str, ignore: str | None,
-                  ) -> tuple[_HsLines | None, _native.Matcher | None]:
-    """(hyperscan lines, C++ scanner) for a block program: the C++ scanner when it
-    was built, else hyperscan - never both, as the daemon would load and compile
-    hyperscan (about 5 MiB, 0.05 s per filter) for nothing."""
-    native = _native_matcher(rules, full, programs, header=header, ignore=ignore)
-    return (None if native is not None else _HsLines.build(hs_header, rules, bodies)), native
-
-
-def _native_matcher(rules: Sequence[_TextRule], full: Sequence[str],
-                    programs: Sequence[str], *, header: bool, ignore: str | None,
-                    ) -> _native.Matcher | None:
+def _native_matcher(rules: Sequence[_TextRule], full: Sequence[str], spec: TextFilterSpec,
+                    *, ignore: str | None) -> _native.Matcher | None:
     """The C++ block scanner for these rules (``full``: as RE2 compiles them; ``ignore``:
-    the joined ignoreregex), or None where the extension was not built (no
-    compiler or RE2 headers)."""
-    if not rules or len(rules) != len(full) or any(not p.isascii() for p in programs):
+    the joined ignoreregex), or None where it cannot stand in for the per-record
+    path: the extension was not built (no compiler or RE2 headers), a klog
+    header (only the plain syslog header is read in C++), or programs it
+    would compare differently."""
+    if not rules or len(rules) != len(full):
+        return None
+    if spec.prefix and list(spec.prefix) != ["syslog"]:
+        return None
+    if any(not p or not set(p) <= _TAG_CHARS for p in spec.programs):
         return None
     try:
         from kfwguard.matching import _native
@@ -1024,55 +690,10 @@ def _native_matcher(rules: Sequence[_TextRule], full: Sequence[str],
         return None
     try:
         return _native.Matcher([p.encode() for p in full], [r.host for r in rules],
-                               [p.encode() for p in programs], header,
+                               [p.encode() for p in spec.programs], bool(spec.prefix),
                                None if ignore is None else ignore.encode())
     except ValueError:  # RE2 in C++ refused what the binding took: stay in Python
         return None
-
-
-_MONTHS_SET: Final = frozenset(
-    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-)
-
-
-def _scanner(rules: Sequence[str]) -> Callable[[bytes, int], int] | None:
-    """Start offset of the first place at or after ``pos`` where any rule could match.
-
-    None when a rule uses an anchor whose meaning would change in a
-    multi-line buffer (``^`` inside, ``\\A``, ``\\z``, flag groups): then the
-    scanner might miss a line, and the filter scans line by line instead.
-    """
-    parts = []
-    for rule in rules:
-        body = rule[1:] if rule.startswith("^") else rule
-        if "^" in body.replace("[^", "") or "\\A" in body or "\\z" in body or "(?" in (
-            body.replace("(?:", "").replace("(?P<", "").replace("(?<", "")
-        ):
-            return None
-        parts.append(patterns.strip_group_names(body))
-    options = re2.Options()
-    options.never_capture = True
-    options.max_mem = 64 << 20  # a bigger DFA cache keeps long scans off the NFA
-    try:
-        scanner = re2.compile("(?m)(?:" + "|".join(parts) + ")", options)
-    except re2.error:
-        return None
-    raw = getattr(scanner, "_regexp", None)
-    anchor = getattr(getattr(re2, "_Anchor", None), "UNANCHORED", None)
-    if raw is not None and anchor is not None and hasattr(raw, "Match"):
-        call = raw.Match
-
-        def fast(data: bytes, pos: int) -> int:
-            start: int = call(anchor, data, pos, len(data))[0][0]
-            return start
-
-        return fast
-
-    def slow(data: bytes, pos: int) -> int:
-        m = scanner.search(data, pos)
-        return -1 if m is None else int(m.start())
-
-    return slow
 
 
 Condition = tuple[tuple[Step, ...], tuple[JsonScalar, ...]]
@@ -1324,9 +945,9 @@ _TEXT_T: Final[Check] = ("nomatch", "", None)
 def build(name: str, spec: TextFilterSpec | JsonFilterSpec, path: str, lines: Lines,
           accelerate: Accel = True, networks: Networks | None = None,
           mode: str | None = None) -> Filter:
-    """The compiled filter for a validated spec; ``accelerate=False`` leaves hyperscan
-    out (the results are the same: tests compare the two). ``networks`` fills the
-    rules' ``outside`` sets; ``mode`` picks the filter's rule set."""
+    """The compiled filter for a validated spec; ``accelerate=False`` leaves the C++
+    block scanner out (the results are the same: tests compare the two).
+    ``networks`` fills the rules' ``outside`` sets; ``mode`` picks the rule set."""
     if isinstance(spec, TextFilterSpec):
         return TextFilter(name, spec, path, lines, accelerate, networks, mode)
     return JsonFilter(name, spec, path, lines, networks, mode, accelerate)

@@ -20,6 +20,13 @@ write)::
 
 A Solaris-style ``[ID 800047 auth.info] `` right after the tag is not part of
 the message either.
+
+The C++ block scanner (``_native.cpp``, ``plain_header``) reads only the
+most common of these forms, the plain header, and leaves every other line
+to the per-record path. ``plain_header`` below is that form's definition;
+tests/unit/test_header.py feeds the C++ scanner, ``plain_header`` and
+``split_syslog`` one corpus of headers (and hostile variants) and demands
+they agree, so the two languages cannot drift apart.
 """
 
 from __future__ import annotations
@@ -187,6 +194,46 @@ def split_syslog(line: str) -> tuple[str, str, str, str | None, str | None] | No
             return None
     program, pid = _tag(tag)
     return _solaris_id(line[tag_end + 2 :]), stamp, kind, program, pid
+
+
+_PLAIN_MONTHS: Final = frozenset(m.encode() for m in _MONTHS)
+_PLAIN_MAX_TAG: Final = 100
+_VISIBLE: Final = frozenset(range(0x21, 0x7F))  # [!-~]
+
+
+def plain_header(data: bytes, start: int = 0, end: int | None = None,
+                 ) -> tuple[int, int, int] | None:
+    """(tag start, tag end, message start) of the line ``data[start:end]`` when it has
+    the plain syslog header, else None. The plain header is ``Mmm dd hh:mm:ss ``
+    (a known month, the day's first digit may be a space, every other place a
+    digit), a host of 1 to 255 visible ASCII characters not ending in ":",
+    one space, a tag of 1 to 100 visible characters other than ":", and
+    ": ". On such a line ``split_syslog`` finds the same message and program;
+    the C++ scanner reads exactly this shape."""
+    end = len(data) if end is None else end
+    if end - start < 16:
+        return None
+    h = data[start : start + 16]
+    if (h[:3] not in _PLAIN_MONTHS or h[3:4] != b" " or h[4:5] not in b" 0123456789"
+            or not h[5:6].isdigit() or h[6:7] != b" " or not h[7:9].isdigit()
+            or h[9:10] != b":" or not h[10:12].isdigit() or h[12:13] != b":"
+            or not h[13:15].isdigit() or h[15:16] != b" "):
+        return None
+    p = start + 16
+    limit = min(end, p + 256)
+    while p < limit and data[p] in _VISIBLE:
+        p += 1
+    if p == start + 16 or p - (start + 16) > 255 or p >= end or data[p] != 0x20:
+        return None
+    if data[p - 1] == 0x3A:  # "host:" is a tag without a host: split_syslog reads it so
+        return None
+    tag = p = p + 1
+    limit = min(end, tag + _PLAIN_MAX_TAG + 1)
+    while p < limit and data[p] in _VISIBLE and data[p] != 0x3A:
+        p += 1
+    if p == tag or p - tag > _PLAIN_MAX_TAG or end - p < 2 or data[p : p + 2] != b": ":
+        return None
+    return tag, p, p + 2
 
 
 def strip_syslog(line: str) -> Header | None:

@@ -4,8 +4,15 @@ Like fail2ban-regex: without --json a human summary; with --json, stdout
 carries one JSON object per matching line and nothing else, so it can be
 piped into jq or compared in tests. With --missed it also lists the lines no
 rule matched that hold an address and a failure-like word: what the filter
-leaves out of a new log. A paired filter's hits are settled per session as
-the daemon settles them (one count per attempt).
+leaves out of a new log.
+
+It runs the daemon's own path, so it cannot disagree with the daemon on an
+edge line: the file is framed into batches as a text file source frames it
+(``LineSplitter``, ``TextBlock``, the same chunk and batch sizes), and each
+batch goes through the ``JailFeed`` the daemon would build on this machine
+(the same scanner, C++ or per-record, the same session settlement for a
+paired filter, a jail's failure windows) into a jail that only counts. The
+summary says which scanner ran.
 """
 
 from __future__ import annotations
@@ -15,68 +22,28 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, Final, TextIO
+from typing import Any, BinaryIO, Final, TextIO
 
 import re2
 
-from kfwguard.addresses import parse_host
-from kfwguard.matching.engine import MAX_LINE, Filter, Hit
+from kfwguard.addresses import IgnoreList, parse_host
+from kfwguard.config import JailConfig
+from kfwguard.jails.jail import Jail
+from kfwguard.matching.engine import Filter, Hit
 from kfwguard.matching.loader import load_filter
-from kfwguard.matching.sessions import Sessions, block_sessions
 from kfwguard.matching.spec import FilterError
 from kfwguard.matching.timeparse import format_rfc3339
+from kfwguard.model import MAX_LINE, BanRequest, Record
+from kfwguard.pipeline import JailFeed
+from kfwguard.sources.base import MAX_BATCH
+from kfwguard.sources.file import CHUNK
+from kfwguard.sources.formats import LineSplitter, TextBlock, TextDecoder, text_blocks
 
-CHUNK = 1 << 20
-
-
-def _decode(data: bytes) -> str:
-    if data.endswith(b"\r"):
-        data = data[:-1]
-    return data.decode("utf-8", errors="replace")
-
-
-def iter_lines(
-    stream: BinaryIO, max_line: int = MAX_LINE, chunk_size: int = CHUNK
-) -> Iterator[str | None]:
-    """Lines of ``stream`` decoded as UTF-8 (invalid bytes replaced); None for an over-long line.
-
-    Reads big chunks and never holds more than ``max_line`` bytes of one
-    line: once a line is too long, the rest of it is discarded unread into
-    memory, so a 1 GiB line costs one pass and no quadratic joins.
-    """
-    pending: list[bytes] = []
-    pending_len = 0
-    skipping = False
-    while chunk := stream.read(chunk_size):
-        start = 0
-        while True:
-            nl = chunk.find(b"\n", start)
-            if nl == -1:
-                if not skipping and start < len(chunk):
-                    pending.append(chunk[start:])
-                    pending_len += len(chunk) - start
-                    if pending_len > max_line:
-                        skipping, pending, pending_len = True, [], 0
-                break
-            piece = chunk[start:nl]
-            start = nl + 1
-            if skipping:
-                skipping = False
-                yield None
-            elif pending:
-                pending.append(piece)
-                total = pending_len + len(piece)
-                data = b"".join(pending)
-                pending, pending_len = [], 0
-                yield _decode(data) if total <= max_line else None
-            else:
-                yield _decode(piece) if len(piece) <= max_line else None
-    if skipping:
-        yield None
-    elif pending:
-        yield _decode(b"".join(pending))
+# A jail that only counts: no window ever fills, none forgets an address, no
+# line is too old, IPv6 addresses count one by one.
+_NEVER: Final = 1 << 40
 
 
 def main(
@@ -89,6 +56,7 @@ def main(
     err: TextIO | None = None,
     now: float | None = None,
     missed: bool = False,
+    chunk_size: int = CHUNK,
 ) -> int:
     """Run the command; 0 on success, 1 when the filter or the log cannot be used."""
     err = err if err is not None else sys.stderr
@@ -100,7 +68,7 @@ def main(
     clock = time.time() if now is None else now
     try:
         with open(logfile, "rb") as stream:
-            return _run(filt, stream, str(logfile), as_json, out, clock, missed)
+            return run(filt, stream, str(logfile), as_json, out, clock, missed, chunk_size)
     except BrokenPipeError:
         # The reader of our output left (`| head -1`): not an error of the log
         # file. Stop quietly; point stdout at /dev/null so the interpreter's
@@ -115,69 +83,57 @@ def main(
         return 1
 
 
-def _whole_lines(block: bytes, max_line: int) -> Iterator[bytes | None]:
-    """``block`` (whole lines, the last ending in b"\\n") with each line over
-    ``max_line`` bytes cut out and replaced by one None, in order.
-
-    A line from ``pos`` is too long exactly when the ``max_line + 1`` bytes
-    from ``pos`` hold no newline, so one ``rfind`` per window of that size
-    checks a block: no per-line work.
-    """
-    limit = max_line + 1
-    end = len(block)
-    pos = seg = 0
-    while end - pos > limit:
-        nl = block.rfind(b"\n", pos, pos + limit)
-        if nl >= 0:
-            pos = nl + 1
-            continue
-        if pos > seg:
-            yield block[seg:pos]
-        yield None
-        pos = seg = block.find(b"\n", pos + limit) + 1
-    if seg == 0:
-        yield block
-    elif seg < end:
-        yield block[seg:]
+def batches(stream: BinaryIO, skipped: dict[str, int], chunk_size: int = CHUNK,
+            on_chunk: Callable[[bytes], None] | None = None) -> Iterator[Sequence[Record]]:
+    """The batches a text file source hands the daemon for ``stream``'s bytes:
+    TextBlocks where ``LineSplitter.feed_block`` takes a chunk, else records
+    from ``feed``; each record's position is the offset after its line. Over-long
+    lines are counted in ``skipped["too_long"]``. A last line without its
+    newline is read as if it had one (as when a source leaves a rotated file)."""
+    split = LineSplitter(0, skipped)
+    decoder = TextDecoder(skipped)
+    while data := stream.read(chunk_size):
+        if on_chunk is not None:
+            on_chunk(data)
+        block = split.feed_block(data)
+        if block is not None:
+            yield from text_blocks(*block, str, MAX_BATCH)
+        elif lines := split.feed(data):
+            records = decoder.decode(lines, str)
+            for i in range(0, len(records), MAX_BATCH):
+                yield records[i : i + MAX_BATCH]
+    last = split.take_unterminated()
+    if last is not None and (records := decoder.decode([last], str)):
+        yield records
 
 
-def iter_blocks(
-    stream: BinaryIO, max_line: int = MAX_LINE, chunk_size: int = CHUNK
-) -> Iterator[bytes | None]:
-    """The lines of ``stream`` in order, as blocks of whole lines each ending in
-    b"\\n" (one is added to a last line that lacks it), and None for each line
-    over ``max_line`` bytes (dropped unread into memory, like ``iter_lines``).
+class CountingJail(Jail):
+    """A jail that counts every failure and never bans, and also counts what the
+    daemon's jail passes over: hits without an address to count (ignoreregex,
+    ``outside``, bad host, by status) and blocks the C++ pass counted whole
+    (which reports no such hits)."""
 
-    Each block holds ``block.count(b"\\n")`` lines of the file; a file that
-    ends in a newline has no extra empty line after it.
-    """
-    pending = b""  # the start of a line, never more than max_line bytes
-    skipping = False  # inside a line already known to be too long
-    while chunk := stream.read(chunk_size):
-        start = 0
-        if skipping:
-            nl = chunk.find(b"\n")
-            if nl < 0:
-                continue
-            skipping = False
-            yield None
-            start = nl + 1
-        last = chunk.rfind(b"\n", start)
-        if last < 0:
-            if len(pending) + len(chunk) - start > max_line:
-                pending, skipping = b"", True
-            else:
-                pending += chunk[start:]
-            continue
-        block = pending + chunk[start : last + 1] if pending else chunk[start : last + 1]
-        yield from _whole_lines(block, max_line)
-        pending = chunk[last + 1 :]
-        if len(pending) > max_line:
-            pending, skipping = b"", True
-    if skipping:
-        yield None
-    elif pending:
-        yield pending + b"\n"
+    def __init__(self, filt: Filter) -> None:
+        cfg = JailConfig(name="test-filter", source="file", filter=filt.name,
+                         maxretry=_NEVER, findtime=float(_NEVER), ipv6_prefix=128)
+        super().__init__(cfg, IgnoreList(), max_entries=_NEVER)
+        self.passed: Counter[str] = Counter()
+        self.cxx_blocks = 0
+
+    def add_hits(self, hits: Iterable[Hit], now: float, filter: str,
+                 ) -> tuple[list[BanRequest], dict[str | None, int]]:
+        hits = list(hits)
+        passed = self.passed
+        for hit in hits:
+            if hit[3] is None:
+                passed[hit[1]] += 1
+        return super().add_hits(hits, now, filter)
+
+    def add_lines(self, *args: Any, **kwargs: Any,
+                  ) -> tuple[list[BanRequest], dict[str | None, int]] | None:
+        done = super().add_lines(*args, **kwargs)
+        self.cxx_blocks += done is not None
+        return done
 
 
 # --missed: a line no rule matched that holds an address and one of these words
@@ -198,76 +154,111 @@ def looks_missed(line: str) -> bool:
                for m in _ADDRESS_LIKE.finditer(line[:MAX_LINE]))
 
 
-def numbered(block: bytes, hits: list[Hit], first: int) -> list[Hit]:
-    """``hits`` with each line end replaced by the line's number in the file
-    (``first`` lines before the block); repeats of one line share it."""
-    out: list[Hit] = []
-    seen, number, last_end = 0, first, -1
-    for hit in hits:
-        end = hit[0]
-        if end != last_end:
-            number += block.count(b"\n", seen, end) + 1
-            seen, last_end = end + 1, end
-        out.append((number, *hit[1:]))
-    return out
 
 
-def _run(filt: Filter, stream: BinaryIO, name: str, as_json: bool, out: TextIO, now: float,
-         missed: bool = False) -> int:
-    statuses: Counter[str] = Counter()
+class _Numbers:
+    """Line numbers of file offsets, from the chunks as they are read."""
+
+    def __init__(self) -> None:
+        self._data = b""  # the chunk being read
+        self._base = 0  # its file offset
+        self._before = 0  # newlines before it
+        self._at = 0  # counted up to here, in _data
+        self._count = 0  # newlines in _data[:_at]
+
+    def chunk(self, data: bytes) -> None:
+        self._before += self._data.count(b"\n")
+        self._base += len(self._data)
+        self._data, self._at, self._count = data, 0, 0
+
+    @property
+    def lines(self) -> int:
+        """Lines read so far (a last one without its newline included)."""
+        data = self._data
+        return self._before + data.count(b"\n") + (bool(data) and not data.endswith(b"\n"))
+
+    def number(self, offset: int) -> int:
+        """The number (1-based) of the line whose newline is at file ``offset`` (or
+        whose last byte is there, for a last line without one); cheap for
+        ascending offsets in the chunk read last, where every line ends."""
+        at = offset - self._base
+        if at < self._at:
+            self._at, self._count = 0, 0
+        self._count += self._data.count(b"\n", self._at, at)
+        self._at = at
+        return self._before + self._count + 1
+
+
+def run(filt: Filter, stream: BinaryIO, name: str, as_json: bool, out: TextIO, now: float,
+        missed: bool = False, chunk_size: int = CHUNK) -> int:
+    """test-filter over an open stream (``main`` without loading anything)."""
+    jail = CountingJail(filt)
+    feed = JailFeed.of(jail, filt)
     per_rule: dict[str, int] = dict.fromkeys(filt.rules, 0)
-    hosts: set[int] = set()  # host_key: ipaddress objects hash in Python code
-    lines = 0  # lines before the current block
+    skipped: dict[str, int] = {}
     write = out.write
     dumps = json.dumps
     filter_name = filt.name
-    # A paired filter (PAM + sshd lines of one attempt) counts as the daemon does.
-    sessions = Sessions(filt.kinds) if filt.paired else None
     missed_lines: list[tuple[int, str]] = []
+    numbers = _Numbers()
+    # The summary alone: each batch through the feed's ``take``, the daemon's
+    # own call. --json and --missed show lines: the hits the feed finds (its
+    # scanner, its sessions), each with its line number, into the jail, as
+    # ``take`` does where no C++ pass counts a block whole.
+    detail = as_json or missed
 
-    def record(found: list[Hit]) -> None:
-        for number, status, rule, host, key, t in found:
-            if host is None or rule is None or status != "match":
-                statuses[status] += 1
-                continue
-            per_rule[rule] += 1
-            hosts.add(key)
-            if as_json:
-                write(dumps({
-                    "line": number,
-                    "host": str(host),
-                    "time": format_rfc3339(t),
-                    "filter": filter_name,
-                    "rule": rule,
-                }) + "\n")
+    def tally(counts: dict[str | None, int]) -> None:
+        for rule, n in counts.items():
+            per_rule[rule or ""] = per_rule.get(rule or "", 0) + n
+
+    def count(found: list[Hit]) -> None:
+        if as_json:
+            for number, status, rule, host, _key, t in found:
+                if host is not None and rule is not None and status == "match":
+                    write(dumps({
+                        "line": number,
+                        "host": str(host),
+                        "time": format_rfc3339(t),
+                        "filter": filter_name,
+                        "rule": rule,
+                    }) + "\n")
+        tally(jail.add_hits(found, now, filter_name)[1])
 
     started = time.perf_counter()
-    for block in iter_blocks(stream, chunk_size=CHUNK):
-        if block is None:
-            lines += 1
-            statuses["too-long"] += 1
+    for batch in batches(stream, skipped, chunk_size, numbers.chunk):
+        if not detail:
+            tally(feed.take(batch, now)[1])
             continue
-        # Filter.scan_lines finds the few interesting lines of a block in one
-        # pass; the others never become Python objects.
-        hits = filt.scan_lines(block, now)
-        found = numbered(block, hits, lines)
+        taken: set[int] = set()
+
+        def place(hits: list[Hit], by_offset: bool, batch: Sequence[Record] = batch,
+                  taken: set[int] = taken) -> list[Hit]:
+            start = batch.start if isinstance(batch, TextBlock) else 0
+            out: list[Hit] = [
+                (numbers.number(start + h[0] if by_offset
+                                else int(batch[h[0]].position or 0) - 1), *h[1:])
+                for h in hits]
+            taken.update(h[0] for h in out)
+            return out
+
+        found = feed.found(batch, now, place)
         if missed:
-            taken = {h[0] for h in found}
-            for number, raw in enumerate(block.split(b"\n")[:-1], lines + 1):
-                if number not in taken:
-                    text = raw.decode("utf-8", "replace").removesuffix("\r")
-                    if looks_missed(text):
-                        missed_lines.append((number, text))
-        if sessions is not None:
-            found = sessions.settle(found, block_sessions(block, hits), now)
-        record(found)
-        lines += block.count(b"\n")
-    if sessions is not None:
-        record(sessions.flush())
+            for record in batch:
+                number = numbers.number(int(record.position or 0) - 1)
+                if number not in taken and looks_missed(record.text):
+                    missed_lines.append((number, record.text))
+        count(found)
+    if feed.sessions is not None:
+        count(feed.sessions.flush())
     elapsed = time.perf_counter() - started
+    lines = numbers.lines
+    statuses = jail.passed
     statuses["match"] += sum(per_rule.values())
+    statuses["too-long"] += skipped.get("too_long", 0)
+    # Lines the C++ pass counted whole: it reports no ignored or bad-host hits.
+    partial = " + not reported by the C++ pass (--missed shows all)" if jail.cxx_blocks else ""
     if as_json:
-        for number, text in missed_lines:
+        for number, text in sorted(missed_lines):
             write(dumps({"line": number, "missed": text}) + "\n")
         return 0
     rate = f"{lines / elapsed:,.0f} lines/s" if elapsed > 0 else "n/a"
@@ -275,11 +266,13 @@ def _run(filt: Filter, stream: BinaryIO, name: str, as_json: bool, out: TextIO, 
     report = [
         f"filter    {filt.name} ({filt.format}, {filt.path})"
         + (f" mode {filt.mode}" if filt.mode else ""),
+        f"scanner   {feed.scanner} (the daemon's on this machine)",
         f"log       {name}",
         f"lines     {lines}",
-        f"matched   {statuses['match']} from {len(hosts)} distinct hosts",
-        f"ignored   {statuses['ignored']} (ignoreregex, or an address the rule leaves out)",
-        f"bad host  {statuses['bad-host']} (rule matched, text is not an IP address)",
+        f"matched   {statuses['match']} from {len(jail)} distinct hosts",
+        f"ignored   {statuses['ignored']}{partial} "
+        "(ignoreregex, or an address the rule leaves out)",
+        f"bad host  {statuses['bad-host']}{partial} (rule matched, text is not an IP address)",
         f"too long  {statuses['too-long']} (over {MAX_LINE} bytes, skipped)",
         "rules:",
         *(f"  {rule:<{width}}  {per_rule[rule]}" for rule in filt.rules),
@@ -288,6 +281,6 @@ def _run(filt: Filter, stream: BinaryIO, name: str, as_json: bool, out: TextIO, 
     if missed:
         report.append(f"missed    {len(missed_lines)} lines no rule matched, with an address "
                       "and a failure-like word:")
-        report += [f"  {number}: {text}" for number, text in missed_lines]
+        report += [f"  {number}: {text}" for number, text in sorted(missed_lines)]
     out.write("\n".join(report) + "\n")
     return 0

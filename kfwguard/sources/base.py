@@ -14,10 +14,6 @@ from kfwguard.model import Record
 # position is the resume token for the point just after that record.
 Sink = Callable[[Sequence[Record]], None]
 
-# Lines (or joined CRI messages) longer than this are skipped and counted: a
-# filter has nothing to gain from them and buffering them costs memory.
-MAX_LINE = 64 * 1024
-
 # Most records handed to the sink in one call; the source yields to the event
 # loop between batches so one flooding source cannot starve the others.
 MAX_BATCH = 2000

@@ -22,9 +22,9 @@ from typing import Literal
 import structlog
 
 from kfwguard.config import FileSourceConfig
-from kfwguard.model import Record
-from kfwguard.sources.base import MAX_BATCH, MAX_LINE, Backlog, Sink
-from kfwguard.sources.formats import Line, LineSplitter, TextBlock, make_decoder
+from kfwguard.model import MAX_LINE, Record
+from kfwguard.sources.base import MAX_BATCH, Backlog, Sink
+from kfwguard.sources.formats import Line, LineSplitter, make_decoder, text_blocks
 from kfwguard.sources.inotify import (
     IN_IGNORED,
     IN_MOVED_FROM,
@@ -347,17 +347,8 @@ class FileSource:
     async def _deliver_block(self, sink: Sink, data: bytes, start: int) -> None:
         """Deliver complete lines as TextBlocks of at most MAX_BATCH lines each."""
         first = True
-        while data:
-            if data.count(b"\n") > MAX_BATCH:
-                rest = data.split(b"\n", MAX_BATCH)[-1]  # C-level; short lines only
-                cut = len(data) - len(rest)
-            else:
-                cut = len(data)
-            block = TextBlock(data[:cut], start, self._pos)
-            data, start = data[cut:], start + cut
+        for block in text_blocks(data, start, self._pos, MAX_BATCH):
             n = len(block)
-            if not n:
-                continue
             if not first:
                 await asyncio.sleep(0)
             first = False

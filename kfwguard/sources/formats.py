@@ -15,8 +15,7 @@ from typing import Final, Literal, Protocol, overload
 
 import re2
 
-from kfwguard.model import Record, lines_fit
-from kfwguard.sources.base import MAX_LINE
+from kfwguard.model import MAX_LINE, Record, lines_fit
 
 # A complete line (without its b"\n") and the file offset just after its b"\n".
 Line = tuple[bytes, int]
@@ -259,6 +258,22 @@ class TextBlock(Sequence[Record]):
 
     def __iter__(self) -> Iterator[Record]:
         return iter(self.records())
+
+
+def text_blocks(data: bytes, start: int, position: PositionOf,
+                max_lines: int) -> Iterator[TextBlock]:
+    """Complete lines from ``LineSplitter.feed_block`` as TextBlocks of at most
+    ``max_lines`` lines each (a block of empty lines only makes none)."""
+    while data:
+        if data.count(b"\n") > max_lines:
+            rest = data.split(b"\n", max_lines)[-1]  # C-level; short lines only
+            cut = len(data) - len(rest)
+        else:
+            cut = len(data)
+        block = TextBlock(data[:cut], start, position)
+        data, start = data[cut:], start + cut
+        if len(block):
+            yield block
 
 
 class JsonDecoder:

@@ -19,6 +19,8 @@ from tests.netns import Host
 
 
 def wait_until(pred: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> bool:
+    """Poll ``pred`` until it holds or ``timeout`` seconds pass; its last answer.
+    The one polling helper of the tests and the bench."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():

@@ -12,8 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kfwguard.matching import testfilter
-from kfwguard.matching.testfilter import iter_blocks, iter_lines, main
+from kfwguard.matching.testfilter import batches, main
 from kfwguard.matching.timeparse import parse_rfc3339
+from kfwguard.model import MAX_LINE
+from kfwguard.sources.formats import TextDecoder
 
 NOW = parse_rfc3339("2026-11-26T12:00:00Z") or 0.0
 
@@ -24,82 +26,81 @@ LOG = (
 )
 
 
-def run(tmp_path: Path, body: bytes, as_json: bool, filt: str = "sshd") -> tuple[int, str, str]:
+def run(tmp_path: Path, body: bytes, as_json: bool, filt: str = "sshd",
+        missed: bool = False) -> tuple[int, str, str]:
     log = tmp_path / "test.log"
     log.write_bytes(body)
     out, err = io.StringIO(), io.StringIO()
-    code = main(filt, log, as_json, [], out, err=err, now=NOW)
+    code = main(filt, log, as_json, [], out, err=err, now=NOW, missed=missed)
     return code, out.getvalue(), err.getvalue()
 
 
-class TestIterLines:
-    def chunks(self, data: bytes, max_line: int = 10, chunk_size: int = 4) -> list[str | None]:
-        return list(iter_lines(io.BytesIO(data), max_line=max_line, chunk_size=chunk_size))
+class TestBatches:
+    def blocks(self, data: bytes, chunk_size: int = 4) -> tuple[list[str], dict[str, int]]:
+        skipped: dict[str, int] = {}
+        lines = [r.text for batch in batches(io.BytesIO(data), skipped, chunk_size)
+                 for r in batch]
+        return lines, skipped
 
     def test_lines_across_chunks(self) -> None:
-        """Lines split over chunk boundaries come out whole; CRLF loses its CR."""
-        assert ["abc", "defghij", "k"] == self.chunks(b"abc\ndefghij\r\nk")
+        """Lines split over chunk boundaries come out whole; CRLF loses its CR; a last
+        line without its newline is read too."""
+        assert (["abc", "defghij", "k"], {}) == self.blocks(b"abc\ndefghij\r\nk")
 
-    def test_too_long_line_is_none(self) -> None:
-        """A line over the cap is yielded as None, once, and the next line is intact."""
-        assert ["a", None, "b", None] == self.chunks(b"a\n" + b"x" * 25 + b"\nb\n" + b"y" * 11)
-
-    def test_line_exactly_at_cap(self) -> None:
-        """A line of exactly the cap is kept."""
-        assert ["x" * 10] == self.chunks(b"x" * 10 + b"\n")
+    def test_too_long_line_is_counted(self) -> None:
+        """A line over MAX_LINE is skipped and counted as the file source counts it,
+        and the next line is intact."""
+        data = b"a\n" + b"x" * (MAX_LINE + 1) + b"\nb\n"
+        assert (["a", "b"], {"too_long": 1}) == self.blocks(data, chunk_size=1 << 16)
 
     def test_invalid_utf8_replaced(self) -> None:
         """Invalid UTF-8 is replaced, not an error."""
-        assert ["a\ufffdb"] == self.chunks(b"a\xffb\n", chunk_size=1024)
+        assert (["a\ufffdb"], {}) == self.blocks(b"a\xffb\n", chunk_size=1024)
 
-    def test_megabyte_line_in_big_chunks(self) -> None:
-        """A 1 MiB line with default sizes is one None, then the rest of the file."""
-        data = b"x" * (1 << 20) + b"\nok\n"
-        assert [None, "ok"] == list(iter_lines(io.BytesIO(data)))
-
-
-class TestIterBlocks:
-    def blocks(self, data: bytes, max_line: int = 10, chunk_size: int = 4) -> list[bytes | None]:
-        return list(iter_blocks(io.BytesIO(data), max_line=max_line, chunk_size=chunk_size))
-
-    def test_blocks_are_whole_lines(self) -> None:
-        """Every block is whole lines ending in a newline; one is added to a last line without."""
-        assert b"abc\ndefghij\r\nk\n" == b"".join(
-            b for b in self.blocks(b"abc\ndefghij\r\nk") if b is not None)
-
-    def test_trailing_newline_adds_no_line(self) -> None:
-        """A file ending in a newline has exactly as many lines as newlines."""
-        blocks = self.blocks(b"a\nb\nc\n", chunk_size=1024)
-        assert 3 == sum(b.count(b"\n") for b in blocks if b is not None)
-
-    def test_too_long_lines_cut_out_in_place(self) -> None:
-        """Over-long lines become None where they were, within and across chunks."""
-        data = b"a\n" + b"x" * 25 + b"\nb\n" + b"y" * 11 + b"\nc\n" + b"z" * 30
-        assert [b"a\n", None, b"b\n", None, b"c\n", None] == self.blocks(data, chunk_size=1024)
-        assert [b"a\n", None, b"b\n", None, b"c\n", None] == [
-            b for b in self.blocks(data, chunk_size=3) if b != b""]
-
-    @settings(max_examples=300, deadline=None)
-    @given(st.lists(st.sampled_from([b"", b"a", b"bc\r", b"x" * 9, b"y" * 10, b"z" * 11,
-                                     b"\xff", b"w" * 40]), max_size=12),
-           st.booleans(), st.integers(1, 30))
-    def test_same_lines_as_iter_lines(self, lines: list[bytes], final_nl: bool,
-                                      chunk_size: int) -> None:
-        """Blocks split into lines give exactly what iter_lines gives, in the same order."""
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.sampled_from([b"", b"a", b"bc\r", b"x" * 9, b"\xff", b"w" * 40]),
+                    max_size=12), st.booleans(), st.integers(1, 30))
+    def test_same_records_as_the_file_source(self, lines: list[bytes], final_nl: bool,
+                                             chunk_size: int) -> None:
+        """The batches hold exactly the records a text file source makes of the
+        file (TextDecoder over every complete line), in order."""
         data = b"\n".join(lines) + (b"\n" if final_nl and lines else b"")
-        flat: list[str | None] = []
-        for b in self.blocks(data, chunk_size=chunk_size):
-            if b is None:
-                flat.append(None)
-                continue
-            flat.extend(x.removesuffix(b"\r").decode("utf-8", "replace")
-                        for x in b[:-1].split(b"\n"))
-        assert iter_lines_exact(data, chunk_size) == flat
+        expected = [r.text for r in TextDecoder({}).decode(
+            [(line, 0) for line in (data[:-1] if data.endswith(b"\n") else data).split(b"\n")],
+            str)] if data else []
+        assert expected == self.blocks(data, chunk_size)[0]
 
 
-def iter_lines_exact(data: bytes, chunk_size: int) -> list[str | None]:
-    """iter_lines' lines for ``data`` (max_line 10)."""
-    return list(iter_lines(io.BytesIO(data), max_line=10, chunk_size=chunk_size))
+class TestDaemonPath:
+    def test_says_which_scanner_ran(self, tmp_path: Path) -> None:
+        """The summary names the scanner, the one the daemon's feed uses here."""
+        code, out, _ = run(tmp_path, LOG.encode(), as_json=False)
+        from kfwguard.matching import load_filter
+
+        assert 0 == code
+        assert f"scanner   {load_filter('sshd').block_engine}" in out
+
+    def test_agrees_with_the_daemon_feed_on_edge_lines(self, tmp_path: Path) -> None:
+        """On edge lines (other headers, CRLF, invalid UTF-8, no newline at the end)
+        test-filter counts per rule exactly what the daemon's JailFeed takes from
+        the same file framed by the file source."""
+        from kfwguard.matching import load_filter
+        from kfwguard.pipeline import JailFeed
+
+        body = (LOG + "Nov  6 04:57:45 h sshd[2]: Invalid user a from 192.0.2.7 port 1\r\n"
+                "Nov 26 04:57:45 h sshd[3]: Invalid user \udcff from 192.0.2.8 port 1\n"
+                "<38>1 2026-11-26T04:57:45Z h sshd 4 - - Invalid user b from 192.0.2.9 port 1"
+                ).encode("utf-8", "surrogateescape")
+        flt = load_filter("sshd")
+        feed = JailFeed(testfilter.CountingJail(flt), flt, None)
+        want: dict[str, int] = {}
+        for batch in batches(io.BytesIO(body), {}):
+            for rule, n in feed.take(batch, NOW)[1].items():
+                want[rule or ""] = want.get(rule or "", 0) + n
+        _, out, _ = run(tmp_path, body, as_json=False)
+        got = {m.group(1): int(m.group(2)) for m in re.finditer(r"^  (\S+)\s+(\d+)$", out, re.M)}
+        assert want == {k: v for k, v in got.items() if v}
+        assert 5 == sum(want.values())
 
 
 class TestTestFilterJson:
@@ -160,7 +161,9 @@ class TestTestFilterSummary:
         assert "lines     1001\n" in out
 
     def test_ignored_and_bad_host_counted(self, tmp_path: Path) -> None:
-        """ignoreregex hits and non-address hosts are counted apart from matches."""
+        """ignoreregex hits and non-address hosts are counted apart from matches
+        where the lines are shown (--missed: the feed's hits, line by line); the
+        summary alone says when the C++ pass counted lines it does not report."""
         filt = tmp_path / "app.yaml"
         filt.write_text(
             "format: text\nprefix: [syslog]\nrules:\n  - name: fail\n"
@@ -168,10 +171,16 @@ class TestTestFilterSummary:
             "ignoreregex: 'from 192\\.0\\.2\\.99$'\n")
         body = "".join(f"Nov 26 04:57:45 n app: login failed from {h}\n"
                        for h in ("192.0.2.1", "nope", "192.0.2.99"))
-        _, out, _ = run(tmp_path, body.encode(), as_json=False, filt=str(filt))
+        _, out, _ = run(tmp_path, body.encode(), as_json=False, filt=str(filt), missed=True)
         for expected in ("lines     3\n", "matched   1 from 1 distinct hosts", "ignored   1 ",
                          "bad host  1 ", "too long  0 "):
             assert expected in out
+        _, out, _ = run(tmp_path, body.encode(), as_json=False, filt=str(filt))
+        assert "matched   1 from 1 distinct hosts" in out
+        if "scanner   native" in out:  # the daemon's C++ pass counted the block
+            assert "ignored   0 + not reported by the C++ pass" in out
+        else:
+            assert "ignored   1 " in out
 
     def test_summary(self, tmp_path: Path) -> None:
         """The human summary counts lines, matches, skips and per-rule hits."""

@@ -129,7 +129,7 @@ def compare(mode: str, blocks: list[bytes], steps: list[float], maxretry: int, f
         assert (seen(got[0]), got[1]) == (seen(expected[0]), expected[1])
         assert cc.stats == py.stats
         assert len(native) == len(reference)
-        taken += flt._block_program(data) is not None
+        taken += flt._block_scanner(data) is not None
     assert cc._windows.by_age() == py._windows.by_age()
     assert [cc._windows.count(k) for k in cc._windows.by_age()] == [
         py._windows.count(k) for k in py._windows.by_age()]

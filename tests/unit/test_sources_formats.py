@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from kfwguard.sources.base import MAX_LINE
+from kfwguard.model import MAX_LINE
 from kfwguard.sources.file import format_position, parse_position
 from kfwguard.sources.formats import (
     CriDecoder,
