@@ -907,6 +907,7 @@ struct MatcherObject {
     re2::RE2::Set* set;
     std::vector<std::string>* programs;
     re2::RE2* ignore;  // the filter's ignoreregex, searched in the message; or nullptr
+    std::vector<std::vector<std::string>>* heads;  // per rule, its literal heads; or nullptr
     bool header;
 };
 
@@ -915,6 +916,7 @@ void Matcher_dealloc(MatcherObject* self) {
     delete self->set;
     delete self->programs;
     delete self->ignore;
+    delete self->heads;
     Py_TYPE(self)->tp_free(reinterpret_cast<PyObject*>(self));
 }
 
@@ -925,6 +927,7 @@ PyObject* Matcher_new(PyTypeObject* type, PyObject*, PyObject*) {
         self->set = nullptr;
         self->programs = nullptr;
         self->ignore = nullptr;
+        self->heads = nullptr;
         self->header = false;
     }
     return reinterpret_cast<PyObject*>(self);
@@ -946,8 +949,9 @@ int Matcher_init(MatcherObject* self, PyObject* args, PyObject*) {
     PyObject* programs;
     int header;
     PyObject* ignore = Py_None;
-    if (!PyArg_ParseTuple(args, "O!O!O!p|O", &PyList_Type, &patterns, &PyList_Type, &groups,
-                          &PyList_Type, &programs, &header, &ignore)) {
+    PyObject* heads = Py_None;
+    if (!PyArg_ParseTuple(args, "O!O!O!p|OO", &PyList_Type, &patterns, &PyList_Type, &groups,
+                          &PyList_Type, &programs, &header, &ignore, &heads)) {
         return -1;
     }
     if (self->rules != nullptr) {  // scan() reads them without the GIL: never swap them
@@ -1002,6 +1006,29 @@ int Matcher_init(MatcherObject* self, PyObject* args, PyObject*) {
             return -1;
         }
     }
+    std::unique_ptr<std::vector<std::vector<std::string>>> rule_heads;
+    if (heads != Py_None) {
+        if (!PyList_Check(heads) || PyList_GET_SIZE(heads) != n) {
+            PyErr_SetString(PyExc_ValueError, "one list of literal heads per pattern");
+            return -1;
+        }
+        rule_heads = std::make_unique<std::vector<std::vector<std::string>>>();
+        for (Py_ssize_t i = 0; i < n; ++i) {
+            PyObject* list = PyList_GET_ITEM(heads, i);
+            if (!PyList_Check(list) || PyList_GET_SIZE(list) == 0) {
+                PyErr_SetString(PyExc_ValueError, "every rule needs a literal head");
+                return -1;
+            }
+            std::vector<std::string> mine;
+            for (Py_ssize_t j = 0; j < PyList_GET_SIZE(list); ++j) {
+                std::string head;
+                if (!as_string(PyList_GET_ITEM(list, j), &head)) return -1;
+                mine.push_back(std::move(head));
+            }
+            rule_heads->push_back(std::move(mine));
+        }
+    }
+    self->heads = rule_heads.release();
     self->rules = rules.release();
     self->set = set.release();
     self->programs = names.release();
@@ -1071,6 +1098,41 @@ struct Hit {
     Py_ssize_t line_start, line_end, rule, host_start, host_end;
 };
 
+// The first rule in file order that matches ``text`` at its start, with its
+// groups up to the host's in ``groups``; -1 for none. Where every rule has
+// literal heads (engine's literal_prefixes: every match starts with one of
+// them, the per-record path's dispatch), only rules whose head the text
+// starts with run, in file order: most lines run one regex, noise none.
+// Otherwise one RE2::Set pass over all rules says which match.
+int first_rule(const MatcherObject* self, const re2::StringPiece& text, std::vector<int>* matched,
+               re2::StringPiece* groups) {
+    const std::vector<Rule>& rules = *self->rules;
+    if (self->heads != nullptr) {
+        for (size_t r = 0; r < rules.size(); ++r) {
+            bool candidate = false;
+            for (const std::string& head : (*self->heads)[r]) {
+                if (text.size() >= head.size() &&
+                    std::memcmp(text.data(), head.data(), head.size()) == 0) {
+                    candidate = true;
+                    break;
+                }
+            }
+            if (candidate && rules[r].regex->Match(text, 0, text.size(), re2::RE2::ANCHOR_START,
+                                                   groups, rules[r].host_group + 1)) {
+                return static_cast<int>(r);
+            }
+        }
+        return -1;
+    }
+    matched->clear();
+    if (!self->set->Match(text, matched) || matched->empty()) return -1;
+    int first = (*matched)[0];
+    for (int k : *matched) first = k < first ? k : first;
+    const Rule& rule = rules[static_cast<size_t>(first)];
+    return rule.regex->Match(text, 0, text.size(), re2::RE2::ANCHOR_START, groups,
+                             rule.host_group + 1) ? first : -1;
+}
+
 // The lines of [base, end) that a rule matches, in order. Called without the
 // GIL. False if a line lacks the plain header (plain_header). With ``drop_ignored``,
 // lines whose message the filter's ignoreregex finds are left out.
@@ -1096,24 +1158,17 @@ bool scan_block(const MatcherObject* self, const char* base, const char* end,
         }
         if (nl > line) {
             re2::StringPiece text(message, static_cast<size_t>(nl - message));
-            matched.clear();
-            if (self->set->Match(text, &matched) && !matched.empty()) {
-                int first = matched[0];
-                for (int k : matched) first = k < first ? k : first;
-                const Rule& rule = (*self->rules)[static_cast<size_t>(first)];
-                int want = rule.host_group + 1;
-                if (rule.regex->Match(text, 0, text.size(), re2::RE2::ANCHOR_START, groups,
-                                      want) &&
-                    !(drop_ignored && self->ignore != nullptr &&
-                      self->ignore->Match(text, 0, text.size(), re2::RE2::UNANCHORED, nullptr,
-                                          0))) {
-                    const re2::StringPiece& h = groups[rule.host_group];
-                    // A host group that took no part: an empty host (bad-host), as
-                    // the per-record path makes of it.
-                    Py_ssize_t from = h.data() == nullptr ? -1 : h.data() - base;
-                    Py_ssize_t to = h.data() == nullptr ? -1 : from + h.size();
-                    hits->push_back(Hit{line - base, nl - base, first, from, to});
-                }
+            int first = first_rule(self, text, &matched, groups);
+            if (first >= 0 &&
+                !(drop_ignored && self->ignore != nullptr &&
+                  self->ignore->Match(text, 0, text.size(), re2::RE2::UNANCHORED, nullptr, 0))) {
+                const re2::StringPiece& h = groups[(*self->rules)[static_cast<size_t>(first)]
+                                                       .host_group];
+                // A host group that took no part: an empty host (bad-host), as
+                // the per-record path makes of it.
+                Py_ssize_t from = h.data() == nullptr ? -1 : h.data() - base;
+                Py_ssize_t to = h.data() == nullptr ? -1 : from + h.size();
+                hits->push_back(Hit{line - base, nl - base, first, from, to});
             }
         }
         line = nl + 1;

@@ -38,7 +38,8 @@ class Matcher:
     """A text filter's rules, scanned over a block of syslog lines."""
 
     def __init__(self, patterns: list[bytes], host_groups: list[int], programs: list[bytes],
-                 header: bool, ignore: bytes | None = None) -> None: ...
+                 header: bool, ignore: bytes | None = None,
+                 heads: list[list[bytes]] | None = None) -> None: ...
     def scan(self, block: Buffer) -> list[tuple[int, int, int, int]]: ...
     def track(self, block: Buffer, windows: Windows, now: float, oldest: float, latest: float,
               stamp_time: Callable[[bytes], float],

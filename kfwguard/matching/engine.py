@@ -688,10 +688,14 @@ def _native_matcher(rules: Sequence[_TextRule], full: Sequence[str], spec: TextF
         from kfwguard.matching import _native
     except ImportError:
         return None
+    # Each rule's literal heads, as the per-record path dispatches on them: the
+    # scanner then runs only the rules a line's message can start with.
+    heads = [[h.encode() for h in patterns.literal_prefixes(p)] for p in full]
     try:
         return _native.Matcher([p.encode() for p in full], [r.host for r in rules],
                                [p.encode() for p in spec.programs], bool(spec.prefix),
-                               None if ignore is None else ignore.encode())
+                               None if ignore is None else ignore.encode(),
+                               heads if all(heads) else None)
     except ValueError:  # RE2 in C++ refused what the binding took: stay in Python
         return None
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 import functools
 import itertools
 import time
+from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -238,3 +240,42 @@ class TestTagSessions:
             pos += 1
         hits = [(end, "match", "r", None, 0, 0.0) for end in ends for _ in range(2)]
         assert block_sessions(data, hits) == [session_of(t) for t in texts for _ in range(2)]
+
+
+class TestHeadDispatch:
+    @pytest.mark.parametrize("mode", MODES)
+    def test_heads_pick_the_rule_the_set_picks(self, mode: str) -> None:
+        """The C++ scanner's literal-head dispatch (only rules a message can start
+        with run) finds the same rule and host span on every line of the sshd
+        sample, repeated with every attacker address, as the RE2::Set pass."""
+        from pathlib import Path
+
+        from kfwguard.matching import _native, patterns
+        from kfwguard.matching.engine import TextFilter
+
+        flt = sshd(mode)
+        assert isinstance(flt, TextFilter) and flt._native is not None
+        full = [patterns.expand_host(r.regex) for r in _spec_rules(mode)]
+        heads = [[h.encode() for h in patterns.literal_prefixes(p)] for p in full]
+        assert all(heads)
+        args = ([p.encode() for p in full], [r.host for r in flt._rules],
+                [b"sshd", b"sshd-session", b"sshd-auth"], True, None)
+        sample = Path(__file__).resolve().parents[2] / "filters" / "samples" / "sshd.log"
+        lines = [line for line in sample.read_text().splitlines()
+                 if line[:3] in ("Nov", "Dec", "Jan") and line[15:16] == " "
+                 and line[16:].split(" ", 1)[0][-1:] != ":"]
+        data = "".join(line.replace("1", ip[-1]) + "\n"
+                       for line in lines for ip in IPS).encode()
+        with_heads = _native.Matcher(*args, heads).scan(data)
+        assert with_heads == _native.Matcher(*args).scan(data)
+        assert len(with_heads) > len(lines)
+
+
+def _spec_rules(mode: str) -> list[Any]:
+    from kfwguard.matching.engine import select_rules
+    from kfwguard.matching.loader import shipped_dir
+    from kfwguard.matching.spec import TextFilterSpec
+
+    spec = TextFilterSpec.model_validate(
+        yaml.safe_load((shipped_dir() / "sshd.yaml").read_text()))
+    return list(select_rules(spec.rules, spec.modes, mode, "sshd.yaml"))
