@@ -19,7 +19,8 @@ are) does that per line without a Python object per line, and reports only
 the lines some rule matched. Those are the two matching paths: the
 per-record path above is the reference (and the fallback where the scanner
 was not built, or a block it does not take), the C++ scanner the fast one;
-tests/unit/test_matching_lines.py and test_linear.py prove they agree.
+tests/unit/test_matching_lines.py, test_header.py and test_windows.py prove
+they agree.
 """
 
 from __future__ import annotations
