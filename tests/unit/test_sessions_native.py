@@ -186,7 +186,9 @@ class TestNativeSessions:
         data = ("\n".join(lines) + "\n").encode()
         assert compare("normal", [data], [0.0], 3, 600.0, 50_000, IgnoreList()) == 1
         jail = Jail(cfg(3, 600.0), IgnoreList(), clock=lambda: NOW)
-        done = jail.add_lines(sshd("normal"), data, NOW, sessions_for(sshd("normal")))
+        feed = JailFeed.of(jail, sshd("normal"))  # what the daemon and test-filter build
+        assert NativeSessions is not None and isinstance(feed.sessions, NativeSessions)
+        done = jail.add_lines(sshd("normal"), data, NOW, feed.sessions)
         assert done is not None
         # 40 attempts, 8 forgiven: one count per attempt, PAM's line never a second.
         assert sum(done[1].values()) == 32 and done[1] == {"failed-auth": 32}
