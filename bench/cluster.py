@@ -86,7 +86,19 @@ def addresses(base: int, n: int) -> list[str]:
     return [str(ipaddress.IPv4Address(start + i)) for i in range(n)]
 
 
-def run(quick: bool) -> dict[str, Any]:
+def spy(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes] | None:
+    """py-spy (if installed) sampling ``pid`` into ``out`` (collapsed stacks)."""
+    exe = Path(sys.executable).with_name("py-spy")
+    if not exe.exists():
+        print(f"no {exe}: pip install py-spy to profile", file=sys.stderr)
+        return None
+    return subprocess.Popen([str(exe), "record", "--pid", str(pid), "--rate", "200",
+                             "--format", "raw", "--output", str(out), "--duration",
+                             str(int(seconds)), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def run(quick: bool, profile: Path | None = None) -> dict[str, Any]:
     from tests.integration.daemon_harness import DaemonRun, base_config, sshd_fail, wait_until
     from tests.integration.etcd_cluster import EtcdCluster
     from tests.netns import Lab
@@ -161,6 +173,13 @@ def run(quick: bool) -> dict[str, Any]:
         for w in waiters.values():
             assert w.stdout is not None and w.stdout.readline().strip() == b"ready"
         text = "".join(sshd_fail(a) for a in burst)
+        spies = []
+        if profile is not None:
+            for name in "ab":
+                proc = daemons[name].proc
+                assert proc is not None
+                spies.append(spy(proc.pid, profile / f"burst-{name}.txt", 30))
+            time.sleep(1.0)  # py-spy attaches
         start = time.perf_counter()
         with logs["a"].open("a") as fh:
             fh.write(text)
@@ -169,6 +188,10 @@ def run(quick: bool) -> dict[str, Any]:
             res = json.loads(w.stdout.readline())
             w.wait(timeout=30)
             out[f"burst_{name}_s"] = None if res["done"] is None else res["done"] - start
+        for sp in spies:
+            if sp is not None:
+                sp.send_signal(2)
+                sp.wait(timeout=60)
 
         # 3. a new node loading n_load shared bans (written by a "node-x" directly)
         load = addresses(103, n_load)
@@ -194,7 +217,12 @@ def run(quick: bool) -> dict[str, Any]:
         assert w.stdout is not None and w.stdout.readline().strip() == b"ready"
         start = time.perf_counter()
         d.start(wait_ready=False)
+        assert d.proc is not None
+        sp = spy(d.proc.pid, profile / "load-d.txt", 60) if profile is not None else None
         res = json.loads(w.stdout.readline())
+        if sp is not None:
+            sp.send_signal(2)
+            sp.wait(timeout=60)
         w.wait(timeout=30)
         out["load_s"] = None if res["done"] is None else res["done"] - start
         ev = {e.get("event"): e.get("timestamp") for e in d.events()}
@@ -293,6 +321,9 @@ def main() -> None:
     wb.add_argument("tls")
     wb.add_argument("endpoints", nargs="+")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--profile", type=Path, metavar="DIR",
+                    help="py-spy A and B during the burst and the new node at start "
+                         "(collapsed stacks in DIR)")
     a = ap.parse_args()
     if a.cmd == "probe-monitor":
         probe_monitor(a.seconds, a.out)
@@ -301,7 +332,9 @@ def main() -> None:
     elif a.cmd == "write-bans":
         write_bans(a.addresses, a.tls, a.endpoints)
     else:
-        r = run(a.quick)
+        if a.profile is not None:
+            a.profile.mkdir(parents=True, exist_ok=True)
+        r = run(a.quick, a.profile)
         print(json.dumps(r, indent=1, default=str))
         text = report(r)
         print(text)

@@ -21,7 +21,6 @@ from kfwguard.addresses import IgnoreList
 from kfwguard.config import JailConfig
 from kfwguard.jails.jail import Jail
 from kfwguard.matching import load_filter
-from kfwguard.matching.sessions import sessions_for
 from kfwguard.model import Record
 from kfwguard.pipeline import JailFeed
 from kfwguard.sources.formats import LineSplitter, TextBlock, TextDecoder
@@ -48,7 +47,7 @@ def run(data: bytes, filter_name: str = "sshd", now: float | None = None) -> dic
     def position(off: int) -> str:
         return prefix + str(off) + "}"
 
-    feed = JailFeed(jail, flt, sessions_for(flt))  # as Daemon builds it
+    feed = JailFeed.of(jail, flt)  # as Daemon builds it (C++ sessions for sshd)
     lines = matches = bans = 0
     view = memoryview(data)
     for i in range(0, len(data), CHUNK):

@@ -13,49 +13,28 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     PrivateAttr,
+    SerializeAsAny,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from kfwguard.durations import check_ban_duration, parse_duration
+from kfwguard.alerts.base import SENDERS, ActionConfig
+from kfwguard.configtypes import AbsolutePath, BanDuration, Duration, Model, Network
+from kfwguard.sources.base import SOURCES, SourceConfig
+from kfwguard.yamlkeys import key_lines
 
 DEFAULT_CONFIG_PATH = Path("/etc/kfwguard/kfwguard.yaml")
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-# A ban length: 1s to durations.MAX_BAN (what every ban path accepts).
-BanDuration = Annotated[float, BeforeValidator(parse_duration),
-                        AfterValidator(check_ban_duration)]
-
-
-def _network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    if not isinstance(value, str):
-        raise ValueError("expected an address or CIDR string")
-    try:
-        return ipaddress.ip_network(value.strip(), strict=False)
-    except ValueError as exc:
-        raise ValueError(f"{value!r} is not an IPv4/IPv6 address or CIDR") from exc
-
-
-Network = Annotated[
-    ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)
-]
-
-
-def _absolute(path: Path) -> Path:
-    # The daemon runs from / under systemd and in the image: a relative path
-    # would silently name another file than the one meant.
-    if not path.is_absolute():
-        raise ValueError(f"must be an absolute path, not {str(path)!r}")
-    return path
-
-
-AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
+# One entry of `sources:` / `actions:`: its `type:` picks the kind's model in
+# the registry (kfwguard/registry.py), so a kind added in its own file is
+# accepted here without a change to this file.
+SourceEntry = Annotated[SourceConfig, PlainValidator(SOURCES.validate), SerializeAsAny()]
+ActionEntry = Annotated[ActionConfig, PlainValidator(SENDERS.validate), SerializeAsAny()]
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -75,41 +54,12 @@ def _listen(text: str) -> str:
     return text
 
 
-class Model(BaseModel):
-    """Base for every config model: unknown keys are refused, values are frozen."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 class NftablesConfig(Model):
     table: str = Field("kfwguard", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
     # Upper bound on elements per ban set; the kernel refuses more (counted, retried).
     set_size: int = Field(1_000_000, ge=16, le=16_777_216)
     # How often the daemon checks that its table is still there.
     check_interval: Duration = 2.0
-
-
-class FileSourceConfig(Model):
-    name: str
-    type: Literal["file"]
-    path: AbsolutePath
-    format: Literal["text", "json", "cri"] = "text"
-    # A log path that is a symlink resolving outside the directory it is
-    # configured in is refused (a writable log directory would otherwise let
-    # a local user point the daemon at any file root can read). Set true when
-    # such a link is intended (e.g. /var/log/containers/*.log).
-    allow_outside_dir: bool = False
-
-
-class JournaldSourceConfig(Model):
-    name: str
-    type: Literal["journald"]
-    match: dict[str, str | list[str]] = Field(default_factory=dict)
-    # A journal directory to read instead of the system journal (tests, containers).
-    path: AbsolutePath | None = None
-
-
-SourceConfig = Annotated[FileSourceConfig | JournaldSourceConfig, Field(discriminator="type")]
 
 
 class BantimeIncrement(Model):
@@ -141,40 +91,6 @@ class JailConfig(Model):
         if v <= 0:
             raise ValueError("must be longer than zero")
         return v
-
-
-class _URLAction(Model):
-    """An action that posts to a URL, which may carry a secret token: give it
-    inline, from a file, or from an environment variable."""
-
-    url: str | None = None
-    url_file: AbsolutePath | None = None
-    url_env: str | None = None
-    timeout: Duration = 10.0
-
-    @model_validator(mode="after")
-    def _one_url(self) -> _URLAction:
-        given = [x for x in (self.url, self.url_file, self.url_env) if x is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of url, url_file, url_env")
-        return self
-
-
-class WebhookActionConfig(_URLAction):
-    type: Literal["webhook"]
-    format: Literal["slack", "json"] = "slack"
-    # Bans within this window are sent as one message.
-    aggregate: Duration = 5.0
-
-
-class AlertmanagerActionConfig(_URLAction):
-    type: Literal["alertmanager"]
-    labels: dict[str, str] = Field(default_factory=dict)
-
-
-ActionConfig = Annotated[
-    WebhookActionConfig | AlertmanagerActionConfig, Field(discriminator="type")
-]
 
 
 class MetricsConfig(Model):
@@ -288,9 +204,9 @@ class Config(Model):
     # Observe mode for every jail that does not set its own dry_run.
     dry_run: bool = False
     node_name: str | None = None
-    sources: list[SourceConfig] = Field(default_factory=list)
+    sources: list[SourceEntry] = Field(default_factory=list)
     jails: list[JailConfig] = Field(default_factory=list)
-    actions: dict[str, ActionConfig] = Field(default_factory=dict)
+    actions: dict[str, ActionEntry] = Field(default_factory=dict)
     metrics: MetricsConfig | None = None
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)  # type: ignore[arg-type]
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)  # type: ignore[arg-type]
@@ -352,22 +268,8 @@ class ConfigError(Exception):
         return "\n".join(f"{self.path}: {p}" for p in self.problems)
 
 
-def _line_index(node: yaml.Node, prefix: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
-    out[prefix] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            key = k.value if isinstance(k, yaml.ScalarNode) else str(k)
-            out[(*prefix, key)] = k.start_mark.line + 1
-            _line_index(v, (*prefix, key), out)
-            # remember the key line too, so errors about a key point at the key
-            out[(*prefix, key, "__key__")] = k.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _line_index(item, (*prefix, i), out)
-
-
 def _locate(loc: Sequence[Any], lines: dict[tuple[Any, ...], int]) -> tuple[str, int | None]:
-    # pydantic puts union tags (e.g. 'file') into loc; keep only parts present in the YAML.
+    # Keep only the parts of loc present in the YAML.
     path: list[Any] = []
     line = lines.get(())
     for part in loc:
@@ -378,15 +280,12 @@ def _locate(loc: Sequence[Any], lines: dict[tuple[Any, ...], int]) -> tuple[str,
     key = ""
     for p in path:
         key += f"[{p}]" if isinstance(p, int) else (f".{p}" if key else str(p))
-    # the last loc component may be a key that is not in the YAML (missing field)
+    # The last loc component may be a key that is not in the YAML (a missing
+    # field); one with "[" is pydantic's name for a union member, not a key.
     last = loc[-1] if loc else None
-    if last is not None and last not in path and isinstance(last, str) and not _is_tag(last):
+    if last is not None and last not in path and isinstance(last, str) and "[" not in last:
         key += f".{last}" if key else str(last)
     return key or "(top level)", line
-
-
-def _is_tag(part: str) -> bool:
-    return part in {"file", "journald", "webhook", "alertmanager"} or "[" in part
 
 
 def _yaml_error(path: str, exc: yaml.YAMLError) -> ConfigError:
@@ -399,7 +298,6 @@ def _yaml_error(path: str, exc: yaml.YAMLError) -> ConfigError:
 def parse_config(text: str, path: str = "<config>") -> Config:
     """Validate config ``text``; raise ConfigError naming file, line and key."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise _yaml_error(path, exc) from None
@@ -412,9 +310,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
             "kfwguard/default.yaml), or `{}` for every default",))
     if not isinstance(data, dict):
         raise ConfigError(path, ("line 1: the config must be a mapping of keys to values",))
-    lines: dict[tuple[Any, ...], int] = {}
-    if node is not None:
-        _line_index(node, (), lines)
+    lines = key_lines(text)
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:

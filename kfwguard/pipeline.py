@@ -14,15 +14,19 @@ later positions are saved at most once per ``CURSOR_SAVE_INTERVAL``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
 
+from kfwguard.config import Config
 from kfwguard.jails.jail import Jail
-from kfwguard.matching import Filter
+from kfwguard.matching import Filter, load_filter
 from kfwguard.matching.engine import Hit
+from kfwguard.matching.loader import FilterNotFound
 from kfwguard.matching.sessions import Sessions, block_sessions, record_sessions, sessions_for
 from kfwguard.model import BanRequest, Record
 from kfwguard.sources import Source
@@ -41,6 +45,37 @@ CURSOR_SAVE_INTERVAL = 1.0
 
 # Per rule (None: the filter did not say), the matches of one batch.
 RuleCounts = dict[str | None, int]
+
+
+def build_filters(cfg: Config) -> dict[str, Filter]:
+    """Load every filter the enabled jails use; raise FilterError on the first bad one,
+    or ConfigError (naming the jail's line) for one that is not there."""
+    out: dict[str, Filter] = {}
+    for i, j in enumerate(cfg.jails):
+        if j.enabled and j.filter not in out:
+            out[j.filter] = jail_filter(cfg, i)
+    return out
+
+
+def jail_filter(cfg: Config, index: int) -> Filter:
+    """The filter of jail ``cfg.jails[index]``; see build_filters."""
+    j = cfg.jails[index]
+    try:
+        return load_filter(j.filter, cfg.filters_dirs,
+                           networks={"control_plane": cfg.baseline.control_plane_cidrs})
+    except FilterNotFound as exc:
+        raise cfg.error_at(("jails", index, "filter"),
+                           f"jail {j.name!r}: {exc}") from None
+
+
+def filter_fingerprint(flt: Filter) -> str:
+    """Which filter file, with which text, ``flt`` was built from: equal fingerprints
+    at a reload mean the jails using it may keep their failure windows."""
+    try:
+        text = Path(flt.path).read_bytes()
+    except OSError:
+        return f"{flt.path}\0{id(flt)}"  # unreadable now: never equal to another load
+    return f"{flt.path}\0{flt.mode}\0{hashlib.sha256(text).hexdigest()}"
 
 
 @dataclass

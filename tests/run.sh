@@ -24,7 +24,7 @@ fi
 
 VENV="${KFWGUARD_VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/pip" install -q --disable-pip-version-check -e '.[journald,test]'
+"$VENV/bin/pip" install -q --disable-pip-version-check -e '.[journald,cluster,test]'
 
 "$VENV/bin/ruff" check kfwguard tests bench
 "$VENV/bin/mypy"

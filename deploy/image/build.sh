@@ -92,7 +92,8 @@ log "fetching Python dependencies"
 mapfile -t DEPS < <(/usr/bin/python3 - "$REPO/pyproject.toml" <<'PY'
 import sys, tomllib
 p = tomllib.load(open(sys.argv[1], "rb"))["project"]
-for d in p["dependencies"] + p["optional-dependencies"]["journald"]:
+extras = p["optional-dependencies"]
+for d in p["dependencies"] + extras["journald"] + extras["cluster"]:
     print(d)
 PY
 )

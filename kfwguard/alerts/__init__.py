@@ -1,17 +1,7 @@
-"""Alerts: chat webhooks and Alertmanager behind a durable outbox with retries."""
+"""Alerts: typed events (events.py) behind a durable outbox with retries
+(outbox.py, service.py), delivered by one sender per action.
 
-from kfwguard.alerts.base import AlertError, PermanentAlertError, Sender, ban_event
-from kfwguard.alerts.outbox import AlertWorker, Outbox
-from kfwguard.alerts.service import AlertService, build_sender, node_name
-
-__all__ = [
-    "AlertError",
-    "AlertService",
-    "AlertWorker",
-    "Outbox",
-    "PermanentAlertError",
-    "Sender",
-    "ban_event",
-    "build_sender",
-    "node_name",
-]
+One file per alert kind (its config model, registered in ``SENDERS``, builds
+the sender); kinds.py names the built-in ones. A new kind is one file plus
+its name there.
+"""

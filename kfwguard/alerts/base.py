@@ -1,13 +1,13 @@
-"""What every alert sender shares: the queued event, the message formats, the
-URL secret and its redaction, and the errors that decide retry or drop."""
+"""What every alert sender shares: the action config base and the registry of
+alert kinds, the message formats, the URL secret and its redaction, and the
+errors that decide retry or drop."""
 
 from __future__ import annotations
 
 import os
 import string
-import time
+from abc import abstractmethod
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
@@ -15,10 +15,11 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import yaml
+from pydantic import model_validator
 
-from kfwguard.store import BanRow
-
-Event = dict[str, Any]
+from kfwguard.alerts.events import AlertEvent
+from kfwguard.configtypes import AbsolutePath, Duration, Model
+from kfwguard.registry import Registry
 
 
 class AlertError(Exception):
@@ -35,52 +36,48 @@ class Sender(Protocol):
     """Delivers a batch of queued events to one receiver."""
 
     name: str
+    # Events queued within this many seconds are sent together (0: as they come).
+    aggregate: float
 
-    async def send(self, events: Sequence[Event]) -> None: ...
+    async def send(self, events: Sequence[AlertEvent]) -> None: ...
 
     async def close(self) -> None: ...
 
 
-def ban_event(kind: str, row: BanRow, node: str, at: float | None = None) -> Event:
-    """The queued form of a ban (``kind`` "ban") or an early unban ("unban")."""
-    return {
-        "event": kind,
-        "target": row.target,
-        "jail": row.jail,
-        "reason": row.reason,
-        "banned_at": row.banned_at,
-        "expires_at": row.expires_at,
-        "offence": row.offence,
-        "node": node,
-        "at": time.time() if at is None else at,
-        # Observe mode (dry_run): decided, not enforced; receivers show it apart.
-        "simulated": row.simulated,
-    }
+class ActionConfig(Model):
+    """What every alert kind's config has (an entry of ``actions:``). A kind
+    subclasses it with ``type: Literal["its-tag"]`` and its own keys,
+    implements ``build`` and registers with ``@SENDERS.register``
+    (e.g. kfwguard/alerts/alertmanager.py)."""
+
+    type: str
+
+    @abstractmethod
+    def build(self, name: str, node: str) -> Sender:
+        """The sender for action ``name`` on node ``node``."""
 
 
-# A drift alert stays firing this long in Alertmanager: the daemon heals drift
-# at once, so there is no later "resolved" moment to wait for.
-DRIFT_ALERT_SECONDS = 15 * 60.0
+SENDERS: Registry[ActionConfig] = Registry("action", ActionConfig, "kfwguard.alerts.kinds")
 
 
-def drift_event(table: str, reason: str, node: str, at: float) -> Event:
-    """The queued form of a healed baseline drift (sent to every action)."""
-    return {
-        "event": "drift",
-        "target": table,
-        "jail": "baseline",
-        "reason": reason,
-        "banned_at": at,
-        "expires_at": at + DRIFT_ALERT_SECONDS,
-        "offence": 1,
-        "node": node,
-        "at": at,
-    }
+class URLActionConfig(ActionConfig):
+    """An action that posts to a URL, which may carry a secret token: give it
+    inline, from a file, or from an environment variable."""
 
+    url: str | None = None
+    url_file: AbsolutePath | None = None
+    url_env: str | None = None
+    timeout: Duration = 10.0
 
-def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    @model_validator(mode="after")
+    def _one_url(self) -> URLActionConfig:
+        given = [x for x in (self.url, self.url_file, self.url_env) if x is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of url, url_file, url_env")
+        return self
+
+    def secret_url(self) -> SecretURL:
+        return SecretURL(self.url, self.url_file, self.url_env)
 
 
 # -- message formats ---------------------------------------------------------------

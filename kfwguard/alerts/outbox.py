@@ -1,6 +1,6 @@
 """The durable alert outbox and the per-action delivery workers.
 
-Ban listeners only ``put()`` events into memory; a spooler task writes them to
+Listeners only ``put()`` typed events into memory; a spooler task writes them to
 SQLite one loop turn later, after the ban's kernel update is under way, so an
 alert never delays a ban. Items stay in the store until delivered: they
 survive restarts and a receiver that is down. Without a store (state DB
@@ -15,10 +15,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
-from kfwguard.alerts.base import AlertError, Event, PermanentAlertError, Sender
+from kfwguard.alerts.base import AlertError, PermanentAlertError, Sender
+from kfwguard.alerts.events import AlertEvent, BadPayload, from_payload
+from kfwguard.alerts.events import payload as to_payload
 from kfwguard.store import OutboxRow, Store, StoreError
 
 log = structlog.get_logger("kfwguard.alerts")
@@ -32,7 +35,7 @@ MAX_MEMORY_ITEMS = 20_000
 class _MemItem:
     id: int
     action: str
-    payload: Event
+    payload: dict[str, Any]
     created: float
     attempts: int = 0
     next_at: float = 0.0
@@ -47,7 +50,7 @@ class Outbox:
         self.clock = clock
         self.max_memory = max_memory
         self.dropped = 0
-        self._incoming: list[tuple[str, Event]] = []
+        self._incoming: list[tuple[str, dict[str, Any]]] = []
         self._memory: dict[str, deque[_MemItem]] = {}
         # Memory ids are negative so they never collide with SQLite rowids.
         self._next_mem_id = -1
@@ -57,10 +60,11 @@ class Outbox:
 
     # -- adding -----------------------------------------------------------------
 
-    def put(self, items: Sequence[tuple[str, Event]]) -> None:
+    def put(self, items: Sequence[tuple[str, AlertEvent]]) -> None:
         """Queue ``(action, event)`` pairs. Never blocks, never raises."""
         if items:
-            self._incoming.extend(items)
+            # Stored (and held in memory) in the stored form, so both read back alike.
+            self._incoming.extend((action, to_payload(ev)) for action, ev in items)
             self._wake_spooler.set()
 
     async def spool(self) -> None:
@@ -223,9 +227,24 @@ class AlertWorker:
             rows = [r for r in rows if r.id not in stale]
             if not rows:
                 return 0.0
+        events: list[AlertEvent] = []
+        unreadable: list[int] = []
+        for r in rows:
+            try:
+                events.append(from_payload(r.payload))
+            except BadPayload as exc:
+                unreadable.append(r.id)
+                log.error("alert_unreadable_dropped", action=self.name, error=str(exc))
+        if unreadable:
+            # Damaged, or queued by a newer version: no retry can send it.
+            self.outbox.done(self.name, unreadable)
+            self.dropped += len(unreadable)
+            rows = [r for r in rows if r.id not in set(unreadable)]
+            if not rows:
+                return 0.0
         ids = [r.id for r in rows]
         try:
-            await self.sender.send([r.payload for r in rows])
+            await self.sender.send(events)
         except PermanentAlertError as exc:
             self.failures += 1
             self.dropped += len(ids)

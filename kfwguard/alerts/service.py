@@ -1,4 +1,4 @@
-"""Alerts for one daemon: ban listeners → outbox → one worker per action."""
+"""Alerts for one daemon: listeners → typed events → outbox → one worker per action."""
 
 from __future__ import annotations
 
@@ -7,16 +7,15 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, assert_never
 
 import structlog
 
-from kfwguard.alerts.alertmanager import AlertmanagerSender
-from kfwguard.alerts.base import Sender, ban_event, drift_event
+from kfwguard.alerts.events import AlertEvent, Ban, BaselineAgrees, BaselineDiffers, Drift, Unban
 from kfwguard.alerts.outbox import AlertWorker, Outbox
-from kfwguard.alerts.webhook import WebhookSender
-from kfwguard.config import ActionConfig, Config, WebhookActionConfig
+from kfwguard.config import Config
+from kfwguard.configdiff import changed_actions
 from kfwguard.store import BanRow, Store
 
 log = structlog.get_logger("kfwguard.alerts")
@@ -28,10 +27,10 @@ def node_name(cfg: Config) -> str:
     return cfg.node_name or os.environ.get("NODE_NAME") or socket.gethostname()
 
 
-def build_sender(name: str, cfg: ActionConfig, node: str) -> Sender:
-    if isinstance(cfg, WebhookActionConfig):
-        return WebhookSender(name, cfg, node)
-    return AlertmanagerSender(name, cfg, node)
+def _facts(row: BanRow, node: str, at: float) -> dict[str, Any]:
+    return {"target": row.target, "jail": row.jail, "reason": row.reason,
+            "banned_at": row.banned_at, "expires_at": row.expires_at, "offence": row.offence,
+            "node": node, "at": at, "simulated": row.simulated}
 
 
 class AlertService:
@@ -61,26 +60,42 @@ class AlertService:
             return self.routes[jail]
         return list(self.cfg.actions)
 
-    # -- listeners (called by the BanManager; only queue) --------------------------
+    def routes_for(self, event: AlertEvent) -> list[str]:
+        """The actions that hear of ``event``: a ban's jail's; the node's own
+        events (drift) go to every action."""
+        match event:
+            case Ban() | Unban():
+                return self.actions_for(event.jail)
+            case Drift() | BaselineDiffers() | BaselineAgrees():
+                return list(self.cfg.actions)
+            case _:
+                assert_never(event)
+
+    def publish(self, events: Sequence[AlertEvent]) -> None:
+        """Queue ``events`` for the actions they route to. Never blocks, never raises."""
+        self.outbox.put([(a, ev) for ev in events for a in self.routes_for(ev)])
+
+    # -- listeners (called by the BanManager and the baseline; only queue) ---------
 
     def on_ban(self, rows: Sequence[BanRow]) -> None:
         now = self.clock()
-        self.outbox.put([(a, ban_event("ban", r, self.node, now))
-                         for r in rows for a in self.actions_for(r.jail)])
+        self.publish([Ban(**_facts(r, self.node, now)) for r in rows])
 
     def on_unban(self, rows: Sequence[BanRow]) -> None:
         now = self.clock()
         # Expiries need no message: Alertmanager resolves at endsAt by itself,
         # and a chat line for every expiry would drown the bans.
-        self.outbox.put([(a, ban_event("unban", r, self.node, now))
-                         for r in rows if r.expires_at > now
-                         for a in self.actions_for(r.jail)])
+        self.publish([Unban(**_facts(r, self.node, now)) for r in rows if r.expires_at > now])
 
     def on_drift(self, table: str, reason: str) -> None:
         """The baseline had drifted and was put back: every action hears of it."""
-        now = self.clock()
-        self.outbox.put([(a, drift_event(table, reason, self.node, now))
-                         for a in self.cfg.actions])
+        self.publish([Drift(table, reason, self.node, self.clock())])
+
+    def on_cluster_baseline(self, subject: str, firing: bool, reason: str) -> None:
+        """Cluster mode: node ``subject``'s baseline differs from the cluster's
+        (``firing``) or agrees again; every action hears of it."""
+        kind = BaselineDiffers if firing else BaselineAgrees
+        self.publish([kind(subject, reason, self.node, self.clock())])
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -88,44 +103,51 @@ class AlertService:
         self._spooler = asyncio.create_task(self.outbox.spool(), name="alerts:spool")
         await self._start_workers()
 
-    async def _start_workers(self) -> None:
+    async def _start_workers(self, only: Collection[str] | None = None) -> None:
         for name, acfg in self.cfg.actions.items():
+            if only is not None and name not in only:
+                continue
             try:
-                sender = build_sender(name, acfg, self.node)
+                sender = acfg.build(name, self.node)
             except (OSError, ValueError) as exc:
                 log.error("alert_action_unusable", action=name, error=str(exc))
                 continue
-            aggregate = acfg.aggregate if isinstance(acfg, WebhookActionConfig) else 0.0
-            worker = AlertWorker(sender, self.outbox, aggregate=aggregate, clock=self.clock,
-                                 **self.worker_options)
+            worker = AlertWorker(sender, self.outbox, aggregate=sender.aggregate,
+                                 clock=self.clock, **self.worker_options)
             self.workers[name] = worker
             self._tasks[name] = asyncio.create_task(worker.run(), name=f"alerts:{name}")
         if self.workers:
             log.info("alerts_ready", actions=sorted(self.workers))
 
-    async def _stop_workers(self) -> None:
+    async def _stop_workers(self, only: Collection[str] | None = None) -> None:
+        names = [n for n in self._tasks if only is None or n in only]
+        tasks = [self._tasks.pop(n) for n in names]
         # Python 3.11's wait_for loses a cancel that lands as the worker's wake
         # event fires (an alert queued just before a reload): the worker then
         # runs on and awaiting it hangs the reload. Cancel until it ends.
-        while pending := [t for t in self._tasks.values() if not t.done()]:
+        while pending := [t for t in tasks if not t.done()]:
             for t in pending:
                 t.cancel()
             await asyncio.wait(pending, timeout=0.5)
-        for t in self._tasks.values():
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        for w in self.workers.values():
+        for n in names:
             with contextlib.suppress(Exception):
-                await w.sender.close()
-        self._tasks.clear()
-        self.workers.clear()
+                await self.workers.pop(n).sender.close()
 
     async def reload(self, cfg: Config) -> None:
+        """Restart the workers of the actions that changed (all of them if the node's
+        name did); the others deliver on undisturbed."""
+        changed: Collection[str] = changed_actions(self.cfg, cfg)
+        if node_name(cfg) != self.node:
+            changed = self.cfg.actions.keys() | cfg.actions.keys()
         # Queued items stay; counters carry over so metrics stay monotonic.
-        old = {n: (w.sent, w.messages, w.failures, w.dropped) for n, w in self.workers.items()}
-        await self._stop_workers()
+        old = {n: (w.sent, w.messages, w.failures, w.dropped)
+               for n, w in self.workers.items() if n in changed}
+        await self._stop_workers(changed)
         self.configure(cfg)
-        await self._start_workers()
+        await self._start_workers(changed)
         for name, (sent, messages, failures, dropped) in old.items():
             w = self.workers.get(name)
             if w is not None:

@@ -1,4 +1,5 @@
-"""Chat webhooks: Slack-compatible JSON (Mattermost, Rocket.Chat) or plain JSON.
+"""The ``type: webhook`` alert kind: chat webhooks, Slack-compatible JSON
+(Mattermost, Rocket.Chat) or plain JSON.
 
 One send is one message summarising every event given, one line per (event,
 jail), so the outbox can turn a burst of bans into a single message.
@@ -8,47 +9,87 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal, assert_never
 
-from kfwguard.alerts.base import (
-    Event,
-    JsonPoster,
-    SecretURL,
-    load_format,
-    render,
+from kfwguard.alerts.base import SENDERS, JsonPoster, Sender, URLActionConfig, load_format, render
+from kfwguard.alerts.events import (
+    AlertEvent,
+    Ban,
+    BaselineAgrees,
+    BaselineDiffers,
+    Drift,
+    Unban,
+    payload,
 )
-from kfwguard.config import WebhookActionConfig
+from kfwguard.configtypes import Duration
 from kfwguard.durations import format_duration
 
 
-def summarise(events: Sequence[Event], fmt: dict[str, Any], node: str) -> str:
+@SENDERS.register
+class WebhookActionConfig(URLActionConfig):
+    type: Literal["webhook"]
+    format: Literal["slack", "json"] = "slack"
+    # Bans within this window are sent as one message.
+    aggregate: Duration = 5.0
+
+    def build(self, name: str, node: str) -> Sender:
+        return WebhookSender(name, self, node)
+
+
+@dataclass
+class _Line:
+    """The events of one message line: one kind, one jail (or table)."""
+
+    targets: dict[str, None] = field(default_factory=dict)  # an ordered set
+    reasons: Counter[str] = field(default_factory=Counter)
+    longest: float = 0.0
+
+
+def _group(ev: AlertEvent) -> tuple[tuple[str, str, bool], str, str, float]:
+    """(line key, target, reason, duration) of ``ev``."""
+    match ev:
+        case Ban() | Unban():
+            return ((ev.kind, ev.jail, ev.simulated), ev.target, ev.reason,
+                    ev.expires_at - ev.banned_at)
+        case Drift():
+            return (ev.kind, "baseline", False), ev.table, ev.reason, 0.0
+        case BaselineDiffers() | BaselineAgrees():
+            return (ev.kind, "cluster", False), ev.target, ev.reason, 0.0
+        case _:
+            assert_never(ev)
+
+
+def summarise(events: Sequence[AlertEvent], fmt: dict[str, Any], node: str) -> str:
     """The message text for ``events``: one line per (event, jail), in first-seen order."""
-    groups: dict[tuple[str, str, bool], list[Event]] = {}
+    groups: dict[tuple[str, str, bool], _Line] = {}
     for ev in events:
-        groups.setdefault((ev["event"], ev["jail"], bool(ev.get("simulated"))), []).append(ev)
+        key, target, reason, duration = _group(ev)
+        g = groups.setdefault(key, _Line())
+        g.targets[target] = None
+        g.reasons[reason] += 1
+        g.longest = max(g.longest, duration)
     max_listed = int(fmt.get("max_listed", 10))
     lines = []
-    for (kind, jail, simulated), evs in groups.items():
-        targets = list(dict.fromkeys(str(e["target"]) for e in evs))
+    for (kind, jail, simulated), g in groups.items():
+        template = fmt.get(kind)
+        if not isinstance(template, str):
+            continue
+        targets = list(g.targets)
         shown = [render(fmt.get("address", "${address}"), address=t)
                  for t in targets[:max_listed]]
         addresses = ", ".join(shown)
         if len(targets) > max_listed:
             addresses += f" … and {len(targets) - max_listed} more"
-        reasons = Counter(str(e.get("reason", "")) for e in evs)
-        longest = max(float(e["expires_at"]) - float(e["banned_at"]) for e in evs)
-        template = fmt.get(kind)
-        if not isinstance(template, str):
-            continue
         line = render(
             template, count=len(targets), noun="address" if len(targets) == 1 else "addresses",
-            jail=jail, node=node, addresses=addresses, duration=format_duration(longest),
-            reason=reasons.most_common(1)[0][0],
+            jail=jail, node=node, addresses=addresses, duration=format_duration(g.longest),
+            reason=g.reasons.most_common(1)[0][0],
         )
         # Observe mode (dry_run): the reader must not think these are blocked.
         lines.append(f"[simulated, not enforced] {line}" if simulated else line)
     if len(lines) > 1 and isinstance(fmt.get("header"), str):
-        counts = Counter(e["event"] for e in events)
+        counts = Counter(e.kind for e in events)
         lines.insert(0, render(fmt["header"], node=node, bans=counts.get("ban", 0),
                                unbans=counts.get("unban", 0)))
     return "\n".join(lines)
@@ -61,17 +102,18 @@ class WebhookSender:
         self.name = name
         self.cfg = cfg
         self.node = node
-        self.url = SecretURL(cfg.url, cfg.url_file, cfg.url_env)
+        self.aggregate = cfg.aggregate
+        self.url = cfg.secret_url()
         self.format = load_format(cfg.format)
         self._poster = JsonPoster(cfg.timeout)
 
-    def body(self, events: Sequence[Event]) -> dict[str, Any]:
+    def body(self, events: Sequence[AlertEvent]) -> dict[str, Any]:
         text = summarise(events, self.format, self.node)
         if self.cfg.format == "json":
-            return {"text": text, "node": self.node, "events": list(events)}
+            return {"text": text, "node": self.node, "events": [payload(e) for e in events]}
         return {"text": text}
 
-    async def send(self, events: Sequence[Event]) -> None:
+    async def send(self, events: Sequence[AlertEvent]) -> None:
         if not events:
             return
         url = self.url.get()

@@ -1,31 +1,47 @@
 """Cluster mode: nodes share bans through a decision feed (etcd v3 today).
 
-``install(daemon)`` hooks the service into the daemon's start and stop; it
-does nothing unless the config has a ``cluster:`` section. Everything the
-rest of kfwguard sees is BanManager's peer methods and listeners.
+``ClusterHooks`` is a component of the daemon (kfwguard.lifecycle), built by
+kfwguard.app; it does nothing unless the config has a ``cluster:`` section.
+Everything the rest of kfwguard sees is BanManager's peer methods and
+listeners; its counters go out through the telemetry snapshot.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
+from prometheus_client import CollectorRegistry, Histogram
 
-from kfwguard.httpserver import Request, Response, Route, error_response, json_response
+from kfwguard.addresses import parse_target
+from kfwguard.bans import BanManager
+from kfwguard.config import Config
+from kfwguard.firewall.baseline import snapshot
+from kfwguard.firewall.baseline.keeper import BaselineKeeper
+from kfwguard.operator.http import Request, Response, Route, error_response, json_response
+from kfwguard.operator.surface import Operator
 
 if TYPE_CHECKING:
-    from prometheus_client.core import Metric
-
     from kfwguard.cluster.service import ClusterService
-    from kfwguard.daemon import Daemon
 
 log = structlog.get_logger("kfwguard.cluster")
 
 
-def build_service(daemon: Daemon) -> ClusterService:
+class Host(Protocol):
+    """What cluster mode reads from the daemon (kfwguard.daemon.Daemon)."""
+
+    @property
+    def cfg(self) -> Config: ...
+    @property
+    def bans(self) -> BanManager | None: ...
+    @property
+    def baseline(self) -> BaselineKeeper | None: ...
+
+
+def build_service(daemon: Host) -> ClusterService:
+    # Imported only in cluster mode: the etcd client loads aiohttp.
     from kfwguard.cluster.etcd import EtcdFeed
     from kfwguard.cluster.etcdclient import EtcdClient, TLSFiles
     from kfwguard.cluster.service import ClusterService
@@ -44,14 +60,12 @@ def _sha(data: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def beat_info(daemon: Daemon) -> dict[str, Any]:
+def beat_info(daemon: Host) -> dict[str, Any]:
     """Baseline fingerprints (rendered policy, what was applied, the live table)
     and drift count for the heartbeat. Runs in a thread: it lists one table."""
-    enforcer = daemon.baseline
+    enforcer = daemon.baseline.enforcer if daemon.baseline is not None else None
     if enforcer is None:
         return {"baseline": False}
-    from kfwguard.firewall.baseline import snapshot
-
     applied = getattr(enforcer, "_expected", None)
     try:
         live: object = snapshot(enforcer.nft, enforcer.cfg.table)
@@ -63,40 +77,45 @@ def beat_info(daemon: Daemon) -> dict[str, Any]:
 
 
 class ClusterHooks:
-    def __init__(self) -> None:
+    """Starts cluster mode after the operator surface, whose control API and
+    metrics it extends."""
+
+    def __init__(self, daemon: Host, operator: Operator) -> None:
+        self.daemon = daemon
+        self.operator = operator
         self.service: ClusterService | None = None
 
-    async def start(self, daemon: Daemon) -> None:
-        if daemon.cfg.cluster is None:
+    async def start(self, cfg: Config) -> None:
+        if cfg.cluster is None:
             return
+        daemon = self.daemon
         svc = self.service = build_service(daemon)
         svc.beat_info = lambda: beat_info(daemon)
-        await svc.start(daemon.cfg.state_dir)
-        op = getattr(daemon, "operator", None)
-        control = getattr(op, "control", None)
+        await svc.start(cfg.state_dir)
+        self.operator.telemetry.cluster = svc
+        control = self.operator.control
         if control is not None:
-            control.extra_status["cluster"] = svc.status
             control.router.routes += [
                 Route("POST", "/cluster/unban", self.post_unban),
                 Route("GET", "/cluster/status", self.get_status),
             ]
-        metrics = getattr(op, "metrics", None)
-        if metrics is not None:
-            _register_metrics(metrics.registry, svc)
+        _register_propagation(self.operator.metrics.registry, svc)
+        alerts = self.operator.alerts
+        if alerts is not None:
+            svc.on_baseline_alert.append(alerts.on_cluster_baseline)
 
-    async def stop(self, daemon: Daemon) -> None:
+    async def stop(self) -> None:
         if self.service is not None:
             await self.service.stop()
             self.service = None
+            self.operator.telemetry.cluster = None
 
-    async def reload(self, daemon: Daemon) -> None:
+    async def reload(self, cfg: Config) -> None:
         svc = self.service
-        if (svc.cfg.cluster if svc is not None else None) != daemon.cfg.cluster:
+        if (svc.cfg.cluster if svc is not None else None) != cfg.cluster:
             log.warning("reload_needs_restart", keys="cluster")
 
     async def post_unban(self, request: Request) -> Response:
-        from kfwguard.addresses import parse_target
-
         svc = self.service
         if svc is None:
             return error_response(503, "cluster mode is not running")
@@ -115,49 +134,10 @@ class ClusterHooks:
         return json_response(svc.status())
 
 
-def _register_metrics(registry: Any, svc: ClusterService) -> None:
-    from prometheus_client import Histogram
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-    from prometheus_client.registry import Collector
-
+def _register_propagation(registry: CollectorRegistry, svc: ClusterService) -> None:
     from kfwguard.cluster.service import PROPAGATION_BUCKETS
 
     hist = Histogram("kfwguard_cluster_propagation_seconds",
                      "From a peer's ban decision to the element in this node's kernel",
                      buckets=PROPAGATION_BUCKETS, registry=registry)
     svc.on_propagation.append(hist.observe)
-
-    class ClusterCollector(Collector):
-        def collect(self) -> Iterator[Metric]:
-            up = GaugeMetricFamily("kfwguard_cluster_connected",
-                                   "1 while the cluster feed is followed live")
-            up.add_metric([], 1.0 if svc.feed.connected else 0.0)
-            yield up
-            rec = CounterMetricFamily("kfwguard_cluster_bans_received",
-                                      "Peers' bans put into this node's kernel")
-            rec.add_metric([], svc.stats["received"])
-            yield rec
-            ref = CounterMetricFamily("kfwguard_cluster_bans_refused",
-                                      "Peers' bans of this node's protected addresses refused")
-            ref.add_metric([], svc.stats["refused"])
-            yield ref
-            out = GaugeMetricFamily("kfwguard_cluster_outbox",
-                                    "Own ban changes not yet taken by the cluster store")
-            out.add_metric([], len(svc.outbox) if svc.outbox is not None else 0)
-            yield out
-            nodes = GaugeMetricFamily("kfwguard_cluster_nodes", "Nodes by state",
-                                      labels=["state"])
-            for state, n in svc.node_states().items():
-                nodes.add_metric([state], n)
-            yield nodes
-
-    registry.register(ClusterCollector())
-
-
-def install(daemon: Daemon) -> ClusterHooks:
-    hooks = ClusterHooks()
-    daemon.on_start.append(hooks.start)
-    daemon.on_stop.append(hooks.stop)
-    daemon.on_reload.append(hooks.reload)
-    setattr(daemon, "cluster", hooks)  # noqa: B010 - found by tools, like daemon.operator
-    return hooks

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from kfwguard.cli import config_option
-from kfwguard.cli_control import _call, _client, format_table, json_option
+from kfwguard.cli.control import _call, _client, format_table, json_option
 
 
 @click.group()

@@ -166,7 +166,21 @@ class EtcdFeed:
     async def snapshot(self) -> Snapshot:
         revision, kvs = await self.client.range_prefix(self.prefix + "/")
         snap = Snapshot(position=revision)
+        bans_at = self.prefix + "/bans/"
+        n = len(bans_at)
+        decode, bans = SharedBan.decode, snap.bans
         for kv in kvs:
+            key = kv.key
+            if key.startswith(bans_at):
+                # Nearly all of a listing: a ban, decoded here without _parse's
+                # dispatch; a bad one goes through _parse to be counted and logged.
+                node, _, target = key[n:].partition("/")
+                if node and target:
+                    try:
+                        bans.append(decode(node, target, kv.value))
+                        continue
+                    except (ValueError, KeyError, TypeError):
+                        pass
             item = self._parse(kv, "put")
             if isinstance(item, SharedBan):
                 snap.bans.append(item)

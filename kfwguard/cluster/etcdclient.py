@@ -1,10 +1,13 @@
-"""A small asyncio client for etcd v3 through its JSON gateway (aiohttp).
+"""A small asyncio client for etcd v3 through its JSON gateway (aiohttp), with
+the two bulk paths (listing, watch) over gRPC when the ``cluster`` extra is
+installed (etcdgrpc.py).
 
-Why the gateway and not gRPC: see the README's dependency table. In short,
+Why the gateway for the rest: see the README's dependency table. In short,
 aiohttp is already a dependency, mutual TLS is one ``ssl.SSLContext``, every
-request carries its own deadline, and the few calls kfwguard needs (range,
-txn, lease grant, watch) are plain JSON; the measured throughput is within
-what a node's ban rate needs by orders of magnitude.
+request carries its own deadline, and the few calls kfwguard needs (txn,
+lease grant, probe) are plain JSON. The listing and the watch are where
+etcd's JSON marshalling shows (a new node's 100k bans; every event of a burst
+marshalled for every watcher), so they take gRPC when they can.
 
 Failure model:
 
@@ -32,7 +35,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import structlog
@@ -91,8 +94,8 @@ def prefix_end(prefix: str) -> bytes:
     return b"\x00"
 
 
-@dataclass(frozen=True, slots=True)
-class KeyValue:
+class KeyValue(NamedTuple):
+    # A tuple, not a dataclass: a listing makes 100k of them at a new node's start.
     key: str
     value: bytes
     mod_revision: int
@@ -133,6 +136,10 @@ class EtcdClient:
         self.last_error: str | None = None
         self.switches = 0
         self.watching = False  # a watch stream is open and its endpoint answers
+        # Listing and watching over gRPC (etcdgrpc.py) if the cluster extra is
+        # installed; None: not looked at yet.
+        self.use_grpc: bool | None = None
+        self._grpc: Any = None
 
     # -- connection ------------------------------------------------------------
 
@@ -145,7 +152,9 @@ class EtcdClient:
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            conn = aiohttp.TCPConnector(ssl=self._ssl(), limit=64,
+            # Idle connections are kept for two minutes: a burst after a quiet
+            # spell then needs no TLS handshake per transaction in flight.
+            conn = aiohttp.TCPConnector(ssl=self._ssl(), limit=64, keepalive_timeout=120,
                                         enable_cleanup_closed=True)
             self._session = aiohttp.ClientSession(
                 connector=conn, json_serialize=lambda o: json.dumps(o, separators=(",", ":")),
@@ -216,12 +225,44 @@ class EtcdClient:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
+    def _grpc_client(self) -> Any:
+        """The gRPC paths (etcdgrpc.GrpcClient), or None without the cluster extra."""
+        if self.use_grpc is None:
+            from kfwguard.cluster import etcdgrpc
+
+            self.use_grpc = etcdgrpc.available()
+            if self.use_grpc:
+                self._grpc = etcdgrpc.GrpcClient(self.tls)
+        return self._grpc if self.use_grpc else None
+
     # -- kv --------------------------------------------------------------------
 
     async def range_prefix(self, prefix: str, *, page: int = 5000,
                            retry: bool = True) -> tuple[int, list[KeyValue]]:
         """Every key under ``prefix`` at one revision, fetched in pages (a large
-        listing does not have to fit one response). Returns (revision, kvs)."""
+        listing does not have to fit one response). Returns (revision, kvs).
+        Over gRPC when the ``cluster`` extra is installed (etcdgrpc.py), else
+        through the gateway in pages of ``page``."""
+        g = self._grpc_client()
+        if g is not None:
+            delay = 0.05
+            while True:
+                ep = self.endpoint
+                try:
+                    out: tuple[int, list[KeyValue]] = await g.range_prefix(
+                        ep, prefix.encode(), prefix_end(prefix), 30.0)
+                    self.last_error = None
+                    return out
+                except EtcdUnavailable as exc:
+                    self._switch(ep, str(exc))
+                    if not retry:
+                        raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        return await self._range_gateway(prefix, page, retry)
+
+    async def _range_gateway(self, prefix: str, page: int,
+                             retry: bool) -> tuple[int, list[KeyValue]]:
         end = b64(prefix_end(prefix))
 
         async def fetch(start: bytes, revision: int) -> dict[str, Any]:
@@ -311,6 +352,11 @@ class EtcdClient:
         ``start_revision`` on, including progress notifications (no events).
         Ends with EtcdUnavailable when the endpoint fails its probe or the
         stream breaks, EtcdCompacted when the revision is gone."""
+        g = self._grpc_client()
+        if g is not None:
+            async for batch in self._watch_grpc(g, prefix, start_revision):
+                yield batch
+            return
         ep = self.endpoint
         body = {"create_request": {"key": b64(prefix), "range_end": b64(prefix_end(prefix)),
                                    "start_revision": str(start_revision),
@@ -372,6 +418,38 @@ class EtcdClient:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await prober
             resp.close()
+
+    async def _watch_grpc(self, g: Any, prefix: str, start_revision: int) -> AsyncIterator[
+            tuple[int, list[WatchEvent]]]:
+        """watch() over gRPC, with the same probe beside it."""
+        ep = self.endpoint
+        stream = g.watch(ep, prefix.encode(), prefix_end(prefix), start_revision)
+
+        async def probe() -> None:
+            while True:
+                await asyncio.sleep(self.ping_interval)
+                try:
+                    await self.ping(ep)
+                except EtcdError as exc:
+                    stream.fail(f"probe failed: {exc}")
+                    return
+
+        def created() -> None:
+            self.watching = True
+
+        prober = asyncio.create_task(probe())
+        try:
+            async for item in stream.batches(created):
+                yield item
+        except EtcdUnavailable as exc:
+            self._switch(ep, str(exc))
+            raise
+        finally:
+            self.watching = False
+            prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await prober
+            await stream.close()
 
     @staticmethod
     def _watch_message(line: bytes) -> tuple[int, list[WatchEvent]] | None:

@@ -15,7 +15,7 @@ import ipaddress
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,15 @@ log = structlog.get_logger("kfwguard.cluster")
 # A peer's ban is enforced here for at most this long from now, whatever its
 # expiry says (a broken or hostile node cannot ban for years).
 MAX_PEER_BAN = 30 * 86400.0
+
+# A node's baseline must differ for this many heartbeat intervals before the
+# alert fires (a rolling restart or a reload passes through short differences),
+# and a firing alert is raised again after BASELINE_ALERT_REFRESH seconds
+# (Alertmanager ends it by itself at alerts.alertmanager.CLUSTER_ALERT_SECONDS).
+BASELINE_ALERT_HOLD = 3
+BASELINE_ALERT_REFRESH = 12 * 3600.0
+
+PUBLISH_BATCH = 8192  # outbox entries per publish() call
 
 PROPAGATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -103,6 +112,10 @@ class ClusterService:
         # Extra heartbeat fields (baseline fingerprints, drift), set by the hooks.
         self.beat_info: Any = lambda: {}
         self.ban_nodes: set[str] = set()  # nodes that have shared bans
+        # The baseline alert (_check_baselines): called with (node, firing, why).
+        self.on_baseline_alert: list[Callable[[str, bool, str], None]] = []
+        self._differs: dict[str, float] = {}  # node -> since when its baseline differs
+        self._alerted: dict[str, float] = {}  # node -> when its alert was last raised
         self.seen_nodes: set[str] = set()  # every node that had a heartbeat
 
     # -- lifecycle -------------------------------------------------------------
@@ -190,7 +203,10 @@ class ClusterService:
     async def _publisher(self) -> None:
         delay = 0.5
         while True:
-            batch: list[Pending] = self.outbox.due(1024) if self.outbox is not None else []
+            # Large batches: publish() keeps TXN_IN_FLIGHT transactions going
+            # through one batch; between batches that pipeline drains.
+            batch: list[Pending] = (self.outbox.due(PUBLISH_BATCH) if self.outbox is not None
+                                    else [])
             if not batch:
                 self._wake.clear()
                 await self._wake.wait()
@@ -244,6 +260,7 @@ class ClusterService:
     def _peer_rows(self, bans: Sequence[SharedBan]) -> list[BanRow]:
         rows = []
         limit = self._clock() + MAX_PEER_BAN
+        jails: dict[str, str] = {}
         for b in bans:
             if b.node == self.node:
                 continue
@@ -262,20 +279,26 @@ class ClusterService:
                 log.warning("peer_ban_refused", target=b.target, origin=b.node,
                             why="a protected address of this node (admin, cluster, etcd)")
                 continue
-            expires = min(b.expires_at, limit)
-            rows.append(BanRow(b.target, peer_jail(b.node), f"{b.node}/{b.jail}: {b.reason}",
-                               b.banned_at, expires, 1))
+            jail = jails.get(b.node)
+            if jail is None:
+                jail = jails[b.node] = peer_jail(b.node)
+            rows.append(BanRow(b.target, jail, f"{b.node}/{b.jail}: {b.reason}",
+                               b.banned_at, min(b.expires_at, limit), 1))
         return rows
 
-    async def _apply(self, bans: Sequence[SharedBan]) -> None:
+    async def _apply(self, bans: Sequence[SharedBan], *, live: bool = True) -> None:
+        """Enforce peers' bans; ``live`` ones (from the watch) are propagation
+        samples, a listing's are not (they may have been decided hours ago)."""
         rows = self._peer_rows(bans)
-        taken = self.bans.apply_peer(rows)
+        marks: list[float] = []
+        taken = await self.bans.apply_peer(rows, applied=lambda: marks.append(time.time()))
         if not taken:
             return
+        done = marks[0] if marks else time.time()
         self.stats["received"] += len(taken)
+        if not live:
+            return
         decided = {b.target: b.decided_at for b in bans}
-        await self.bans.flush()
-        done = time.time()
         for r in taken:
             d = decided.get(r.target)
             if d is not None and d > 0:
@@ -321,7 +344,7 @@ class ClusterService:
         self.stats["withdrawn"] += len(gone)
         for u in snap.unbans:
             self._unban_asked(u)
-        await self._apply(peer)
+        await self._apply(peer, live=False)
         # Own subtree: what the store holds must be what this node enforces.
         mine = {b.target for b in snap.bans if b.node == self.node and b.expires_at > now}
         pending = self.outbox.targets() if self.outbox is not None else set()
@@ -330,6 +353,7 @@ class ClusterService:
         if fix:
             log.info("cluster_own_bans_reconciled", count=len(fix))
             self._queue(fix)
+        self._check_baselines()
         log.info("cluster_synced", revision=snap.position,
                  list_seconds=round(self.list_seconds, 3), bans=len(snap.bans),
                  peers_bans=len(peer), withdrawn=len(gone), allow=len(self.allow),
@@ -344,6 +368,7 @@ class ClusterService:
 
     async def _on_changes(self, changes: Sequence[Change]) -> None:
         puts: dict[tuple[str, str], SharedBan] = {}  # in order, the newest per key
+        beats = False
         for c in changes:
             if isinstance(c, BanPut):
                 self.ban_nodes.add(c.ban.node)
@@ -367,10 +392,14 @@ class ClusterService:
             elif isinstance(c, NodeBeat):
                 self.nodes[c.node] = c.info
                 self.seen_nodes.add(c.node)
+                beats = True
             elif isinstance(c, NodeGone):
                 self.nodes.pop(c.node, None)
+                beats = True
         if puts:
             await self._apply(list(puts.values()))
+        if beats:
+            self._check_baselines()
 
     def _lift_allowed(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
         for r in self.bans.active():
@@ -440,6 +469,38 @@ class ClusterService:
                 m["state"] = "up"
             out.append(m)
         return out
+
+    def _check_baselines(self) -> None:
+        """Raise the baseline alert for a node whose baseline is not the cluster's
+        (state ``baseline_differs`` or ``drifted``) for BASELINE_ALERT_HOLD
+        heartbeats, and resolve it when it agrees again. Only one node
+        announces it: the first by name among those with a heartbeat, so an
+        operator hears it once, not from every node."""
+        now = self._clock()
+        hold = BASELINE_ALERT_HOLD * self.ccfg.heartbeat
+        reporter = min({*self.nodes, self.node}) == self.node
+        for m in self.members():
+            name, state = m["node"], m["state"]
+            if state in ("baseline_differs", "drifted"):
+                since = self._differs.setdefault(name, now)
+                fired = self._alerted.get(name)
+                if reporter and now - since >= hold and (
+                        fired is None or now - fired >= BASELINE_ALERT_REFRESH):
+                    self._alerted[name] = now
+                    why = ("its baseline policy differs from the majority's"
+                           if state == "baseline_differs"
+                           else "its live baseline table differs from the policy it applied")
+                    log.warning("cluster_baseline_differs", node=name, state=state, why=why)
+                    for cb in self.on_baseline_alert:
+                        cb(name, True, why)
+            else:
+                self._differs.pop(name, None)
+                if self._alerted.pop(name, None) is not None:
+                    why = ("its heartbeat is gone" if state == "missing"
+                           else "its baseline agrees with the cluster again")
+                    log.info("cluster_baseline_agrees", node=name, state=state)
+                    for cb in self.on_baseline_alert:
+                        cb(name, False, why)
 
     def node_states(self) -> dict[str, int]:
         """How many nodes are in each state (for the metric)."""

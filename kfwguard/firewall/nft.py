@@ -114,9 +114,19 @@ class Nft:
         items: list[dict[str, Any]] = data.get("nftables", [])
         return items
 
+    def tables(self, family: str | None = None) -> list[tuple[str, str]]:
+        """(family, name) of every table, from the text listing: nft 1.0.6's
+        JSON listing of tables can print garbage or abort the process (see
+        kfwguard.firewall.baseline.drift)."""
+        out = self.run(f"list tables {family}" if family else "list tables")
+        found = []
+        for line in out.splitlines():
+            words = line.split()
+            if len(words) == 3 and words[0] == "table":
+                found.append((words[1], words[2]))
+        return found
+
     def table_exists(self, family: str, table: str) -> bool:
-        try:
-            self.run(f"list table {family} {table}")
-        except NftError:
-            return False
-        return True
+        """True if the table exists. Lists table names only: ``list table``
+        would make nft fetch every set element (seconds at 200k bans)."""
+        return (family, table) in self.tables(family)

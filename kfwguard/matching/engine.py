@@ -44,6 +44,7 @@ from kfwguard.matching.spec import (
     TextFilterSpec,
 )
 from kfwguard.model import MAX_LINE, Match, Record, lines_fit
+from kfwguard.timestamps import parse_rfc3339
 
 if TYPE_CHECKING:
     from kfwguard.matching import _native
@@ -650,7 +651,7 @@ class TextFilter(Filter):
             elif kind == "syslog":
                 t = timeparse.parse_syslog(stamp, now)
             else:
-                t = timeparse.parse_rfc3339(stamp)
+                t = parse_rfc3339(stamp)
         if t is None:
             t = record.time if record.time is not None else now
         fields = {

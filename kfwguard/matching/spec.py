@@ -65,6 +65,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from kfwguard.yamlkeys import key_lines
+
 RULE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 JsonScalar = str | bool | int | float | None
@@ -177,29 +179,11 @@ class JsonFilterSpec(_FilterSpec):
 FilterSpec = TextFilterSpec | JsonFilterSpec
 
 
-def _line_index(node: yaml.Node, prefix: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
-    out.setdefault(prefix, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            key = k.value if isinstance(k, yaml.ScalarNode) else str(k)
-            out[(*prefix, key)] = k.start_mark.line + 1
-            _line_index(v, (*prefix, key), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _line_index(item, (*prefix, i), out)
-
-
 class Lines:
     """Maps a key path in the YAML document to its line, for error messages."""
 
     def __init__(self, text: str) -> None:
-        self._lines: dict[tuple[Any, ...], int] = {}
-        try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.YAMLError:
-            node = None
-        if node is not None:
-            _line_index(node, (), self._lines)
+        self._lines = key_lines(text)
 
     def where(self, loc: Sequence[Any]) -> str:
         """``line N: rules[2].regex`` for the deepest part of ``loc`` found in the file."""

@@ -34,12 +34,12 @@ from kfwguard.jails.jail import Jail
 from kfwguard.matching.engine import Filter, Hit
 from kfwguard.matching.loader import load_filter
 from kfwguard.matching.spec import FilterError
-from kfwguard.matching.timeparse import format_rfc3339
 from kfwguard.model import MAX_LINE, BanRequest, Record
 from kfwguard.pipeline import JailFeed
 from kfwguard.sources.base import MAX_BATCH
-from kfwguard.sources.file import CHUNK
 from kfwguard.sources.formats import LineSplitter, TextBlock, TextDecoder, text_blocks
+from kfwguard.sources.tail import CHUNK
+from kfwguard.timestamps import format_rfc3339
 
 # A jail that only counts: no window ever fills, none forgets an address, no
 # line is too old, IPv6 addresses count one by one.

@@ -34,8 +34,8 @@ from pathlib import Path
 
 from kfwguard.addresses import parse_host
 from kfwguard.matching.engine import Filter
-from kfwguard.matching.timeparse import parse_rfc3339
 from kfwguard.model import Match, Record
+from kfwguard.timestamps import parse_rfc3339
 
 _STATUSES = ("match", "nomatch", "ignored", "bad-host", "success")
 

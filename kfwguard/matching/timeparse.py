@@ -1,4 +1,5 @@
-"""Event times from log stamps: syslog, klog, RFC 3339 and epoch numbers.
+"""Event times from log stamps: syslog, klog, RFC 3339 (kfwguard.timestamps) and
+epoch numbers.
 
 Stamps repeat for every line logged within the same second, so each parser
 caches the whole-second part and only adds the fraction. No dateutil: every
@@ -16,8 +17,10 @@ next one.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime
 from typing import Final
+
+from kfwguard.timestamps import parse_rfc3339
 
 _MONTHS: Final = {
     "Jan": 1, "Feb": 2, "Mar": 3, "Apr": 4, "May": 5, "Jun": 6,
@@ -28,8 +31,6 @@ _CACHE_MAX: Final = 4096
 
 # (month, day, hh, mm, year) -> epoch of that local minute, or None if invalid
 _local_cache: dict[tuple[int, int, int, int, int], float | None] = {}
-# (YYYY-MM-DDhh:mm:ss, zone) -> epoch seconds, or None if invalid
-_iso_cache: dict[tuple[str, str], float | None] = {}
 # Year boundaries of the last ``now`` seen, so the common case needs no localtime().
 _year_span: list[float] = [0.0, -1.0, 0.0]  # start, end, year
 
@@ -167,79 +168,6 @@ def parse_klog(stamp: str, now: float) -> float | None:
     return None if frac is None else t + frac
 
 
-def _zone_offset(zone: str) -> timezone | None:
-    if zone in ("Z", "z"):
-        return UTC
-    if len(zone) == 6 and zone[3] == ":":
-        hh, mm = zone[1:3], zone[4:6]
-    elif len(zone) == 5:
-        hh, mm = zone[1:3], zone[3:5]
-    elif len(zone) == 3:
-        hh, mm = zone[1:3], "00"
-    else:
-        return None
-    if zone[0] not in "+-" or not (_digits(hh) and _digits(mm)):
-        return None
-    delta = timedelta(hours=int(hh), minutes=int(mm))
-    if delta >= timedelta(hours=24):
-        return None
-    return timezone(-delta if zone[0] == "-" else delta)
-
-
-def _iso_seconds(base: str, zone: str) -> float | None:
-    y, mo, d, hh, mm, ss = base[0:4], base[5:7], base[8:10], base[11:13], base[14:16], base[17:19]
-    if not all(_digits(p) for p in (y, mo, d, hh, mm, ss)):
-        return None
-    try:
-        if not zone:
-            # No zone: the writer meant the node's local time.
-            datetime(int(y), int(mo), int(d), int(hh), int(mm), min(int(ss), 59))
-            return time.mktime((int(y), int(mo), int(d), int(hh), int(mm), int(ss), 0, 0, -1))
-        tz = _zone_offset(zone)
-        if tz is None:
-            return None
-        extra = 1 if ss == "60" else 0  # a leap second is the next second's start
-        dt = datetime(int(y), int(mo), int(d), int(hh), int(mm), int(ss) - extra, tzinfo=tz)
-        return dt.timestamp() + extra
-    except (ValueError, OverflowError):
-        return None
-
-
-def parse_rfc3339(text: str) -> float | None:
-    """Epoch for ``2026-11-26T04:57:45.123456789Z`` and ISO 8601 relatives.
-
-    Accepts ``T``, ``t`` or a space between date and time, any fraction
-    length, and a zone ``Z``, ``±hh:mm``, ``±hhmm``, ``±hh`` or none (local).
-    """
-    n = len(text)
-    if n < 19 or n > 64 or text[4] != "-" or text[7] != "-" or text[10] not in "Tt ":
-        return None
-    if text[13] != ":" or text[16] != ":":
-        return None
-    i = 19
-    frac = 0.0
-    if i < n and text[i] in ".,":
-        j = i + 1
-        while j < n and "0" <= text[j] <= "9":
-            j += 1
-        if j == i + 1:
-            return None
-        # Digits past microseconds are noise at float precision; bounded work.
-        digits = text[i + 1 : min(j, i + 10)]
-        frac = int(digits) / 10.0 ** len(digits)
-        i = j
-    base = text[:10] + text[11:19]
-    key = (base, text[i:])
-    try:
-        secs = _iso_cache[key]
-    except KeyError:
-        secs = _iso_seconds(text[:19], text[i:])
-        if len(_iso_cache) >= _CACHE_MAX:
-            _iso_cache.clear()
-        _iso_cache[key] = secs
-    return None if secs is None else secs + frac
-
-
 def parse_time_value(value: object) -> float | None:
     """Epoch for a JSON time value: an RFC 3339 string or a number of seconds."""
     if isinstance(value, str):
@@ -249,10 +177,3 @@ def parse_time_value(value: object) -> float | None:
     if isinstance(value, int | float) and 0 < value < 1e11:
         return float(value)
     return None
-
-
-def format_rfc3339(epoch: float) -> str:
-    """``epoch`` as RFC 3339 in UTC with microseconds, e.g. ``2026-11-26T04:57:45.123456Z``."""
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds").replace(
-        "+00:00", "Z"
-    )

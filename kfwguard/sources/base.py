@@ -1,13 +1,17 @@
-"""What every source offers the daemon: a name, counters, a lag, and ``run(sink)``."""
+"""What every source offers the daemon (a name, counters, a lag, and ``run(sink)``),
+and the registry of source kinds: ``type:`` tag → config model with its ``build``."""
 
 from __future__ import annotations
 
 import asyncio
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from kfwguard.configtypes import Model
 from kfwguard.model import Record
+from kfwguard.registry import Registry
 
 # Called on the event loop with a non-empty batch, in log order. The daemon
 # persists ``batch[-1].position`` after the call returns; each record's
@@ -43,6 +47,7 @@ class Source(Protocol):
     def skipped(self) -> dict[str, int]:
         """Inputs skipped, by reason (too_long, invalid_json, …)."""
         ...
+
     # Set by run() once the starting point is fixed (file opened and positioned,
     # or the journal's start stamp taken): what is written after it is read.
     ready: asyncio.Event
@@ -57,6 +62,12 @@ class Source(Protocol):
         """What is written but not read yet."""
         ...
 
+    @property
+    def problem(self) -> str | None:
+        """Why the source reads nothing right now (no such file, no journal), for
+        status; None while it reads."""
+        ...
+
     def position(self) -> str | None:
         """Resume token after the last record delivered, or, before any, where
         reading began. The daemon saves it at start so that a crash before the
@@ -67,3 +78,26 @@ class Source(Protocol):
     async def run(self, sink: Sink) -> None:
         """Deliver records until cancelled; bad input is counted, never raised."""
         ...
+
+
+class SourceConfig(Model):
+    """What every source kind's config has. A kind subclasses it with
+    ``type: Literal["its-tag"]`` and its own keys, implements ``build`` and
+    registers with ``@SOURCES.register`` (e.g. kfwguard/sources/journald.py)."""
+
+    name: str
+    type: str
+
+    @abstractmethod
+    def build(self, position: str | None, *, clock: Callable[[], float]) -> Source:
+        """The running source, resuming at ``position`` (what the daemon saved
+        from ``records[-1].position``) when given."""
+
+    def forgery_warning(self, jail: str, filter_name: str, *, syslog_tag: bool) -> str | None:
+        """Why a local user could write lines that jail ``jail`` counts, or None
+        (kfwguard/sources/trust.py). ``syslog_tag``: the filter trusts a
+        syslog header's tag to name the program."""
+        return None
+
+
+SOURCES: Registry[SourceConfig] = Registry("source", SourceConfig, "kfwguard.sources.kinds")

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from itertools import accumulate
 from typing import Final, Literal, Protocol, overload
 
 import re2
 
 from kfwguard.model import MAX_LINE, Record, lines_fit
+from kfwguard.timestamps import parse_rfc3339
 
 # A complete line (without its b"\n") and the file offset just after its b"\n".
 Line = tuple[bytes, int]
@@ -307,44 +307,6 @@ class JsonDecoder:
         pass
 
 
-_ts_cache: dict[str, float] = {}
-
-
-def parse_rfc3339(raw: bytes) -> float | None:
-    """RFC 3339 (nanosecond precision allowed, zone required) → epoch seconds."""
-    try:
-        s = raw.decode("ascii")
-    except UnicodeDecodeError:
-        return None
-    if len(s) < 20 or s[10] not in "Tt":
-        return None
-    base, rest = s[:19], s[19:]
-    frac = 0.0
-    if rest.startswith("."):
-        i = 1
-        while i < len(rest) and rest[i].isdigit():
-            i += 1
-        if i == 1:
-            return None
-        frac = float("0" + rest[:i])
-        rest = rest[i:]
-    key = base + rest
-    secs = _ts_cache.get(key)
-    if secs is None:
-        zone = "+00:00" if rest in ("Z", "z") else rest
-        if len(zone) != 6 or zone[0] not in "+-":
-            return None
-        try:
-            secs = datetime.fromisoformat(base + zone).timestamp()
-        except ValueError:
-            return None
-        # Many lines share a second; the cache saves the datetime parse.
-        if len(_ts_cache) > 4096:
-            _ts_cache.clear()
-        _ts_cache[key] = secs
-    return secs + frac
-
-
 @dataclass(slots=True)
 class _Partial:
     start: int
@@ -386,7 +348,7 @@ class CriDecoder:
                 continue
             stream, tag = parts[1], parts[2].split(b":", 1)[0]
             msg = parts[3] if len(parts) == 4 else b""
-            t = parse_rfc3339(parts[0])
+            t = parse_rfc3339(parts[0].decode("latin-1"), zone_required=True)
             if t is None or stream not in _STREAMS or tag not in (b"P", b"F"):
                 count(self.skipped, "invalid_cri")
                 continue
@@ -431,7 +393,12 @@ class CriDecoder:
         self._pending.clear()
 
 
-def make_decoder(fmt: Literal["text", "json", "cri"], skipped: dict[str, int]) -> Decoder:
+# How a file's lines become records: plain text, one JSON object a line, or
+# the container runtime's CRI log format (stamp, stream, partial flag).
+LineFormat = Literal["text", "json", "cri"]
+
+
+def make_decoder(fmt: LineFormat, skipped: dict[str, int]) -> Decoder:
     if fmt == "json":
         return JsonDecoder(skipped)
     if fmt == "cri":

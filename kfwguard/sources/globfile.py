@@ -21,9 +21,9 @@ from pathlib import Path
 
 import structlog
 
-from kfwguard.config import FileSourceConfig
 from kfwguard.sources.base import Backlog, Sink
-from kfwguard.sources.file import FileSource, format_position, parse_position
+from kfwguard.sources.formats import LineFormat
+from kfwguard.sources.tail import FileSource, format_position, parse_position
 
 # How often the pattern is re-evaluated for a newer file.
 RESCAN = 2.0
@@ -48,11 +48,14 @@ def _matches(pattern: str) -> list[tuple[float, str, os.stat_result]]:
 class GlobFileSource:
     """``type: file`` with a glob ``path``: the newest matching file, followed."""
 
-    def __init__(self, cfg: FileSourceConfig, position: str | None, *,
+
+    def __init__(self, name: str, pattern: Path, position: str | None, *,
+                 fmt: LineFormat = "text", allow_outside_dir: bool = False,
                  clock: Callable[[], float] = time.time) -> None:
-        self.cfg = cfg
-        self.name = cfg.name
-        self.pattern = os.path.abspath(str(cfg.path))
+        self.name = name
+        self.pattern = os.path.abspath(str(pattern))
+        self.format: LineFormat = fmt
+        self._allow_outside = allow_outside_dir
         self._clock = clock
         self._position = position
         self._inner: FileSource | None = None
@@ -74,6 +77,12 @@ class GlobFileSource:
             for k, v in self._inner.skipped.items():
                 out[k] = out.get(k, 0) + v
         return out
+
+    @property
+    def problem(self) -> str | None:
+        if self._inner is not None:
+            return self._inner.problem
+        return f"no file matches {self.pattern}" if self.ready.is_set() else None
 
     def lag(self) -> float | None:
         if self._inner is not None:
@@ -157,8 +166,8 @@ class GlobFileSource:
         return newest if newest[0] > cur_mtime else None
 
     async def _start(self, path: str, position: str | None, sink: Sink) -> asyncio.Task[None]:
-        inner = FileSource(self.cfg.model_copy(update={"path": Path(path)}), position,
-                           clock=self._clock)
+        inner = FileSource(self.name, Path(path), position, fmt=self.format,
+                           allow_outside_dir=self._allow_outside, clock=self._clock)
         if self._inner is not None:
             self._lines_before += self._inner.lines_read
             for k, v in self._inner.skipped.items():

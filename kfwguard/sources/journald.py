@@ -1,4 +1,5 @@
-"""Read the systemd journal with ``systemd.journal.Reader`` on the event loop.
+"""The ``type: journald`` source kind: read the systemd journal with
+``systemd.journal.Reader`` on the event loop.
 
 Position: the journal cursor (``__CURSOR``) of the last entry delivered.
 
@@ -17,14 +18,19 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import structlog
+from pydantic import Field
 
-from kfwguard.config import JournaldSourceConfig
+from kfwguard.configtypes import AbsolutePath
 from kfwguard.model import Record
-from kfwguard.sources.base import MAX_BATCH, Backlog, Sink
+from kfwguard.sources.base import MAX_BATCH, SOURCES, Backlog, Sink, Source, SourceConfig
 from kfwguard.sources.formats import count
+
+# journald fields that say which process wrote an entry (set by journald from
+# the sender's credentials, never by the sender; kfwguard/sources/trust.py).
+WRITER_FIELDS = frozenset({"_UID", "_COMM", "_EXE", "_PID", "_CMDLINE"})
 
 # Re-check interval while entries are flowing: a busy source delivers an
 # entry ~5-10 ms after it was written (median).
@@ -43,6 +49,26 @@ REOPEN_WAIT = 1.0
 
 # A position that is not a cursor: where a first run began reading (epoch s).
 REALTIME_PREFIX = "realtime:"
+
+
+@SOURCES.register
+class JournaldSourceConfig(SourceConfig):
+    type: Literal["journald"]
+    # FIELD: value or [values]; sd-journal ORs the values of a field, ANDs fields.
+    match: dict[str, str | list[str]] = Field(default_factory=dict)
+    # A journal directory to read instead of the system journal (tests, containers).
+    path: AbsolutePath | None = None
+
+    def build(self, position: str | None, *, clock: Callable[[], float]) -> Source:
+        return JournaldSource(self, position, clock=clock)
+
+    def forgery_warning(self, jail: str, filter_name: str, *, syslog_tag: bool) -> str | None:
+        if WRITER_FIELDS & set(self.match):
+            return None
+        return (f"jail {jail!r} reads journald source {self.name!r} without a writer "
+                "field in its match (_UID, _COMM or _EXE): any process that can log there "
+                "(for _SYSTEMD_UNIT, any process in the unit's cgroup) can have an "
+                "address banned")
 
 
 def _text(value: Any) -> str:
@@ -257,6 +283,11 @@ class JournaldSource:
     # -- reading -----------------------------------------------------------------
 
     def _read_batch(self) -> list[Record]:
+        # The fast path: the reader's private C calls (_next, _get_all,
+        # _get_realtime, _get_cursor) give raw bytes; the public get_next()
+        # runs a Python converter on every field of every entry, several
+        # times slower. Private API: pyproject.toml caps systemd-python, and
+        # test_sources_journald.py::TestFastPath fails if this path is left.
         reader = self._reader
         reader.process()
         out: list[Record] = []

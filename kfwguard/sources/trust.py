@@ -18,15 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from kfwguard.config import Config, FileSourceConfig, JournaldSourceConfig
+from kfwguard.config import Config
 from kfwguard.matching import Filter, TextFilter
-
-# journald fields that say which process wrote an entry (set by journald).
-WRITER_FIELDS = frozenset({"_UID", "_COMM", "_EXE", "_PID", "_CMDLINE"})
 
 
 def forgery_warnings(cfg: Config, filters: Mapping[str, Filter]) -> list[str]:
-    """One sentence per enabled jail whose lines a local user could forge."""
+    """One sentence per enabled jail whose lines a local user could forge (each
+    source kind says so for itself: ``SourceConfig.forgery_warning``)."""
     sources = {s.name: s for s in cfg.sources}
     out: list[str] = []
     for jail in cfg.jails:
@@ -34,18 +32,8 @@ def forgery_warnings(cfg: Config, filters: Mapping[str, Filter]) -> list[str]:
         flt = filters.get(jail.filter)
         if not jail.enabled or src is None or flt is None:
             continue
-        if isinstance(src, FileSourceConfig):
-            if (src.format == "text" and isinstance(flt, TextFilter)
-                    and "syslog" in flt.headers):
-                out.append(
-                    f"jail {jail.name!r} reads the syslog file {str(src.path)!r}: any local "
-                    f"user can write a line there with any tag (logger -t {jail.filter} ...) "
-                    "and have the address in it banned; read it from journald with "
-                    "_SYSTEMD_UNIT and _UID (or _COMM/_EXE) in the match")
-        elif isinstance(src, JournaldSourceConfig) and not WRITER_FIELDS & set(src.match):
-            out.append(
-                f"jail {jail.name!r} reads journald source {src.name!r} without a writer "
-                "field in its match (_UID, _COMM or _EXE): any process that can log there "
-                "(for _SYSTEMD_UNIT, any process in the unit's cgroup) can have an "
-                "address banned")
+        syslog_tag = isinstance(flt, TextFilter) and "syslog" in flt.headers
+        warning = src.forgery_warning(jail.name, jail.filter, syslog_tag=syslog_tag)
+        if warning is not None:
+            out.append(warning)
     return out

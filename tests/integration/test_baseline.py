@@ -226,7 +226,7 @@ def node(lab: Lab) -> Host:
 
 
 def cli(host: Host, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-    return host.run(sys.executable, "-m", "kfwguard.cli_baseline", *args, check=check)
+    return host.run(sys.executable, "-m", "kfwguard.cli.baseline", *args, check=check)
 
 
 def write_config(tmp_path: Path, body: str, name: str = "kfwguard.yaml") -> Path:
@@ -562,7 +562,7 @@ SIMPLE = """\
 
 def start_confirmed(node: Host, cfg: Path, within: str) -> subprocess.Popen[str]:
     """Start a commit-confirmed apply and return once it says how to confirm."""
-    proc = node.popen([sys.executable, "-m", "kfwguard.cli_baseline", "apply", "-c", str(cfg),
+    proc = node.popen([sys.executable, "-m", "kfwguard.cli.baseline", "apply", "-c", str(cfg),
                        "--confirm-within", within], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     lines = [proc.stdout.readline() for _ in range(3)]
@@ -598,7 +598,7 @@ class TestCommitConfirmed:
         cfg = write_config(tmp_path, SIMPLE)
         proc = start_confirmed(node, cfg, "60s")
         confirmed = subprocess.run(
-            [sys.executable, "-m", "kfwguard.cli_baseline", "confirm", "-c", str(cfg)],
+            [sys.executable, "-m", "kfwguard.cli.baseline", "confirm", "-c", str(cfg)],
             capture_output=True, text=True, timeout=30, check=False)
         assert (0, "") == (confirmed.returncode, confirmed.stderr)
         code, out = finish(proc)
@@ -661,7 +661,7 @@ class TestCommitConfirmed:
         policy is refused (nothing applied) unless --force; from admin_cidrs it applies."""
         cfg = write_config(tmp_path, SIMPLE)
         result = node.run("env", f"SSH_CONNECTION={client} 50123 10.9.1.1 22", sys.executable,
-                          "-m", "kfwguard.cli_baseline", "apply", "-c", str(cfg),
+                          "-m", "kfwguard.cli.baseline", "apply", "-c", str(cfg),
                           *(["--force"] if force else []), check=False)
         assert code == result.returncode, result.stderr
         assert (listing(node) is None) == (code != 0)

@@ -784,7 +784,7 @@ class TestClusterMatrix:
         assert expected(flows, "open") == before
         cfg = tmp_path / "kfwguard.yaml"
         cfg.write_text(CONFIG.format(state=tmp_path / "state", role=role))
-        applied = host.run(sys.executable, "-m", "kfwguard.cli_baseline", "apply", "-c",
+        applied = host.run(sys.executable, "-m", "kfwguard.cli.baseline", "apply", "-c",
                            str(cfg), check=False)
         assert 0 == applied.returncode, applied.stderr
         try:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from kfwguard.control import ControlClient
+from kfwguard.operator.client import ControlClient
 from tests.conftest import need
 from tests.integration.daemon_harness import (
     DaemonRun,
@@ -28,10 +29,12 @@ from tests.integration.daemon_harness import (
     wait_until,
 )
 from tests.integration.etcd_cluster import EtcdCluster, have_etcd
+from tests.integration.test_operator import RECEIVER
 from tests.netns import Host, Lab, can_connect
 
 PREFIX = "/kfwguard/v1"
 PORT = 2222
+HOOK_PORT = 8089
 ADMIN_CIDR_B = "10.66.0.0/24"
 
 
@@ -120,6 +123,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 "tls": etcd.tls(f"node-{name}"), "node_name": f"node-{name}",
                 "prefix": PREFIX, "heartbeat": "1s",
             }
+            if name == "a":
+                # A hears the cluster's alerts (the baseline alert) on a chat hook.
+                cfg["actions"] = {"hook": {"type": "webhook", "format": "json",
+                                           "url": f"http://127.0.0.1:{HOOK_PORT}/hook"}}
             if name == "b":
                 cfg["metrics"] = {"listen": "127.0.0.1:9741"}
                 # B enforces a baseline (and lets itself reach etcd); it is not
@@ -133,6 +140,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             nodes[name] = Node(name, host, logfile, DaemonRun(host, d, cfg))
         lab.link(nodes["c"].host, attacker, "10.79.3", "fd00:79:3")
         servers.append(listen_tcp(nodes["c"].host, PORT))
+        servers.append(nodes["a"].host.popen([sys.executable, "-c", RECEIVER,
+                                              str(work / "a" / "hook.jsonl"), str(HOOK_PORT),
+                                              "0"]))
         for n in nodes.values():
             n.daemon.start()
         assert all(wait_until(lambda n=n: '"cluster_synced"' in n.daemon.log(), 20)
@@ -154,6 +164,33 @@ def logs(cl: Cluster) -> str:
 
 def events(node: Node, name: str) -> list[dict[str, Any]]:
     return [e for e in node.daemon.events() if e.get("event") == name]
+
+
+def hook_events(cl: Cluster, about: str, since: float) -> list[str]:
+    """The cluster baseline events about node ``about`` raised from ``since`` on
+    (epoch seconds), as A's chat hook received them."""
+    path = cl.a.daemon.workdir / "hook.jsonl"
+    if not path.exists():
+        return []
+    return [e["event"] for line in path.read_text().splitlines()
+            for e in json.loads(line)["body"]["events"]
+            if e["event"].startswith("baseline_") and e["target"] == about
+            and e["at"] >= since]
+
+
+def add_rule_b(cl: Cluster, port: int) -> int:
+    """Add a rule by hand to B's baseline input chain; returns its handle."""
+    cl.b.host.run("nft", "add", "rule", "inet", "kfwguard_baseline", "input",
+                  "tcp", "dport", str(port), "accept")
+    chain = json.loads(cl.b.host.nft_json("-a", "list", "chain", "inet",
+                                          "kfwguard_baseline", "input"))
+    return next(int(i["rule"]["handle"]) for i in chain["nftables"]
+                if "rule" in i and f'"right": {port}' in json.dumps(i["rule"]["expr"]))
+
+
+def delete_rule_b(cl: Cluster, handle: int) -> None:
+    cl.b.host.run("nft", "delete", "rule", "inet", "kfwguard_baseline", "input",
+                  "handle", str(handle))
 
 
 class TestSharedBans:
@@ -217,6 +254,29 @@ class TestSharedBans:
                                        "input", "handle", str(rule["handle"]))
         assert wait_until(lambda: cluster.a.states().get("node-b") == "up", 15)
 
+    def test_baseline_alert_fires_once_and_resolves(self, cluster: Cluster) -> None:
+        """B's baseline edited by hand raises one baseline alert, announced by A
+        (the first node by name), and one resolution when the edit is undone."""
+        assert wait_until(lambda: cluster.a.states().get("node-b") == "up", 15)
+        # Only what is raised from now on counts (an earlier edit of B's
+        # baseline, the drift test's, may still be on its way to the hook).
+        t0 = time.time()
+        quiet = {n: len(events(cluster.nodes[n], "cluster_baseline_differs")) for n in "bc"}
+        rule = add_rule_b(cluster, 9998)
+        try:
+            assert wait_until(lambda: hook_events(cluster, "node-b", t0)
+                              == ["baseline_differs"], 30), logs(cluster)
+        finally:
+            delete_rule_b(cluster, rule)
+        assert wait_until(lambda: hook_events(cluster, "node-b", t0)
+                          == ["baseline_differs", "baseline_agrees"], 30), logs(cluster)
+        assert wait_until(lambda: cluster.a.states().get("node-b") == "up", 15)
+        assert ["baseline_differs", "baseline_agrees"] == \
+            hook_events(cluster, "node-b", t0)  # once, not per heartbeat
+        # B and C saw the same difference and announced nothing.
+        assert quiet == {n: len(events(cluster.nodes[n], "cluster_baseline_differs"))
+                         for n in "bc"}
+
     def test_metrics(self, cluster: Cluster) -> None:
         """B's /metrics says it is connected, counts peers' bans received and
         refused, and has observed propagation delays."""
@@ -257,9 +317,15 @@ class TestSharedBans:
 
 
 class TestResilience:
-    def test_listing_in_pages_at_one_revision(self, cluster: Cluster) -> None:
-        """A listing fetched in pages returns every key once, at the revision of
-        its first page, even with writes landing between the pages."""
+    @pytest.mark.parametrize("path", ["gateway", "grpc"])
+    def test_listing_in_pages_at_one_revision(self, cluster: Cluster, path: str) -> None:
+        """A listing fetched in pages (through the JSON gateway, or over gRPC with
+        the cluster extra) returns every key once, at the revision of its first
+        page, even with writes landing between the pages."""
+        if path == "grpc":
+            from kfwguard.cluster import etcdgrpc
+
+            need(etcdgrpc.available(), "needs the cluster extra (aetcd, grpcio)")
         code = f"""
 import asyncio, json
 from kfwguard.cluster.etcdclient import EtcdClient, TLSFiles
@@ -267,14 +333,27 @@ async def main():
     c = EtcdClient({cluster.etcd.endpoints!r}, TLSFiles(**{cluster.etcd.tls()!r}))
     for i in range(50):
         await c.put(f"/pagetest/k{{i:03}}", str(i))
-    real = c._post
-    async def post(ep, path, body, timeout):
-        out = await real(ep, path, body, timeout)
-        if path == "/v3/kv/range" and body.get("limit") == 7:
-            await c.put(f"/pagetest/k{{body['key']}}x", "new")  # lands between pages
-            await c.delete("/pagetest/k049")
-        return out
-    c._post = post
+    async def between(key):
+        await c.put(f"/pagetest/k{{key}}x", "new")  # lands between pages
+        await c.delete("/pagetest/k049")
+    if {path!r} == "grpc":
+        from kfwguard.cluster.etcdgrpc import GrpcClient
+        c.use_grpc, c._grpc = True, GrpcClient(c.tls, page=7)
+        real = c._grpc._page
+        async def page(kv, key, end, revision, timeout):
+            out = await real(kv, key, end, revision, timeout)
+            await between(key.hex())
+            return out
+        c._grpc._page = page
+    else:
+        c.use_grpc = False
+        real = c._post
+        async def post(ep, path, body, timeout):
+            out = await real(ep, path, body, timeout)
+            if path == "/v3/kv/range" and body.get("limit") == 7:
+                await between(body["key"])
+            return out
+        c._post = post
     rev, kvs = await c.range_prefix("/pagetest/", page=7)
     await c.delete("/pagetest/", prefix=True)
     await c.close()
@@ -283,6 +362,52 @@ asyncio.run(main())
 """
         keys = json.loads(cluster.etcd.host.python(code).stdout)
         assert [f"/pagetest/k{i:03}" for i in range(50)] == keys
+
+    @pytest.mark.parametrize("path", ["gateway", "grpc"])
+    def test_watch_in_order_and_compaction(self, cluster: Cluster, path: str) -> None:
+        """A watch (through the JSON gateway, or over gRPC with the cluster extra)
+        yields puts and deletes in revision order from its start revision, and
+        ends with EtcdCompacted when that revision was compacted away."""
+        if path == "grpc":
+            from kfwguard.cluster import etcdgrpc
+
+            need(etcdgrpc.available(), "needs the cluster extra (aetcd, grpcio)")
+        code = f"""
+import asyncio, json
+from kfwguard.cluster.etcdclient import EtcdClient, EtcdCompacted, TLSFiles
+async def main():
+    c = EtcdClient({cluster.etcd.endpoints!r}, TLSFiles(**{cluster.etcd.tls()!r}))
+    c.use_grpc = None if {path!r} == "grpc" else False
+    rev = await c.put("/watchtest/a", "1")
+    got = []
+    async def follow():
+        async for r, evs in c.watch("/watchtest/", rev):
+            got.extend([e.kind, e.kv.key, e.kv.value.decode(), e.kv.mod_revision] for e in evs)
+            if len(got) >= 3:
+                return
+    task = asyncio.create_task(follow())
+    await c.put("/watchtest/b", "2")
+    await c.delete("/watchtest/a")
+    await asyncio.wait_for(task, 20)
+    await c.compact(await c.put("/watchtest/c", "3"))
+    try:
+        async for _ in c.watch("/watchtest/", rev):
+            break
+        compacted = False
+    except EtcdCompacted:
+        compacted = True
+    await c.delete("/watchtest/", prefix=True)
+    await c.close()
+    print(json.dumps(dict(rev=rev, got=got, compacted=compacted, grpc=c._grpc is not None)))
+asyncio.run(main())
+"""
+        r = json.loads(cluster.etcd.host.python(code).stdout.splitlines()[-1])
+        assert [["put", "/watchtest/a", "1"], ["put", "/watchtest/b", "2"],
+                ["delete", "/watchtest/a", ""]] == [g[:3] for g in r["got"]]
+        revs = [g[3] for g in r["got"]]  # other writers (heartbeats) share the revisions
+        assert r["rev"] == revs[0] < revs[1] < revs[2]
+        assert r["compacted"]
+        assert (path == "grpc") == r["grpc"]
 
     def test_leader_killed_mid_burst(self, cluster: Cluster) -> None:
         """Kill the etcd leader in the middle of 1,000 bans on A: every one reaches
@@ -307,16 +432,24 @@ asyncio.run(main())
             assert cluster.etcd.wait_healthy()
 
     def test_frozen_member_left_behind(self, cluster: Cluster) -> None:
-        """SIGSTOP the member C follows: C moves to another one within seconds and
-        still receives A's next ban."""
+        """SIGSTOP the member C follows: C moves to another one within seconds,
+        resumes its watch after the last revision it saw (a ban made while it was
+        stuck arrives, once, without a relist) and receives A's next ban."""
         ep = cluster.c.status()["endpoint"]
         idx = cluster.etcd.endpoints.index(ep)
+        listings = len(events(cluster.c, "cluster_synced"))
         cluster.etcd.freeze(idx)
         try:
+            stuck = "10.203.0.2"
+            cluster.a.ban(stuck)  # while C's watch hangs on the frozen member
             assert wait_until(lambda: cluster.c.status()["endpoint"] != ep, 20), logs(cluster)
             addr = "10.203.0.1"
             cluster.a.ban(addr)
-            assert wait_until(lambda: cluster.c.has(addr), 30), logs(cluster)
+            assert wait_until(lambda: cluster.c.has(addr) and cluster.c.has(stuck), 30), \
+                logs(cluster)
+            assert listings == len(events(cluster.c, "cluster_synced"))  # resumed, not relisted
+            assert 1 == sum(1 for e in events(cluster.c, "peer_bans")
+                            if stuck in e.get("targets", []))
         finally:
             cluster.etcd.thaw(idx)
 

@@ -32,9 +32,8 @@ class TestPeerBans:
                 heard = []
                 m.on_ban.append(heard.extend); m.on_unban.append(heard.extend)
                 row = prow("203.0.113.7", left=500)
-                taken = m.apply_peer([row])
-                again = m.apply_peer([row])  # the same value seen twice (a relist)
-                await m.flush()
+                taken = await m.apply_peer([row])
+                again = await m.apply_peer([row])  # the same value seen twice (a relist)
                 left = m.table.list()["203.0.113.7"]
                 local = m.request([req("203.0.113.7", jail="sshd", d=100)])
                 gone = m.withdraw_peer([("203.0.113.7", "peer:node-a")])
@@ -55,24 +54,75 @@ class TestPeerBans:
         r = run_in(lab, PEER + dedent(f"""
             async def main():
                 m = manager({str(tmp_path)!r}, ignore=IgnoreList(["10.9.0.0/16"])); m.restore()
-                taken = m.apply_peer([prow("10.9.1.1"), prow("10.9.0.0/24"),
-                                      prow("0.0.0.0/1"), prow("198.51.100.1")])
-                await m.flush()
+                taken = await m.apply_peer([prow("10.9.1.1"), prow("10.9.0.0/24"),
+                                            prow("0.0.0.0/1"), prow("198.51.100.1")])
                 return dict(taken=[r.target for r in taken], kernel=sorted(m.table.list()),
                             refused=m.stats.refused)
             print(json.dumps(asyncio.run(main())))
         """))
         assert (["198.51.100.1"], ["198.51.100.1"], 3) == (r["taken"], r["kernel"], r["refused"])
 
+    def test_overlapping_peer_cidrs_reach_the_kernel_as_one_cover(self, lab: Lab,
+                                                                   tmp_path: Path) -> None:
+        """Peers' overlapping CIDRs (a /24 inside another node's /23, beside a
+        local /25 inside both) go through the disjoint cover as local ones do:
+        nft takes the batch, the kernel blocks the whole /23, and withdrawing
+        the /23 leaves the /24 in force."""
+        r = run_in(lab, PEER + dedent(f"""
+            import ipaddress
+            from kfwguard.model import BanRequest
+            async def main():
+                m = manager({str(tmp_path)!r}); m.restore()
+                m.request([BanRequest(ipaddress.ip_network("198.51.100.0/25"), "sshd", 600, "r")])
+                await m.flush()
+                taken = await m.apply_peer([prow("198.51.100.0/24", node="node-a"),
+                                            prow("198.51.100.0/23", node="node-b")])
+                whole = sorted(m.table.list())
+                m.withdraw_peer([("198.51.100.0/23", peer_jail("node-b"))])
+                await m.flush()
+                return dict(taken=len(taken), whole=whole, after=sorted(m.table.list()),
+                            pending=m.kernel.backlog() if hasattr(m.kernel, "backlog") else 0)
+            print(json.dumps(asyncio.run(main())))
+        """))
+        assert 2 == r["taken"]
+        assert ["198.51.100.0/23"] == r["whole"]
+        assert ["198.51.100.0/24"] == r["after"]
+
     def test_peer_ban_restored_with_origin(self, lab: Lab, tmp_path: Path) -> None:
         """A peer's ban is stored with its origin and comes back after a restart."""
         r = run_in(lab, PEER + dedent(f"""
             async def main():
                 m = manager({str(tmp_path)!r}); m.restore()
-                m.apply_peer([prow("198.51.100.9", node="node-z")]); await m.flush()
+                await m.apply_peer([prow("198.51.100.9", node="node-z")])
                 m.table.replace([])
                 m2 = manager({str(tmp_path)!r}); m2.restore()
                 return dict(jails=[r.jail for r in m2.active()], kernel=sorted(m2.table.list()))
             print(json.dumps(asyncio.run(main())))
         """))
         assert (["peer:node-z"], ["198.51.100.9"]) == (r["jails"], r["kernel"])
+
+    def test_peer_bans_reach_the_kernel_before_the_store(self, lab: Lab,
+                                                          tmp_path: Path) -> None:
+        """A batch of peers' bans goes to the kernel in one transaction before
+        any of it is committed to the state DB (etcd holds the durable copy),
+        and is in the state DB once apply_peer returns."""
+        r = run_in(lab, PEER + dedent(f"""
+            async def main():
+                m = manager({str(tmp_path)!r}, set_size=5000); m.restore()
+                calls = []
+                add = m.table.add
+                def spy(new, refresh):
+                    calls.append((len(new) + len(refresh), len(m.store.active_bans())))
+                    return add(new, refresh)
+                m.table.add = spy
+                rows = [prow(f"198.51.{{i // 250}}.{{i % 250 + 1}}") for i in range(2000)]
+                marks = []
+                taken = await m.apply_peer(rows, applied=lambda: marks.append(
+                    len(m.store.active_bans())))
+                return dict(taken=len(taken), calls=calls, at_applied=marks,
+                            stored=len(m.store.active_bans()), kernel=len(m.table.list()))
+            print(json.dumps(asyncio.run(main())))
+        """))
+        assert [[2000, 0]] == r["calls"]  # one batch, nothing stored yet
+        assert [0] == r["at_applied"]
+        assert (2000, 2000, 2000) == (r["taken"], r["stored"], r["kernel"])

@@ -1,6 +1,6 @@
 """What a started daemon keeps out of its memory (bench/PROFILE.md, idle RSS).
 
-The control socket and the metrics endpoint are served by kfwguard.httpserver,
+The control socket and the metrics endpoint are served by kfwguard.operator.http,
 and the alert senders import aiohttp's client when they first post, so a
 daemon with no alert action never loads aiohttp (nor yarl and multidict) while
 still answering both endpoints.
@@ -19,7 +19,7 @@ from tests.netns import Lab
 DAEMON = """
 import asyncio, json, sys
 from kfwguard.config import parse_config
-from kfwguard.daemon import Daemon
+from kfwguard import app
 
 async def get(reader, writer, path):
     writer.write(f"GET {{path}} HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n".encode())
@@ -31,10 +31,11 @@ async def get(reader, writer, path):
 
 async def main() -> None:
     path = {path!r}
-    d = Daemon(parse_config(open(path).read(), path), path)
+    built = app.build(parse_config(open(path).read(), path), path)
+    d = built.daemon
     await d.start()
     try:
-        op = d.operator
+        op = built.operator
         control = await get(*await asyncio.open_unix_connection(str(d.cfg.control_socket)),
                             "/status")
         metrics = await get(*await asyncio.open_connection("127.0.0.1", op.metrics.port),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from kfwguard.config import FileSourceConfig
 from kfwguard.model import Record
 from kfwguard.sources import build_source
+from kfwguard.sources.file import FileSourceConfig
 
 
 class TestFairness:

@@ -220,6 +220,40 @@ class TestStateMisbehaves:
             assert (3000, False) == (len(live), "198.51.100.90" in live)
             d.stop()
 
+    def test_restart_while_disk_full_keeps_unsaved_bans(self, lab: Lab,
+                                                        tmp_path: Path) -> None:
+        """Bans decided while the state disk is full survive a restart with the
+        disk still full: the kernel's bans the store never took are kept (as
+        'restored'), and stored once the disk has room."""
+        node = lab.host("node")
+        log = tmp_path / "auth.log"
+        log.write_text("")
+        state = tmp_path / "state"
+        with tmpfs(state, "1m"):
+            d = DaemonRun(node, tmp_path, base_config(tmp_path, log, maxretry=1))
+            d.start()
+            with log.open("a") as f:
+                f.write(sshd_fail("198.51.100.91"))
+            assert wait_until(lambda: stored(state)[0] == 1)
+            filler = state / "filler"
+            with filler.open("wb", buffering=0) as f:
+                for size in (65536, 4096, 1):
+                    try:
+                        while True:
+                            f.write(b"\0" * size)
+                    except OSError:
+                        pass
+            with log.open("a") as f:
+                f.write(burst(300, base=80_000))
+            assert wait_until(lambda: len(d.elements("ban_v4")) == 301, timeout=30), d.log()
+            assert "state_not_persisting" in d.log()
+            d.stop()  # the disk is still full: the journal cannot be written
+            log.write_text("")  # rotated meanwhile: no line banning them again
+            d.start()
+            assert 301 == len(d.elements("ban_v4")), d.log()[d.log_offset:]
+            filler.unlink()
+            assert wait_until(lambda: stored(state)[:2] == (301, 301), timeout=30), d.log()
+            d.stop()
 
 class TestLogsMisbehave:
     def test_rotation_copytruncate_and_deletion_during_burst(self, lab: Lab,

@@ -150,13 +150,15 @@ class TestImage:
             assert list(image.rootfs.glob(f"usr/lib/*/{lib}")), lib
 
     def test_check_config_and_native_scanner(self, image: Image) -> None:
-        """`kfwguard check-config` passes on the embedded default from the image, and
-        its filters scan with the C++ scanner compiled in the builder stage."""
+        """`kfwguard check-config` passes on the embedded default from the image, its
+        filters scan with the C++ scanner compiled in the builder stage, and cluster
+        mode's gRPC path (the cluster extra) imports."""
         r = subprocess.run(in_image(image, "kfwguard", "check-config"), capture_output=True,
                            text=True, timeout=120)
         assert 0 == r.returncode, r.stdout + r.stderr
         code = ("from kfwguard.matching import load_filter\n"
                 "import systemd.journal\n"
+                "import kfwguard.cluster.etcdgrpc, aetcd, grpc\n"
                 "print(load_filter('sshd').block_engine)")
         r = subprocess.run(in_image(image, "python3", "-c", code), capture_output=True,
                            text=True, timeout=120)

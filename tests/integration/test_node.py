@@ -49,11 +49,12 @@ def test_child_reports_this_namespace(net: Node) -> None:
 DAEMON = """
 import asyncio, ipaddress, json, sys
 from kfwguard.config import parse_config
-from kfwguard.daemon import Daemon
+from kfwguard import app
 
 async def main() -> None:
     path = {path!r}
-    d = Daemon(parse_config(open(path).read(), path), path)
+    built = app.build(parse_config(open(path).read(), path), path)
+    d = built.daemon
     await d.start()
     try:
         ignored = [a for a in {addrs!r} if ipaddress.ip_address(a) in d.ignore]

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from kfwguard.config import parse_config, parse_listen
-from kfwguard.daemon import build_filters
+from kfwguard.pipeline import build_filters
 from tests.conftest import need
 
 REPO = Path(__file__).resolve().parents[2]

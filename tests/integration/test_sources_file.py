@@ -19,11 +19,11 @@ from typing import Literal
 import pytest
 import structlog
 
-from kfwguard.config import FileSourceConfig
 from kfwguard.model import Record
 from kfwguard.sources import Source, build_source
-from kfwguard.sources import file as file_module
+from kfwguard.sources import tail as file_module
 from kfwguard.sources.base import Backlog
+from kfwguard.sources.file import FileSourceConfig
 
 Format = Literal["text", "json", "cri"]
 
@@ -394,6 +394,17 @@ class TestFileSourceWaiting:
         assert 1 == events.count("source.waiting_for_file")
         assert 1 == events.count("source.file_appeared")
 
+    async def test_problem_names_why_nothing_is_read(self, tmp_path: Path) -> None:
+        """While its file is missing the source's problem (shown in status) says so;
+        it clears once the file appears and is read."""
+        log = tmp_path / "a.log"
+        async with tail(log) as t:
+            await t.until(lambda: t.source.problem is not None)
+            assert f"{log}: no such file; waiting for it" == t.source.problem
+            log.write_text("hi\n")
+            await t.until_text("hi")
+            assert None is t.source.problem
+
     async def test_cri_restart_inside_a_partial_message(self, tmp_path: Path) -> None:
         """A restart while a CRI message is half joined resumes before its
         first part, so the message is delivered whole."""
@@ -438,7 +449,10 @@ class TestSymlinkOutsideDirectory:
                 # A later line in the target is not read either.
                 append(secret, "daemon:*:19000\n")
                 await asyncio.sleep(0)
+            problem = t.source.problem
         assert [] == t.texts
+        assert f"{link}: resolves outside its directory: not read (allow_outside_dir)" \
+            == problem
         said = [e for e in logs if e["event"] == "source.outside_directory"]
         assert said and said[0]["resolves_to"] == str(secret)
 

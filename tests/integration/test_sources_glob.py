@@ -6,8 +6,8 @@ import asyncio
 import os
 from pathlib import Path
 
-from kfwguard.config import FileSourceConfig
 from kfwguard.sources import build_source, globfile
+from kfwguard.sources.file import FileSourceConfig
 from tests.integration.test_sources_file import running
 
 
@@ -52,15 +52,17 @@ class TestGlobFileSource:
         assert ["while stopped"] == t2.texts
 
     async def test_waits_for_first_match(self, tmp_path: Path, monkeypatch: object) -> None:
-        """With nothing matching yet, the source waits; a file that appears later is
-        read from its start."""
+        """With nothing matching yet, the source waits and its problem says so; a
+        file that appears later is read from its start."""
         monkeypatch.setattr(globfile, "RESCAN", 0.05)  # type: ignore[attr-defined]
         pattern = tmp_path / "pods" / "*" / "etcd" / "*.log"
         src = build_source(cfg(pattern), None)
         async with running(src) as t:
             await asyncio.wait_for(src.ready.wait(), 5)
+            assert f"no file matches {pattern}" == src.problem  # shown in status
             d = tmp_path / "pods" / "p" / "etcd"
             d.mkdir(parents=True)
             (d / "0.log").write_text(cri("hello"))
             await t.until_text("hello")
+            assert None is src.problem
         assert ["hello"] == t.texts

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import structlog
 
-from kfwguard.config import JournaldSourceConfig
 from kfwguard.model import Record
 from kfwguard.sources import Source, build_source
 from kfwguard.sources import journald as journald_module
 from kfwguard.sources.base import MAX_BATCH
+from kfwguard.sources.journald import JournaldSourceConfig
 from tests.integration.test_sources_file import Tail, running
 
 pytestmark = [pytest.mark.journald, pytest.mark.usefixtures("journald")]
@@ -274,3 +274,38 @@ class TestJournaldSourceRecovery:
                 await asyncio.sleep(0.2)
         assert [] == t.records
         assert 1 == [e["event"] for e in logs].count("source.waiting_for_journal")
+
+
+class TestFastPath:
+    async def test_entries_are_read_through_the_private_fast_path(
+            self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Entries are read with the reader's private C calls (_next, _get_all:
+        raw bytes, no per-field conversion), never through the public converting
+        get_next: a systemd-python without that private API fails here, and a
+        fallback to the slow path cannot hide."""
+        import systemd.journal
+
+        from systemd import _reader
+
+        raw_reads = [0]
+
+        def counting_get_all(self: Any) -> Any:
+            raw_reads[0] += 1
+            return _reader._Reader._get_all(self)
+
+        def slow_path(*_: Any, **__: Any) -> Any:
+            raise AssertionError("the public, converting read path was taken")
+
+        monkeypatch.setattr(systemd.journal.Reader, "_get_all", counting_get_all)
+        for name in ("get_next", "get_previous", "_convert_entry", "_convert_field",
+                     "__next__"):
+            monkeypatch.setattr(systemd.journal.Reader, name, slow_path)
+        me = ident()
+        async with running(source({"SYSLOG_IDENTIFIER": me})) as t:
+            for i in range(3):
+                send(f"m{i}", me, PRIORITY=4)
+            await t.until_text("m2")
+        assert ["m0", "m1", "m2"] == t.texts
+        assert "4" == t.records[0].fields["PRIORITY"]  # type: ignore[index]
+        assert raw_reads[0] >= 3
+

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from kfwguard.addresses import LOOPBACK_NETS, IgnoreList
 from kfwguard.bans import BanManager
-from kfwguard.config import parse_config
+from kfwguard.config import Config, parse_config
 from kfwguard.daemon import Daemon
 from kfwguard.firewall.bantable import BanTable
 from kfwguard.firewall.nft import Nft
@@ -50,16 +50,19 @@ def make_daemon(tmp_path: Path, **config: Any) -> tuple[Daemon, BanTable]:
     cfg_path = tmp_path / "kfwguard.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg_data))
     cfg = parse_config(cfg_path.read_text(), str(cfg_path))
-    daemon = Daemon(cfg, str(cfg_path))
-    daemon.store = Store.in_dir(cfg.state_dir)
     # Never create tables in the host's namespace (a test missing the fixture).
     assert os.stat("/proc/thread-self/ns/net").st_ino != HOST_NETNS, \
         "make_daemon needs the private_netns fixture"
     table = BanTable(Nft(), "kfwtest")
     table.replace([])
-    daemon.bans = BanManager(table, daemon.store,
-                             jails={j.name: j for j in cfg.jails},
-                             ignore=IgnoreList(LOOPBACK_NETS))
+
+    def make_bans(cfg: Config, store: Store | None) -> BanManager:
+        return BanManager(table, store, jails={j.name: j for j in cfg.jails},
+                          ignore=IgnoreList(LOOPBACK_NETS))
+
+    daemon = Daemon(cfg, str(cfg_path), make_bans=make_bans, open_store=Store.in_dir)
+    daemon.store = Store.in_dir(cfg.state_dir)
+    daemon.bans = make_bans(cfg, daemon.store)
     return daemon, table
 
 
@@ -101,3 +104,8 @@ class Receiver:
 
     def url(self, path: str = "/hooks/T0KEN-abcdef123456") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
+
+
+# A baseline the policy check accepts (an enforcer can be built from it).
+VALID_BASELINE = {"admin_cidrs": ["192.0.2.0/24"], "cluster_cidrs": ["10.0.0.0/16"],
+                  "pod_cidrs": ["10.244.0.0/16"]}

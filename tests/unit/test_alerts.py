@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -14,25 +15,30 @@ from typing import Any
 import aiohttp
 import pytest
 
-from kfwguard.alerts.alertmanager import AlertmanagerSender, label_name
+from kfwguard.alerts.alertmanager import AlertmanagerActionConfig, AlertmanagerSender, label_name
 from kfwguard.alerts.base import (
     AlertError,
     PermanentAlertError,
     SecretURL,
-    ban_event,
     describe_error,
-    drift_event,
     load_format,
     redact,
 )
+from kfwguard.alerts.events import (
+    AlertEvent,
+    BadPayload,
+    Ban,
+    BaselineAgrees,
+    BaselineDiffers,
+    Drift,
+    Unban,
+    from_payload,
+    payload,
+)
 from kfwguard.alerts.outbox import AlertWorker, Outbox
 from kfwguard.alerts.service import AlertService
-from kfwguard.alerts.webhook import WebhookSender, summarise
-from kfwguard.config import (
-    AlertmanagerActionConfig,
-    WebhookActionConfig,
-    parse_config,
-)
+from kfwguard.alerts.webhook import WebhookActionConfig, WebhookSender, summarise
+from kfwguard.config import parse_config
 from kfwguard.store import BanRow, Store
 from tests.unit.operator_fixtures import Receiver
 
@@ -45,8 +51,13 @@ def row(target: str, jail: str = "sshd", seconds: float = 3600.0,
     return BanRow(target, jail, reason, NOW, NOW + seconds, 1)
 
 
-def bans(n: int, jail: str = "sshd") -> list[dict[str, Any]]:
-    return [ban_event("ban", row(f"192.0.2.{i + 1}", jail), "node-1", NOW) for i in range(n)]
+def event(kind: type[Ban] | type[Unban], r: BanRow, at: float = NOW) -> Ban | Unban:
+    return kind(r.target, r.jail, r.reason, r.banned_at, r.expires_at, r.offence, "node-1",
+                at, r.simulated)
+
+
+def bans(n: int, jail: str = "sshd") -> list[AlertEvent]:
+    return [event(Ban, row(f"192.0.2.{i + 1}", jail)) for i in range(n)]
 
 
 async def eventually(pred: Callable[[], bool]) -> None:
@@ -82,7 +93,7 @@ class TestSummarise:
     def test_mixed_events_get_a_header(self) -> None:
         """Bans in two jails and an unban: a header with totals, then a line for each."""
         events = [*bans(2), *bans(1, "kubelet"),
-                  ban_event("unban", row("198.51.100.1"), "node-1", NOW)]
+                  event(Unban, row("198.51.100.1"))]
         lines = summarise(events, load_format("json"), "node-1").splitlines()
         assert [
             "kfwguard on node-1: 3 banned, 1 unbanned",
@@ -189,7 +200,7 @@ class TestAlertmanagerSender:
         s = AlertmanagerSender("am", self.cfg(labels={"severity": "warning",
                                                       "jail": "spoof", "team-x": "sec"}),
                                "node-1")
-        [alert] = s.body([ban_event("ban", row("192.0.2.7"), "node-1", NOW)])
+        [alert] = s.body([event(Ban, row("192.0.2.7"))])
         assert {"alertname": "KfwguardBan", "jail": "sshd", "node": "node-1",
                 "address": "192.0.2.7", "severity": "warning", "team_x": "sec"} \
             == alert["labels"]
@@ -202,8 +213,8 @@ class TestAlertmanagerSender:
     def test_unban_resolves_now(self) -> None:
         """An unban re-sends the alert with endsAt = the unban time; the last event wins."""
         s = AlertmanagerSender("am", self.cfg(), "node-1")
-        events = [ban_event("ban", row("192.0.2.7"), "node-1", NOW),
-                  ban_event("unban", row("192.0.2.7"), "node-1", NOW + 60)]
+        events = [event(Ban, row("192.0.2.7")),
+                  event(Unban, row("192.0.2.7"), NOW + 60)]
         [alert] = s.body(events)
         assert "2023-11-14T22:14:20.000Z" == alert["endsAt"]
 
@@ -370,8 +381,12 @@ node_name: node-7
 
     def queued(self, svc: AlertService) -> list[tuple[str, str, str]]:
         svc.outbox.spool_now()
-        return [(a, r.payload["event"], r.payload["target"])
-                for a in ("chat", "am") for r in svc.outbox.due(a, NOW + 1, 100)]
+        out = []
+        for a in ("chat", "am"):
+            for r in svc.outbox.due(a, NOW + 1, 100):
+                ev = from_payload(r.payload)
+                out.append((a, ev.kind, ev.table if isinstance(ev, Drift) else ev.target))
+        return out
 
     def test_routing(self) -> None:
         """Jails alert their own actions; manual bans go to every action; silent jails none."""
@@ -395,9 +410,30 @@ node_name: node-7
         svc = self.service()
         await svc.start()
         try:
-            for _ in range(20):  # the race is narrow: give it many chances
+            for i in range(20):  # the race is narrow: give it many chances
                 svc.on_ban([row("192.0.2.1", "sshd")])
-                await asyncio.wait_for(svc.reload(svc.cfg), 10)
+                # A new node name: every worker restarts.
+                renamed = svc.cfg.model_copy(update={"node_name": f"node-{i}"})
+                await asyncio.wait_for(svc.reload(renamed), 10)
+        finally:
+            await asyncio.wait_for(svc.stop(), 10)
+
+    async def test_reload_restarts_only_changed_actions(self) -> None:
+        """A reload restarts the worker of a changed action only: an unchanged
+        action's worker runs on, the same one, with its counters."""
+        svc = self.service()
+        await svc.start()
+        try:
+            chat, am = svc.workers["chat"], svc.workers["am"]
+            chat.sent = am.sent = 3
+            actions = {**svc.cfg.actions,
+                       "am": svc.cfg.actions["am"].model_copy(
+                           update={"url": "http://127.0.0.1:9094"})}
+            await asyncio.wait_for(svc.reload(svc.cfg.model_copy(update={"actions": actions})),
+                                   10)
+            assert svc.workers["chat"] is chat and svc.workers["am"] is not am
+            assert (3, 3) == (svc.workers["chat"].sent, svc.workers["am"].sent)
+            assert "http://127.0.0.1:9094" == str(svc.cfg.actions["am"].url)
         finally:
             await asyncio.wait_for(svc.stop(), 10)
 
@@ -413,9 +449,9 @@ class TestSimulatedMarking:
     def test_simulated_ban_marked_in_chat_and_alertmanager(self) -> None:
         """An observe-mode ban is marked in the event, the chat line and as an
         Alertmanager label and summary; an enforced one is not."""
-        sim = ban_event("ban", replace(row("192.0.2.9"), simulated=True), "node-1", NOW)
-        real = ban_event("ban", row("192.0.2.8"), "node-1", NOW)
-        assert (True, False) == (sim["simulated"], real["simulated"])
+        sim = event(Ban, replace(row("192.0.2.9"), simulated=True))
+        real = event(Ban, row("192.0.2.8"))
+        assert (True, False) == (sim.simulated, real.simulated)
         lines = summarise([sim, real], load_format("slack"), "node-1").splitlines()
         [sim_line] = [x for x in lines if "192.0.2.9" in x]
         [real_line] = [x for x in lines if "192.0.2.8" in x]
@@ -433,7 +469,7 @@ class TestDriftMessages:
     def test_chat_and_alertmanager_render_drift(self) -> None:
         """Drift renders as its own chat line and as a KfwguardBaselineDrift alert
         naming the table and what had changed."""
-        ev = drift_event("kfwguard_baseline", "rule edited in chain input", "node-1", NOW)
+        ev = Drift("kfwguard_baseline", "rule edited in chain input", "node-1", NOW)
         text = summarise([ev], load_format("slack"), "node-1")
         assert ":warning: baseline table *`kfwguard_baseline`* on node-1 had drifted and " \
                "was put back: rule edited in chain input" == text
@@ -443,3 +479,82 @@ class TestDriftMessages:
         assert ("KfwguardBaselineDrift", "kfwguard_baseline") == \
             (alert["labels"]["alertname"], alert["labels"]["address"])
         assert "rule edited in chain input" in alert["annotations"]["summary"]
+
+
+class TestTypedEvents:
+    def test_payload_round_trip(self) -> None:
+        """Every event kind comes back from its stored payload as the same typed event."""
+        events: list[AlertEvent] = [*bans(1), event(Unban, row("192.0.2.5")),
+                                    Drift("kfwguard_baseline", "chain flushed", "node-1", NOW),
+                                    BaselineDiffers("node-b", "differs", "node-1", NOW),
+                                    BaselineAgrees("node-b", "agrees", "node-1", NOW)]
+        assert events == [from_payload(payload(e)) for e in events]
+
+    def test_drift_queued_by_an_older_version_is_read(self) -> None:
+        """A drift payload stored as the old fake ban (target = the table) is read as Drift."""
+        old = {"event": "drift", "target": "kfwguard_baseline", "jail": "baseline",
+               "reason": "rule edited", "banned_at": NOW, "expires_at": NOW + 900,
+               "offence": 1, "node": "node-1", "at": NOW}
+        assert Drift("kfwguard_baseline", "rule edited", "node-1", NOW) == from_payload(old)
+
+    @pytest.mark.parametrize("damage", [{"banned_at": "soon"}, {"offence": None},
+                                        {"target": 7}, {"simulated": "yes"}, {"jail": None}])
+    def test_damaged_payload_is_refused(self, damage: dict[str, Any]) -> None:
+        """A stored ban whose fields have the wrong types is BadPayload, not an event
+        that breaks the sender later."""
+        with pytest.raises(BadPayload):
+            from_payload({**payload(bans(1)[0]), **damage})
+
+    async def test_unreadable_payload_dropped_and_counted(self, tmp_path: Path,
+                                                          receiver: Receiver) -> None:
+        """A stored event this version cannot read (an unknown kind) is dropped and
+        counted; the readable ones beside it are delivered."""
+        store = Store.in_dir(tmp_path)
+        try:
+            box = Outbox(store)
+            store.outbox_add([("chat", {"event": "from-the-future", "x": 1})], time.time())
+            box.put([("chat", e) for e in bans(2)])
+            box.spool_now()
+            worker = AlertWorker(WebhookSender("chat", webhook(receiver.url()), "node-1"), box)
+            task = asyncio.create_task(worker.run())
+            try:
+                await eventually(lambda: box.size("chat") == 0)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                await worker.sender.close()
+        finally:
+            store.close()
+        assert (1, 2) == (worker.dropped, worker.sent)
+        assert "2 addresses banned" in receiver.posts[0][1]["text"]
+
+
+class TestClusterBaselineMessages:
+    def test_chat_and_alertmanager_render_the_cluster_baseline(self) -> None:
+        """A node whose baseline is not the cluster's is one chat line naming it and a
+        KfwguardClusterBaselineDiffers alert (address = that node); its agreement
+        resolves the alert at once."""
+        differs = BaselineDiffers("node-b", "policy differs from 2 of 3 nodes", "node-a", NOW)
+        agrees = BaselineAgrees("node-b", "agrees again", "node-a", NOW + 60)
+        assert ":warning: node *`node-b`* runs a baseline that is not the cluster's (seen " \
+               "from node-1): policy differs from 2 of 3 nodes" == \
+            summarise([differs], load_format("slack"), "node-1")
+        am = AlertmanagerSender("am", AlertmanagerActionConfig.model_validate(
+            {"type": "alertmanager", "url": "http://am.example"}), "node-1")
+        [fire] = am.body([differs])
+        assert {"alertname": "KfwguardClusterBaselineDiffers", "jail": "cluster",
+                "node": "node-a", "address": "node-b"} == fire["labels"]
+        assert ("2023-11-14T22:13:20.000Z", "2023-11-15T22:13:20.000Z") == \
+            (fire["startsAt"], fire["endsAt"])
+        [resolve] = am.body([differs, agrees])
+        assert "2023-11-14T22:14:20.000Z" == resolve["endsAt"]
+
+    def test_goes_to_every_action(self) -> None:
+        """The cluster baseline alert is queued for every configured action, typed."""
+        svc = TestAlertService().service()
+        svc.on_cluster_baseline("node-b", True, "policy differs")
+        svc.outbox.spool_now()
+        queued = [from_payload(r.payload) for a in ("chat", "am")
+                  for r in svc.outbox.due(a, NOW + 1, 100)]
+        assert [BaselineDiffers("node-b", "policy differs", "node-7", NOW)] * 2 == queued

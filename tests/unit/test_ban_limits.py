@@ -11,10 +11,12 @@ from click.testing import CliRunner
 
 from kfwguard.cli import main
 from kfwguard.config import ConfigError, JailConfig, parse_config
-from kfwguard.control import ControlClient, ControlError, ControlServer
 from kfwguard.daemon import Daemon
 from kfwguard.durations import MAX_BAN, check_ban_duration, parse_duration
 from kfwguard.firewall.bantable import nft_timeout
+from kfwguard.operator.client import ControlClient, ControlError
+from kfwguard.operator.control import ControlServer
+from kfwguard.telemetry import Telemetry
 from tests.unit.operator_fixtures import make_daemon
 
 HUGE = "9" * 400  # parses to inf as a float
@@ -81,7 +83,7 @@ class TestCli:
 @pytest.fixture
 async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
     d, _ = make_daemon(tmp_path)
-    server = ControlServer(d, d.cfg.control_socket)
+    server = ControlServer(d, d.cfg.control_socket, Telemetry(d))
     await server.start()
     try:
         yield d

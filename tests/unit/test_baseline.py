@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from kfwguard.cli_baseline import baseline as baseline_cli
+from kfwguard.cli.baseline import baseline as baseline_cli
 from kfwguard.config import BaselineConfig
 from kfwguard.firewall import baseline as bl
 

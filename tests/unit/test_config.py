@@ -116,7 +116,7 @@ class TestConfig:
     def test_missing_filter_names_its_line(self) -> None:
         """A jail whose filter is nowhere is blamed on the line of its filter key, in
         the config file (check-config and run both load filters this way)."""
-        from kfwguard.daemon import build_filters
+        from kfwguard.pipeline import build_filters
 
         cfg = parse_config(CONTRACT.replace("filter: sshd", "filter: sshd-typo"), "k.yaml")
         with pytest.raises(ConfigError) as err:

@@ -16,17 +16,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kfwguard.control import (
-    ControlClient,
-    ControlError,
-    ControlServer,
-    ControlUnavailable,
-    DaemonNotRunning,
-)
+from kfwguard.alerts.service import AlertService
+from kfwguard.config import BaselineConfig
 from kfwguard.daemon import Daemon
 from kfwguard.firewall.bantable import BanTable
+from kfwguard.firewall.baseline import BaselineEnforcer
+from kfwguard.firewall.baseline.keeper import BaselineKeeper
+from kfwguard.firewall.nft import Nft
+from kfwguard.operator.client import ControlClient, ControlError, DaemonNotRunning
+from kfwguard.operator.control import ControlServer, ControlUnavailable
+from kfwguard.telemetry import Telemetry
 from tests.conftest import need
-from tests.unit.operator_fixtures import jails_named, make_daemon
+from tests.unit.operator_fixtures import VALID_BASELINE, jails_named, make_daemon
 
 # A real ban table in a network namespace of the test's own (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("private_netns")
@@ -59,7 +60,7 @@ class Served:
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
     daemon, table = make_daemon(tmp_path, **jails_named(tmp_path, "web", "a", "b"))
-    server = ControlServer(daemon, daemon.cfg.control_socket)
+    server = ControlServer(daemon, daemon.cfg.control_socket, Telemetry(daemon))
     await server.start()
     try:
         yield Served(daemon, table, server)
@@ -129,7 +130,7 @@ class TestControlServer:
         dead = socket.socket(socket.AF_UNIX)
         dead.bind(str(path))
         dead.close()
-        server = ControlServer(daemon, path)
+        server = ControlServer(daemon, path, Telemetry(daemon))
         await server.start()
         try:
             assert [] == await ControlClient(path).bans()
@@ -139,7 +140,7 @@ class TestControlServer:
 
     async def test_second_daemon_refused(self, served: Served) -> None:
         """A socket another daemon still answers on is not taken over."""
-        other = ControlServer(served.daemon, served.server.path)
+        other = ControlServer(served.daemon, served.server.path, served.server.telemetry)
         with pytest.raises(ControlUnavailable, match="another kfwguard"):
             await other.start()
         assert [] == await served.client.bans()
@@ -188,13 +189,13 @@ class TestControlServer:
 
     async def test_protected_manual_ban_counted(self, served: Served) -> None:
         """A manual ban refused for a protected address is counted in status and metrics."""
-        from kfwguard.metrics import Metrics
+        from kfwguard.operator.metrics import Metrics
 
         with pytest.raises(ControlError, match="protected"):
             await served.client.ban("127.0.0.1")
         st = await served.client.status()
         assert (1, 1) == (st["bans"]["refused"], st["bans"]["refused_manual"])
-        text = Metrics(served.daemon).exposition().decode()
+        text = Metrics(served.server.telemetry).exposition().decode()
         assert "kfwguard_manual_bans_refused_total 1.0" in text.splitlines()
 
     async def test_unban(self, served: Served) -> None:
@@ -214,8 +215,8 @@ class TestControlServer:
         assert "198.51.100.0/24" not in served.table.list()
 
     async def test_status(self, served: Served) -> None:
-        """GET /status reports bans, persistence and sections added by other parts."""
-        served.server.extra_status["alerts"] = lambda: {"chat": {"queued": 3}}
+        """GET /status reports bans, persistence and the alert service's section."""
+        served.server.telemetry.alerts = AlertService(served.daemon.cfg, None)
         await served.client.ban("192.0.2.10")
         st = await served.client.status()
         assert 1 == st["bans"]["active"]
@@ -224,32 +225,19 @@ class TestControlServer:
         assert {"bans_active": 1} == st["jails"]["manual"]
         assert {} == st["sources"]
         assert st["baseline"] is None
-        assert {"chat": {"queued": 3}} == st["alerts"]
+        assert {} == st["alerts"]
 
     async def test_status_reports_baseline(self, served: Served) -> None:
-        """A daemon's baseline shows its own status() in GET /status."""
-        class Baseline:
-            drift_count = 2
-
-            def status(self) -> dict[str, object]:
-                return {"state": "confirmed", "drift_count": self.drift_count}
-
-        served.daemon.baseline = Baseline()  # type: ignore[assignment]
+        """GET /status shows the baseline keeper's enforcer as it describes itself."""
+        keeper = BaselineKeeper(Nft(), served.daemon.cfg.state_dir)
+        keeper.enforcer = BaselineEnforcer(BaselineConfig.model_validate(VALID_BASELINE),
+                                           keeper.nft, stats=keeper.stats)
+        keeper.stats.drift = 2
+        served.daemon.baseline = keeper
         st = await served.client.status()
-        assert {"state": "confirmed", "drift_count": 2} == st["baseline"]
-
-    async def test_status_reports_enforcer_attributes(self, served: Served) -> None:
-        """A baseline without status() is described by its config and drift count."""
-        from kfwguard.config import BaselineConfig
-
-        class Enforcer:
-            cfg = BaselineConfig.model_validate({})
-            drift_count = 1
-
-        served.daemon.baseline = Enforcer()  # type: ignore[assignment]
-        st = await served.client.status()
-        assert {"state": "enforced", "table": "kfwguard_baseline", "role": "worker",
-                "cni": "flannel", "drift_count": 1} == st["baseline"]
+        assert {"state": "not applied", "table": "kfwguard_baseline", "role": "worker",
+                "cni": "flannel", "drift_count": 2, "errors": 0,
+                "refused": 0} == st["baseline"]
 
     async def test_reload(self, served: Served) -> None:
         """POST /reload applies a valid config and explains why an invalid one is refused."""

@@ -13,9 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 from kfwguard.cli import main
-from kfwguard.cli_control import format_table
-from kfwguard.control import ControlServer
+from kfwguard.cli.control import format_table
 from kfwguard.daemon import Daemon
+from kfwguard.operator.control import ControlServer
+from kfwguard.telemetry import Telemetry
 from tests.unit.operator_fixtures import jails_named, make_daemon
 
 # A real ban table in a network namespace of the test's own (tests/conftest.py).
@@ -44,7 +45,7 @@ async def cli(cfg: Path, *args: str) -> tuple[int, str, str]:
 @pytest.fixture
 async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
     d, _ = make_daemon(tmp_path, **jails_named(tmp_path, "web"))
-    server = ControlServer(d, d.cfg.control_socket)
+    server = ControlServer(d, d.cfg.control_socket, Telemetry(d))
     await server.start()
     try:
         yield d

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from kfwguard.daemon import Daemon, build_filters
-from kfwguard.pipeline import SourcePipeline
+from kfwguard.addresses import LOOPBACK_NETS, IgnoreList
+from kfwguard.daemon import Daemon
+from kfwguard.jails.jail import Jail
+from kfwguard.pipeline import JailFeed, SourcePipeline, build_filters
+from kfwguard.sources import build_source
 from kfwguard.sources.formats import TextBlock
 from tests.conftest import need
 from tests.unit.operator_fixtures import make_daemon
@@ -27,14 +30,20 @@ def failures(addr: str, n: int, end: str = "\n") -> TextBlock:
 
 
 def pipeline(tmp_path: Path) -> tuple[Daemon, SourcePipeline]:
+    """The pipeline of a file source into one sshd jail, built from its public parts."""
     log = tmp_path / "auth.log"
     log.write_text("")
     daemon, _ = make_daemon(
         tmp_path, sources=[{"name": "auth", "type": "file", "path": str(log)}],
         jails=[{"name": "sshd", "source": "auth", "filter": "sshd", "maxretry": 2,
                 "findtime": "10m", "bantime": "1h"}])
-    daemon._build_pipeline(daemon.cfg, build_filters(daemon.cfg))
-    return daemon, daemon.sources["auth"]
+    cfg, bans = daemon.cfg, daemon.bans
+    assert bans is not None
+    jail = Jail(cfg.jails[0], IgnoreList(LOOPBACK_NETS), banned_since=bans.banned_since)
+    feed = JailFeed(jail, build_filters(cfg)["sshd"])
+    rt = SourcePipeline(build_source(cfg.sources[0], None), [feed], daemon.store,
+                        bans.request, time.time)
+    return daemon, rt
 
 
 def banned(daemon: Daemon) -> set[str]:

@@ -8,7 +8,7 @@ import pytest
 
 from kfwguard.matching import load_filter, shipped_dir, shipped_filter_names
 from kfwguard.matching.testing import check_samples, read_samples
-from kfwguard.matching.timeparse import parse_rfc3339
+from kfwguard.timestamps import parse_rfc3339
 
 NOW = parse_rfc3339("2026-11-26T12:00:00Z") or 0.0
 SHIPPED = shipped_filter_names()

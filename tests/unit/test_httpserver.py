@@ -1,4 +1,4 @@
-"""kfwguard.httpserver, the small HTTP/1.1 server behind the control socket and
+"""kfwguard.operator.http, the small HTTP/1.1 server behind the control socket and
 /metrics: routing, the HTTP version echoed, bounded heads and bodies, and one
 request per connection."""
 
@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 import structlog
 
-from kfwguard.httpserver import (
+from kfwguard.operator.http import (
     MAX_HEAD,
     HTTPServer,
     Request,

@@ -27,8 +27,8 @@ from kfwguard.matching.patterns import (
 )
 from kfwguard.matching.prefix import strip_klog, strip_syslog
 from kfwguard.matching.testing import parse_annotation, read_samples, run_filter
-from kfwguard.matching.timeparse import parse_rfc3339
 from kfwguard.model import MAX_LINE, Record
+from kfwguard.timestamps import parse_rfc3339
 
 NOW = parse_rfc3339("2026-11-26T12:00:00Z") or 0.0
 

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from kfwguard.matching import testfilter
 from kfwguard.matching.testfilter import batches, main
-from kfwguard.matching.timeparse import parse_rfc3339
 from kfwguard.model import MAX_LINE
 from kfwguard.sources.formats import TextDecoder
+from kfwguard.timestamps import parse_rfc3339
 
 NOW = parse_rfc3339("2026-11-26T12:00:00Z") or 0.0
 

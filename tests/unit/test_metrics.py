@@ -12,12 +12,17 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kfwguard.bans import BanManager
-from kfwguard.metrics import Metrics, parse_listen
+from kfwguard.config import BaselineConfig
+from kfwguard.firewall.baseline import BaselineEnforcer
+from kfwguard.firewall.baseline.keeper import BaselineKeeper
+from kfwguard.firewall.nft import Nft
 from kfwguard.model import BanRequest, Record
+from kfwguard.operator.metrics import Metrics, parse_listen
 from kfwguard.pipeline import SourcePipeline
 from kfwguard.sources.base import Backlog, Sink
+from kfwguard.telemetry import Telemetry
 from tests.conftest import need
-from tests.unit.operator_fixtures import jails_named, make_daemon
+from tests.unit.operator_fixtures import VALID_BASELINE, jails_named, make_daemon
 
 # A real ban table in a network namespace of the test's own (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("private_netns")
@@ -30,6 +35,7 @@ class CountingSource:
         self.name = name
         self.lines_read = 120
         self.skipped = {"too_long": 2, "binary": 1}
+        self.problem: str | None = None
 
     def lag(self) -> float | None:
         return 0.25
@@ -57,7 +63,7 @@ def promtool_check(text: str) -> subprocess.CompletedProcess[str]:
 
 def metrics_with_activity(tmp_path: Path) -> Metrics:
     daemon, _ = make_daemon(tmp_path)
-    metrics = Metrics(daemon)
+    metrics = Metrics(Telemetry(daemon))
     bans = daemon.bans
     assert isinstance(bans, BanManager)
     bans.on_ban.append(metrics.on_ban)
@@ -106,7 +112,7 @@ class TestMetrics:
     def test_registries_are_separate(self, tmp_path: Path) -> None:
         """Two daemons in one process each have their own registry."""
         a = metrics_with_activity(tmp_path / "a")
-        b = Metrics(make_daemon(tmp_path / "b")[0])
+        b = Metrics(Telemetry(make_daemon(tmp_path / "b")[0]))
         assert 4 == sum(v for (n, _), v in samples(a.exposition().decode()).items()
                         if n == "kfwguard_bans_total")
         assert 0 == sum(v for (n, _), v in samples(b.exposition().decode()).items()
@@ -115,12 +121,12 @@ class TestMetrics:
     def test_baseline_drift(self, tmp_path: Path) -> None:
         """A daemon's baseline drift_count is exported as kfwguard_baseline_drift_total."""
         daemon, _ = make_daemon(tmp_path)
-
-        class Baseline:
-            drift_count = 4
-
-        daemon.baseline = Baseline()  # type: ignore[assignment]
-        m = samples(Metrics(daemon).exposition().decode())
+        keeper = BaselineKeeper(Nft(), daemon.cfg.state_dir)
+        keeper.enforcer = BaselineEnforcer(BaselineConfig.model_validate(VALID_BASELINE),
+                                           keeper.nft, stats=keeper.stats)
+        keeper.stats.drift = 4
+        daemon.baseline = keeper
+        m = samples(Metrics(Telemetry(daemon)).exposition().decode())
         assert 4 == m[("kfwguard_baseline_drift_total", ())]
 
     async def test_served_over_http(self, tmp_path: Path) -> None:
@@ -159,7 +165,7 @@ class TestObserveMode:
         from ipaddress import ip_address
 
         daemon, table = make_daemon(tmp_path, **jails_named(tmp_path, "sshd", dry_run=True))
-        metrics = Metrics(daemon)
+        metrics = Metrics(Telemetry(daemon))
         bans = daemon.bans
         assert isinstance(bans, BanManager)
         bans.on_ban.append(metrics.on_ban)

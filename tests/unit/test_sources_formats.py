@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 
 from kfwguard.model import MAX_LINE
-from kfwguard.sources.file import format_position, parse_position
 from kfwguard.sources.formats import (
     CriDecoder,
     JsonDecoder,
     LineSplitter,
     TextDecoder,
-    parse_rfc3339,
 )
+from kfwguard.sources.tail import format_position, parse_position
+from kfwguard.timestamps import parse_rfc3339
 
 
 def pos(off: int) -> str:
@@ -171,11 +171,21 @@ class TestCriDecoder:
 
 class TestParseRfc3339:
     def test_zones_and_fractions(self) -> None:
-        """Z, offsets and up to nanosecond fractions parse to epoch seconds."""
-        assert 0.0 == parse_rfc3339(b"1970-01-01T00:00:00Z")
-        assert 0.25 == parse_rfc3339(b"1970-01-01T01:00:00.25+01:00")
-        assert parse_rfc3339(b"1970-01-01T00:00:00.") is None
-        assert parse_rfc3339(b"garbage-garbage-garbage") is None
+        """Z, offsets and up to nanosecond fractions parse to epoch seconds; a CRI
+        stamp must carry its zone."""
+        assert 0.0 == parse_rfc3339("1970-01-01T00:00:00Z", zone_required=True)
+        assert 0.25 == parse_rfc3339("1970-01-01T01:00:00.25+01:00", zone_required=True)
+        assert 0.5 == parse_rfc3339("1970-01-01T00:00:00.500000001Z", zone_required=True)
+        assert parse_rfc3339("1970-01-01T00:00:00.5", zone_required=True) is None
+        assert parse_rfc3339("1970-01-01T00:00:00.") is None
+        assert parse_rfc3339("garbage-garbage-garbage") is None
+
+    def test_cri_line_without_zone_is_skipped(self) -> None:
+        """A CRI line whose stamp has no zone is counted invalid, not read in local time."""
+        skipped: dict[str, int] = {}
+        d = CriDecoder(skipped)
+        assert [] == d.decode([(b"2026-11-26T04:57:45.5 stdout F x", 10)], pos)
+        assert {"invalid_cri": 1} == skipped
 
 
 class TestPosition:

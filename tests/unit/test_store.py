@@ -132,3 +132,19 @@ class TestSchemaVersions:
         db.close()
         with pytest.raises(StoreError, match="schema version 99"):
             Store(path)
+
+
+class TestSavedMarker:
+    def test_next_open_sees_whether_every_change_was_saved(self, tmp_path: Path) -> None:
+        """A new state file is not known to hold every change; once marked saved
+        the next open sees it, and a mark taken back (the disk refused a write)
+        is seen as not saved."""
+        s = Store.in_dir(tmp_path)
+        assert not s.was_saved
+        s.mark_saved(True)
+        s.close()
+        s = Store.in_dir(tmp_path)
+        assert s.was_saved
+        s.mark_saved(False)
+        s.close()
+        assert not Store.in_dir(tmp_path).was_saved

@@ -10,13 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kfwguard.matching import timeparse
-from kfwguard.matching.timeparse import (
-    format_rfc3339,
-    parse_klog,
-    parse_rfc3339,
-    parse_syslog,
-    parse_time_value,
-)
+from kfwguard.matching.timeparse import parse_klog, parse_syslog, parse_time_value
+from kfwguard.timestamps import format_rfc3339, parse_rfc3339
 
 
 @pytest.fixture(autouse=True)

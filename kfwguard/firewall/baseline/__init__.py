@@ -37,7 +37,6 @@ from kfwguard.firewall.baseline.drift import (
     live_listing,
     normalise_listing,
     snapshot,
-    table_exists,
 )
 from kfwguard.firewall.baseline.enforcer import BaselineEnforcer, BaselineStats
 from kfwguard.firewall.baseline.policy import (
@@ -91,7 +90,6 @@ __all__ = [
     "save_for_rollback",
     "snapshot",
     "ssh_session_cut",
-    "table_exists",
     "validate",
     "write_json_atomic",
 ]

@@ -17,7 +17,6 @@ from kfwguard.firewall.baseline.drift import (
     live_listing,
     normalise_listing,
     strip_dynamic,
-    table_exists,
 )
 from kfwguard.firewall.baseline.policy import BaselineError
 from kfwguard.firewall.baseline.render import render
@@ -179,7 +178,7 @@ def remember_owned(state_dir: Path, table: str | None) -> None:
 
 def remove_table(nft: Nft, table: str) -> bool:
     """Delete ``table inet <table>`` if it exists; True if it was there."""
-    if not table_exists(nft, table):
+    if not nft.table_exists("inet", table):
         return False
     nft.run(_replace_table(table))
     return True

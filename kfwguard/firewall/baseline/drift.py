@@ -22,24 +22,9 @@ def _replace_table(table: str) -> str:
     return f"table inet {table} {{}}\ndelete table inet {table}\n"
 
 
-def tables(nft: Nft, family: str | None = None) -> list[tuple[str, str]]:
-    """(family, name) of every table, from the text listing."""
-    out = nft.run(f"list tables {family}" if family else "list tables")
-    found = []
-    for line in out.splitlines():
-        words = line.split()
-        if len(words) == 3 and words[0] == "table":
-            found.append((words[1], words[2]))
-    return found
-
-
-def table_exists(nft: Nft, table: str) -> bool:
-    return ("inet", table) in tables(nft, "inet")
-
-
 def live_listing(nft: Nft, table: str) -> str | None:
     """``nft list table inet <table>`` text, or None when the table does not exist."""
-    if not table_exists(nft, table):
+    if not nft.table_exists("inet", table):
         return None
     try:
         return nft.run(f"list table inet {table}")

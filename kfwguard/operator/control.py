@@ -1,4 +1,4 @@
-"""The control API: JSON over HTTP on a root-only Unix socket, and its client.
+"""The control API: JSON over HTTP on a root-only Unix socket.
 
 Two locks keep it root-only: the socket file is mode 0600 in a 0700
 directory, and every request's peer credentials (SO_PEERCRED) are checked,
@@ -16,8 +16,8 @@ Endpoints:
 - ``GET /status``: sources, jails, bans, persistence, baseline, alerts
 - ``POST /reload``: re-read the config (like SIGHUP), errors reported back
 
-The server is kfwguard.httpserver (no aiohttp in the daemon for this); the
-client, used by the CLI only, is aiohttp's, imported when it is called.
+The server is kfwguard.operator.http (no aiohttp in the daemon for this); the
+client, used by the CLI only, is kfwguard.operator.client.
 """
 
 from __future__ import annotations
@@ -30,19 +30,19 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from typing import Any, Protocol
 
 import structlog
 
-from kfwguard import __version__
 from kfwguard.addresses import parse_target
-from kfwguard.bans import DEFAULT_MANUAL_BANTIME, MANUAL_JAIL, BanRefused
-from kfwguard.config import ConfigError, load_config_or_default
+from kfwguard.bans import DEFAULT_MANUAL_BANTIME, MANUAL_JAIL, BanManager, BanRefused
+from kfwguard.config import Config, ConfigError, load_config_or_default
 from kfwguard.durations import check_ban_duration, parse_duration
-from kfwguard.httpserver import (
+from kfwguard.matching import FilterError
+from kfwguard.model import BanRequest
+from kfwguard.operator.http import (
     HTTPError,
     HTTPServer,
     Request,
@@ -52,11 +52,9 @@ from kfwguard.httpserver import (
     error_response,
     json_response,
 )
-from kfwguard.model import BanRequest
+from kfwguard.pipeline import build_filters
 from kfwguard.store import BanRow
-
-if TYPE_CHECKING:
-    from kfwguard.daemon import Daemon
+from kfwguard.telemetry import Snapshot, Telemetry
 
 log = structlog.get_logger("kfwguard.control")
 
@@ -66,9 +64,6 @@ _PEERCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid
 # stored either way and the BanManager keeps retrying the kernel.
 _APPLY_WAIT = 5.0
 _MAX_REASON = 200
-
-StatusExtra = Callable[[], dict[str, Any]]
-
 
 class ControlUnavailable(Exception):
     """The control socket cannot be served (e.g. another daemon answers on it)."""
@@ -107,112 +102,108 @@ def peer_uid(transport: asyncio.BaseTransport | None) -> int | None:
     return int(uid)
 
 
-def daemon_status(daemon: Daemon) -> dict[str, Any]:
-    """Everything ``kfwguard status`` shows, read from the daemon's own counters."""
-    now = time.time()
-    bans = daemon.bans
-    active = bans.active() if bans is not None else []
-    per_jail_active: dict[str, int] = {}
-    per_jail_simulated: dict[str, int] = {}
-    for row in active:
-        per_jail_active[row.jail] = per_jail_active.get(row.jail, 0) + 1
-        if row.simulated:
-            per_jail_simulated[row.jail] = per_jail_simulated.get(row.jail, 0) + 1
+def status_json(snap: Snapshot) -> dict[str, Any]:
+    """Everything ``kfwguard status`` shows, from one telemetry snapshot."""
+    bans = snap.bans
+    per_jail_active = bans.in_force_by_jail() if bans is not None else {}
+    per_jail_simulated = bans.in_force_by_jail(simulated=True) if bans is not None else {}
     matches: dict[str, dict[str, int]] = {}
-    sources: dict[str, Any] = {}
-    for name, rt in daemon.sources.items():
-        src = rt.source
-        lag = src.lag()
-        sources[name] = {
-            "lines_read": src.lines_read,
-            "skipped": dict(src.skipped),
-            "lag": None if lag is None else round(lag, 3),
-            "errors": rt.errors,
-            "jails": [f.jail.name for f in rt.feeds],
+    for (jail_name, rule), n in snap.matches.items():
+        matches.setdefault(jail_name, {})[rule] = n
+    sources = {
+        s.name: {
+            "lines_read": s.lines_read,
+            "skipped": dict(s.skipped),
+            "lag": None if s.lag is None else round(s.lag, 3),
+            "errors": s.errors,
+            "jails": list(s.jails),
             # Why it reads nothing, when it knows (journald not running).
-            "problem": getattr(src, "problem", None),
-        }
-        for (jail_name, rule), n in rt.matches.items():
-            per_rule = matches.setdefault(jail_name, {})
-            per_rule[rule] = per_rule.get(rule, 0) + n
-    jails: dict[str, Any] = {}
-    for name, jail in daemon.jails.items():
-        jails[name] = {
-            "source": jail.cfg.source,
-            "filter": jail.cfg.filter,
-            "failures": len(jail),
-            "matches": matches.get(name, {}),
-            "bans_total": bans.stats.per_jail.get(name, 0) if bans is not None else 0,
-            "bans_active": per_jail_active.get(name, 0),
-            "ignored": jail.stats.ignored,
+            "problem": s.problem,
+        } for s in snap.sources}
+    jails: dict[str, Any] = {
+        j.name: {
+            "source": j.source,
+            "filter": j.filter,
+            "failures": j.tracked,
+            "matches": matches.get(j.name, {}),
+            "bans_total": bans.per_jail_total.get(j.name, 0) if bans is not None else 0,
+            "bans_active": per_jail_active.get(j.name, 0),
+            "ignored": j.ignored,
             # Failures dropped as older than findtime by their log time: many
             # here on a live log means the stamps are read in the wrong zone.
-            "stale": jail.stats.stale,
-            "actions": list(jail.cfg.actions),
-            "dry_run": bans.simulates(name) if bans is not None else False,
-            "simulated_active": per_jail_simulated.get(name, 0),
-        }
+            "stale": j.stale,
+            "actions": list(j.actions),
+            "dry_run": j.dry_run,
+            "simulated_active": per_jail_simulated.get(j.name, 0),
+        } for j in snap.jails}
     for name, n in per_jail_active.items():
         # Manual bans and jails removed by a reload still hold bans.
         if name not in jails:
             jails[name] = {"bans_active": n}
-    baseline = getattr(daemon, "baseline", None)
-    return {
-        "version": __version__,
-        "config": daemon.cfg_path or "<embedded default>",
-        "uptime": round(now - daemon.started_at, 1),
-        "warnings": list(getattr(daemon, "warnings", ())),
-        "table": daemon.cfg.nftables.table,
+    out: dict[str, Any] = {
+        "version": snap.version,
+        "config": snap.config,
+        "uptime": round(snap.uptime, 1),
+        "warnings": list(snap.warnings),
+        "table": snap.table,
         "sources": sources,
         "jails": jails,
         "bans": {
-            "active": len(active) - sum(per_jail_simulated.values()),
-            "simulated_active": sum(per_jail_simulated.values()),
-            "simulated_total": bans.stats.simulated if bans is not None else 0,
+            "active": bans.enforced_in_force if bans is not None else 0,
+            "simulated_active": bans.simulated_in_force if bans is not None else 0,
+            "simulated_total": bans.simulated_total if bans is not None else 0,
             "pending": bans.pending if bans is not None else 0,
-            "total": bans.stats.bans if bans is not None else 0,
-            "unbans": bans.stats.unbans if bans is not None else 0,
-            "refused": bans.stats.refused if bans is not None else 0,
-            "refused_manual": bans.stats.refused_manual if bans is not None else 0,
-            "kernel_errors": bans.stats.kernel_errors if bans is not None else 0,
-            "table_restores": bans.stats.table_restores if bans is not None else 0,
+            "total": bans.total if bans is not None else 0,
+            "unbans": bans.unbans if bans is not None else 0,
+            "refused": bans.refused if bans is not None else 0,
+            "refused_manual": bans.refused_manual if bans is not None else 0,
+            "kernel_errors": bans.kernel_errors if bans is not None else 0,
+            "table_restores": bans.table_restores if bans is not None else 0,
         },
-        "persisting": bool(bans.persisting) if bans is not None else False,
-        "baseline": baseline_status(baseline),
+        "persisting": bans.persisting if bans is not None else False,
+        "baseline": (dict(snap.baseline.enforced)
+                     if snap.baseline is not None and snap.baseline.enforced is not None
+                     else None),
     }
+    if snap.alerts is not None:
+        out["alerts"] = {a.name: {"type": a.type, "queued": a.queued, "sent": a.sent,
+                                  "messages": a.messages, "failures": a.failures,
+                                  "dropped": a.dropped, "last_error": a.last_error}
+                         for a in snap.alerts}
+    if snap.cluster is not None:
+        out["cluster"] = dict(snap.cluster.status)
+    return out
 
 
-def baseline_status(baseline: object) -> dict[str, Any] | None:
-    """The baseline's own status() if it offers one, else what its attributes tell."""
-    if baseline is None:
-        return None
-    status = getattr(baseline, "status", None)
-    if callable(status):
-        with contextlib.suppress(Exception):
-            out = status()
-            if isinstance(out, dict):
-                return out
-    info: dict[str, Any] = {"state": "enforced"}
-    cfg = getattr(baseline, "cfg", None)
-    for attr in ("table", "role", "cni"):
-        value = getattr(cfg, attr, None)
-        if isinstance(value, str):
-            info[attr] = value
-    drift = getattr(baseline, "drift_count", None)
-    if isinstance(drift, int):
-        info["drift_count"] = drift
-    return info
+class Controlled(Protocol):
+    """What the control API acts on (kfwguard.daemon.Daemon)."""
+
+    @property
+    def cfg(self) -> Config: ...
+    @property
+    def cfg_path(self) -> str | None: ...
+    @property
+    def bans(self) -> BanManager | None: ...
+    @property
+    def sources(self) -> Mapping[str, object]: ...
+    @property
+    def jails(self) -> Mapping[str, object]: ...
+    @property
+    def last_reload_error(self) -> str | None: ...
+    @property
+    def last_reload_note(self) -> str | None: ...
+    async def reload(self) -> bool: ...
 
 
 class ControlServer:
     """Serves the control API for one daemon on ``path``."""
 
-    def __init__(self, daemon: Daemon, path: Path, *,
-                 extra_status: dict[str, StatusExtra] | None = None) -> None:
+    def __init__(self, daemon: Controlled, path: Path, telemetry: Telemetry, *,
+                 clock: Callable[[], float] = time.time) -> None:
         self.daemon = daemon
         self.path = path
-        # Other parts (alerts) add their sections to /status here.
-        self.extra_status: dict[str, StatusExtra] = extra_status or {}
+        self.telemetry = telemetry
+        self.clock = clock
         self._server: HTTPServer | None = None
         self._reload_lock = asyncio.Lock()
         self.router = Router([
@@ -329,7 +320,7 @@ class ControlServer:
             log.warning("manual_ban_refused", target=body["target"][:100], jail=jail,
                         why=str(exc))
             return _json_error(400, str(exc))
-        now = time.time()
+        now = self.clock()
         rows = bans.request([BanRequest(target=target, jail=jail, duration=duration,
                                         reason=f"manual: {reason[:_MAX_REASON]}",
                                         decided_at=now)], force=force)
@@ -361,22 +352,19 @@ class ControlServer:
         applied = await _wait_applied(bans.flush()) and (
             bans.in_kernel(rows[0].target) if bans.active_target(rows[0].target)
             else bans.out_of_kernel(rows[0].target))
-        now = time.time()
+        now = self.clock()
         return json_response({"unbanned": [ban_to_json(r, now) for r in rows],
                               "applied": applied})
 
     async def get_bans(self, request: Request) -> Response:
         bans = self.daemon.bans
-        now = time.time()
+        now = self.clock()
         rows = sorted(bans.active() if bans is not None else [],
                       key=lambda r: (r.banned_at, r.target, r.jail))
         return json_response([ban_to_json(r, now) for r in rows])
 
     async def get_status(self, request: Request) -> Response:
-        out = daemon_status(self.daemon)
-        for key, fn in self.extra_status.items():
-            out[key] = fn()
-        return json_response(out)
+        return json_response(status_json(self.telemetry.snapshot()))
 
     async def post_reload(self, request: Request) -> Response:
         async with self._reload_lock:
@@ -387,17 +375,14 @@ class ControlServer:
                 return _json_error(400, f"reload refused, running on the old config:\n{problem}")
             ok = await self.daemon.reload()
         if not ok:
-            why = getattr(self.daemon, "last_reload_error", None) or "see the log"
+            why = self.daemon.last_reload_error or "see the log"
             return _json_error(400, f"reload refused, running on the old config: {why}")
         return json_response({"reloaded": True, "sources": sorted(self.daemon.sources),
                               "jails": sorted(self.daemon.jails),
-                              "note": getattr(self.daemon, "last_reload_note", None)})
+                              "note": self.daemon.last_reload_note})
 
 
 def _config_problem(path: str | None) -> str | None:
-    from kfwguard.daemon import build_filters
-    from kfwguard.matching import FilterError
-
     try:
         cfg, _ = load_config_or_default(path)
         build_filters(cfg)
@@ -424,88 +409,3 @@ def _answers(path: Path) -> bool:
     finally:
         s.close()
     return True
-
-
-# -- client --------------------------------------------------------------------
-
-
-class ControlError(Exception):
-    """The daemon answered with an error, or could not be reached."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class DaemonNotRunning(ControlError):
-    """Nothing answers on the control socket."""
-
-
-class ControlClient:
-    """Talks to a running daemon over its control socket."""
-
-    def __init__(self, path: Path, timeout: float = 30.0) -> None:
-        self.path = path
-        self.timeout = timeout
-
-    async def call(self, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
-        import aiohttp  # the client side only: the daemon never loads it for this
-
-        conn = aiohttp.UnixConnector(path=str(self.path))
-        timeout = aiohttp.ClientTimeout(total=self.timeout)
-        try:
-            async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session, \
-                    session.request(method, f"http://kfwguard{url}", json=body) as resp:
-                try:
-                    data = await resp.json(content_type=None)
-                except ValueError:
-                    data = None
-                if resp.status >= 400:
-                    msg = data.get("error") if isinstance(data, dict) else None
-                    raise ControlError(msg or f"HTTP {resp.status}", resp.status)
-                return data
-        except aiohttp.ClientConnectorError as exc:
-            err = exc.os_error
-            if isinstance(err, PermissionError):
-                raise ControlError(f"permission denied on {self.path}: "
-                                   "the control socket answers root only") from None
-            if isinstance(err, FileNotFoundError | ConnectionRefusedError):
-                raise DaemonNotRunning(f"kfwguard is not running (nothing answers on "
-                                       f"{self.path})") from None
-            raise ControlError(f"cannot reach kfwguard on {self.path}: {err}") from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ControlError(f"kfwguard on {self.path} did not answer: "
-                               f"{type(exc).__name__} {exc}") from None
-
-    async def ban(self, target: str, jail: str | None = None, duration: float | None = None,
-                  reason: str | None = None, force: bool = False) -> dict[str, Any]:
-        body: dict[str, Any] = {"target": target}
-        if force:
-            body["force"] = True
-        if jail:
-            body["jail"] = jail
-        if duration is not None:
-            body["duration"] = duration
-        if reason:
-            body["reason"] = reason
-        out: dict[str, Any] = await self.call("POST", "/bans", body)
-        return out
-
-    async def unban(self, target: str, jail: str | None = None) -> dict[str, Any]:
-        url = "/bans/" + quote(target, safe="")
-        if jail:
-            url += "?jail=" + quote(jail, safe="")
-        out: dict[str, Any] = await self.call("DELETE", url)
-        return out
-
-    async def bans(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = await self.call("GET", "/bans")
-        return out
-
-    async def status(self) -> dict[str, Any]:
-        out: dict[str, Any] = await self.call("GET", "/status")
-        return out
-
-    async def reload(self) -> dict[str, Any]:
-        out: dict[str, Any] = await self.call("POST", "/reload")
-        return out

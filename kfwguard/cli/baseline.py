@@ -166,7 +166,7 @@ def remove_cmd(config_path: Path | None) -> None:
     removed = []
     try:
         for name in names:
-            if bl.table_exists(nft, name):
+            if nft.table_exists("inet", name):
                 bl.save_for_rollback(nft, name, cfg.state_dir)
                 bl.remove_table(nft, name)
                 removed.append(name)

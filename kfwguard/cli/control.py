@@ -22,7 +22,7 @@ from kfwguard.config import ConfigError, load_config_or_default
 from kfwguard.durations import check_ban_duration, format_duration, parse_duration
 
 if TYPE_CHECKING:
-    from kfwguard.control import ControlClient
+    from kfwguard.operator.client import ControlClient
 
 T = TypeVar("T")
 
@@ -32,7 +32,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="print JSON")
 def _client(config_path: Path | None) -> ControlClient:
     # aiohttp's client is imported here, not at module load: `kfwguard --help`
     # and `kfwguard run` should not pay for it twice.
-    from kfwguard.control import ControlClient
+    from kfwguard.operator.client import ControlClient
 
     try:
         cfg, _ = load_config_or_default(config_path)
@@ -42,7 +42,7 @@ def _client(config_path: Path | None) -> ControlClient:
 
 
 def _call(coro: Coroutine[Any, Any, T]) -> T:
-    from kfwguard.control import ControlError
+    from kfwguard.operator.client import ControlError
 
     try:
         return asyncio.run(coro)

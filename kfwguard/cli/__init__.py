@@ -31,12 +31,12 @@ class _LazyGroup(click.Group):
     modules' imports (pydantic's schemas alone take a quarter of a second)."""
 
     LAZY: ClassVar[dict[str, tuple[str, str]]] = {
-        "baseline": ("kfwguard.cli_baseline", "baseline"),
-        "ban": ("kfwguard.cli_control", "ban"),
-        "unban": ("kfwguard.cli_control", "unban"),
-        "list": ("kfwguard.cli_control", "list_bans"),
-        "status": ("kfwguard.cli_control", "status"),
-        "reload": ("kfwguard.cli_control", "reload"),
+        "baseline": ("kfwguard.cli.baseline", "baseline"),
+        "ban": ("kfwguard.cli.control", "ban"),
+        "unban": ("kfwguard.cli.control", "unban"),
+        "list": ("kfwguard.cli.control", "list_bans"),
+        "status": ("kfwguard.cli.control", "status"),
+        "reload": ("kfwguard.cli.control", "reload"),
         "cluster": ("kfwguard.cluster.cli", "cluster"),
     }
 
@@ -65,10 +65,10 @@ def main() -> None:
               type=click.Choice(["debug", "info", "warning", "error"]))
 def run(config_path: Path | None, log_level: str) -> None:
     """Run the daemon in the foreground."""
-    from kfwguard import daemon, logs
+    from kfwguard import app, logs
 
     logs.configure(log_level)
-    sys.exit(daemon.run(config_path))
+    sys.exit(app.run(config_path))
 
 
 @main.command("check-config")
@@ -76,8 +76,8 @@ def run(config_path: Path | None, log_level: str) -> None:
 def check_config(config_path: Path | None) -> None:
     """Validate the config and every filter it uses."""
     from kfwguard.config import ConfigError, load_config_or_default
-    from kfwguard.daemon import build_filters, jail_filter
     from kfwguard.matching import FilterError
+    from kfwguard.pipeline import build_filters, jail_filter
 
     try:
         cfg, origin = load_config_or_default(config_path)

@@ -1,0 +1,28 @@
+"""What the daemon's lifecycle and the parts it starts agree on.
+
+A ``Component`` (the operator surface, cluster mode) is started after the
+bans are restored and before READY=1, reloaded after the pipeline was rebuilt,
+and stopped after the sources. The composition root (``kfwguard.app``) builds
+the components and hands them to the daemon; neither imports the other.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from kfwguard.config import Config
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why."""
+
+
+class Component(Protocol):
+    async def start(self, cfg: Config) -> None:
+        """Start; raise StartupError if the daemon must not run without it."""
+
+    async def reload(self, cfg: Config) -> None:
+        """Take the reloaded config."""
+
+    async def stop(self) -> None:
+        """Stop; never raise."""
