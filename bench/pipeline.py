@@ -1,10 +1,11 @@
 """kfwguard's matching pipeline alone, in-process: bytes → lines → records → filter → jail.
 
 The same steps the daemon takes for a file source (``LineSplitter.feed_block``
-over large chunks, a ``TextBlock`` with the source's position string,
-``Jail.add_lines``, else ``Filter.scan_lines`` and ``Jail.add_hits``), without the event loop,
-inotify or the kernel. Run as ``python -m bench.pipeline CORPUS [FILTER]`` in a fresh
-process (so one run's memory does not weigh on the next); prints JSON.
+over large chunks, a ``TextBlock`` with the source's position string, the
+jail's intake ``JailFeed.take`` with the sessions the daemon gives a paired
+filter), without the event loop, inotify or the kernel. Run as
+``python -m bench.pipeline CORPUS [FILTER]`` in a fresh process (so one run's
+memory does not weigh on the next); prints JSON.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,8 @@ from kfwguard.addresses import IgnoreList
 from kfwguard.config import JailConfig
 from kfwguard.jails.jail import Jail
 from kfwguard.matching import load_filter
+from kfwguard.model import Record
+from kfwguard.pipeline import JailFeed
 from kfwguard.sources.formats import LineSplitter, TextBlock, TextDecoder
 
 CHUNK = 256 * 1024  # what the file source reads at a time
@@ -43,25 +47,19 @@ def run(data: bytes, filter_name: str = "sshd", now: float | None = None) -> dic
     def position(off: int) -> str:
         return prefix + str(off) + "}"
 
+    feed = JailFeed.of(jail, flt)  # as Daemon builds it (C++ sessions for sshd)
     lines = matches = bans = 0
     view = memoryview(data)
     for i in range(0, len(data), CHUNK):
         chunk = bytes(view[i:i + CHUNK])
         found = split.feed_block(chunk)
+        batch: Sequence[Record]
         if found is None:  # what the file source does for an unusual chunk
-            records = decoder.decode(split.feed(chunk), position)
-            lines += len(records)
-            hits = flt.hits(records, now)
+            batch = decoder.decode(split.feed(chunk), position)
         else:
-            block = TextBlock(found[0], found[1], position)
-            lines += len(block)
-            done = jail.add_lines(flt, block.data, now)
-            if done is not None:  # the daemon's path (pipeline.JailFeed.take)
-                matches += sum(done[1].values())
-                bans += len(done[0])
-                continue
-            hits = flt.scan_lines(block.data, now)
-        requests, counts = jail.add_hits(hits, now, flt.name)
+            batch = TextBlock(found[0], found[1], position)
+        lines += len(batch)
+        requests, counts = feed.take(batch, now)
         matches += sum(counts.values())
         bans += len(requests)
     done = time.perf_counter()

@@ -152,7 +152,8 @@ def throughput(ctx: Context) -> Section:
         "*Whole process*: wall time of `python -m kfwguard test-filter sshd CORPUS` against "
         "`fail2ban-regex CORPUS /etc/fail2ban/filter.d/sshd.conf`, start-up included. "
         "*Pipeline*: kfwguard in-process (`bench/pipeline.py`: the file source's line "
-        "splitter and decoder, `Filter.match`, `Jail.add`) over the corpus bytes, filter "
+        "splitter and decoder, then the daemon's jail intake `JailFeed.take`, sshd's "
+        "session pairing included) over the corpus bytes, filter "
         "loading excluded, against fail2ban-regex's own whole-process rate (fail2ban has "
         f"no cheaper entry point). Median of {plan.runs} run(s) for kfwguard, "
         f"{plan.f2b_regex_runs} for fail2ban-regex.")

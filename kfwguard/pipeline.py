@@ -18,6 +18,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -26,11 +27,14 @@ from kfwguard.jails.jail import Jail
 from kfwguard.matching import Filter, load_filter
 from kfwguard.matching.engine import Hit
 from kfwguard.matching.loader import FilterNotFound
-from kfwguard.matching.sessions import Sessions, block_sessions, record_sessions
+from kfwguard.matching.sessions import Sessions, block_sessions, record_sessions, sessions_for
 from kfwguard.model import BanRequest, Record
 from kfwguard.sources import Source
 from kfwguard.sources.formats import TextBlock
 from kfwguard.store import Store, StoreError
+
+if TYPE_CHECKING:
+    from kfwguard.matching import _native
 
 log = structlog.get_logger("kfwguard.pipeline")
 
@@ -80,8 +84,9 @@ class JailFeed:
 
     jail: Jail
     filter: Filter
-    # A paired filter's hits settle per session (PAM + sshd lines, one count).
-    sessions: Sessions | None = None
+    # A paired filter's hits settle per session (PAM + sshd lines, one count):
+    # matching.sessions.sessions_for; its C++ form lets the block pass settle them.
+    sessions: Sessions | _native.Sessions | None = None
     # Records (or blocks) a filter bug cost.
     errors: int = 0
 
@@ -89,7 +94,7 @@ class JailFeed:
     def of(cls, jail: Jail, filter: Filter) -> JailFeed:
         """The feed the daemon builds for ``jail`` reading with ``filter`` (sessions
         for a paired filter); test-filter builds the same one."""
-        return cls(jail, filter, Sessions(filter.kinds) if filter.paired else None)
+        return cls(jail, filter, sessions_for(filter))
 
     def take(self, records: Sequence[Record], now: float) -> tuple[list[BanRequest], RuleCounts]:
         """The batch into the jail: the bans it asks for and its matches per rule."""
@@ -100,8 +105,8 @@ class JailFeed:
     @property
     def scanner(self) -> str:
         """What reads this feed's blocks of lines: "native" (the C++ block scanner;
-        with C++ windows and a filter whose hits need no session, straight into
-        the jail's windows) or "per-record"."""
+        with C++ windows, straight into the jail's windows, a paired filter's
+        hits settled on the way in the C++ sessions) or "per-record"."""
         return self.filter.block_engine
 
     def found(self, records: Sequence[Record], now: float,
@@ -157,8 +162,11 @@ class JailFeed:
         """A block of raw lines into the jail: in one C++ pass where both sides
         were built for it (Jail.add_lines), else through the filter's hits."""
         try:
-            done = self.jail.add_lines(self.filter, block.data, now)
-            if done is None:  # e.g. a paired filter: its hits settle in Python
+            sessions = self.sessions
+            done = self.jail.add_lines(
+                self.filter, block.data, now,
+                None if isinstance(sessions, Sessions) else sessions)
+            if done is None:  # a block the per-record path must read, or Python sessions
                 done = self.jail.add_hits(self._hits_of(block, now), now, self.filter.name)
         except Exception:
             # Either pass counted the lines before the failing one and cannot say

@@ -168,15 +168,19 @@ class Jail:
         return requests, counts
 
     def add_lines(self, flt: Filter, data: bytes, now: float,
+                  sessions: _native.Sessions | None = None,
                   ) -> tuple[list[BanRequest], dict[str | None, int]] | None:
         """``add_hits(flt.scan_lines(data, now), now, flt.name)`` for a block of raw
         lines, in one C++ pass: the block's failures go from the scan into the
         windows, and Python runs only for a host text not seen lately, a new
-        stamp, and an address at maxretry. The daemon's hot path.
+        stamp, and an address at maxretry. The daemon's hot path. A paired
+        filter's hits are settled in ``sessions`` (C++, matching.sessions.sessions_for)
+        on the way, as ``Sessions.settle`` would settle them before ``add_hits``.
 
         None, with nothing counted, where that pass cannot take the block
-        (Python windows, a filter without the C++ scanner, a block the
-        per-record path must read): the caller then uses ``add_hits``."""
+        (Python windows, a filter without the C++ scanner, a paired filter
+        without C++ sessions, a block the per-record path must read): the
+        caller then uses ``add_hits``."""
         windows = self._windows
         if NativeWindows is not None and isinstance(windows, NativeWindows):
             requests: list[BanRequest] = []
@@ -190,7 +194,7 @@ class Jail:
                 return kept
 
             found = flt.track_lines(data, now, windows, now - self.cfg.findtime,
-                                    now + _FUTURE_SLACK, on_full)
+                                    now + _FUTURE_SLACK, on_full, sessions)
             if found is not None:
                 per_rule, ignored, stale = found
                 stats = self.stats

@@ -31,7 +31,11 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <iterator>
+#include <limits>
+#include <list>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -497,6 +501,399 @@ PyTypeObject WindowsType = {
     PyVarObject_HEAD_INIT(nullptr, 0)
 };
 
+// ---- Sessions: a paired filter's hits settled per session -----------------------
+//
+// The same bookkeeping as matching/sessions.py's Sessions (the reference, and
+// the twin where this extension was not built; tests/unit/test_sessions_native.py
+// feeds both the same input): a session's helper hits wait until the session
+// shows what they were. Matcher.track settles a block's hits here on the way
+// to the windows; ``settle`` does it for the hits of the per-record path, so
+// one state serves both paths of a jail.
+
+enum Kind : int { kFailure = 0, kHelper = 1, kOnce = 2, kEnd = 3, kSuccess = 4 };
+
+// A hit held back: its address, rule, log time, the daemon time it arrived,
+// and, when it came from the per-record path, its own tuple (owned).
+struct Held {
+    Key key;
+    int rule;
+    double t;
+    double arrived;
+    PyObject* hit;
+    Held(const Key& k, int r, double when, double at, PyObject* h)
+        : key(k), rule(r), t(when), arrived(at), hit(h) {
+        Py_XINCREF(hit);
+    }
+    Held(Held&& o) noexcept
+        : key(o.key), rule(o.rule), t(o.t), arrived(o.arrived), hit(o.hit) {
+        o.hit = nullptr;
+    }
+    Held& operator=(Held&& o) noexcept {
+        if (this != &o) {
+            Py_XDECREF(hit);
+            key = o.key;
+            rule = o.rule;
+            t = o.t;
+            arrived = o.arrived;
+            hit = o.hit;
+            o.hit = nullptr;
+        }
+        return *this;
+    }
+    Held(const Held&) = delete;
+    Held& operator=(const Held&) = delete;
+    ~Held() { Py_XDECREF(hit); }
+};
+
+// An insertion-ordered map, as a Python dict: popping and re-adding moves a
+// key to the end; ``front`` is the oldest.
+template <class V>
+struct Ordered {
+    using Items = std::list<std::pair<std::string, V>>;
+    Items items;
+    std::unordered_map<std::string, typename Items::iterator> index;
+
+    V* find(const std::string& k) {
+        auto it = index.find(k);
+        return it == index.end() ? nullptr : &it->second->second;
+    }
+    bool contains(const std::string& k) const { return index.count(k) != 0; }
+    V& add(const std::string& k) {  // k must not be there
+        items.emplace_back(k, V{});
+        index.emplace(k, std::prev(items.end()));
+        return items.back().second;
+    }
+    bool take(const std::string& k, V* out) {  // pop k, its value into out
+        auto it = index.find(k);
+        if (it == index.end()) return false;
+        if (out != nullptr) *out = std::move(it->second->second);
+        items.erase(it->second);
+        index.erase(it);
+        return true;
+    }
+    void erase(typename Items::iterator it) {
+        index.erase(it->first);
+        items.erase(it);
+    }
+    size_t size() const { return items.size(); }
+};
+
+struct SessionState {
+    std::vector<int> kinds;  // per rule index
+    std::unordered_map<std::string, int> rule_of;  // rule name -> index
+    double hold;
+    size_t max;
+    double latest = -std::numeric_limits<double>::infinity();
+    Ordered<std::vector<Held>> pending;  // sessions with helpers held back
+    Ordered<bool> failed;  // sessions with a counted failure
+};
+
+struct SessionsObject {
+    PyObject_HEAD
+    SessionState* s;
+    PyObject* make_hit;  // (key, rule index, t) -> a hit tuple, for the per-record path
+};
+
+// The session of a line with no pid: its address stands for it ("@" + the key
+// in hex, which no "prog[pid]" tag can be: those end in "]").
+std::string address_session(const Key& key) {
+    char buf[64];
+    int n = std::snprintf(buf, sizeof buf, "@%d:%llx:%llx", key.v6 ? 6 : 4,
+                          static_cast<unsigned long long>(key.hi),
+                          static_cast<unsigned long long>(key.lo));
+    return std::string(buf, static_cast<size_t>(n));
+}
+
+void mark_failed(SessionState& s, const std::string& sid) {
+    s.failed.take(sid, nullptr);
+    if (s.failed.size() >= s.max) s.failed.erase(s.failed.items.begin());
+    s.failed.add(sid) = true;
+}
+
+// Every held hit of ``sid``, in order, to ``emit`` (Sessions._release).
+template <class Emit>
+bool release(SessionState& s, const std::string& sid, Emit& emit) {
+    std::vector<Held> held;
+    if (!s.pending.take(sid, &held)) return true;
+    for (Held& h : held)
+        if (!emit(h)) return false;
+    return true;
+}
+
+// A success (Accepted): the session's helpers were no failure.
+void forgive(SessionState& s, const std::string& sid) {
+    s.pending.take(sid, nullptr);
+    s.failed.take(sid, nullptr);
+}
+
+// One match of kind ``kind`` (not success) in session ``sid``: Sessions.settle's
+// loop body. ``emit`` receives each hit that counts now, in the reference's order.
+template <class Emit>
+bool settle_one(SessionState& s, int kind, const std::string& sid, Held&& h, Emit& emit) {
+    switch (kind) {
+        case kHelper: {
+            std::vector<Held>* held = s.pending.find(sid);
+            if (held != nullptr) {
+                held->push_back(std::move(h));
+                return true;
+            }
+            if (s.pending.size() >= s.max) {
+                std::string oldest = s.pending.items.front().first;
+                if (!release(s, oldest, emit)) return false;
+            }
+            s.pending.add(sid).push_back(std::move(h));
+            return true;
+        }
+        case kOnce:
+            if (s.pending.contains(sid)) {
+                if (!release(s, sid, emit)) return false;  // the session is over
+                mark_failed(s, sid);
+                return true;
+            }
+            if (s.failed.contains(sid)) return true;
+            mark_failed(s, sid);
+            return emit(h);
+        case kEnd:
+            if (s.pending.contains(sid) && !release(s, sid, emit)) return false;
+            s.failed.take(sid, nullptr);
+            return true;
+        default:  // a failure: its session's helpers were this same attempt
+            s.pending.take(sid, nullptr);
+            mark_failed(s, sid);
+            return emit(h);
+    }
+}
+
+// Helpers held HOLD seconds (of log time, or of the daemon's clock) count now
+// (Sessions._expired), session by session in order.
+template <class Emit>
+bool expire(SessionState& s, double now, Emit& emit) {
+    auto it = s.pending.items.begin();
+    while (it != s.pending.items.end()) {
+        std::vector<Held>& held = it->second;
+        std::vector<Held> keep;
+        std::vector<Held> out;
+        for (Held& h : held) {
+            if (s.latest - h.t < s.hold && now - h.arrived < s.hold)
+                keep.push_back(std::move(h));
+            else
+                out.push_back(std::move(h));
+        }
+        held = std::move(keep);
+        auto next = std::next(it);
+        if (held.empty()) s.pending.erase(it);
+        for (Held& h : out)
+            if (!emit(h)) return false;
+        it = next;
+    }
+    return true;
+}
+
+void Sessions_dealloc(SessionsObject* self) {
+    delete self->s;
+    Py_XDECREF(self->make_hit);
+    Py_TYPE(self)->tp_free(reinterpret_cast<PyObject*>(self));
+}
+
+PyObject* Sessions_new(PyTypeObject* type, PyObject*, PyObject*) {
+    auto* self = reinterpret_cast<SessionsObject*>(type->tp_alloc(type, 0));
+    if (self != nullptr) {
+        self->s = nullptr;
+        self->make_hit = nullptr;
+    }
+    return reinterpret_cast<PyObject*>(self);
+}
+
+// Sessions(names: list[str], kinds: list[int], make_hit, hold: float, max_sessions: int)
+int Sessions_init(SessionsObject* self, PyObject* args, PyObject*) {
+    PyObject* names;
+    PyObject* kinds;
+    PyObject* make_hit;
+    double hold;
+    Py_ssize_t max_sessions;
+    if (!PyArg_ParseTuple(args, "O!O!Odn", &PyList_Type, &names, &PyList_Type, &kinds,
+                          &make_hit, &hold, &max_sessions)) {
+        return -1;
+    }
+    if (self->s != nullptr) {
+        PyErr_SetString(PyExc_RuntimeError, "Sessions already initialised");
+        return -1;
+    }
+    if (PyList_GET_SIZE(names) != PyList_GET_SIZE(kinds) || max_sessions < 1 ||
+        !PyCallable_Check(make_hit)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "one kind per rule name, max_sessions >= 1, make_hit callable");
+        return -1;
+    }
+    auto s = std::make_unique<SessionState>();
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(names); ++i) {
+        Py_ssize_t len;
+        const char* name = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(names, i), &len);
+        long kind = PyLong_AsLong(PyList_GET_ITEM(kinds, i));
+        if (name == nullptr || (kind == -1 && PyErr_Occurred())) return -1;
+        if (kind < kFailure || kind > kSuccess) {
+            PyErr_SetString(PyExc_ValueError, "a rule kind is 0 to 4");
+            return -1;
+        }
+        s->kinds.push_back(static_cast<int>(kind));
+        s->rule_of.emplace(std::string(name, static_cast<size_t>(len)), static_cast<int>(i));
+    }
+    s->hold = hold;
+    s->max = static_cast<size_t>(max_sessions);
+    self->s = s.release();
+    Py_INCREF(make_hit);
+    self->make_hit = make_hit;
+    return 0;
+}
+
+bool sessions_ready(SessionsObject* self) {
+    if (self->s == nullptr) PyErr_SetString(PyExc_RuntimeError, "Sessions not initialised");
+    return self->s != nullptr;
+}
+
+// The per-record path's hit for ``h``: its own tuple, else make_hit(key, rule, t).
+PyObject* hit_object(SessionsObject* self, const Held& h) {
+    if (h.hit != nullptr) {
+        Py_INCREF(h.hit);
+        return h.hit;
+    }
+    PyObject* key = key_to(h.key);
+    PyObject* out = key != nullptr
+        ? PyObject_CallFunction(self->make_hit, "Nid", key, h.rule, h.t) : nullptr;
+    return out;
+}
+
+// settle(hits, sessions, now) -> the hits that count now: Sessions.settle for the
+// per-record path's hits (engine.Hit tuples), sessions[i] the session of hits[i].
+PyObject* Sessions_settle(SessionsObject* self, PyObject* const* args, Py_ssize_t nargs) {
+    if (!sessions_ready(self)) return nullptr;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "settle(hits, sessions, now)");
+        return nullptr;
+    }
+    double now = PyFloat_AsDouble(args[2]);
+    if (now == -1.0 && PyErr_Occurred()) return nullptr;
+    PyObject* hits = PySequence_Fast(args[0], "hits are a sequence");
+    if (hits == nullptr) return nullptr;
+    PyObject* sids = PySequence_Fast(args[1], "sessions are a sequence");
+    PyObject* out = sids != nullptr ? PyList_New(0) : nullptr;
+    SessionState& s = *self->s;
+    auto emit = [&](const Held& h) {
+        PyObject* hit = hit_object(self, h);
+        bool ok = hit != nullptr && PyList_Append(out, hit) == 0;
+        Py_XDECREF(hit);
+        return ok;
+    };
+    bool ok = out != nullptr;
+    if (ok && PySequence_Fast_GET_SIZE(hits) != PySequence_Fast_GET_SIZE(sids)) {
+        PyErr_SetString(PyExc_ValueError, "one session per hit");
+        ok = false;
+    }
+    for (Py_ssize_t i = 0; ok && i < PySequence_Fast_GET_SIZE(hits); ++i) {
+        PyObject* hit = PySequence_Fast_GET_ITEM(hits, i);
+        PyObject* sid_obj = PySequence_Fast_GET_ITEM(sids, i);
+        if (!PyTuple_Check(hit) || PyTuple_GET_SIZE(hit) != 6) {
+            PyErr_SetString(PyExc_TypeError, "a hit is (end, status, rule, host, key, t)");
+            ok = false;
+            break;
+        }
+        double t = PyFloat_AsDouble(PyTuple_GET_ITEM(hit, 5));
+        const char* status = PyUnicode_AsUTF8(PyTuple_GET_ITEM(hit, 1));
+        if (status == nullptr || (t == -1.0 && PyErr_Occurred())) {
+            ok = false;
+            break;
+        }
+        if (t > s.latest) s.latest = t;
+        bool success = std::strcmp(status, "success") == 0;
+        if (!success && (std::strcmp(status, "match") != 0 || PyTuple_GET_ITEM(hit, 3) == Py_None)) {
+            ok = PyList_Append(out, hit) == 0;
+            continue;
+        }
+        Key key;
+        if (!key_from(PyTuple_GET_ITEM(hit, 4), &key)) {
+            ok = false;
+            break;
+        }
+        std::string sid;
+        if (sid_obj == Py_None) {
+            sid = address_session(key);
+        } else {
+            Py_ssize_t len;
+            const char* text = PyUnicode_AsUTF8AndSize(sid_obj, &len);
+            if (text == nullptr) {
+                ok = false;
+                break;
+            }
+            sid.assign(text, static_cast<size_t>(len));
+        }
+        if (success) {
+            forgive(s, sid);
+            continue;
+        }
+        int rule = -1;
+        PyObject* name = PyTuple_GET_ITEM(hit, 2);
+        if (PyUnicode_Check(name)) {
+            const char* text = PyUnicode_AsUTF8(name);
+            if (text == nullptr) {
+                ok = false;
+                break;
+            }
+            auto found = s.rule_of.find(text);
+            if (found != s.rule_of.end()) rule = found->second;
+        }
+        int kind = rule < 0 ? kFailure : s.kinds[static_cast<size_t>(rule)];
+        ok = settle_one(s, kind, sid, Held(key, rule, t, now, hit), emit);
+    }
+    if (ok && s.pending.size() != 0) ok = expire(s, now, emit);
+    Py_DECREF(hits);
+    Py_XDECREF(sids);
+    if (!ok) {
+        Py_XDECREF(out);
+        return nullptr;
+    }
+    return out;
+}
+
+// flush() -> every held hit, now (the input is over).
+PyObject* Sessions_flush(SessionsObject* self, PyObject*) {
+    if (!sessions_ready(self)) return nullptr;
+    PyObject* out = PyList_New(0);
+    if (out == nullptr) return nullptr;
+    auto& items = self->s->pending.items;
+    bool ok = true;
+    for (auto& [sid, held] : items) {
+        for (Held& h : held) {
+            PyObject* hit = hit_object(self, h);
+            ok = hit != nullptr && PyList_Append(out, hit) == 0;
+            Py_XDECREF(hit);
+            if (!ok) break;
+        }
+        if (!ok) break;
+    }
+    items.clear();
+    self->s->pending.index.clear();
+    if (!ok) Py_CLEAR(out);
+    return out;
+}
+
+Py_ssize_t Sessions_len(SessionsObject* self) {
+    return self->s == nullptr ? 0 : static_cast<Py_ssize_t>(self->s->pending.size());
+}
+
+PyMethodDef Sessions_methods[] = {
+    {"settle", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(Sessions_settle)),
+     METH_FASTCALL, "settle(hits, sessions, now) -> the hits that count now"},
+    {"flush", reinterpret_cast<PyCFunction>(Sessions_flush), METH_NOARGS,
+     "flush() -> every held hit"},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PySequenceMethods Sessions_sequence = {};
+
+PyTypeObject SessionsType = {
+    PyVarObject_HEAD_INIT(nullptr, 0)
+};
+
 // ---- Matcher: a text filter's block scan ----------------------------------------
 
 struct Rule {
@@ -510,6 +907,7 @@ struct MatcherObject {
     re2::RE2::Set* set;
     std::vector<std::string>* programs;
     re2::RE2* ignore;  // the filter's ignoreregex, searched in the message; or nullptr
+    std::vector<std::vector<std::string>>* heads;  // per rule, its literal heads; or nullptr
     bool header;
 };
 
@@ -518,6 +916,7 @@ void Matcher_dealloc(MatcherObject* self) {
     delete self->set;
     delete self->programs;
     delete self->ignore;
+    delete self->heads;
     Py_TYPE(self)->tp_free(reinterpret_cast<PyObject*>(self));
 }
 
@@ -528,6 +927,7 @@ PyObject* Matcher_new(PyTypeObject* type, PyObject*, PyObject*) {
         self->set = nullptr;
         self->programs = nullptr;
         self->ignore = nullptr;
+        self->heads = nullptr;
         self->header = false;
     }
     return reinterpret_cast<PyObject*>(self);
@@ -549,8 +949,9 @@ int Matcher_init(MatcherObject* self, PyObject* args, PyObject*) {
     PyObject* programs;
     int header;
     PyObject* ignore = Py_None;
-    if (!PyArg_ParseTuple(args, "O!O!O!p|O", &PyList_Type, &patterns, &PyList_Type, &groups,
-                          &PyList_Type, &programs, &header, &ignore)) {
+    PyObject* heads = Py_None;
+    if (!PyArg_ParseTuple(args, "O!O!O!p|OO", &PyList_Type, &patterns, &PyList_Type, &groups,
+                          &PyList_Type, &programs, &header, &ignore, &heads)) {
         return -1;
     }
     if (self->rules != nullptr) {  // scan() reads them without the GIL: never swap them
@@ -605,6 +1006,29 @@ int Matcher_init(MatcherObject* self, PyObject* args, PyObject*) {
             return -1;
         }
     }
+    std::unique_ptr<std::vector<std::vector<std::string>>> rule_heads;
+    if (heads != Py_None) {
+        if (!PyList_Check(heads) || PyList_GET_SIZE(heads) != n) {
+            PyErr_SetString(PyExc_ValueError, "one list of literal heads per pattern");
+            return -1;
+        }
+        rule_heads = std::make_unique<std::vector<std::vector<std::string>>>();
+        for (Py_ssize_t i = 0; i < n; ++i) {
+            PyObject* list = PyList_GET_ITEM(heads, i);
+            if (!PyList_Check(list) || PyList_GET_SIZE(list) == 0) {
+                PyErr_SetString(PyExc_ValueError, "every rule needs a literal head");
+                return -1;
+            }
+            std::vector<std::string> mine;
+            for (Py_ssize_t j = 0; j < PyList_GET_SIZE(list); ++j) {
+                std::string head;
+                if (!as_string(PyList_GET_ITEM(list, j), &head)) return -1;
+                mine.push_back(std::move(head));
+            }
+            rule_heads->push_back(std::move(mine));
+        }
+    }
+    self->heads = rule_heads.release();
     self->rules = rules.release();
     self->set = set.release();
     self->programs = names.release();
@@ -658,9 +1082,56 @@ const char* plain_header(const char* line, const char* nl, const char** tag, siz
     return p + 2;
 }
 
+// The session of a line's syslog tag, as prefix.session_of reads it: the tag
+// itself when it is ``prog[pid]`` (pid: ASCII digits, prog: no "["), else none.
+bool tag_session(const char* tag, size_t len, std::string* out) {
+    if (tag == nullptr || len < 3 || tag[len - 1] != ']') return false;
+    const char* bracket = static_cast<const char*>(std::memchr(tag, '[', len));
+    if (bracket == nullptr || bracket + 1 >= tag + len - 1) return false;
+    for (const char* p = bracket + 1; p < tag + len - 1; ++p)
+        if (!digit(*p)) return false;
+    out->assign(tag, len);
+    return true;
+}
+
 struct Hit {
     Py_ssize_t line_start, line_end, rule, host_start, host_end;
 };
+
+// The first rule in file order that matches ``text`` at its start, with its
+// groups up to the host's in ``groups``; -1 for none. Where every rule has
+// literal heads (engine's literal_prefixes: every match starts with one of
+// them, the per-record path's dispatch), only rules whose head the text
+// starts with run, in file order: most lines run one regex, noise none.
+// Otherwise one RE2::Set pass over all rules says which match.
+int first_rule(const MatcherObject* self, const re2::StringPiece& text, std::vector<int>* matched,
+               re2::StringPiece* groups) {
+    const std::vector<Rule>& rules = *self->rules;
+    if (self->heads != nullptr) {
+        for (size_t r = 0; r < rules.size(); ++r) {
+            bool candidate = false;
+            for (const std::string& head : (*self->heads)[r]) {
+                if (text.size() >= head.size() &&
+                    std::memcmp(text.data(), head.data(), head.size()) == 0) {
+                    candidate = true;
+                    break;
+                }
+            }
+            if (candidate && rules[r].regex->Match(text, 0, text.size(), re2::RE2::ANCHOR_START,
+                                                   groups, rules[r].host_group + 1)) {
+                return static_cast<int>(r);
+            }
+        }
+        return -1;
+    }
+    matched->clear();
+    if (!self->set->Match(text, matched) || matched->empty()) return -1;
+    int first = (*matched)[0];
+    for (int k : *matched) first = k < first ? k : first;
+    const Rule& rule = rules[static_cast<size_t>(first)];
+    return rule.regex->Match(text, 0, text.size(), re2::RE2::ANCHOR_START, groups,
+                             rule.host_group + 1) ? first : -1;
+}
 
 // The lines of [base, end) that a rule matches, in order. Called without the
 // GIL. False if a line lacks the plain header (plain_header). With ``drop_ignored``,
@@ -687,24 +1158,17 @@ bool scan_block(const MatcherObject* self, const char* base, const char* end,
         }
         if (nl > line) {
             re2::StringPiece text(message, static_cast<size_t>(nl - message));
-            matched.clear();
-            if (self->set->Match(text, &matched) && !matched.empty()) {
-                int first = matched[0];
-                for (int k : matched) first = k < first ? k : first;
-                const Rule& rule = (*self->rules)[static_cast<size_t>(first)];
-                int want = rule.host_group + 1;
-                if (rule.regex->Match(text, 0, text.size(), re2::RE2::ANCHOR_START, groups,
-                                      want) &&
-                    !(drop_ignored && self->ignore != nullptr &&
-                      self->ignore->Match(text, 0, text.size(), re2::RE2::UNANCHORED, nullptr,
-                                          0))) {
-                    const re2::StringPiece& h = groups[rule.host_group];
-                    // A host group that took no part: an empty host (bad-host), as
-                    // the per-record path makes of it.
-                    Py_ssize_t from = h.data() == nullptr ? -1 : h.data() - base;
-                    Py_ssize_t to = h.data() == nullptr ? -1 : from + h.size();
-                    hits->push_back(Hit{line - base, nl - base, first, from, to});
-                }
+            int first = first_rule(self, text, &matched, groups);
+            if (first >= 0 &&
+                !(drop_ignored && self->ignore != nullptr &&
+                  self->ignore->Match(text, 0, text.size(), re2::RE2::UNANCHORED, nullptr, 0))) {
+                const re2::StringPiece& h = groups[(*self->rules)[static_cast<size_t>(first)]
+                                                       .host_group];
+                // A host group that took no part: an empty host (bad-host), as
+                // the per-record path makes of it.
+                Py_ssize_t from = h.data() == nullptr ? -1 : h.data() - base;
+                Py_ssize_t to = h.data() == nullptr ? -1 : from + h.size();
+                hits->push_back(Hit{line - base, nl - base, first, from, to});
             }
         }
         line = nl + 1;
@@ -743,7 +1207,7 @@ PyObject* Matcher_scan(MatcherObject* self, PyObject* arg) {
 
 constexpr size_t kStamp = 15;  // "Nov 26 04:57:45"
 
-// track(block, windows, now, oldest, latest, stamp_time, on_full)
+// track(block, windows, now, oldest, latest, stamp_time, on_full, sessions=None)
 //     -> (failures per rule index, ignored, stale), or None for a block with a
 //        line without the plain header (nothing counted)
 //
@@ -755,19 +1219,35 @@ constexpr size_t kStamp = 15;  // "Nov 26 04:57:45"
 // for a filter without a header; a time past ``latest`` becomes ``now``, one
 // before ``oldest`` is stale. A window that reaches maxretry goes to
 // on_full(key, rule index, times), whose answer replaces it (None: forget).
+// With ``sessions`` (a paired filter), every match is settled there first, in
+// its line's session (the tag ``prog[pid]``, else its address), and only the
+// hits that count then reach the windows, in the order the reference
+// (Sessions.settle, then Jail.add_hits) gives them.
 // The block is scanned before anything is counted; an exception from a
 // callback stops the pass where it was raised.
 PyObject* Matcher_track(MatcherObject* self, PyObject* const* args, Py_ssize_t nargs) {
     if (!matcher_ready(self)) return nullptr;
     double now, oldest, latest;
-    if (nargs != 7 || Py_TYPE(args[1]) != &WindowsType) {
+    if ((nargs != 7 && nargs != 8) || Py_TYPE(args[1]) != &WindowsType ||
+        (nargs == 8 && args[7] != Py_None && Py_TYPE(args[7]) != &SessionsType)) {
         PyErr_SetString(PyExc_TypeError,
-                        "track(block, windows, now, oldest, latest, stamp_time, on_full)");
+                        "track(block, windows, now, oldest, latest, stamp_time, on_full, "
+                        "sessions=None)");
         return nullptr;
     }
     auto* w = reinterpret_cast<WindowsObject*>(args[1]);
     PyObject* stamp_time = args[5];
     PyObject* on_full = args[6];
+    SessionState* paired = nullptr;
+    if (nargs == 8 && args[7] != Py_None) {
+        auto* so = reinterpret_cast<SessionsObject*>(args[7]);
+        if (!sessions_ready(so)) return nullptr;
+        paired = so->s;
+        if (paired->kinds.size() != self->rules->size()) {
+            PyErr_SetString(PyExc_ValueError, "sessions for another rule set");
+            return nullptr;
+        }
+    }
     now = PyFloat_AsDouble(args[2]);
     oldest = PyFloat_AsDouble(args[3]);
     latest = PyFloat_AsDouble(args[4]);
@@ -784,11 +1264,43 @@ PyObject* Matcher_track(MatcherObject* self, PyObject* const* args, Py_ssize_t n
     std::vector<long long> counts(self->rules->size(), 0);
     long long ignored = 0;
     long long stale = 0;
+    // One failure that counts (Jail.add_hits' loop body).
+    auto count = [&](const Key& host, int rule, double line_t) -> bool {
+        ++counts[static_cast<size_t>(rule)];
+        if (is_ignored(w, host)) {
+            ++ignored;
+            return true;
+        }
+        const Key key = aggregate(w, host);
+        double t = line_t > latest ? now : line_t;
+        if (t < oldest) {  // old lines (a resumed or replayed log) never ban anyone
+            ++stale;
+            return true;
+        }
+        Node* node = add_failure(w, key, t);
+        if (static_cast<Py_ssize_t>(node->times.size()) < w->maxretry) return true;
+        PyObject* key_obj = key_to(key);
+        PyObject* times = times_list(node->times);
+        PyObject* rule_obj = PyLong_FromLong(rule);
+        PyObject* kept = key_obj != nullptr && times != nullptr && rule_obj != nullptr
+            ? PyObject_CallFunctionObjArgs(on_full, key_obj, rule_obj, times, nullptr) : nullptr;
+        Py_XDECREF(key_obj);
+        Py_XDECREF(times);
+        Py_XDECREF(rule_obj);
+        bool applied = kept != nullptr && keep(w, key, kept);
+        Py_XDECREF(kept);
+        return applied;
+    };
+    auto emit = [&](const Held& h) { return count(h.key, h.rule, h.t); };
     bool failed = false;
     const char* last_stamp = nullptr;
     double last_t = now;  // without a header the record's time is unknown: now
+    std::string sid;
     for (const Hit& hit : hits) {
-        if (hit.host_start < 0) continue;  // bad-host: no address, no failure
+        if (hit.host_start < 0) {  // bad-host: no address, no failure
+            if (paired != nullptr && paired->latest < 0.0) paired->latest = 0.0;
+            continue;
+        }
         Key key;
         int host = host_of(w, base + hit.host_start,
                            static_cast<size_t>(hit.host_end - hit.host_start), &key);
@@ -796,13 +1308,10 @@ PyObject* Matcher_track(MatcherObject* self, PyObject* const* args, Py_ssize_t n
             failed = true;
             break;
         }
-        if (host == 0) continue;
-        ++counts[static_cast<size_t>(hit.rule)];
-        if (is_ignored(w, key)) {
-            ++ignored;
+        if (host == 0) {  // the reference's bad-host hit has the time 0.0
+            if (paired != nullptr && paired->latest < 0.0) paired->latest = 0.0;
             continue;
         }
-        key = aggregate(w, key);
         const char* stamp = base + hit.line_start;
         if (self->header &&
             (last_stamp == nullptr || std::memcmp(stamp, last_stamp, kStamp) != 0)) {
@@ -818,28 +1327,31 @@ PyObject* Matcher_track(MatcherObject* self, PyObject* const* args, Py_ssize_t n
             last_stamp = stamp;
             last_t = t;
         }
-        double t = last_t > latest ? now : last_t;
-        if (t < oldest) {  // old lines (a resumed or replayed log) never ban anyone
-            ++stale;
+        if (paired == nullptr) {
+            if (!count(key, static_cast<int>(hit.rule), last_t)) {
+                failed = true;
+                break;
+            }
             continue;
         }
-        Node* node = add_failure(w, key, t);
-        if (static_cast<Py_ssize_t>(node->times.size()) < w->maxretry) continue;
-        PyObject* key_obj = key_to(key);
-        PyObject* times = times_list(node->times);
-        PyObject* rule = PyLong_FromSsize_t(hit.rule);
-        PyObject* kept = key_obj != nullptr && times != nullptr && rule != nullptr
-            ? PyObject_CallFunctionObjArgs(on_full, key_obj, rule, times, nullptr) : nullptr;
-        Py_XDECREF(key_obj);
-        Py_XDECREF(times);
-        Py_XDECREF(rule);
-        bool applied = kept != nullptr && keep(w, key, kept);
-        Py_XDECREF(kept);
-        if (!applied) {
+        if (last_t > paired->latest) paired->latest = last_t;
+        const char* tag = nullptr;
+        size_t tag_len = 0;
+        if (self->header) plain_header(base + hit.line_start, base + hit.line_end, &tag, &tag_len);
+        if (!tag_session(tag, tag_len, &sid)) sid = address_session(key);
+        int kind = paired->kinds[static_cast<size_t>(hit.rule)];
+        if (kind == kSuccess) {
+            forgive(*paired, sid);
+            continue;
+        }
+        if (!settle_one(*paired, kind, sid, Held(key, static_cast<int>(hit.rule), last_t, now,
+                                                 nullptr), emit)) {
             failed = true;
             break;
         }
     }
+    if (!failed && paired != nullptr && paired->pending.size() != 0)
+        failed = !expire(*paired, now, emit);
     PyBuffer_Release(&view);
     if (failed) return nullptr;
     PyObject* per_rule = list_of(counts, PyLong_FromLongLong);
@@ -847,12 +1359,90 @@ PyObject* Matcher_track(MatcherObject* self, PyObject* const* args, Py_ssize_t n
     return Py_BuildValue("(NLL)", per_rule, ignored, stale);
 }
 
+// tag_sessions(block, ends) -> for each line end, the session of that line
+// (prefix.session_of): "prog[pid]", None for a plain syslog header without a
+// pid, False for a line without the plain header (Python reads it).
+PyObject* tag_sessions(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "tag_sessions(block, ends)");
+        return nullptr;
+    }
+    PyObject* ends = PySequence_Fast(args[1], "ends are a sequence of ints");
+    if (ends == nullptr) return nullptr;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) != 0) {
+        Py_DECREF(ends);
+        return nullptr;
+    }
+    const char* base = static_cast<const char*>(view.buf);
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(ends);
+    PyObject* out = PyList_New(n);
+    Py_ssize_t last_end = -1;
+    PyObject* last = nullptr;  // borrowed from out
+    std::string sid;
+    for (Py_ssize_t i = 0; out != nullptr && i < n; ++i) {
+        Py_ssize_t end = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(ends, i));
+        if (end == -1 && PyErr_Occurred()) {
+            Py_CLEAR(out);
+            break;
+        }
+        if (end < 0 || end > view.len) {
+            PyErr_SetString(PyExc_ValueError, "a line end outside the block");
+            Py_CLEAR(out);
+            break;
+        }
+        PyObject* item;
+        if (end == last_end && last != nullptr) {
+            item = last;  // repeats of one line
+            Py_INCREF(item);
+        } else {
+            const char* nl = base + end;
+            const char* line = base;
+            for (const char* p = nl; p > base; --p) {
+                if (p[-1] == '\n') {
+                    line = p;
+                    break;
+                }
+            }
+            const char* tag = nullptr;
+            size_t tag_len = 0;
+            if (plain_header(line, nl, &tag, &tag_len) == nullptr) {
+                item = Py_False;
+                Py_INCREF(item);
+            } else if (tag_session(tag, tag_len, &sid)) {
+                item = PyUnicode_DecodeASCII(sid.data(), static_cast<Py_ssize_t>(sid.size()),
+                                             "strict");
+                if (item == nullptr) {
+                    Py_CLEAR(out);
+                    break;
+                }
+            } else {
+                item = Py_None;
+                Py_INCREF(item);
+            }
+        }
+        PyList_SET_ITEM(out, i, item);
+        last = item;
+        last_end = end;
+    }
+    PyBuffer_Release(&view);
+    Py_DECREF(ends);
+    return out;
+}
+
+PyMethodDef module_methods[] = {
+    {"tag_sessions", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(tag_sessions)),
+     METH_FASTCALL,
+     "tag_sessions(block, ends) -> each line's prog[pid], None (no pid) or False (not plain)"},
+    {nullptr, nullptr, 0, nullptr},
+};
+
 PyMethodDef Matcher_methods[] = {
     {"scan", reinterpret_cast<PyCFunction>(Matcher_scan), METH_O,
      "scan(block) -> [(line end, rule index, host start, host end)] for matching lines"},
     {"track", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(Matcher_track)),
      METH_FASTCALL,
-     "track(block, windows, now, oldest, latest, stamp_time, on_full) -> "
+     "track(block, windows, now, oldest, latest, stamp_time, on_full, sessions=None) -> "
      "(failures per rule, ignored, stale)"},
     {nullptr, nullptr, 0, nullptr},
 };
@@ -864,7 +1454,7 @@ PyTypeObject MatcherType = {
 PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "kfwguard.matching._native",
     "A text filter's block scan in C++ on RE2 (see engine.TextFilter.scan_lines).", -1,
-    nullptr, nullptr, nullptr, nullptr, nullptr,
+    module_methods, nullptr, nullptr, nullptr, nullptr,
 };
 
 }  // namespace
@@ -891,11 +1481,23 @@ PyMODINIT_FUNC PyInit__native(void) {
     WindowsType.tp_init = reinterpret_cast<initproc>(Windows_init);
     WindowsType.tp_new = Windows_new;
     if (PyType_Ready(&WindowsType) < 0) return nullptr;
+    SessionsType.tp_name = "kfwguard.matching._native.Sessions";
+    SessionsType.tp_basicsize = sizeof(SessionsObject);
+    SessionsType.tp_dealloc = reinterpret_cast<destructor>(Sessions_dealloc);
+    SessionsType.tp_flags = Py_TPFLAGS_DEFAULT;
+    SessionsType.tp_doc = "Sessions(names, kinds, make_hit, hold, max_sessions): a paired "
+                          "filter's held hits";
+    SessionsType.tp_methods = Sessions_methods;
+    Sessions_sequence.sq_length = reinterpret_cast<lenfunc>(Sessions_len);
+    SessionsType.tp_as_sequence = &Sessions_sequence;
+    SessionsType.tp_init = reinterpret_cast<initproc>(Sessions_init);
+    SessionsType.tp_new = Sessions_new;
+    if (PyType_Ready(&SessionsType) < 0) return nullptr;
     PyObject* module = PyModule_Create(&module_def);
     if (module == nullptr) return nullptr;
-    PyTypeObject* types[] = {&MatcherType, &WindowsType};
-    const char* names[] = {"Matcher", "Windows"};
-    for (int i = 0; i < 2; ++i) {
+    PyTypeObject* types[] = {&MatcherType, &WindowsType, &SessionsType};
+    const char* names[] = {"Matcher", "Windows", "Sessions"};
+    for (int i = 0; i < 3; ++i) {
         Py_INCREF(types[i]);
         if (PyModule_AddObject(module, names[i], reinterpret_cast<PyObject*>(types[i])) < 0) {
             Py_DECREF(types[i]);

@@ -1,9 +1,11 @@
 """Types of the C++ extension (kfwguard/matching/_native.cpp), built by setup.py when
 g++ and RE2's headers are there; importing it raises ImportError otherwise."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from typing_extensions import Buffer
+
+from kfwguard.matching.engine import Hit
 
 class Windows:
     """A jail's failure windows and ignore list (jails.windows.PyWindows is the Python twin)."""
@@ -19,13 +21,28 @@ class Windows:
     def count(self, key: int) -> int: ...
     def by_age(self) -> list[int]: ...
 
+def tag_sessions(block: Buffer, ends: list[int]) -> list[str | bool | None]: ...
+
+class Sessions:
+    """A paired filter's held hits per session (matching.sessions.Sessions is the twin)."""
+
+    def __init__(self, names: list[str], kinds: list[int],
+                 make_hit: Callable[[int, int, float], Hit],
+                 hold: float, max_sessions: int) -> None: ...
+    def __len__(self) -> int: ...
+    def settle(self, hits: Sequence[Hit], sessions: Sequence[str | None], now: float,
+               ) -> list[Hit]: ...
+    def flush(self) -> list[Hit]: ...
+
 class Matcher:
     """A text filter's rules, scanned over a block of syslog lines."""
 
     def __init__(self, patterns: list[bytes], host_groups: list[int], programs: list[bytes],
-                 header: bool, ignore: bytes | None = None) -> None: ...
+                 header: bool, ignore: bytes | None = None,
+                 heads: list[list[bytes]] | None = None) -> None: ...
     def scan(self, block: Buffer) -> list[tuple[int, int, int, int]]: ...
     def track(self, block: Buffer, windows: Windows, now: float, oldest: float, latest: float,
               stamp_time: Callable[[bytes], float],
               on_full: Callable[[int, int, list[float]], list[float] | None],
+              sessions: Sessions | None = None,
               ) -> tuple[list[int], int, int] | None: ...

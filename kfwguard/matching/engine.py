@@ -285,11 +285,15 @@ class Filter:
     def track_lines(self, data: bytes, now: float, windows: _native.Windows,
                     oldest: float, latest: float,
                     on_full: Callable[[int, int, list[float]], list[float] | None],
+                    sessions: _native.Sessions | None = None,
                     ) -> tuple[dict[str | None, int], int, int] | None:
         """``scan_lines`` fed straight into a jail's native failure windows
         (jails.Jail.add_lines is the caller): failures per rule name, jail-ignored,
-        stale. None when this filter cannot do that for ``data`` (no C++ scanner,
-        or a block the per-record path must read): nothing was counted then."""
+        stale. A paired filter's hits are settled in ``sessions`` on the way (as
+        ``Sessions.settle`` would before ``Jail.add_hits``). None when this filter
+        cannot do that for ``data`` (no C++ scanner, a paired filter without C++
+        sessions, or a block the per-record path must read): nothing was counted
+        then."""
         return None
 
     def __repr__(self) -> str:
@@ -411,8 +415,8 @@ class TextFilter(Filter):
         self._rules = tuple(rules)
         self._names = tuple(r.name for r in rules)
         self.kinds = {r.name: r.kind for r in rules}
-        # Python decides these rules' hits (sessions, networks): no C++ counting.
-        self._python_only = any(r.kind != "failure" or r.outside is not None for r in rules)
+        # Python decides these rules' hits (networks): no C++ counting.
+        self._has_outside = any(r.outside is not None for r in rules)
         self._head_len = 0
         self._heads: dict[str, tuple[_TextRule, ...]] = {}
         if all(lit for lit, _ in literals):
@@ -472,16 +476,20 @@ class TextFilter(Filter):
     def track_lines(self, data: bytes, now: float, windows: _native.Windows,
                     oldest: float, latest: float,
                     on_full: Callable[[int, int, list[float]], list[float] | None],
+                    sessions: _native.Sessions | None = None,
                     ) -> tuple[dict[str | None, int], int, int] | None:
+        if self._has_outside or (sessions is None and self.paired):
+            return None
         native = self._block_scanner(data)
-        if native is None or self._python_only:
+        if native is None:
             return None
 
         def stamp_time(stamp: bytes) -> float:  # called only for a filter with a header
             t = timeparse.parse_syslog(stamp.decode(), now)
             return now if t is None else t
 
-        found = native.track(data, windows, now, oldest, latest, stamp_time, on_full)
+        found = native.track(data, windows, now, oldest, latest, stamp_time, on_full,
+                             sessions if self.paired else None)
         if found is None:  # a header of another shape: nothing was counted
             return None
         per_rule, ignored, stale = found
@@ -682,10 +690,14 @@ def _native_matcher(rules: Sequence[_TextRule], full: Sequence[str], spec: TextF
         from kfwguard.matching import _native
     except ImportError:
         return None
+    # Each rule's literal heads, as the per-record path dispatches on them: the
+    # scanner then runs only the rules a line's message can start with.
+    heads = [[h.encode() for h in patterns.literal_prefixes(p)] for p in full]
     try:
         return _native.Matcher([p.encode() for p in full], [r.host for r in rules],
                                [p.encode() for p in spec.programs], bool(spec.prefix),
-                               None if ignore is None else ignore.encode())
+                               None if ignore is None else ignore.encode(),
+                               heads if all(heads) else None)
     except ValueError:  # RE2 in C++ refused what the binding took: stay in Python
         return None
 

@@ -26,16 +26,34 @@ paired by its address instead.
 Memory is bounded: past ``max_sessions`` pending sessions the oldest is
 counted (never dropped); the sessions remembered as failed are forgotten
 oldest first.
+
+This class is the reference. The daemon's jails use its C++ twin
+(``_native.Sessions``, from ``sessions_for``) where the extension was built:
+the C++ block pass (``Jail.add_lines``) settles a block's hits there on the
+way into the failure windows, without a Python object per hit, and its
+``settle`` serves the per-record path's hits from the same state.
+tests/unit/test_sessions_native.py proves both give the same bans and counts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from kfwguard.matching.engine import Hit
+from kfwguard.addresses import key_host
+from kfwguard.matching.engine import Filter, Hit
 from kfwguard.matching.prefix import session_of
 from kfwguard.model import Record
+
+if TYPE_CHECKING:
+    from kfwguard.matching import _native
+
+try:  # the C++ twin of Sessions, built with the block scanner (setup.py)
+    from kfwguard.matching._native import Sessions as NativeSessions
+    from kfwguard.matching._native import tag_sessions
+except ImportError:  # no compiler or RE2 headers at install time
+    NativeSessions = None  # type: ignore[assignment,misc]
+    tag_sessions = None  # type: ignore[assignment]
 
 HOLD: Final = 30.0  # pam_faildelay is 2 s; an LDAP round trip a few more
 MAX_SESSIONS: Final = 50_000
@@ -144,24 +162,55 @@ class Sessions:
         return out
 
 
+# _native.cpp's Kind codes.
+_KIND_CODES: Final = {"failure": 0, "helper": 1, "once": 2, "end": 3, "success": 4}
+
+
+def sessions_for(flt: Filter, *, native: bool = True, hold: float = HOLD,
+                 max_sessions: int = MAX_SESSIONS) -> Sessions | _native.Sessions | None:
+    """The settlement a jail reading ``flt`` needs: None for a filter that is not
+    paired; else the C++ Sessions where the extension was built (and ``native``),
+    which the C++ block pass can settle into, else the Python one."""
+    if not flt.paired:
+        return None
+    if not native or NativeSessions is None:
+        return Sessions(flt.kinds, hold=hold, max_sessions=max_sessions)
+    names = flt.rules
+
+    def make_hit(key: int, rule: int, t: float) -> Hit:
+        """A hit the C++ pass held back, for the per-record path that releases it."""
+        return 0, "match", names[rule], key_host(key), key, t
+
+    return NativeSessions(list(names), [_KIND_CODES[flt.kinds.get(n, "failure")] for n in names],
+                          make_hit, hold, max_sessions)
+
+
 def block_sessions(data: bytes, hits: Sequence[Hit]) -> list[str | None]:
     """The session of each hit of ``Filter.scan_lines(data)`` (from its line's header).
-    Lines of one second and one process share their header: it is read once."""
-    out: list[str | None] = []
+    Plain syslog headers are read in C++ where the extension was built
+    (``_native.tag_sessions``); other lines as ``session_of`` reads them, a
+    header shared by lines of one second and one process once."""
+    out: list[str | bool | None]
+    if tag_sessions is not None:
+        out = tag_sessions(data, [hit[0] for hit in hits])
+    else:
+        out = [False] * len(hits)
     cache: dict[bytes, str | None] = {}
-    for hit in hits:
-        end = hit[0]
+    for i, sid in enumerate(out):
+        if sid is not False:
+            continue
+        end = hits[i][0]
         start = data.rfind(b"\n", 0, end) + 1
         colon = data.find(b": ", start, min(end, start + 400))
         head = data[start : colon + 2] if colon != -1 else data[start : min(end, start + 512)]
         try:
-            out.append(cache[head])
+            out[i] = cache[head]
         except KeyError:
-            sid = session_of(data[start : min(end, start + 512)].decode("utf-8", "replace"))
+            found = session_of(data[start : min(end, start + 512)].decode("utf-8", "replace"))
             if len(cache) < 4096:
-                cache[head] = sid
-            out.append(sid)
-    return out
+                cache[head] = found
+            out[i] = found
+    return out  # type: ignore[return-value]  # no False is left
 
 
 def record_sessions(records: Sequence[Record], hits: Sequence[Hit]) -> list[str | None]:
