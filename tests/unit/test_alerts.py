@@ -40,7 +40,7 @@ from kfwguard.alerts.service import AlertService
 from kfwguard.alerts.webhook import WebhookActionConfig, WebhookSender, summarise
 from kfwguard.config import parse_config
 from kfwguard.store import BanRow, Store
-from tests.unit.operator_fixtures import Receiver
+from tests.integration.operator_fixtures import Receiver
 
 TOKEN = "T0KEN-abcdef123456"
 NOW = 1_700_000_000.0

@@ -1,9 +1,6 @@
 """A config that says nothing, or a named config that is missing, is refused:
 never a silent run with no jails or on the embedded default (issue 11, item 11)."""
 
-# The reload test writes the config with plain blocking calls on purpose.
-# ruff: noqa: ASYNC240
-
 from __future__ import annotations
 
 import os
@@ -12,10 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from kfwguard.config import ConfigError, load_config_or_default, parse_config
-from tests.unit.operator_fixtures import make_daemon
 
 
 def check_config(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -81,29 +76,3 @@ class TestMissingNamedConfig:
         monkeypatch.setenv("KFWGUARD_CONFIG", str(path))
         cfg, origin = load_config_or_default(None)
         assert ("from-env", str(path)) == (cfg.node_name, origin)
-
-
-@pytest.mark.usefixtures("private_netns")
-class TestReloadRefusesEmpty:
-    async def test_reload_keeps_old_config(self, tmp_path: Path) -> None:
-        """A reload onto an emptied config file is refused and the old config,
-        jails included, stays in force."""
-        log = tmp_path / "auth.log"
-        log.write_text("")
-        daemon, _ = make_daemon(
-            tmp_path, node_name="before",
-            sources=[{"name": "auth", "type": "file", "path": str(log)}],
-            jails=[{"name": "sshd", "source": "auth", "filter": "sshd"}])
-        assert daemon.cfg_path is not None
-        try:
-            Path(daemon.cfg_path).write_text("")
-            assert await daemon.reload() is False
-            assert "before" == daemon.cfg.node_name
-            assert ["sshd"] == [j.name for j in daemon.cfg.jails]
-            Path(daemon.cfg_path).write_text(yaml.safe_dump({
-                "state_dir": str(daemon.cfg.state_dir), "node_name": "after",
-                "control_socket": str(daemon.cfg.control_socket)}))
-            assert await daemon.reload() is True
-            assert "after" == daemon.cfg.node_name
-        finally:
-            await daemon.shutdown()

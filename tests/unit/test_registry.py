@@ -13,7 +13,6 @@ from typing import Literal
 
 import pytest
 
-from kfwguard import app
 from kfwguard.alerts.base import SENDERS, ActionConfig, Sender
 from kfwguard.alerts.events import AlertEvent, Ban
 from kfwguard.alerts.service import AlertService
@@ -159,19 +158,6 @@ class TestRegistry:
             SOURCES.register(Impostor)
         cfg = parse_config("sources: [{name: a, type: file, path: /x}]\n")
         assert "FileSourceConfig" == type(cfg.sources[0]).__name__
-
-    @pytest.mark.usefixtures("private_netns")
-    async def test_daemon_builds_and_runs_the_new_source(self, tmp_path: Path) -> None:
-        """The daemon builds the new source from config and bans what it delivers."""
-        cfg = parse_config(config_text(tmp_path))
-        daemon = app.build(cfg, None).daemon
-        await daemon.start()
-        try:
-            assert isinstance(daemon.sources["mem"].source, LinesSource)
-            await eventually(lambda: daemon.bans is not None and any(
-                r.target == "203.0.113.9" for r in daemon.bans.active()))
-        finally:
-            await daemon.shutdown()
 
     async def test_alert_service_builds_and_feeds_the_new_sender(self, tmp_path: Path) -> None:
         """The alert service builds the new sender from config and hands it typed events."""

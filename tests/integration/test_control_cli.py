@@ -17,7 +17,7 @@ from kfwguard.cli.control import format_table
 from kfwguard.daemon import Daemon
 from kfwguard.operator.control import ControlServer
 from kfwguard.telemetry import Telemetry
-from tests.unit.operator_fixtures import jails_named, make_daemon
+from tests.integration.operator_fixtures import jails_named, make_daemon
 
 # A real ban table in a network namespace of the test's own (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("private_netns")

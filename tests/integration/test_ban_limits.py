@@ -17,7 +17,7 @@ from kfwguard.firewall.bantable import nft_timeout
 from kfwguard.operator.client import ControlClient, ControlError
 from kfwguard.operator.control import ControlServer
 from kfwguard.telemetry import Telemetry
-from tests.unit.operator_fixtures import make_daemon
+from tests.integration.operator_fixtures import make_daemon
 
 HUGE = "9" * 400  # parses to inf as a float
 

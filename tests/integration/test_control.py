@@ -27,7 +27,7 @@ from kfwguard.operator.client import ControlClient, ControlError, DaemonNotRunni
 from kfwguard.operator.control import ControlServer, ControlUnavailable
 from kfwguard.telemetry import Telemetry
 from tests.conftest import need
-from tests.unit.operator_fixtures import VALID_BASELINE, jails_named, make_daemon
+from tests.integration.operator_fixtures import VALID_BASELINE, jails_named, make_daemon
 
 # A real ban table in a network namespace of the test's own (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("private_netns")

@@ -22,7 +22,7 @@ from kfwguard.pipeline import SourcePipeline
 from kfwguard.sources.base import Backlog, Sink
 from kfwguard.telemetry import Telemetry
 from tests.conftest import need
-from tests.unit.operator_fixtures import VALID_BASELINE, jails_named, make_daemon
+from tests.integration.operator_fixtures import VALID_BASELINE, jails_named, make_daemon
 
 # A real ban table in a network namespace of the test's own (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("private_netns")

@@ -17,7 +17,7 @@ from kfwguard.pipeline import JailFeed, SourcePipeline, build_filters
 from kfwguard.sources import build_source
 from kfwguard.sources.formats import TextBlock
 from tests.conftest import need
-from tests.unit.operator_fixtures import make_daemon
+from tests.integration.operator_fixtures import make_daemon
 
 pytestmark = pytest.mark.usefixtures("private_netns")
 
