@@ -65,7 +65,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from kfwguard.yamlkeys import key_lines
+from kfwguard.yamlkeys import SAFE_LOADER, key_lines
 
 RULE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -183,10 +183,13 @@ class Lines:
     """Maps a key path in the YAML document to its line, for error messages."""
 
     def __init__(self, text: str) -> None:
-        self._lines = key_lines(text)
+        self._text = text
+        self._lines: dict[tuple[Any, ...], int] | None = None
 
     def where(self, loc: Sequence[Any]) -> str:
         """``line N: rules[2].regex`` for the deepest part of ``loc`` found in the file."""
+        if self._lines is None:  # only an error needs them: a second parse
+            self._lines = key_lines(self._text)
         line = None
         found: list[Any] = []
         for part in loc:
@@ -204,7 +207,7 @@ class Lines:
 def parse_spec(text: str, path: str) -> tuple[FilterSpec, Lines]:
     """Validate filter YAML ``text``; FilterError names file, line and key."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=SAFE_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
