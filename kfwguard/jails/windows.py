@@ -90,6 +90,6 @@ class PyWindows:
 def resolve(text: bytes) -> int | None:
     """The key of a host text the C++ windows leave to Python (not ASCII, or an
     IPv6 form libc refuses); None when it is not exactly one address. As the
-    filters' own host cache decides (engine.TextFilter._new_host)."""
+    filters' own host cache decides (textfilter.TextFilter._new_host)."""
     addr = parse_host(text.decode("utf-8", "replace"))
     return None if addr is None else host_key(addr)

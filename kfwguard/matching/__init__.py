@@ -4,7 +4,8 @@
 the daemon calls per record. Matching is linear-time (RE2) by construction.
 """
 
-from kfwguard.matching.engine import Filter, JsonFilter, Outcome, TextFilter
+from kfwguard.matching.engine import Filter, Outcome
+from kfwguard.matching.jsonfilter import JsonFilter
 from kfwguard.matching.loader import (
     load_filter,
     parse_filter,
@@ -12,6 +13,7 @@ from kfwguard.matching.loader import (
     shipped_filter_names,
 )
 from kfwguard.matching.spec import FilterError
+from kfwguard.matching.textfilter import TextFilter
 
 __all__ = [
     "Filter",

@@ -7,8 +7,8 @@ from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
 
-from kfwguard.matching.engine import Accel, Filter, Networks, build
-from kfwguard.matching.spec import FilterError, parse_spec
+from kfwguard.matching.engine import Accel, Filter
+from kfwguard.matching.spec import FilterError, Networks, parse_spec
 
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
@@ -36,7 +36,7 @@ def parse_filter(text: str, name: str, path: str = "<filter>", *,
                  mode: str | None = None) -> Filter:
     """Compile filter YAML ``text`` as filter ``name``; FilterError on any problem."""
     spec, lines = parse_spec(text, path)
-    return build(name, spec, path, lines, accelerate, networks, mode)
+    return spec.build(name, path, lines, accelerate, networks, mode)
 
 
 def split_mode(name_or_path: str) -> tuple[str, str | None]:

@@ -59,13 +59,18 @@ Paths: ``a.b``, ``list[0]``, ``list[-1]``, ``annotations["k8s.io/key"]``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+import importlib
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kfwguard.yamlkeys import SAFE_LOADER, key_lines
+
+if TYPE_CHECKING:
+    from kfwguard.addresses import IPNetwork
+    from kfwguard.matching.engine import Filter
 
 RULE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -90,6 +95,9 @@ def _as_list(value: object) -> object:
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+F = TypeVar("F", bound="FilterSpec")
 
 
 # What a rule's match means for the count (matching/sessions.py settles them
@@ -120,63 +128,54 @@ class TextRuleSpec(_Model):
     outside: Literal["control_plane"] | None = None
 
 
-class JsonRuleSpec(_Model):
-    name: str = Field(pattern=RULE_NAME)
-    # path -> value, or a list of values any of which is accepted
-    match: dict[str, JsonScalar | list[JsonScalar]] = Field(default_factory=dict)
-    # paths that must be missing or null
-    absent: list[str] = Field(default_factory=list)
-    # path -> RE2 pattern searched in the string value (a number is compared as
-    # its decimal text); all must hold
-    regex: dict[str, str] = Field(default_factory=dict)
-    # path -> value(s) that make the rule not apply
-    exclude: dict[str, JsonScalar | list[JsonScalar]] = Field(default_factory=dict)
-    host: str | None = None
-    host_port: bool | None = None
-    time: Annotated[list[str] | None, BeforeValidator(_as_list)] = None
-    fields: dict[str, str] = Field(default_factory=dict)
-    modes: list[str] | None = None
-    outside: Literal["control_plane"] | None = None
+class FilterSpec(_Model):
+    """What every filter format shares. A format is one module holding its
+    subclass (with ``format: Literal["tag"]``, unknown keys refused) whose
+    ``build`` compiles it, registered with ``@register_format``; a new format
+    is that module plus its import line in kfwguard/matching/formats.py."""
 
-
-class _FilterSpec(_Model):
     description: str = ""
     # Named rule sets, like fail2ban's ``mode``: the first is the default; a jail
     # picks another with ``filter: NAME[mode=M]``.
     modes: list[Annotated[str, Field(pattern=RULE_NAME)]] = Field(default_factory=list)
 
+    def rule_lists(self) -> list[tuple[str, Sequence[Any]]]:
+        """Each list of rules under its key, in the order they are tried; their
+        names are one namespace and their ``modes`` must be the filter's."""
+        return [("rules", getattr(self, "rules", ()))]
 
-class TextFilterSpec(_FilterSpec):
-    format: Literal["text"] = "text"
-    # Headers that may precede the message, stripped in this order when present.
-    prefix: Annotated[list[Literal["syslog", "klog"]], BeforeValidator(_as_list)] = Field(
-        default_factory=list
-    )
-    # With a syslog header, the tag's program must be one of these (if given).
-    programs: list[str] = Field(default_factory=list)
-    rules: list[TextRuleSpec] = Field(min_length=1)
-    ignoreregex: Annotated[list[str], BeforeValidator(_as_list)] = Field(default_factory=list)
+    def build(self, name: str, path: str, lines: Lines, accelerate: bool = True,
+              networks: Networks | None = None, mode: str | None = None) -> Filter:
+        """The compiled filter (``accelerate=False``: without the C++ scanner)."""
+        raise NotImplementedError(f"{type(self).__name__} does not say how it is built")
 
 
-class JsonFilterSpec(_FilterSpec):
-    format: Literal["json"]
-    # A syslog header before the JSON object is stripped (zap behind syslog);
-    # with one, the tag's program must be one of ``programs`` (if given).
-    prefix: Annotated[list[Literal["syslog"]], BeforeValidator(_as_list)] = Field(
-        default_factory=list
-    )
-    programs: list[str] = Field(default_factory=list)
-    # Regex rules for the lines that are not a JSON object (an older text logger
-    # of the same program), as in a text filter.
-    text_rules: list[TextRuleSpec] = Field(default_factory=list)
-    host: str | None = None
-    host_port: bool = False
-    time: Annotated[list[str], BeforeValidator(_as_list)] = Field(default_factory=list)
-    fields: dict[str, str] = Field(default_factory=dict)
-    rules: list[JsonRuleSpec] = Field(min_length=1)
+# Named address sets, filled from the config (spec.NETWORK_SETS).
+Networks = Mapping[str, Sequence["IPNetwork"]]
+
+# format: tag -> its spec model; the built-in formats register when the module
+# named here is first imported (formats() and parse_spec do that).
+_FORMATS: dict[str, type[FilterSpec]] = {}
+_BUILTIN_FORMATS = "kfwguard.matching.formats"
 
 
-FilterSpec = TextFilterSpec | JsonFilterSpec
+def register_format(model: type[F]) -> type[F]:
+    """Class decorator: ``model`` is the spec of the format its ``format:`` names."""
+    field = model.model_fields.get("format")
+    args = get_args(field.annotation) if field is not None else ()
+    if len(args) != 1 or not isinstance(args[0], str):
+        raise TypeError(f"{model.__name__} needs a field  format: Literal['its-tag']")
+    known = _FORMATS.get(args[0])
+    if known is not None and known is not model:
+        raise ValueError(f"filter format {args[0]!r} is already {known.__qualname__}")
+    _FORMATS[args[0]] = model
+    return model
+
+
+def formats() -> dict[str, type[FilterSpec]]:
+    """Every filter format by its ``format:`` tag, the built-in ones loaded."""
+    importlib.import_module(_BUILTIN_FORMATS)
+    return dict(_FORMATS)
 
 
 class Lines:
@@ -217,13 +216,11 @@ def parse_spec(text: str, path: str) -> tuple[FilterSpec, Lines]:
         raise FilterError(path, "a filter file must be a mapping (description, format, rules …)")
     lines = Lines(text)
     fmt = data.get("format", "text")
-    model: type[TextFilterSpec] | type[JsonFilterSpec]
-    if fmt == "text":
-        model = TextFilterSpec
-    elif fmt == "json":
-        model = JsonFilterSpec
-    else:
-        raise FilterError(path, f"{lines.where(['format'])}: must be 'text' or 'json', not {fmt!r}")
+    known = formats()
+    model = known.get(fmt) if isinstance(fmt, str) else None
+    if model is None:
+        tags = " or ".join(repr(t) for t in known)  # in the order they registered
+        raise FilterError(path, f"{lines.where(['format'])}: must be {tags}, not {fmt!r}")
     try:
         spec = model.model_validate(data)
     except ValidationError as exc:
@@ -233,24 +230,15 @@ def parse_spec(text: str, path: str) -> tuple[FilterSpec, Lines]:
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
             problems.append(f"{lines.where(loc)}: {msg}")
         raise FilterError(path, problems) from None
-    names = [r.name for r in spec.rules]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            raise FilterError(path, f"{lines.where(['rules', i, 'name'])}: repeated rule {name!r}")
-    if isinstance(spec, JsonFilterSpec):
-        for i, text_rule in enumerate(spec.text_rules):
-            if text_rule.name in names:
-                raise FilterError(path, f"{lines.where(['text_rules', i, 'name'])}: "
-                                  f"repeated rule {text_rule.name!r}")
-            names.append(text_rule.name)
-    rule_list: list[TextRuleSpec | JsonRuleSpec] = list(spec.rules)
-    all_rules: list[tuple[str, int, list[str] | None]] = [
-        ("rules", i, r.modes) for i, r in enumerate(rule_list)]
-    if isinstance(spec, JsonFilterSpec):
-        all_rules += [("text_rules", i, r.modes) for i, r in enumerate(spec.text_rules)]
-    for key, i, rule_modes in all_rules:
-        for mode in rule_modes or ():
-            if mode not in spec.modes:
-                raise FilterError(path, f"{lines.where([key, i, 'modes'])}: mode {mode!r} "
-                                  f"is not one of the filter's modes {spec.modes}")
+    names: list[str] = []
+    for key, rules in spec.rule_lists():
+        for i, rule in enumerate(rules):
+            if rule.name in names:
+                raise FilterError(path, f"{lines.where([key, i, 'name'])}: "
+                                  f"repeated rule {rule.name!r}")
+            names.append(rule.name)
+            for mode in rule.modes or ():
+                if mode not in spec.modes:
+                    raise FilterError(path, f"{lines.where([key, i, 'modes'])}: mode {mode!r} "
+                                      f"is not one of the filter's modes {spec.modes}")
     return spec, lines

@@ -248,16 +248,16 @@ class TestHostCache:
         not parsed again (a flood of new addresses cannot make every line of
         a recurring attacker re-parse), and results do not depend on the cache."""
         from kfwguard.addresses import parse_host as real
-        from kfwguard.matching import engine
+        from kfwguard.matching import textfilter
 
-        monkeypatch.setattr(engine, "_HOST_CACHE_MAX", 4)
+        monkeypatch.setattr(textfilter, "_HOST_CACHE_MAX", 4)
         parsed: list[str] = []
 
         def counting(text: str) -> object:
             parsed.append(text)
             return real(text)
 
-        monkeypatch.setattr(engine, "parse_host", counting)
+        monkeypatch.setattr(textfilter, "parse_host", counting)
         flt = load_filter("sshd")
 
         def scan(*hosts: str) -> list[str]:

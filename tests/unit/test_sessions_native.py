@@ -254,7 +254,7 @@ class TestHeadDispatch:
         from pathlib import Path
 
         from kfwguard.matching import _native, patterns
-        from kfwguard.matching.engine import TextFilter
+        from kfwguard.matching.textfilter import TextFilter
 
         flt = sshd(mode)
         assert isinstance(flt, TextFilter) and flt._native is not None
@@ -280,7 +280,7 @@ class TestHeadDispatch:
 def _spec_rules(mode: str) -> list[Any]:
     from kfwguard.matching.engine import select_rules
     from kfwguard.matching.loader import shipped_dir
-    from kfwguard.matching.spec import TextFilterSpec
+    from kfwguard.matching.textfilter import TextFilterSpec
 
     spec = TextFilterSpec.model_validate(
         yaml.safe_load((shipped_dir() / "sshd.yaml").read_text()))
