@@ -32,8 +32,8 @@ import contextlib
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import aiohttp
 import structlog
@@ -53,6 +53,8 @@ from kfwguard.cluster.etcdtypes import (
 )
 
 log = structlog.get_logger("kfwguard.cluster.etcdclient")
+
+T = TypeVar("T")
 
 # gRPC status codes etcd returns through the gateway.
 # cancelled, deadline exceeded, exhausted, aborted, internal, unavailable
@@ -158,11 +160,19 @@ class EtcdClient:
                    timeout: float | None = None) -> dict[str, Any]:  # noqa: ASYNC109
         """POST ``body`` to ``path`` on the current endpoint. With ``retry``, an
         unavailable answer is retried on the next endpoints until it succeeds."""
+        deadline = timeout or self.timeout
+        return await self._on_endpoints(
+            lambda ep: self._post(ep, path, body, deadline), retry)
+
+    async def _on_endpoints(self, attempt: Callable[[str], Awaitable[T]], retry: bool) -> T:
+        """``attempt(endpoint)`` on the current endpoint; an unavailable one moves
+        the client to the next, and with ``retry`` the attempt is made there after
+        a capped backoff, until one succeeds."""
         delay = 0.05
         while True:
             ep = self.endpoint
             try:
-                out = await self._post(ep, path, body, timeout or self.timeout)
+                out = await attempt(ep)
                 self.last_error = None
                 return out
             except EtcdUnavailable as exc:
@@ -190,20 +200,13 @@ class EtcdClient:
         through the gateway in pages of ``page``."""
         g = self._grpc_client()
         if g is not None:
-            delay = 0.05
-            while True:
-                ep = self.endpoint
-                try:
-                    out: tuple[int, list[KeyValue]] = await g.range_prefix(
-                        ep, prefix.encode(), prefix_end(prefix), 30.0)
-                    self.last_error = None
-                    return out
-                except EtcdUnavailable as exc:
-                    self._switch(ep, str(exc))
-                    if not retry:
-                        raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+            start, end = prefix.encode(), prefix_end(prefix)
+
+            async def listing(ep: str) -> tuple[int, list[KeyValue]]:
+                out: tuple[int, list[KeyValue]] = await g.range_prefix(ep, start, end, 30.0)
+                return out
+
+            return await self._on_endpoints(listing, retry)
         return await self._range_gateway(prefix, page, retry)
 
     async def _range_gateway(self, prefix: str, page: int,
