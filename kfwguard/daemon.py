@@ -106,6 +106,9 @@ class Daemon:
         for warning in self.warnings:
             log.warning("source_forgeable", detail=warning)
         old_jails, self.jails = self.jails, {}
+        # A kept jail keeps its feed too: a paired filter's sessions hold lines
+        # (PAM's, before sshd's own) that must still count after the reload.
+        old_feeds = {f.jail.name: f for p in self.sources.values() for f in p.feeds}
         by_source: dict[str, list[JailFeed]] = {}
         for jc in cfg.jails:
             if not jc.enabled:
@@ -119,7 +122,10 @@ class Daemon:
                             ipv6_prefix=cfg.ipv6_prefix)
             self.jails[jc.name] = jail
             flt = filters[jc.filter]
-            by_source.setdefault(jc.source, []).append(JailFeed.of(jail, flt))
+            feed = old_feeds.get(jc.name)
+            if feed is None or feed.jail is not jail:
+                feed = JailFeed.of(jail, flt)
+            by_source.setdefault(jc.source, []).append(feed)
         self._filters = {name: filter_fingerprint(f) for name, f in filters.items()}
         old_sources, self.sources = self.sources, {}
         for sc in cfg.sources:

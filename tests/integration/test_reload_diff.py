@@ -13,7 +13,13 @@ from typing import Any
 
 import pytest
 
-from tests.integration.daemon_harness import DaemonRun, base_config, sshd_fail, wait_until
+from tests.integration.daemon_harness import (
+    DaemonRun,
+    base_config,
+    sshd_fail,
+    syslog_now,
+    wait_until,
+)
 from tests.netns import Host, Lab
 
 
@@ -55,6 +61,11 @@ def reload_with(net: Net, **changes: Any) -> None:
     assert wait_until(lambda: net.daemon.log().count('"reloaded"') > before), net.daemon.log()
 
 
+def lines_read(status: dict[str, Any] | None) -> int:
+    assert status is not None
+    return int(status["sources"]["auth"]["lines_read"])
+
+
 def matches(status: dict[str, Any] | None) -> int:
     assert status is not None
     return sum(status["jails"]["sshd"]["matches"].values())
@@ -71,6 +82,26 @@ class TestReloadKeeps:
         assert wait_until(lambda: matches(net.daemon.status()) == 2), net.daemon.log()
         reload_with(net, node_name="renamed-node")
         append(net.log, sshd_fail(attacker, port=40003))
+        assert wait_until(lambda: attacker in net.daemon.elements("ban_v4")), net.daemon.log()
+
+    def test_a_held_session_line_still_counts_after_sighup(self, net: Net) -> None:
+        """PAM's line of an attempt, held by the session pairing when SIGHUP
+        comes, counts when its session ends after the reload: the kept jail kept
+        its sessions (a fresh feed dropped the held line, and the attacker one
+        short of maxretry was never banned)."""
+        net.daemon.start()
+        attacker = net.attacker.ip4
+        for port in (40001, 40002):  # maxretry is 3
+            append(net.log, sshd_fail(attacker, port=port))
+        append(net.log, f"{syslog_now()} node sshd[999]: pam_unix(sshd:auth): authentication "
+                        f"failure; logname= uid=0 euid=0 tty=ssh ruser= rhost={attacker}  "
+                        "user=root\n")
+        assert wait_until(lambda: lines_read(net.daemon.status()) == 3), net.daemon.log()
+        assert 2 == matches(net.daemon.status())  # the PAM line is held, not counted
+        assert attacker not in net.daemon.elements("ban_v4")
+        reload_with(net, node_name="renamed-node")
+        append(net.log, f"{syslog_now()} node sshd[999]: Connection closed by authenticating "
+                        f"user root {attacker} port 40003 [preauth]\n")
         assert wait_until(lambda: attacker in net.daemon.elements("ban_v4")), net.daemon.log()
 
     def test_unchanged_source_is_not_reread(self, net: Net) -> None:
