@@ -6,13 +6,14 @@ of being skipped, so CI cannot go green by skipping the real-kernel tests.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,14 @@ from tests.netns import Lab
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
+
+
+async def eventually(pred: Callable[[], bool]) -> None:
+    """Poll ``pred`` (state changed by tasks a test cannot await directly) until it
+    holds, for at most 20 s."""
+    async with asyncio.timeout(20.0):
+        while not pred():  # noqa: ASYNC110 - the state has no event to wait on
+            await asyncio.sleep(0.02)
 
 
 def need(condition: bool, why: str) -> None:

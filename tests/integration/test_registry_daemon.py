@@ -10,7 +10,8 @@ import pytest
 
 from kfwguard import app
 from kfwguard.config import parse_config
-from tests.unit.test_registry import LinesSource, config_text, eventually
+from tests.conftest import eventually
+from tests.unit.test_registry import LinesSource, config_text
 
 
 class TestNewSourceKind:

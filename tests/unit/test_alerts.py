@@ -40,6 +40,7 @@ from kfwguard.alerts.service import AlertService
 from kfwguard.alerts.webhook import WebhookActionConfig, WebhookSender, summarise
 from kfwguard.config import parse_config
 from kfwguard.store import BanRow, Store
+from tests.conftest import eventually
 from tests.integration.operator_fixtures import Receiver
 
 TOKEN = "T0KEN-abcdef123456"
@@ -59,12 +60,6 @@ def event(kind: type[Ban] | type[Unban], r: BanRow, at: float = NOW) -> Ban | Un
 def bans(n: int, jail: str = "sshd") -> list[AlertEvent]:
     return [event(Ban, row(f"192.0.2.{i + 1}", jail)) for i in range(n)]
 
-
-async def eventually(pred: Callable[[], bool]) -> None:
-    """Poll ``pred`` (state changed by tasks we cannot await directly), bounded."""
-    async with asyncio.timeout(20.0):
-        while not pred():  # noqa: ASYNC110 - the state has no event to wait on
-            await asyncio.sleep(0.02)
 
 
 @pytest.fixture

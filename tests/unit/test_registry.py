@@ -20,6 +20,7 @@ from kfwguard.config import ConfigError, parse_config
 from kfwguard.model import Record
 from kfwguard.sources.base import SOURCES, Backlog, Sink, Source, SourceConfig
 from kfwguard.store import BanRow
+from tests.conftest import eventually
 
 # -- the new source kind -----------------------------------------------------------
 
@@ -107,11 +108,6 @@ jails:
   - {{name: sshd, source: mem, filter: sshd, maxretry: 2, actions: [rec]}}
 """
 
-
-async def eventually(pred: Callable[[], bool]) -> None:
-    async with asyncio.timeout(20.0):
-        while not pred():  # noqa: ASYNC110 - the state has no event to wait on
-            await asyncio.sleep(0.02)
 
 
 class TestRegistry:
