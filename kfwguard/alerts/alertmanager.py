@@ -87,7 +87,7 @@ class AlertmanagerSender:
                                    ev.banned_at, ends, ev.simulated)
             case Drift():
                 template = self.format.get("drift_summary",
-                                           "baseline ${address} drifted: ${reason}")
+                                           "baseline table ${address} on ${node}: ${reason}")
                 summary = render(str(template), address=ev.table, jail="baseline",
                                  node=ev.node or self.node,
                                  duration=format_duration(DRIFT_ALERT_SECONDS),

@@ -46,23 +46,29 @@ class _Line:
     longest: float = 0.0
 
 
-def _group(ev: AlertEvent) -> tuple[tuple[str, str, bool], str, str, float]:
-    """(line key, target, reason, duration) of ``ev``."""
+_LineKey = tuple[str, str, bool, str]   # kind, jail, simulated, the reason if it splits lines
+
+
+def _group(ev: AlertEvent) -> tuple[_LineKey, str, str, float]:
+    """(line key, target, reason, duration) of ``ev``. Bans of one jail share a
+    line; the node's own events get one line per distinct reason (a drift put
+    back and a failure to keep the baseline in force are different news)."""
     match ev:
         case Ban() | Unban():
-            return ((ev.kind, ev.jail, ev.simulated), ev.target, ev.reason,
+            return ((ev.kind, ev.jail, ev.simulated, ""), ev.target, ev.reason,
                     ev.expires_at - ev.banned_at)
         case Drift():
-            return (ev.kind, "baseline", False), ev.table, ev.reason, 0.0
+            return (ev.kind, "baseline", False, ev.reason), ev.table, ev.reason, 0.0
         case BaselineDiffers() | BaselineAgrees():
-            return (ev.kind, "cluster", False), ev.target, ev.reason, 0.0
+            return (ev.kind, "cluster", False, ev.reason), ev.target, ev.reason, 0.0
         case _:
             assert_never(ev)
 
 
 def summarise(events: Sequence[AlertEvent], fmt: dict[str, Any], node: str) -> str:
-    """The message text for ``events``: one line per (event, jail), in first-seen order."""
-    groups: dict[tuple[str, str, bool], _Line] = {}
+    """The message text for ``events``: one line per (event, jail), in first-seen order
+    (the node's own events: per distinct reason)."""
+    groups: dict[_LineKey, _Line] = {}
     for ev in events:
         key, target, reason, duration = _group(ev)
         g = groups.setdefault(key, _Line())
@@ -71,7 +77,7 @@ def summarise(events: Sequence[AlertEvent], fmt: dict[str, Any], node: str) -> s
         g.longest = max(g.longest, duration)
     max_listed = int(fmt.get("max_listed", 10))
     lines = []
-    for (kind, jail, simulated), g in groups.items():
+    for (kind, jail, simulated, _), g in groups.items():
         template = fmt.get(kind)
         if not isinstance(template, str):
             continue

@@ -466,14 +466,29 @@ class TestDriftMessages:
         naming the table and what had changed."""
         ev = Drift("kfwguard_baseline", "rule edited in chain input", "node-1", NOW)
         text = summarise([ev], load_format("slack"), "node-1")
-        assert ":warning: baseline table *`kfwguard_baseline`* on node-1 had drifted and " \
-               "was put back: rule edited in chain input" == text
+        assert ":warning: baseline table *`kfwguard_baseline`* on node-1: " \
+               "rule edited in chain input" == text
         am = AlertmanagerSender("am", AlertmanagerActionConfig.model_validate(
             {"type": "alertmanager", "url": "http://am.example"}), "node-1")
         [alert] = am.body([ev])
         assert ("KfwguardBaselineDrift", "kfwguard_baseline") == \
             (alert["labels"]["alertname"], alert["labels"]["address"])
         assert "rule edited in chain input" in alert["annotations"]["summary"]
+
+
+    def test_drift_and_failure_in_one_message_both_shown(self) -> None:
+        """A healed drift and a failure to keep the baseline in force that land in one
+        message (a loaded node, or the aggregate window) are two lines: the failure is
+        not folded into the drift's line, where only the most common reason shows."""
+        healed = Drift("kfwguard_baseline", "it had drifted (table replaced) and was put back",
+                       "node-1", NOW)
+        failing = Drift("kfwguard_baseline", "cannot keep the baseline in force: NftError: "
+                        "Operation not permitted", "node-1", NOW)
+        for fmt in ("slack", "json"):
+            text = summarise([healed, failing, healed], load_format(fmt), "node-1")
+            lines = text.splitlines()
+            assert 2 == sum("kfwguard_baseline" in x for x in lines), text
+            assert "table replaced" in text and "cannot keep the baseline in force" in text
 
 
 class TestTypedEvents:

@@ -109,7 +109,7 @@ class BaselineEnforcer:
         log.warning("drift", table=self.cfg.table, reason=reason, drift_count=self.stats.drift)
         if self.on_drift is not None:
             try:
-                self.on_drift(reason)
+                self.on_drift(f"it had drifted ({reason}) and was put back")
             except Exception:
                 # An alerting hiccup must not keep the policy from being put back.
                 log.exception("drift_callback_failed")
