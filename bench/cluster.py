@@ -26,6 +26,7 @@ import argparse
 import ipaddress
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -58,6 +59,39 @@ def probe_monitor(seconds: float, out: Path) -> None:
         mon.pump(0.05)
     out.write_text(json.dumps({str(ipaddress.ip_address(k)): t for k, t in mon.seen.items()
                                if len(k) in (4, 16)}))
+
+
+def probe_etcd(tls_json: str, endpoint: str, prefix: str, n: int, timeout: float,
+               out: Path) -> None:
+    """Record when each key under ``prefix`` is seen in a watch (gRPC) of
+    ``endpoint``: the time etcd has committed it, from outside the daemons."""
+    import asyncio
+
+    from kfwguard.cluster.etcdgrpc import GrpcClient
+    from kfwguard.cluster.etcdtypes import TLSFiles, prefix_end
+
+    async def main() -> dict[str, float]:
+        g = GrpcClient(TLSFiles(**json.loads(tls_json)))
+        rev, _ = await g.range_prefix(endpoint, prefix.encode(), prefix_end(prefix), 10.0)
+        stream = g.watch(endpoint, prefix.encode(), prefix_end(prefix), rev + 1)
+        seen: dict[str, float] = {}
+        print("ready", flush=True)
+        try:
+            async with asyncio.timeout(timeout):
+                async for _, evs in stream.batches(lambda: None):
+                    now = time.perf_counter()
+                    for e in evs:
+                        if e.kind == "put":
+                            seen.setdefault(e.kv.key.rsplit("/", 1)[-1], now)
+                    if len(seen) >= n:
+                        break
+        except TimeoutError:
+            pass
+        finally:
+            await stream.close()
+        return seen
+
+    out.write_text(json.dumps(asyncio.run(main())))
 
 
 def probe_wait(addresses: Path, timeout: float) -> None:
@@ -98,12 +132,30 @@ def spy(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes] | None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def run(quick: bool, profile: Path | None = None) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far (threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def spread(times: list[float], start: float) -> dict[str, float] | None:
+    """First, median and last of ``times`` (seconds after ``start``)."""
+    if not times:
+        return None
+    return {"n": len(times), "first": round(min(times) - start, 3),
+            "p50": round((pct(times, .5) or 0) - start, 3),
+            "last": round(max(times) - start, 3)}
+
+
+def run(quick: bool, profile: Path | None = None, parts: set[str] | None = None,
+        burst_size: int | None = None) -> dict[str, Any]:
     from tests.integration.daemon_harness import DaemonRun, base_config, sshd_fail, wait_until
     from tests.integration.etcd_cluster import EtcdCluster
     from tests.netns import Lab
 
     n_steady, n_burst, n_load = (300, 2000, 20_000) if quick else (1000, 10_000, 100_000)
+    n_burst = burst_size or n_burst
+    parts = parts or {"steady", "burst", "load"}
     lab = Lab()
     work = Path(tempfile.mkdtemp(prefix="kfwbench-cluster-"))
     etcd = EtcdCluster(lab, work / "etcd")
@@ -137,6 +189,8 @@ def run(quick: bool, profile: Path | None = None) -> dict[str, Any]:
 
         # 1. steady 100 bans/s
         probes = {}
+        if "steady" not in parts:
+            n_steady = 0
         for name in "bc":
             f = work / f"seen-{name}.json"
             p = daemons[name].host.popen([py, "-m", "bench.cluster", "probe-monitor",
@@ -163,6 +217,8 @@ def run(quick: bool, profile: Path | None = None) -> dict[str, Any]:
                                      "p99_ms": 1000 * (pct(lat, .99) or 0),
                                      "max_ms": 1000 * max(lat, default=0)}
 
+        if "burst" not in parts:
+            n_burst = 0
         # 2. burst of n_burst offenders on A
         burst = addresses(102, n_burst)
         bf = work / "burst.txt"
@@ -170,7 +226,21 @@ def run(quick: bool, profile: Path | None = None) -> dict[str, Any]:
         waiters = {name: daemons[name].host.popen(
             [py, "-m", "bench.cluster", "probe-wait", str(bf), "120"], stdout=subprocess.PIPE)
             for name in "abc"}
-        for w in waiters.values():
+        # Where the time goes: when each address reaches each node's kernel,
+        # and when etcd has each of A's keys (a watcher of A's subtree).
+        monitors = {}
+        for name in ("abc" if n_burst else ""):
+            f = work / f"burst-seen-{name}.json"
+            monitors[name] = (daemons[name].host.popen(
+                [py, "-m", "bench.cluster", "probe-monitor", "25", str(f)],
+                stdout=subprocess.PIPE), f)
+        ef = work / "burst-etcd.json"
+        etcd_probe = etcd.host.popen(
+            [py, "-m", "bench.cluster", "probe-etcd", json.dumps(etcd.tls("root")),
+             etcd.endpoints[0], "/kfwguard/v1/bans/node-a/", str(n_burst), "60", str(ef)],
+            stdout=subprocess.PIPE) if n_burst else None
+        for w in [*waiters.values(), *(m for m, _ in monitors.values()),
+                  *([etcd_probe] if etcd_probe else [])]:
             assert w.stdout is not None and w.stdout.readline().strip() == b"ready"
         text = "".join(sshd_fail(a) for a in burst)
         spies = []
@@ -180,6 +250,9 @@ def run(quick: bool, profile: Path | None = None) -> dict[str, Any]:
                 assert proc is not None
                 spies.append(spy(proc.pid, profile / f"burst-{name}.txt", 30))
             time.sleep(1.0)  # py-spy attaches
+        pids = {f"daemon_{n}": d.proc.pid for n, d in daemons.items() if d.proc is not None}
+        pids.update({f"etcd_{m.name}": m.proc.pid for m in etcd.members if m.proc is not None})
+        cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
         start = time.perf_counter()
         with logs["a"].open("a") as fh:
             fh.write(text)
@@ -188,10 +261,25 @@ def run(quick: bool, profile: Path | None = None) -> dict[str, Any]:
             res = json.loads(w.stdout.readline())
             w.wait(timeout=30)
             out[f"burst_{name}_s"] = None if res["done"] is None else res["done"] - start
+        out["burst_cpu_s"] = {k: round(cpu_seconds(p) - cpu0[k], 2) for k, p in pids.items()}
+        out["burst_loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
         for sp in spies:
             if sp is not None:
                 sp.send_signal(2)
                 sp.wait(timeout=60)
+        if n_burst:
+            split: dict[str, Any] = {}
+            for name, (m, f) in monitors.items():
+                m.wait(timeout=120)
+                seen = json.loads(f.read_text())
+                split[f"kernel_{name}"] = spread([seen[a] for a in burst if a in seen], start)
+            assert etcd_probe is not None
+            etcd_probe.wait(timeout=120)
+            seen = json.loads(ef.read_text())
+            split["etcd_has_a"] = spread([seen[a] for a in burst if a in seen], start)
+            out["burst_split"] = split
+        if "load" not in parts:
+            return out
 
         # 3. a new node loading n_load shared bans (written by a "node-x" directly)
         load = addresses(103, n_load)
@@ -317,6 +405,13 @@ def main() -> None:
     w = sub.add_parser("probe-wait")
     w.add_argument("addresses", type=Path)
     w.add_argument("timeout", type=float)
+    pe = sub.add_parser("probe-etcd")
+    pe.add_argument("tls")
+    pe.add_argument("endpoint")
+    pe.add_argument("prefix")
+    pe.add_argument("n", type=int)
+    pe.add_argument("timeout", type=float)
+    pe.add_argument("out", type=Path)
     wb = sub.add_parser("write-bans")
     wb.add_argument("addresses", type=Path)
     wb.add_argument("tls")
@@ -325,18 +420,27 @@ def main() -> None:
     ap.add_argument("--profile", type=Path, metavar="DIR",
                     help="py-spy A and B during the burst and the new node at start "
                          "(collapsed stacks in DIR)")
+    ap.add_argument("--parts", default="steady,burst,load",
+                    help="which figures to measure (comma-separated; a partial run "
+                         "only prints)")
+    ap.add_argument("--burst", type=int, metavar="N", help="offenders in the burst")
     a = ap.parse_args()
     if a.cmd == "probe-monitor":
         probe_monitor(a.seconds, a.out)
     elif a.cmd == "probe-wait":
         probe_wait(a.addresses, a.timeout)
+    elif a.cmd == "probe-etcd":
+        probe_etcd(a.tls, a.endpoint, a.prefix, a.n, a.timeout, a.out)
     elif a.cmd == "write-bans":
         write_bans(a.addresses, a.tls, a.endpoints)
     else:
         if a.profile is not None:
             a.profile.mkdir(parents=True, exist_ok=True)
-        r = run(a.quick, a.profile)
+        parts = set(a.parts.split(","))
+        r = run(a.quick, a.profile, parts, a.burst)
         print(json.dumps(r, indent=1, default=str))
+        if parts != {"steady", "burst", "load"}:
+            return
         text = report(r)
         print(text)
         if not a.quick:

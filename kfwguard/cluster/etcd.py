@@ -115,19 +115,21 @@ class EtcdFeed:
                 del self._leases[b]
         return lease
 
-    async def publish(self, node: str, puts: Sequence[SharedBan],
-                      deletes: Sequence[str]) -> None:
+    async def publish(self, node: str, puts: Sequence[SharedBan], deletes: Sequence[str],
+                      *, encoded: Sequence[bytes] = ()) -> None:
         """Write ``puts`` and delete ``deletes`` (targets) under ``node``'s
         subtree, in transactions of at most TXN_OPS, up to TXN_IN_FLIGHT of them
         at once (each costs etcd a raft round and an fsync: one after the other,
         a burst would wait for them in turn); waits out outages. A target is
-        at most once in a call, so the order between transactions is free."""
+        at most once in a call, so the order between transactions is free.
+        ``encoded``: the puts' values, if the caller has them (else encoded here)."""
         ops: list[tuple[str, bytes, int]] = []
         dels = [self.ban_key(node, t) for t in deletes]
+        values = encoded if len(encoded) == len(puts) else [b.encode() for b in puts]
         while True:
             try:
-                ops = [(self.ban_key(node, b.target), b.encode(),
-                        await self._lease_for(b.expires_at)) for b in puts]
+                ops = [(self.ban_key(node, b.target), v, await self._lease_for(b.expires_at))
+                       for b, v in zip(puts, values, strict=True)]
                 sem = asyncio.Semaphore(TXN_IN_FLIGHT)
 
                 async def one(i: int, ops: list[tuple[str, bytes, int]] = ops,
@@ -194,16 +196,19 @@ class EtcdFeed:
         self.revision = revision
         return snap
 
-    async def changes(self, after: Snapshot) -> AsyncIterator[list[Change]]:
-        """Every change after ``after``, across reconnects to any endpoint."""
+    async def changes(self, after: Snapshot, *, own: str = "") -> AsyncIterator[list[Change]]:
+        """Every change after ``after``, across reconnects to any endpoint, but
+        the puts and deletes of node ``own``'s bans (its own writes coming back:
+        a burst's thousands, not decoded for nothing)."""
         self.revision = after.position
+        mine = self.ban_key(own, "") if own else None
         delay = 0.1
         while True:
             try:
                 async for revision, events in self.client.watch(self.prefix + "/",
                                                                 self.revision + 1):
                     delay = 0.1
-                    out = self._changes(events)
+                    out = self._changes(events, mine)
                     self.revision = max(self.revision, revision)
                     if out:
                         yield out
@@ -217,9 +222,11 @@ class EtcdFeed:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    def _changes(self, events: list[WatchEvent]) -> list[Change]:
+    def _changes(self, events: list[WatchEvent], mine: str | None = None) -> list[Change]:
         out: list[Change] = []
         for e in events:
+            if mine is not None and e.kv.key.startswith(mine):
+                continue
             item = self._parse(e.kv, e.kind)
             if isinstance(item, SharedBan):
                 out.append(BanPut(item))

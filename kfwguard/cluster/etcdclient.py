@@ -111,6 +111,8 @@ class EtcdClient:
         return self._session
 
     async def close(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -250,7 +252,17 @@ class EtcdClient:
 
     async def txn(self, puts: Sequence[tuple[str, bytes, int]], deletes: Sequence[str] = (),
                   *, retry: bool = True) -> int:
-        """Puts (key, value, lease) and deletes in one transaction (one revision)."""
+        """Puts (key, value, lease) and deletes in one transaction (one revision).
+        Over gRPC when the ``cluster`` extra is installed: through the gateway,
+        etcd converts every put from JSON and back, and the client spends
+        several event-loop turns per request (a burst's detection holds the loop)."""
+        g = self._grpc_client()
+        if g is not None:
+            async def attempt(ep: str) -> int:
+                rev: int = await g.txn(ep, puts, deletes, self.timeout)
+                return rev
+
+            return await self._on_endpoints(attempt, retry)
         ops: list[dict[str, Any]] = []
         for key, value, lease in puts:
             req: dict[str, Any] = {"key": b64(key), "value": b64(value)}

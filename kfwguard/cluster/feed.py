@@ -129,12 +129,16 @@ class FeedResync(Exception):
 
 
 class DecisionFeed(Protocol):
-    async def publish(self, node: str, puts: Sequence[SharedBan],
-                      deletes: Sequence[str]) -> None: ...
+    async def publish(self, node: str, puts: Sequence[SharedBan], deletes: Sequence[str],
+                      *, encoded: Sequence[bytes] = ()) -> None:
+        """``encoded``: the puts' values as ``encode()`` gives them, when the caller
+        has them already (the outbox holds them)."""
 
     async def snapshot(self) -> Snapshot: ...
 
-    def changes(self, after: Snapshot) -> AsyncIterator[list[Change]]: ...
+    def changes(self, after: Snapshot, *, own: str = "") -> AsyncIterator[list[Change]]:
+        """``own``: a node whose bans' changes are left out (this node's)."""
+        ...
 
     async def ask_unban(self, target: str, by: str, at: float) -> None: ...
 

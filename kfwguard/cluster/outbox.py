@@ -22,6 +22,9 @@ CREATE TABLE IF NOT EXISTS cluster_outbox (
     value  BLOB,            -- NULL: delete the key
     seq    INTEGER NOT NULL
 );
+-- The publisher reads on from the last seq it took (a burst is sent while
+-- it is still being queued): without it, every read sorts the whole table.
+CREATE INDEX IF NOT EXISTS cluster_outbox_seq ON cluster_outbox (seq);
 """
 
 
@@ -97,6 +100,20 @@ class Outbox:
         except sqlite3.Error:
             pass
         return out
+
+    def due_after(self, seq: int, limit: int) -> list[Pending]:
+        """Up to ``limit`` intents queued (or replaced) after ``seq``, oldest first."""
+        out = sorted((p for p in self._memory.values() if p.seq > seq), key=lambda p: p.seq)
+        try:
+            cur = self._db.execute(
+                "SELECT target, value, seq FROM cluster_outbox WHERE seq > ? "
+                "ORDER BY seq LIMIT ?", (seq, limit))
+            seen = {p.target for p in out}
+            out += [Pending(t, v, s) for t, v, s in cur if t not in seen]
+        except sqlite3.Error:
+            pass
+        out.sort(key=lambda p: p.seq)
+        return out[:limit]
 
     def done(self, items: Sequence[Pending]) -> None:
         """Forget intents that were sent, unless a newer one replaced them meanwhile."""

@@ -10,6 +10,7 @@ again, never an offence of a local jail).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ipaddress
 import os
@@ -56,7 +57,10 @@ MAX_PEER_BAN = 30 * 86400.0
 BASELINE_ALERT_HOLD = 3
 BASELINE_ALERT_REFRESH = 12 * 3600.0
 
-PUBLISH_BATCH = 8192  # outbox entries per publish() call
+# Outbox intents per publish() call (etcd: one transaction; its default
+# --max-txn-ops is 128), and calls in flight at once.
+PUBLISH_CHUNK = 128
+PUBLISH_IN_FLIGHT = 8
 
 PROPAGATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -101,6 +105,14 @@ class ClusterService:
         self.allow: dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}
         self.nodes: dict[str, dict[str, Any]] = {}
         self._wake = asyncio.Event()
+        # The publisher's state: the last outbox seq it took, the targets in
+        # flight (-> seq), newer intents waiting for those, and intents they
+        # unblocked, to be sent next.
+        self._cursor = 0
+        self._inflight: dict[str, int] = {}
+        self._blocked: dict[str, Pending] = {}
+        self._ready: collections.deque[Pending] = collections.deque()
+        self._sending: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self.stats = {"published": 0, "received": 0, "refused": 0, "withdrawn": 0,
                       "resyncs": 0, "skipped": 0, "publish_errors": 0, "crashes": 0}
@@ -155,9 +167,10 @@ class ClusterService:
                 await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        tasks = [*self._tasks, *self._sending]
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         with contextlib.suppress(Exception):
@@ -201,40 +214,101 @@ class ClusterService:
         self._queue([r.target for r in rows if self._shared(r) and r.expires_at > now])
 
     async def _publisher(self) -> None:
-        delay = 0.5
+        """Send the outbox as it fills: up to PUBLISH_IN_FLIGHT publish() calls of
+        up to PUBLISH_CHUNK intents each at once, the next one as soon as a slot
+        frees. A burst is published while it is still being detected, and a
+        slow transaction holds up only its own intents. An intent for a target
+        whose previous one is still in flight waits for it (two transactions
+        in flight land in any order)."""
+        for t in list(self._sending):  # a crashed run's sends (see _supervised)
+            t.cancel()
+        self._inflight.clear()
+        self._blocked.clear()
+        self._ready.clear()
+        self._cursor = 0
+        slots = asyncio.Semaphore(PUBLISH_IN_FLIGHT)
         while True:
-            # Large batches: publish() keeps TXN_IN_FLIGHT transactions going
-            # through one batch; between batches that pipeline drains.
-            batch: list[Pending] = (self.outbox.due(PUBLISH_BATCH) if self.outbox is not None
-                                    else [])
-            if not batch:
+            await slots.acquire()
+            batch = self._take()
+            while not batch:
                 self._wake.clear()
                 await self._wake.wait()
-                continue
+                batch = self._take()
+            for p in batch:
+                self._inflight[p.target] = p.seq
+            task = asyncio.create_task(self._send(batch, slots), name="cluster:send")
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    def _take(self) -> list[Pending]:
+        """The next intents to send: those a finished send unblocked, then the
+        outbox's newer ones; one per target (the newest), none in flight."""
+        if self.outbox is None:
+            return []
+        out: dict[str, Pending] = {}
+        while self._ready and len(out) < PUBLISH_CHUNK:
+            p = self._ready.popleft()
+            if p.target in self._inflight:
+                self._blocked[p.target] = p
+            elif (old := out.get(p.target)) is None or old.seq < p.seq:
+                out[p.target] = p
+        if len(out) < PUBLISH_CHUNK:
+            for p in self.outbox.due_after(self._cursor, PUBLISH_CHUNK - len(out)):
+                self._cursor = max(self._cursor, p.seq)
+                if p.target in self._inflight:
+                    old = self._blocked.get(p.target)
+                    if old is None or old.seq < p.seq:
+                        self._blocked[p.target] = p
+                    continue
+                old = out.get(p.target)
+                if old is None or old.seq < p.seq:
+                    out[p.target] = p
+        return list(out.values())
+
+    async def _send(self, batch: list[Pending], slots: asyncio.Semaphore) -> None:
+        """Publish ``batch`` until the feed takes it (errors are retried after a
+        growing delay: never dropped), then forget it in the outbox."""
+        try:
             puts: list[SharedBan] = []
+            values: list[bytes] = []
             deletes: list[str] = []
             for p in batch:
                 if p.value is None:
                     deletes.append(p.target)
                     continue
                 try:
-                    puts.append(SharedBan.decode(self.node, p.target, p.value))
+                    b = SharedBan.decode(self.node, p.target, p.value)
                 except (ValueError, KeyError):
                     continue
-            now = self._clock()
-            puts = [b for b in puts if b.expires_at > now]
-            try:
-                await self.feed.publish(self.node, puts, deletes)
-            except (EtcdError, OSError) as exc:
-                self.stats["publish_errors"] += 1
-                log.error("cluster_publish_failed", error=str(exc)[:300], retry_in=delay)
+                puts.append(b)
+                values.append(p.value)
+            delay = 0.5
+            while True:
+                now = self._clock()
+                keep = [i for i, b in enumerate(puts) if b.expires_at > now]
+                try:
+                    await self.feed.publish(self.node, [puts[i] for i in keep], deletes,
+                                            encoded=[values[i] for i in keep])
+                    break
+                except (EtcdError, OSError) as exc:
+                    self.stats["publish_errors"] += 1
+                    log.error("cluster_publish_failed", error=str(exc)[:300], retry_in=delay)
+                except Exception:  # a bug: the intents are kept and tried again
+                    self.stats["crashes"] += 1
+                    log.exception("cluster_publish_crashed", retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
-                continue
-            delay = 0.5
             assert self.outbox is not None
             self.outbox.done(batch)
             self.stats["published"] += len(batch)
+        finally:
+            for p in batch:
+                if self._inflight.get(p.target) == p.seq:
+                    del self._inflight[p.target]
+                    if (waiting := self._blocked.pop(p.target, None)) is not None:
+                        self._ready.append(waiting)
+            slots.release()
+            self._wake.set()
 
     # -- peers' decisions -> kernel ---------------------------------------------
 
@@ -322,7 +396,7 @@ class ClusterService:
             await self._reconcile(snap)
             self.synced.set()
             try:
-                async for changes in self.feed.changes(snap):
+                async for changes in self.feed.changes(snap, own=self.node):
                     await self._on_changes(changes)
             except FeedResync:
                 self.stats["resyncs"] += 1
