@@ -281,6 +281,13 @@ class EtcdClient:
     # -- leases ----------------------------------------------------------------
 
     async def lease_grant(self, ttl: int, *, retry: bool = True) -> int:
+        g = self._grpc_client()
+        if g is not None:  # the first ban of a burst waits for it: one loop turn
+            async def attempt(ep: str) -> int:
+                lease: int = await g.lease_grant(ep, ttl, self.timeout)
+                return lease
+
+            return await self._on_endpoints(attempt, retry)
         data = await self.call("/v3/lease/grant", {"TTL": str(ttl)}, retry=retry)
         if data.get("error"):
             raise EtcdError(str(data["error"]))

@@ -69,13 +69,10 @@ class GrpcClient:
         """Puts (key, value, lease) and deletes in one transaction on ``endpoint``;
         returns its revision. Raises LeaseNotFound, EtcdUnavailable (the caller
         moves on to another endpoint) or EtcdError."""
-        from aetcd.rpc import rpc_pb2, rpc_pb2_grpc
+        from aetcd.rpc import rpc_pb2
 
         grpc = self._grpc
-        if endpoint not in self._kv:
-            channel = self._channel(endpoint)
-            self._kv[endpoint] = (channel, rpc_pb2_grpc.KVStub(channel))
-        kv = self._kv[endpoint][1]
+        kv = self._stub(endpoint)[1]
         op, put, delete = rpc_pb2.RequestOp, rpc_pb2.PutRequest, rpc_pb2.DeleteRangeRequest
         ops = [op(request_put=put(key=k.encode(), value=v, lease=lease)) for k, v, lease in puts]
         ops += [op(request_delete_range=delete(key=k.encode())) for k in deletes]
@@ -90,6 +87,33 @@ class GrpcClient:
                 await self.drop(endpoint)  # the next attempt there connects anew
             raise err from None
         return int(resp.header.revision)
+
+    def _stub(self, endpoint: str) -> tuple[Any, Any]:
+        """The kept channel to ``endpoint`` and its KV stub."""
+        from aetcd.rpc import rpc_pb2_grpc
+
+        if endpoint not in self._kv:
+            channel = self._channel(endpoint)
+            self._kv[endpoint] = (channel, rpc_pb2_grpc.KVStub(channel))
+        return self._kv[endpoint]
+
+    async def lease_grant(self, endpoint: str, ttl: int, timeout: float) -> int:  # noqa: ASYNC109
+        """A new lease of ``ttl`` seconds on ``endpoint`` (the transactions' channel)."""
+        from aetcd.rpc import rpc_pb2, rpc_pb2_grpc
+
+        grpc = self._grpc
+        stub = rpc_pb2_grpc.LeaseStub(self._stub(endpoint)[0])
+        try:
+            resp = await stub.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=ttl), timeout=timeout,
+                                         metadata=(("hasleader", "true"),))
+        except grpc.aio.AioRpcError as exc:
+            err = _error(exc)
+            if isinstance(err, EtcdUnavailable):
+                await self.drop(endpoint)
+            raise err from None
+        if resp.error:
+            raise EtcdError(f"lease grant: {resp.error}")
+        return int(resp.ID)
 
     async def drop(self, endpoint: str) -> None:
         """Close the kept transaction channel to ``endpoint`` (if any)."""

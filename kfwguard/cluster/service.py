@@ -112,7 +112,6 @@ class ClusterService:
         self._inflight: dict[str, int] = {}
         self._blocked: dict[str, Pending] = {}
         self._ready: collections.deque[Pending] = collections.deque()
-        self._sending: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self.stats = {"published": 0, "received": 0, "refused": 0, "withdrawn": 0,
                       "resyncs": 0, "skipped": 0, "publish_errors": 0, "crashes": 0}
@@ -167,10 +166,9 @@ class ClusterService:
                 await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
-        tasks = [*self._tasks, *self._sending]
-        for t in tasks:
+        for t in self._tasks:
             t.cancel()
-        for t in tasks:
+        for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         with contextlib.suppress(Exception):
@@ -214,31 +212,37 @@ class ClusterService:
         self._queue([r.target for r in rows if self._shared(r) and r.expires_at > now])
 
     async def _publisher(self) -> None:
-        """Send the outbox as it fills: up to PUBLISH_IN_FLIGHT publish() calls of
-        up to PUBLISH_CHUNK intents each at once, the next one as soon as a slot
-        frees. A burst is published while it is still being detected, and a
-        slow transaction holds up only its own intents. An intent for a target
+        """Send the outbox as it fills: PUBLISH_IN_FLIGHT senders, each taking up
+        to PUBLISH_CHUNK intents, publishing them and going on with the next
+        ones at once. A burst is published while it is still being detected
+        (each hand-over between tasks would cost an event-loop turn, and a
+        burst's detection holds the loop for a while each turn), and a slow
+        transaction holds up only its own intents. An intent for a target
         whose previous one is still in flight waits for it (two transactions
         in flight land in any order)."""
-        for t in list(self._sending):  # a crashed run's sends (see _supervised)
-            t.cancel()
         self._inflight.clear()
         self._blocked.clear()
         self._ready.clear()
         self._cursor = 0
-        slots = asyncio.Semaphore(PUBLISH_IN_FLIGHT)
+        senders = [asyncio.create_task(self._sender(), name="cluster:send")
+                   for _ in range(PUBLISH_IN_FLIGHT)]
+        try:
+            await asyncio.gather(*senders)
+        finally:
+            for t in senders:
+                t.cancel()
+            await asyncio.gather(*senders, return_exceptions=True)
+
+    async def _sender(self) -> None:
         while True:
-            await slots.acquire()
             batch = self._take()
-            while not batch:
+            if not batch:
                 self._wake.clear()
                 await self._wake.wait()
-                batch = self._take()
+                continue
             for p in batch:
                 self._inflight[p.target] = p.seq
-            task = asyncio.create_task(self._send(batch, slots), name="cluster:send")
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+            await self._send(batch)
 
     def _take(self) -> list[Pending]:
         """The next intents to send: those a finished send unblocked, then the
@@ -265,7 +269,7 @@ class ClusterService:
                     out[p.target] = p
         return list(out.values())
 
-    async def _send(self, batch: list[Pending], slots: asyncio.Semaphore) -> None:
+    async def _send(self, batch: list[Pending]) -> None:
         """Publish ``batch`` until the feed takes it (errors are retried after a
         growing delay: never dropped), then forget it in the outbox."""
         try:
@@ -307,8 +311,7 @@ class ClusterService:
                     del self._inflight[p.target]
                     if (waiting := self._blocked.pop(p.target, None)) is not None:
                         self._ready.append(waiting)
-            slots.release()
-            self._wake.set()
+                        self._wake.set()
 
     # -- peers' decisions -> kernel ---------------------------------------------
 
