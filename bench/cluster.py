@@ -261,6 +261,7 @@ def run(quick: bool, profile: Path | None = None, parts: set[str] | None = None,
             res = json.loads(w.stdout.readline())
             w.wait(timeout=30)
             out[f"burst_{name}_s"] = None if res["done"] is None else res["done"] - start
+        out["burst_start"], out["workdir"] = start, str(work)
         out["burst_cpu_s"] = {k: round(cpu_seconds(p) - cpu0[k], 2) for k, p in pids.items()}
         out["burst_loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
         for sp in spies:

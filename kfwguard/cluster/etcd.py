@@ -61,6 +61,7 @@ class EtcdFeed:
         self.heartbeat_interval = heartbeat
         self._clock = clock
         self._leases: dict[int, int] = {}  # expiry bucket -> lease id
+        self._granting: dict[int, asyncio.Future[int]] = {}  # bucket -> grant in flight
         self._beat_lease = 0
         self.revision = 0
         self.skipped = 0
@@ -106,39 +107,53 @@ class EtcdFeed:
     async def _lease_for(self, expires_at: float) -> int:
         bucket = math.ceil(expires_at / BUCKET)
         lease = self._leases.get(bucket)
-        if lease is None:
+        if lease is not None:
+            return lease
+        # One grant per bucket: the senders of a burst all need the same new
+        # lease at once, and wait for the first one's grant.
+        waiting = self._granting.get(bucket)
+        if waiting is not None:
+            return await asyncio.shield(waiting)
+        waiting = self._granting[bucket] = asyncio.get_running_loop().create_future()
+        waiting.add_done_callback(lambda f: f.cancelled() or f.exception())  # seen
+        try:
             ttl = max(5, math.ceil(bucket * BUCKET - self._clock()) + 5)
             lease = await self.client.lease_grant(ttl)
-            self._leases[bucket] = lease
-            now_bucket = math.floor(self._clock() / BUCKET)
-            for b in [b for b in self._leases if b < now_bucket]:
-                del self._leases[b]
+        except BaseException as exc:
+            waiting.set_exception(exc if isinstance(exc, Exception)
+                                  else EtcdUnavailable("lease grant interrupted"))
+            raise
+        finally:
+            del self._granting[bucket]
+        waiting.set_result(lease)
+        self._leases[bucket] = lease
+        now_bucket = math.floor(self._clock() / BUCKET)
+        for b in [b for b in self._leases if b < now_bucket]:
+            del self._leases[b]
         return lease
 
     async def publish(self, node: str, puts: Sequence[SharedBan], deletes: Sequence[str],
                       *, encoded: Sequence[bytes] = ()) -> None:
         """Write ``puts`` and delete ``deletes`` (targets) under ``node``'s
-        subtree, in transactions of at most TXN_OPS, up to TXN_IN_FLIGHT of them
-        at once (each costs etcd a raft round and an fsync: one after the other,
-        a burst would wait for them in turn); waits out outages. A target is
-        at most once in a call, so the order between transactions is free.
-        ``encoded``: the puts' values, if the caller has them (else encoded here)."""
-        ops: list[tuple[str, bytes, int]] = []
+        subtree, in transactions of at most TXN_OPS operations, up to
+        TXN_IN_FLIGHT of them at once (each costs etcd a raft round and an
+        fsync: one after the other, a burst would wait for them in turn);
+        waits out outages. A target is at most once in a call, so the order
+        between transactions is free. ``encoded``: the puts' values, if the
+        caller has them (else encoded here). Over gRPC the transactions go
+        out in one await, without a task each: during a burst every hand-over
+        between tasks waits for an event-loop turn."""
         dels = [self.ban_key(node, t) for t in deletes]
         values = encoded if len(encoded) == len(puts) else [b.encode() for b in puts]
         while True:
             try:
                 ops = [(self.ban_key(node, b.target), v, await self._lease_for(b.expires_at))
                        for b, v in zip(puts, values, strict=True)]
-                sem = asyncio.Semaphore(TXN_IN_FLIGHT)
-
-                async def one(i: int, ops: list[tuple[str, bytes, int]] = ops,
-                              sem: asyncio.Semaphore = sem) -> None:
-                    async with sem:
-                        await self.client.txn(ops[i:i + TXN_OPS], dels[i:i + TXN_OPS],
-                                              retry=True)
-                await asyncio.gather(*(one(i) for i in range(0, max(len(ops), len(dels)),
-                                                             TXN_OPS)))
+                n = len(ops)
+                chunks = [(ops[i:i + TXN_OPS], dels[max(0, i - n):max(0, i + TXN_OPS - n)])
+                          for i in range(0, n + len(dels), TXN_OPS)]
+                if chunks:
+                    await self.client.txns(chunks, in_flight=TXN_IN_FLIGHT, retry=True)
                 return
             except LeaseNotFound:
                 # Expired or revoked meanwhile (a long outage): new leases.

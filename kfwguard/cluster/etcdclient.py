@@ -250,6 +250,27 @@ class EtcdClient:
         data = await self.call("/v3/kv/deleterange", body, retry=retry)
         return int(data.get("deleted", 0))
 
+    async def txns(self, chunks: Sequence[tuple[Sequence[tuple[str, bytes, int]],
+                                                Sequence[str]]],
+                   *, in_flight: int = 8, retry: bool = True) -> None:
+        """One transaction per chunk of puts and deletes (as txn()), all at once
+        over gRPC (etcdgrpc.GrpcClient.txns: one thread job, two event-loop
+        turns), else up to ``in_flight`` at once through the gateway. On a
+        failure the whole call is retried (writing a key again changes nothing)."""
+        g = self._grpc_client()
+        if g is not None:
+            async def attempt(ep: str) -> None:
+                await g.txns(ep, chunks, self.timeout)
+
+            await self._on_endpoints(attempt, retry)
+            return
+        sem = asyncio.Semaphore(in_flight)
+
+        async def one(chunk: tuple[Sequence[tuple[str, bytes, int]], Sequence[str]]) -> None:
+            async with sem:
+                await self.txn(*chunk, retry=retry)
+        await asyncio.gather(*(one(c) for c in chunks))
+
     async def txn(self, puts: Sequence[tuple[str, bytes, int]], deletes: Sequence[str] = (),
                   *, retry: bool = True) -> int:
         """Puts (key, value, lease) and deletes in one transaction (one revision).
@@ -259,7 +280,7 @@ class EtcdClient:
         g = self._grpc_client()
         if g is not None:
             async def attempt(ep: str) -> int:
-                rev: int = await g.txn(ep, puts, deletes, self.timeout)
+                rev: int = await g.txns(ep, [(puts, deletes)], self.timeout)
                 return rev
 
             return await self._on_endpoints(attempt, retry)

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from kfwguard.cluster.etcdtypes import (
     EtcdCompacted,
@@ -36,6 +37,7 @@ from kfwguard.cluster.etcdtypes import (
 # rest of the range for every page it serves.
 PAGE = 50_000
 MAX_MESSAGE = 64 << 20
+TXN_THREADS = 8  # txns() calls at once (the cluster service's senders)
 
 # grpc status codes that mean "try another member" (as the gateway's _UNAVAILABLE_CODES)
 _RETRY = {"CANCELLED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "INTERNAL",
@@ -62,68 +64,103 @@ class GrpcClient:
         if tls is not None:
             ca, key, cert = (Path(p).read_bytes() for p in (tls.ca, tls.key, tls.cert))
             self._creds = grpc.ssl_channel_credentials(ca, key, cert)
-        self._kv: dict[str, tuple[Any, Any]] = {}  # endpoint -> (channel, KV stub)
+        # Transactions and lease grants: a blocking channel per endpoint, kept
+        # open, used from a pool of threads (see txn).
+        self._kept: dict[str, _Stubs] = {}
+        self._pool: ThreadPoolExecutor | None = None
 
-    async def txn(self, endpoint: str, puts: Sequence[tuple[str, bytes, int]],
-                  deletes: Sequence[str], timeout: float) -> int:  # noqa: ASYNC109
-        """Puts (key, value, lease) and deletes in one transaction on ``endpoint``;
-        returns its revision. Raises LeaseNotFound, EtcdUnavailable (the caller
-        moves on to another endpoint) or EtcdError."""
+    async def txns(self, endpoint: str,
+                   chunks: Sequence[tuple[Sequence[tuple[str, bytes, int]], Sequence[str]]],
+                   timeout: float) -> int:  # noqa: ASYNC109
+        """One transaction per chunk of puts (key, value, lease) and deletes, all
+        at once, on ``endpoint``; returns the last revision. Raises
+        LeaseNotFound, EtcdUnavailable (the caller moves on to another
+        endpoint) or EtcdError; a failure leaves the others' writes in place
+        (writing them again changes nothing).
+
+        The requests are built and sent on a blocking channel in a worker
+        thread (gRPC's core does the I/O; the wait holds no lock): an asyncio
+        call needs about five event-loop turns, and while a burst is detected
+        each turn waits for a block of log lines, so its transactions would
+        wait for the whole burst; this way they take two turns, however many,
+        and the network wait runs beside the detection."""
+        return await self._blocking(endpoint, self._txns, chunks, timeout)
+
+    def _txns(self, stubs: _Stubs,
+              chunks: Sequence[tuple[Sequence[tuple[str, bytes, int]], Sequence[str]]],
+              timeout: float) -> int:
         from aetcd.rpc import rpc_pb2
 
-        grpc = self._grpc
-        kv = self._stub(endpoint)[1]
         op, put, delete = rpc_pb2.RequestOp, rpc_pb2.PutRequest, rpc_pb2.DeleteRangeRequest
-        ops = [op(request_put=put(key=k.encode(), value=v, lease=lease)) for k, v, lease in puts]
-        ops += [op(request_delete_range=delete(key=k.encode())) for k in deletes]
-        try:
-            resp = await kv.Txn(rpc_pb2.TxnRequest(success=ops), timeout=timeout,
-                                metadata=(("hasleader", "true"),))
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND and "lease" in str(exc.details()):
-                raise LeaseNotFound(f"gRPC NOT_FOUND: {exc.details()}") from None
-            err = _error(exc)
-            if isinstance(err, EtcdUnavailable):
-                await self.drop(endpoint)  # the next attempt there connects anew
-            raise err from None
-        return int(resp.header.revision)
-
-    def _stub(self, endpoint: str) -> tuple[Any, Any]:
-        """The kept channel to ``endpoint`` and its KV stub."""
-        from aetcd.rpc import rpc_pb2_grpc
-
-        if endpoint not in self._kv:
-            channel = self._channel(endpoint)
-            self._kv[endpoint] = (channel, rpc_pb2_grpc.KVStub(channel))
-        return self._kv[endpoint]
+        calls = []
+        for puts, deletes in chunks:
+            ops = [op(request_put=put(key=k.encode(), value=v, lease=lease))
+                   for k, v, lease in puts]
+            ops += [op(request_delete_range=delete(key=k.encode())) for k in deletes]
+            calls.append(stubs.kv.Txn.future(rpc_pb2.TxnRequest(success=ops), timeout=timeout,
+                                             metadata=(("hasleader", "true"),)))
+        return max((int(c.result().header.revision) for c in calls), default=0)
 
     async def lease_grant(self, endpoint: str, ttl: int, timeout: float) -> int:  # noqa: ASYNC109
-        """A new lease of ``ttl`` seconds on ``endpoint`` (the transactions' channel)."""
-        from aetcd.rpc import rpc_pb2, rpc_pb2_grpc
+        """A new lease of ``ttl`` seconds, on the transactions' channel (the
+        first ban of a burst waits for it)."""
+        return await self._blocking(endpoint, self._lease_grant, ttl, timeout)
 
-        grpc = self._grpc
-        stub = rpc_pb2_grpc.LeaseStub(self._stub(endpoint)[0])
-        try:
-            resp = await stub.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=ttl), timeout=timeout,
-                                         metadata=(("hasleader", "true"),))
-        except grpc.aio.AioRpcError as exc:
-            err = _error(exc)
-            if isinstance(err, EtcdUnavailable):
-                await self.drop(endpoint)
-            raise err from None
+    def _lease_grant(self, stubs: _Stubs, ttl: int, timeout: float) -> int:
+        from aetcd.rpc import rpc_pb2
+
+        resp = stubs.lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=ttl), timeout=timeout,
+                                      metadata=(("hasleader", "true"),))
         if resp.error:
             raise EtcdError(f"lease grant: {resp.error}")
         return int(resp.ID)
 
-    async def drop(self, endpoint: str) -> None:
-        """Close the kept transaction channel to ``endpoint`` (if any)."""
-        entry = self._kv.pop(endpoint, None)
-        if entry is not None:
-            await entry[0].close()
+    async def _blocking(self, endpoint: str, call: Callable[..., int], *args: Any) -> int:
+        """``call(stubs, *args)`` in the pool, on the kept channel to ``endpoint``;
+        gRPC errors become EtcdErrors (and an unavailable endpoint's channel is
+        dropped: the next attempt there connects anew)."""
+        grpc = self._grpc
+        stubs = self._stubs(endpoint)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=TXN_THREADS,
+                                            thread_name_prefix="kfwguard-etcd")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, call, stubs, *args)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND and "lease" in str(exc.details()):
+                raise LeaseNotFound(f"gRPC NOT_FOUND: {exc.details()}") from None
+            err = _error(exc)
+            if isinstance(err, EtcdUnavailable):
+                self.drop(endpoint)
+            raise err from None
+
+    def _stubs(self, endpoint: str) -> _Stubs:
+        from aetcd.rpc import rpc_pb2_grpc
+
+        stubs = self._kept.get(endpoint)
+        if stubs is None:
+            grpc = self._grpc
+            target = endpoint.split("://", 1)[-1]
+            channel = (grpc.secure_channel(target, self._creds)
+                       if endpoint.startswith("https://") and self._creds is not None
+                       else grpc.insecure_channel(target))
+            stubs = self._kept[endpoint] = _Stubs(channel, rpc_pb2_grpc.KVStub(channel),
+                                                  rpc_pb2_grpc.LeaseStub(channel))
+        return stubs
+
+    def drop(self, endpoint: str) -> None:
+        """Close the kept channel to ``endpoint`` (if any)."""
+        stubs = self._kept.pop(endpoint, None)
+        if stubs is not None:
+            stubs.channel.close()
 
     async def close(self) -> None:
-        for ep in list(self._kv):
-            await self.drop(ep)
+        for ep in list(self._kept):
+            self.drop(ep)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     async def range_prefix(self, endpoint: str, start: bytes, end: bytes,
                            timeout: float) -> tuple[int, list[KeyValue]]:  # noqa: ASYNC109
@@ -176,6 +213,12 @@ class GrpcClient:
         return await kv.Range(rpc_pb2.RangeRequest(key=key, range_end=end, limit=self.page,
                                                    revision=revision),
                               timeout=timeout, metadata=(("hasleader", "true"),))
+
+
+class _Stubs(NamedTuple):
+    channel: Any
+    kv: Any
+    lease: Any
 
 
 def _error(exc: Any) -> EtcdError:

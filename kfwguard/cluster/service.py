@@ -57,10 +57,12 @@ MAX_PEER_BAN = 30 * 86400.0
 BASELINE_ALERT_HOLD = 3
 BASELINE_ALERT_REFRESH = 12 * 3600.0
 
-# Outbox intents per publish() call (etcd: one transaction; its default
-# --max-txn-ops is 128), and calls in flight at once.
-PUBLISH_CHUNK = 128
-PUBLISH_IN_FLIGHT = 8
+# Outbox intents per publish() call (etcd: up to 8 transactions of 128, its
+# default --max-txn-ops, sent at once), and calls in flight at once. A burst's
+# detection holds the event loop for a block of lines per turn and each call
+# costs two turns: large calls keep the publishing up with the detection.
+PUBLISH_CHUNK = 1024
+PUBLISH_IN_FLIGHT = 4
 
 PROPAGATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 

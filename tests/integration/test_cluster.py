@@ -365,6 +365,52 @@ asyncio.run(main())
         assert [f"/pagetest/k{i:03}" for i in range(50)] == keys
 
     @pytest.mark.parametrize("path", ["gateway", "grpc"])
+    def test_publish_in_transactions_etcd_takes(self, cluster: Cluster, path: str) -> None:
+        """A publish of more puts and deletes than one transaction may hold
+        (etcd's default --max-txn-ops, 128) is split so that etcd takes every
+        transaction (through the gateway, or over gRPC with the cluster extra),
+        and a put on a revoked lease raises LeaseNotFound."""
+        if path == "grpc":
+            from kfwguard.cluster import etcdgrpc
+
+            need(etcdgrpc.available(), "needs the cluster extra (aetcd, grpcio)")
+        code = f"""
+import asyncio, json, time
+from kfwguard.cluster.etcd import EtcdFeed
+from kfwguard.cluster.etcdclient import EtcdClient
+from kfwguard.cluster.etcdtypes import LeaseNotFound, TLSFiles
+from kfwguard.cluster.feed import SharedBan
+async def main():
+    c = EtcdClient({cluster.etcd.endpoints!r}, TLSFiles(**{cluster.etcd.tls()!r}))
+    c.use_grpc = None if {path!r} == "grpc" else False
+    feed = EtcdFeed(c, "/txntest")
+    now = time.time()
+    old = [SharedBan("n", f"10.230.0.{{i}}", "sshd", "r", now, now + 3600, now)
+           for i in range(1, 101)]
+    await feed.publish("n", old, [])
+    new = [SharedBan("n", f"10.230.1.{{i}}", "sshd", "r", now, now + 3600, now)
+           for i in range(1, 101)]
+    await feed.publish("n", new, [b.target for b in old])
+    _, kvs = await c.range_prefix("/txntest/")
+    lease = await c.lease_grant(60)
+    await c.lease_revoke(lease)
+    try:
+        await c.txn([("/txntest/x", b"1", lease)])
+        revoked = False
+    except LeaseNotFound:
+        revoked = True
+    await c.delete("/txntest/", prefix=True)
+    await c.close()
+    print(json.dumps(dict(keys=sorted(kv.key for kv in kvs), revoked=revoked,
+                          grpc=c._grpc is not None)))
+asyncio.run(main())
+"""
+        r = json.loads(cluster.etcd.host.python(code).stdout.splitlines()[-1])
+        assert sorted(f"/txntest/bans/n/10.230.1.{i}" for i in range(1, 101)) == r["keys"]
+        assert r["revoked"]
+        assert (path == "grpc") == r["grpc"]
+
+    @pytest.mark.parametrize("path", ["gateway", "grpc"])
     def test_watch_in_order_and_compaction(self, cluster: Cluster, path: str) -> None:
         """A watch (through the JSON gateway, or over gRPC with the cluster extra)
         yields puts and deletes in revision order from its start revision, and

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -164,3 +167,117 @@ key: /etc/kfwguard/etcd/node.key}
         c = parse_config("cluster: {endpoints: ['https://10.0.0.1:2379']}").cluster
         assert c is not None
         assert "worker-7" == node_name(c)
+
+
+class TestOutboxReadOn:
+    def test_due_after_reads_on_from_a_seq(self, tmp_path: Path) -> None:
+        """due_after gives, oldest first, only intents queued or replaced after a
+        seq: a target queued again comes back with its new intent."""
+        o = Outbox(tmp_path / "cluster.db")
+        o.queue([("10.0.0.1", b"a"), ("10.0.0.2", b"b")])
+        first = o.due_after(0, 10)
+        assert ["10.0.0.1", "10.0.0.2"] == [p.target for p in first]
+        o.queue([("10.0.0.3", b"c"), ("10.0.0.1", None)])
+        later = o.due_after(first[-1].seq, 10)
+        assert [("10.0.0.3", b"c"), ("10.0.0.1", None)] == [(p.target, p.value) for p in later]
+        assert [] == o.due_after(later[-1].seq, 10)
+        assert 1 == len(o.due_after(0, 1))
+
+
+class TestOwnChanges:
+    def test_own_bans_left_out_of_changes(self) -> None:
+        """The watch's events for this node's own bans (its writes coming back)
+        are dropped before decoding; other nodes' bans and deletes pass."""
+        from kfwguard.cluster.etcdtypes import WatchEvent
+        from kfwguard.cluster.feed import BanPut
+
+        f = feed()
+        ban = SharedBan("x", "10.0.0.1", "sshd", "r", 1.0, 2.0, 1.0).encode()
+        events = [WatchEvent("put", kv(f"{PREFIX}/bans/node-a/10.0.0.1", ban)),
+                  WatchEvent("put", kv(f"{PREFIX}/bans/node-a/10.0.0.1", b"not json")),
+                  WatchEvent("delete", kv(f"{PREFIX}/bans/node-a/10.0.0.2")),
+                  WatchEvent("put", kv(f"{PREFIX}/bans/node-ab/10.0.0.3", ban)),
+                  WatchEvent("delete", kv(f"{PREFIX}/bans/node-b/10.0.0.4"))]
+        out = f._changes(events, f.ban_key("node-a", ""))
+        assert [BanPut, BanGone] == [type(c) for c in out]
+        assert 0 == f.skipped
+
+
+class _CountingClient:
+    """Counts lease grants (no etcd: only the feed's lease cache is under test)."""
+
+    def __init__(self) -> None:
+        self.grants = 0
+
+    async def lease_grant(self, ttl: int, *, retry: bool = True) -> int:
+        self.grants += 1
+        await asyncio.sleep(0.05)
+        return 1000 + self.grants
+
+
+class TestLeases:
+    async def test_one_grant_per_expiry_minute_however_many_ask(self) -> None:
+        """Senders that need the same new expiry-minute lease at once share one
+        grant (etcd revokes leases one by one: a lease each would cost it)."""
+        client = _CountingClient()
+        f = EtcdFeed(client, PREFIX)  # type: ignore[arg-type]
+        leases = await asyncio.gather(*(f._lease_for(7201.0 + i) for i in range(8)))
+        assert [1001] * 8 == leases
+        assert 1 == client.grants
+
+
+class _HeldFeed:
+    """A DecisionFeed whose first publish() is held until the test releases it:
+    a real etcd cannot be made to hold one transaction at a chosen moment."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], list[str]]] = []
+        self.release = asyncio.Event()
+
+    async def publish(self, node: str, puts: Sequence[SharedBan], deletes: Sequence[str],
+                      *, encoded: Sequence[bytes] = ()) -> None:
+        self.calls.append(([b.target for b in puts], list(deletes)))
+        if len(self.calls) == 1:
+            await self.release.wait()
+
+
+class TestPublisher:
+    async def test_sends_go_on_while_one_is_in_flight_and_keep_order(
+            self, tmp_path: Path) -> None:
+        """While one publish is in flight, intents for other targets are published
+        at once; a newer intent for the target in flight waits for it and lands
+        after it; the outbox is empty once all returned."""
+        from kfwguard.bans import BanManager
+        from kfwguard.cluster.service import ClusterService
+        from kfwguard.config import parse_config
+        from kfwguard.firewall.bantable import BanTable
+        from kfwguard.firewall.nft import Nft
+        from tests.conftest import eventually
+
+        cfg = parse_config(f"state_dir: {tmp_path}\n"
+                           "cluster: {endpoints: ['https://10.0.0.1:2379'], node_name: n}")
+        held = _HeldFeed()
+        # The table is never touched: the publisher reads only the outbox.
+        svc = ClusterService(cfg, BanManager(BanTable(Nft(), "kfwtest-unused"), None),
+                             held)  # type: ignore[arg-type]
+        svc.open_outbox(tmp_path)
+        assert svc.outbox is not None
+        ban = SharedBan("n", "10.0.0.1", "sshd", "r", 1.0, 4e9, 1.0).encode()
+        task = asyncio.create_task(svc._publisher())
+        try:
+            svc.outbox.queue([("10.0.0.1", ban)])
+            svc._wake.set()
+            await eventually(lambda: len(held.calls) == 1)
+            svc.outbox.queue([("10.0.0.2", ban), ("10.0.0.1", None)])
+            svc._wake.set()
+            await eventually(lambda: len(held.calls) == 2)
+            assert (["10.0.0.2"], []) == held.calls[1]
+            await asyncio.sleep(0.1)  # give a wrong publisher the chance to send it
+            assert 2 == len(held.calls)
+            held.release.set()
+            await eventually(lambda: len(held.calls) == 3 and len(svc.outbox or ()) == 0)
+            assert [(["10.0.0.1"], []), (["10.0.0.2"], []), ([], ["10.0.0.1"])] == held.calls
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
