@@ -15,6 +15,8 @@ write)::
     Nov 26 04:57:45 host auth.info prog[pid]: msg   busybox syslogd -S off: facility.level first
     Nov 26 04:57:45.123456 host prog[pid]: msg  journalctl -o short-precise
     2026-11-26T04:57:45.123+00:00 host prog[pid]: msg   RFC 3339 stamp (rsyslog default)
+    2026-11-26T04:57:45+0000 host prog[pid]: msg        journalctl -o short-iso
+    2020-03-23 06:47:42.801612-0700  host prog[pid]: msg   macOS log show --style syslog
     <38>Nov 26 04:57:45 host prog[pid]: msg     a priority first (forwarded syslog)
     <38>1 2026-11-26T04:57:45Z host prog 123 - - msg    RFC 5424, structured data skipped
 
@@ -75,12 +77,29 @@ def _stamp_end(line: str, at: int) -> tuple[int, str] | None:
             end = line.find(" ", s + 12, s + 26)
             return None if end == -1 else (end, "syslog")
         return None
-    if line[at + 10 : at + 11] in ("T", "t") and line[at + 4 : at + 5] == "-" and (
-        line[at + 7 : at + 8] == "-"
-    ):
+    if line[at + 4 : at + 5] != "-" or line[at + 7 : at + 8] != "-":
+        return None
+    sep = line[at + 10 : at + 11]
+    if sep in ("T", "t"):
         end = line.find(" ", at + 19, at + 48)
         return None if end == -1 else (end, "iso")
+    if sep == " " and _iso_clock(line, at):
+        # macOS's "log show --style syslog": a space for the T, a zone of
+        # "-0700", and two spaces before the host (read as one).
+        end = line.find(" ", at + 19, at + 48)
+        if end == -1:
+            return None
+        return (end + 1 if line[end + 1 : end + 2] == " " else end), "iso"
     return None
+
+
+def _iso_clock(line: str, at: int) -> bool:
+    """``YYYY-MM-DD hh:mm:ss`` at ``at``: digits where they belong (the space-separated
+    form is read only when it is a date and a time; a T-form stamp names itself)."""
+    stamp = line[at : at + 19]
+    return (len(stamp) == 19 and stamp[13] == ":" and stamp[16] == ":"
+            and (stamp[:4] + stamp[5:7] + stamp[8:10] + stamp[11:13] + stamp[14:16]
+                 + stamp[17:19]).isdigit() and stamp.isascii())
 
 
 def _bsd_stamp(line: str, at: int, end: int) -> str:
@@ -168,7 +187,7 @@ def split_syslog(line: str) -> tuple[str, str, str, str | None, str | None] | No
     if found is None:
         return None
     end, kind = found
-    stamp = _bsd_stamp(line, at, end) if kind == "syslog" else line[at:end]
+    stamp = _bsd_stamp(line, at, end) if kind == "syslog" else line[at:end].rstrip(" ")
     host_end = line.find(" ", end + 1, end + 2 + _MAX_HOST)
     if host_end <= end + 1:
         return None
