@@ -610,14 +610,12 @@ void mark_failed(SessionState& s, const std::string& sid) {
     s.failed.add(sid) = true;
 }
 
-// Every held hit of ``sid``, in order, to ``emit`` (Sessions._release).
+// The one count of ``sid``'s held hits, its first, to ``emit`` (Sessions._release).
 template <class Emit>
 bool release(SessionState& s, const std::string& sid, Emit& emit) {
     std::vector<Held> held;
-    if (!s.pending.take(sid, &held)) return true;
-    for (Held& h : held)
-        if (!emit(h)) return false;
-    return true;
+    if (!s.pending.take(sid, &held) || held.empty()) return true;
+    return emit(held.front());
 }
 
 // A success (Accepted): the session's helpers were no failure.
@@ -664,28 +662,26 @@ bool settle_one(SessionState& s, int kind, const std::string& sid, Held&& h, Emi
     }
 }
 
-// Helpers held HOLD seconds (of log time, or of the daemon's clock) count now
-// (Sessions._expired), session by session in order.
+// The sessions one of whose helpers was held HOLD seconds (of log time, or of
+// the daemon's clock) count now, once each (Sessions._expired), in order.
 template <class Emit>
 bool expire(SessionState& s, double now, Emit& emit) {
+    std::vector<Held> out;
     auto it = s.pending.items.begin();
     while (it != s.pending.items.end()) {
         std::vector<Held>& held = it->second;
-        std::vector<Held> keep;
-        std::vector<Held> out;
-        for (Held& h : held) {
-            if (s.latest - h.t < s.hold && now - h.arrived < s.hold)
-                keep.push_back(std::move(h));
-            else
-                out.push_back(std::move(h));
-        }
-        held = std::move(keep);
+        bool due = false;
+        for (const Held& h : held)
+            due = due || s.latest - h.t >= s.hold || now - h.arrived >= s.hold;
         auto next = std::next(it);
-        if (held.empty()) s.pending.erase(it);
-        for (Held& h : out)
-            if (!emit(h)) return false;
+        if (due) {
+            if (!held.empty()) out.push_back(std::move(held.front()));
+            s.pending.erase(it);
+        }
         it = next;
     }
+    for (Held& h : out)
+        if (!emit(h)) return false;
     return true;
 }
 
@@ -854,20 +850,18 @@ PyObject* Sessions_settle(SessionsObject* self, PyObject* const* args, Py_ssize_
     return out;
 }
 
-// flush() -> every held hit, now (the input is over).
+// flush() -> each session's held hits as one, now (the input is over).
 PyObject* Sessions_flush(SessionsObject* self, PyObject*) {
     if (!sessions_ready(self)) return nullptr;
     PyObject* out = PyList_New(0);
     if (out == nullptr) return nullptr;
     auto& items = self->s->pending.items;
     bool ok = true;
-    for (auto& [sid, held] : items) {
-        for (Held& h : held) {
-            PyObject* hit = hit_object(self, h);
-            ok = hit != nullptr && PyList_Append(out, hit) == 0;
-            Py_XDECREF(hit);
-            if (!ok) break;
-        }
+    for (auto& [sid, held] : items) {  // one count per session: its first helper
+        if (held.empty()) continue;
+        PyObject* hit = hit_object(self, held.front());
+        ok = hit != nullptr && PyList_Append(out, hit) == 0;
+        Py_XDECREF(hit);
         if (!ok) break;
     }
     items.clear();

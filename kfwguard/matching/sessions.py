@@ -15,8 +15,14 @@ were:
 * a ``success`` follows: nothing counts;
 * the session ends (an ``end`` or ``once`` line): the helpers count then;
 * nothing follows for ``HOLD`` seconds (of log time, or of the daemon's clock
-  since the helper arrived): the helpers count then. A helper is never lost,
-  only delayed.
+  since its oldest helper arrived): the helpers count then. A helper is never
+  lost, only delayed.
+
+The helpers a session holds when it is settled this way count **once**, as
+its first helper (its line, its time): they are the lines of one attempt
+(``Invalid user`` and the ``Failed none`` probe of a user enumeration; PAM's
+line and ``error: PAM: …`` of one password), since every attempt that goes
+further writes a failure, which takes the helpers before it.
 
 A ``once`` hit (a pre-auth disconnect) counts only when its session has
 nothing counted or pending yet. The session is the writer's ``prog[PID]``
@@ -127,8 +133,9 @@ class Sessions:
         return out
 
     def flush(self) -> list[Hit]:
-        """Every held hit, now (the input is over: a replay's end)."""
-        out = [hit for held in self._pending.values() for hit, _ in held]
+        """Every session's held hits, now, one count each (the input is over: a
+        replay's end)."""
+        out = [held[0][0] for held in self._pending.values()]
         self._pending.clear()
         return out
 
@@ -140,26 +147,17 @@ class Sessions:
         failed[sid] = None
 
     def _release(self, sid: str) -> list[Hit]:
-        return [hit for hit, _ in self._pending.pop(sid, ())]
+        """The one count of ``sid``'s held helpers (none if it holds none)."""
+        held = self._pending.pop(sid, None)
+        return [held[0][0]] if held else []
 
     def _expired(self, now: float) -> list[Hit]:
-        out: list[Hit] = []
+        """The sessions one of whose helpers has been held HOLD seconds, one count each."""
         hold = self._hold
         latest = self._latest
-        done: list[str] = []
-        for sid, held in self._pending.items():
-            keep = [(h, arrived) for h, arrived in held
-                    if latest - h[5] < hold and now - arrived < hold]
-            if len(keep) != len(held):
-                out.extend(h for h, arrived in held
-                           if latest - h[5] >= hold or now - arrived >= hold)
-                if keep:
-                    held[:] = keep
-                else:
-                    done.append(sid)
-        for sid in done:
-            del self._pending[sid]
-        return out
+        done = [sid for sid, held in self._pending.items()
+                if any(latest - h[5] >= hold or now - arrived >= hold for h, arrived in held)]
+        return [hit for sid in done for hit in self._release(sid)]
 
 
 # _native.cpp's Kind codes.

@@ -209,6 +209,34 @@ class TestNativeSessions:
         later = jail.add_lines(sshd("normal"), b"", NOW + 31, sessions)
         assert later is not None and len(later[0]) == 1 and len(sessions) == 0
 
+    def test_a_session_s_helpers_count_once_in_cxx(self) -> None:
+        """In the C++ pass, a session's several held helpers (user enumeration:
+        'Invalid user' + 'Failed none'; one password's two PAM lines) count once
+        when it ends, after the hold, and at flush, as the reference counts them."""
+        stamp = time.strftime("%b %d %H:%M:%S", time.localtime(NOW))
+        ip = "198.51.100.8"
+        lines = []
+        for pid in range(300, 306):
+            lines += [f"{stamp} host sshd[{pid}]: Invalid user test from {ip} port {pid}",
+                      f"{stamp} host sshd[{pid}]: Failed none for invalid user test from {ip} "
+                      f"port {pid} ssh2",
+                      f"{stamp} host sshd[{pid}]: error: PAM: Authentication failure for "
+                      f"illegal user test from {ip}"]
+            if pid % 3 == 0:
+                lines.append(f"{stamp} host sshd[{pid}]: Connection closed by invalid user test "
+                             f"{ip} port {pid} [preauth]")
+        data = ("\n".join(lines) + "\n").encode()
+        assert compare("normal", [data, b""], [0.0, 31.0], 50, 600.0, 50_000, IgnoreList()) == 2
+        jail = Jail(cfg(50, 600.0), IgnoreList(), clock=lambda: NOW)
+        sessions = sessions_for(sshd("normal"))
+        assert NativeSessions is not None and isinstance(sessions, NativeSessions)
+        first = jail.add_lines(sshd("normal"), data, NOW, sessions)
+        assert first is not None and sum(first[1].values()) == 2 and len(sessions) == 4
+        later = jail.add_lines(sshd("normal"), b"", NOW + 31, sessions)
+        assert later is not None and sum(later[1].values()) == 4 and len(sessions) == 0
+        jail.add_lines(sshd("normal"), data, NOW + 32, sessions)
+        assert 4 == len(sessions.flush())
+
 
 class TestTagSessions:
     @settings(max_examples=400, deadline=None)
