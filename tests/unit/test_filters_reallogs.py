@@ -106,9 +106,24 @@ class TestRealLogs:
             crowdsec = recall[(corpus, "normal")]
             assert crowdsec.expected == crowdsec.counted
         f2b = recall[("fail2ban sshd", "normal")]
-        assert f2b.counted >= 44
+        assert f2b.counted >= 46
         # Wazuh's macOS lines ("2020-03-23 06:47:42.801612-0700  localhost sshd[N]:")
         # are read; its one miss is an anonymised address ("183.106.179.x").
         wazuh = recall[("Wazuh ruleset sshd tests", "normal")]
         assert wazuh.counted >= 38
         assert {"no address on the line": 1} == wazuh.missed
+
+    def test_lines_without_an_address_count_under_their_session(self) -> None:
+        """fail2ban's multi-line cases (an address-less 'Too many authentication
+        failures', 'Read from socket failed', kex_exchange_identification, 'Unable to
+        negotiate a key exchange method' after the session's 'Connection from' or
+        patched 'SSH: Server;…;Remote:' line) count once per connection, each against
+        the address its session named (no wrong host anywhere, tested above)."""
+        rows = {(r[0], r[2]): r[3] for r in ROWS}
+        missed = {mode: rows[("fail2ban sshd", mode)].missed for mode in
+                  ("normal", "ddos", "extra")}
+        assert 2 == missed["normal"].get("no address on the line")  # not sshd's own lines
+        assert "no address on the line" not in missed["ddos"]
+        assert "no address on the line" not in missed["extra"]
+        assert rows[("fail2ban sshd", "ddos")].counted >= 16
+        assert rows[("fail2ban sshd", "extra")].counted >= 11
