@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.reallogs import Score, default_ignores, measure
+from bench.reallogs import CORPUS, Score, _beats, counted_lines, default_ignores, measure
+from kfwguard.matching import load_filter
 
 ROWS = measure()
 
@@ -127,3 +128,20 @@ class TestRealLogs:
         assert "no address on the line" not in missed["extra"]
         assert rows[("fail2ban sshd", "ddos")].counted >= 16
         assert rows[("fail2ban sshd", "extra")].counted >= 11
+
+    def test_a_real_rhel7_brute_force_counts_each_attempt_once(self) -> None:
+        """Elastic's real RHEL 7 log (two attackers, pam_unix and pam_succeed_if lines
+        around every password, 'Read from socket failed' and 'PAM N more' summaries,
+        an admin's key login in between) counts every 'Failed password' once and
+        nothing else, in every mode: PAM's line is never a second count."""
+        flt = {m: load_filter(f"sshd[mode={m}]") for m in ("normal", "ddos", "extra",
+                                                          "aggressive")}
+        expects = list(_beats(CORPUS / "beats" / "secure-rhel7.log"))
+        failed = [e for e in expects if e.host is not None and not e.optional]
+        assert 51 == len(failed)
+        for mode, f in flt.items():
+            row = next(r[3] for r in ROWS
+                       if r[0] == "Elastic filebeat secure-rhel7" and r[2] == mode)
+            assert (51, 51, 0, 0) == (row.expected, row.counted, row.false_pos, row.wrong_host)
+            settled = counted_lines(f, [e.line for e in expects])
+            assert 51 == sum(len(hosts) for hosts in settled.values())
