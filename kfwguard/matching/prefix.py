@@ -17,6 +17,8 @@ write)::
     2026-11-26T04:57:45.123+00:00 host prog[pid]: msg   RFC 3339 stamp (rsyslog default)
     2026-11-26T04:57:45+0000 host prog[pid]: msg        journalctl -o short-iso
     2020-03-23 06:47:42.801612-0700  host prog[pid]: msg   macOS log show --style syslog
+    Thu 2026-11-26 04:57:45 UTC host prog[pid]: msg     journalctl -o short-full
+    1795697865.123456 host prog[pid]: msg               journalctl -o short-unix
     <38>Nov 26 04:57:45 host prog[pid]: msg     a priority first (forwarded syslog)
     <38>1 2026-11-26T04:57:45Z host prog 123 - - msg    RFC 5424, structured data skipped
 
@@ -35,6 +37,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, Final
+
+from kfwguard.timestamps import format_rfc3339
 
 _MONTHS: Final = frozenset(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -61,6 +65,30 @@ def _pri(line: str) -> int:
     if close < 2 or not set(line[1:close]) <= _DIGITS:
         return 0
     return close + 1
+
+
+_WEEKDAYS: Final = frozenset(("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"))
+_UTC_NAMES: Final = frozenset(("UTC", "GMT"))
+
+
+def _journal_stamp(line: str, at: int) -> tuple[int, str] | None:
+    """(end, RFC 3339 stamp) of journalctl's short-full (``Thu 2026-11-26 04:57:45
+    UTC``: the zone's abbreviation, read as UTC for UTC/GMT and as the node's
+    local time otherwise, as a BSD stamp is) or short-unix (``1795697865.123456``:
+    seconds since the epoch) stamp at ``at``."""
+    if line[at : at + 3] in _WEEKDAYS and line[at + 3 : at + 4] == " " and _iso_clock(
+            line, at + 4) and line[at + 23 : at + 24] == " ":
+        zone_end = line.find(" ", at + 24, at + 24 + 7)
+        zone = line[at + 24 : zone_end]
+        if zone_end == -1 or not zone.isalpha() or not zone.isascii():
+            return None
+        return zone_end, line[at + 4 : at + 23] + ("Z" if zone in _UTC_NAMES else "")
+    dot = at + 10
+    if line[dot : dot + 1] == "." and line[at : dot].isdigit() and line[at : dot].isascii() and (
+            line[dot + 7 : dot + 8] == " " and line[dot + 1 : dot + 7].isdigit()
+            and line[dot + 1 : dot + 7].isascii()):
+        return dot + 7, format_rfc3339(int(line[at:dot]) + int(line[dot + 1 : dot + 7]) / 1e6)
+    return None
 
 
 def _stamp_end(line: str, at: int) -> tuple[int, str] | None:
@@ -185,9 +213,13 @@ def split_syslog(line: str) -> tuple[str, str, str, str | None, str | None] | No
             return message, stamp, "iso", program, pid
     found = _stamp_end(line, at)
     if found is None:
-        return None
-    end, kind = found
-    stamp = _bsd_stamp(line, at, end) if kind == "syslog" else line[at:end].rstrip(" ")
+        journal = _journal_stamp(line, at)
+        if journal is None:
+            return None
+        end, stamp, kind = journal[0], journal[1], "iso"
+    else:
+        end, kind = found
+        stamp = _bsd_stamp(line, at, end) if kind == "syslog" else line[at:end].rstrip(" ")
     host_end = line.find(" ", end + 1, end + 2 + _MAX_HOST)
     if host_end <= end + 1:
         return None
