@@ -118,3 +118,27 @@ class TestUnaddressed:
                                     "[preauth]"),
                  line("00:01", 410, f"Connection closed by {A} port 5000 [preauth]")]
         assert ([A], 0) == counted(native, lines)
+
+
+class TestSummaries:
+    def test_max_attempts_summary_adds_nothing_to_counted_failures(self, native: bool) -> None:
+        """OpenSSH's 'maximum authentication attempts exceeded' and 'Disconnecting
+        authenticating user … Too many authentication failures' after six counted
+        passwords are their summary: six attempts count six, not eight."""
+        lines = [line("00:02", 420, f"Failed password for root from {A} port 5000 ssh2")] * 6
+        lines += [line("00:03", 420, f"error: maximum authentication attempts exceeded for root "
+                                     f"from {A} port 5000 ssh2 [preauth]"),
+                  line("00:03", 420, f"Disconnecting authenticating user root {A} port 5000: "
+                                     "Too many authentication failures [preauth]")]
+        assert ([A] * 6, 0) == counted(native, lines)
+
+    def test_max_attempts_alone_counts_once(self, native: bool) -> None:
+        """A connection whose attempts are not read one by one (a valid user's keys in
+        normal mode) counts once on its summary lines."""
+        lines = [line("00:02", 421, f"Failed publickey for git from {A} port 5001 ssh2: "
+                                    "RSA SHA256:x")] * 6
+        lines += [line("00:03", 421, f"error: maximum authentication attempts exceeded for git "
+                                     f"from {A} port 5001 ssh2 [preauth]"),
+                  line("00:03", 421, f"Disconnecting authenticating user git {A} port 5001: "
+                                     "Too many authentication failures [preauth]")]
+        assert ([A], 0) == counted(native, lines)
