@@ -142,3 +142,28 @@ class TestSummaries:
                   line("00:03", 421, f"Disconnecting authenticating user git {A} port 5001: "
                                      "Too many authentication failures [preauth]")]
         assert ([A], 0) == counted(native, lines)
+
+    def test_a_refused_user_s_passwords_count_once_each(self, native: bool) -> None:
+        """'User root from A not allowed because …' is logged once per connection before
+        its attempts (each then 'Failed password for invalid user root'): three
+        passwords count three; the line alone counts once."""
+        lines = [line("00:01", 422, f"User root from {A} not allowed because not listed in "
+                                    "AllowUsers")]
+        lines += [line("00:02", 422, f"Failed password for invalid user root from {A} port 5002 "
+                                     "ssh2")] * 3
+        lines += [line("00:03", 423, f"User root from {A} not allowed because listed in "
+                                     "DenyUsers"),
+                  line("00:03", 423, f"Connection closed by invalid user root {A} port 5003 "
+                                     "[preauth]")]
+        assert ([A] * 4, 0) == counted(native, lines)
+
+    def test_a_client_giving_up_adds_nothing_to_its_failures(self, native: bool) -> None:
+        """JSch's 'Auth fail' disconnect (code 3) and 'no more authentication methods'
+        (code 14, extra mode) after the session's counted failures add nothing."""
+        lines = [line("00:02", 424, f"Failed password for root from {A} port 5004 ssh2")] * 2
+        lines += [line("00:03", 424, f"Received disconnect from {A} port 5004:3: "
+                                     "com.jcraft.jsch.JSchException: Auth fail [preauth]")]
+        lines += [line("00:04", 425, f"Failed password for root from {A} port 5005 ssh2"),
+                  line("00:05", 425, f"Received disconnect from {A} port 5005:14: No more user "
+                                     "authentication methods available. [preauth]")]
+        assert ([A] * 3, 0) == counted(native, lines, "extra")

@@ -72,6 +72,12 @@ MESSAGES = [
     "error: kex_exchange_identification: Connection closed by remote host",
     "fatal: Unable to negotiate a key exchange method [preauth]",
     "banner exchange: Connection from {ip} port {port}: invalid format",
+    # summaries and refusals that count once per connection
+    "User {user} from {ip} not allowed because not listed in AllowUsers",
+    "error: maximum authentication attempts exceeded for {user} from {ip} port {port} ssh2 "
+    "[preauth]",
+    "Received disconnect from {ip} port {port}:3: com.jcraft.jsch.JSchException: Auth fail "
+    "[preauth]",
 ]
 IPS = ["203.0.113.9", "203.0.113.10", "198.51.100.7", "2001:db8::1", "2001:db8::2",
        "::ffff:203.0.113.9", "10.9.9.9"]
