@@ -196,11 +196,11 @@ class TestTestFilterSummary:
             self, tmp_path: Path) -> None:
         """A line without an address counts under its session's 'Connection from', and
         without one it is a skip the summary counts ('no origin')."""
-        body = ("Nov 26 04:57:45 n sshd[7]: Connection from 192.0.2.7 port 1\n"
-                "Nov 26 04:57:46 n sshd[7]: Disconnecting: Too many authentication failures "
-                "[preauth]\n"
-                "Nov 26 04:57:46 n sshd[8]: Disconnecting: Too many authentication failures "
-                "[preauth]\n").encode()
+        body = (b"Nov 26 04:57:45 n sshd[7]: Connection from 192.0.2.7 port 1\n"
+                b"Nov 26 04:57:46 n sshd[7]: Disconnecting: Too many authentication failures "
+                b"[preauth]\n"
+                b"Nov 26 04:57:46 n sshd[8]: Disconnecting: Too many authentication failures "
+                b"[preauth]\n")
         _, out, _ = run(tmp_path, body, as_json=False)
         for expected in ("matched   1 from 1 distinct hosts", "no origin 1 "):
             assert expected in out, out
