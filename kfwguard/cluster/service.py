@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 
 from kfwguard.addresses import IgnoreList
-from kfwguard.bans import BanManager, is_peer_jail, peer_jail, plain_key
+from kfwguard.bans import BanManager, is_peer_jail, paused_gc, peer_jail, plain_key
 from kfwguard.cluster.etcdtypes import EtcdError
 from kfwguard.cluster.feed import (
     AllowGone,
@@ -258,32 +258,27 @@ class ClusterService:
         return None
 
     def _peer_rows(self, bans: Sequence[SharedBan]) -> list[BanRow]:
+        """Rows for the peers' bans of valid targets (this node's protected
+        addresses are refused by apply_peer, which tests them with its own)."""
         rows = []
         limit = self._clock() + MAX_PEER_BAN
         jails: dict[str, str] = {}
-        for b in bans:
-            if b.node == self.node:
-                continue
-            key = plain_key(b.target) if "/" not in b.target else None
-            if key is not None:
-                protected = self.protected.has_key(key)
-            else:
-                net = _network(b.target)
-                if net is None or str(net) != b.target:
-                    self.stats["skipped"] += 1
-                    log.warning("peer_ban_invalid", origin=b.node, target=b.target[:100])
+        me = self.node
+        with paused_gc():
+            for b in bans:
+                node, target = b.node, b.target
+                if node == me:
                     continue
-                protected = self.protected.overlaps(net)
-            if protected:
-                self.stats["refused"] += 1
-                log.warning("peer_ban_refused", target=b.target, origin=b.node,
-                            why="a protected address of this node (admin, cluster, etcd)")
-                continue
-            jail = jails.get(b.node)
-            if jail is None:
-                jail = jails[b.node] = peer_jail(b.node)
-            rows.append(BanRow(b.target, jail, f"{b.node}/{b.jail}: {b.reason}",
-                               b.banned_at, min(b.expires_at, limit), 1))
+                if plain_key(target) is None and ("/" not in target or str(
+                        _network(target)) != target):
+                    self.stats["skipped"] += 1
+                    log.warning("peer_ban_invalid", origin=node, target=target[:100])
+                    continue
+                jail = jails.get(node)
+                if jail is None:
+                    jail = jails[node] = peer_jail(node)
+                rows.append(BanRow(target, jail, f"{node}/{b.jail}: {b.reason}",
+                                   b.banned_at, min(b.expires_at, limit), 1))
         return rows
 
     async def _apply(self, bans: Sequence[SharedBan], *, live: bool = True) -> None:
@@ -291,7 +286,10 @@ class ClusterService:
         samples, a listing's are not (they may have been decided hours ago)."""
         rows = self._peer_rows(bans)
         marks: list[float] = []
-        taken = await self.bans.apply_peer(rows, applied=lambda: marks.append(time.time()))
+        refused = self.bans.stats.refused_peer
+        taken = await self.bans.apply_peer(rows, applied=lambda: marks.append(time.time()),
+                                           protected=self.protected)
+        self.stats["refused"] += self.bans.stats.refused_peer - refused
         if not taken:
             return
         done = marks[0] if marks else time.time()
