@@ -26,6 +26,7 @@ import argparse
 import ipaddress
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -246,6 +247,7 @@ def new_nodes(profile: Path | None, etcd: Any, daemon: Any, daemons: dict[str, A
             key = f"{tag}load" + (f"_{i}" if i else "")
             res = one_new_node(profile, daemon, daemons, lf, f"d-{tag}{i}", env)
             out[f"{key}_s"] = res["load_s"]
+            out[f"{key}_cpu_s"] = res["cpu_s"]
             out[f"{key}_timeline"] = res["timeline"]
             out[f"{key}_loadavg"] = res["loadavg"]
             print(key, json.dumps(res), file=sys.stderr, flush=True)
@@ -267,6 +269,9 @@ def one_new_node(profile: Path | None, daemon: Any, daemons: dict[str, Any], lf:
     sp = (spy(d.proc.pid, profile / f"load-{run_dir}.txt", 60) if profile is not None
           else None)
     res = json.loads(w.stdout.readline())
+    # The daemon's CPU time (all threads) until then: what the load does not inflate.
+    stat = Path(f"/proc/{d.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
     if sp is not None:
         sp.send_signal(2)
         sp.wait(timeout=60)
@@ -283,7 +288,7 @@ def one_new_node(profile: Path | None, daemon: Any, daemons: dict[str, Any], lf:
         return round(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
                      - start_wall, 2)
     return {"load_s": None if res["done"] is None else res["done"] - start,
-            "loadavg": loadavg,
+            "cpu_s": cpu, "loadavg": loadavg,
             # seconds from the daemon's start to each of these lines of its log
             "timeline": {k: since_start(ev.get(k)) for k in (
                 "bans_restored", "cluster_started", "started", "peer_bans",
