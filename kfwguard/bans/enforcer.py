@@ -109,6 +109,16 @@ class KernelEnforcer:
         self._deferred.discard(key)
         self._deferred_remove.discard(key)
 
+    def queue_adds(self, keys: list[str]) -> None:
+        """queue_add() of each of ``keys``, as set operations (a listing's 100k)."""
+        addrs = {k for k in keys if "/" not in k}
+        if len(addrs) < len(keys):
+            self._nets_dirty = True
+        self._pending |= addrs
+        for other in (self._pending_remove, self._deferred, self._deferred_remove):
+            if other:
+                other -= addrs
+
     def queue_remove(self, key: str) -> None:
         if "/" in key:
             self._nets_dirty = True
@@ -202,7 +212,7 @@ class KernelEnforcer:
         batch = Batch(adds, removes, self._monotonic())
         mono = batch.mono
         # Names bound once: a new node's listing plans 100k adds in one pass.
-        expiry_of, backoff, kernel = self._index.expiry, self._backoff, self._kernel
+        expiry_of, backoff, kernel = self._index.expiry_lookup(), self._backoff, self._kernel
         planned, new, refresh = batch.planned, batch.new, batch.refresh
         for key in adds:
             expiry = expiry_of(key) or 0.0

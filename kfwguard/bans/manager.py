@@ -404,10 +404,10 @@ class BanManager:
             taken = self._peer_checked(rows, protected)
             if not taken:
                 return []
-            add, queue = self.index.add, self.kernel.queue_add
+            add = self.index.add
             for r in taken:
                 add(r)
-                queue(r.target)
+            self.kernel.queue_adds([r.target for r in taken])
         log.info("peer_bans", count=len(taken), origins=sorted({r.jail for r in taken}),
                  targets=[r.target for r in taken[:LOG_EACH_BAN_UP_TO]])
         await self.flush()
@@ -425,10 +425,10 @@ class BanManager:
     def _peer_checked(self, rows: Sequence[BanRow],
                       protected: IgnoreList | None) -> list[BanRow]:
         """The rows of ``rows`` to take: a peer's, in force, changed, and not
-        refused. A single address is tested on ints against one sorted list of
-        every range that may refuse it (a listing brings 100k of them); one that
-        falls in a range, a CIDR and anything while guards are set go through
-        check_target, which says why."""
+        refused. A single address (canonical text, else refused) is tested on
+        ints against one sorted list of every range that may refuse it (a
+        listing brings 100k of them); one that falls in a range, a CIDR and
+        anything while guards are set go through check_target, which says why."""
         now = self.now()
         lists = [self.admin, self.ignore, self.cluster]
         if protected is not None:
@@ -444,14 +444,16 @@ class BanManager:
             old = get((row.target, row.jail))
             if old is not None and old.expires_at == row.expires_at:
                 continue
-            if fast and "/" not in row.target:
-                key = plain_key(row.target)
-                if key is not None:
-                    i = first(starts, key) - 1
-                    if i < 0 or key > ends[i]:
-                        taken.append(row)
-                        continue
             try:
+                if "/" not in row.target:
+                    key = plain_key(row.target)
+                    if key is None:
+                        raise ValueError("not an address in the form nodes share")
+                    if fast:
+                        i = first(starts, key) - 1
+                        if i < 0 or key > ends[i]:
+                            taken.append(row)
+                            continue
                 self._check_peer(row.target, protected)
             except (BanRefused, ValueError) as exc:
                 self.stats.refused += 1

@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 
 from kfwguard.addresses import IgnoreList
-from kfwguard.bans import BanManager, is_peer_jail, paused_gc, peer_jail, plain_key
+from kfwguard.bans import BanManager, is_peer_jail, paused_gc, peer_jail
 from kfwguard.cluster.etcdtypes import EtcdError
 from kfwguard.cluster.feed import (
     AllowGone,
@@ -59,6 +59,27 @@ BASELINE_ALERT_REFRESH = 12 * 3600.0
 PUBLISH_BATCH = 8192  # outbox entries per publish() call
 
 PROPAGATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Listing:
+    """A snapshot of the feed, and the seconds it took, asked for ahead of the
+    service's start (ClusterHooks.prepare)."""
+
+    def __init__(self, feed: DecisionFeed) -> None:
+        self.task = asyncio.create_task(self._list(feed), name="cluster:listing")
+
+    @staticmethod
+    async def _list(feed: DecisionFeed) -> tuple[Snapshot, float]:
+        t0 = time.perf_counter()
+        snap = await feed.snapshot()
+        return snap, time.perf_counter() - t0
+
+    @classmethod
+    def begin(cls, feed: DecisionFeed) -> Listing:
+        return cls(feed)
+
+    def cancel(self) -> None:
+        self.task.cancel()
 
 
 def node_name(cfg: ClusterConfig) -> str:
@@ -117,6 +138,7 @@ class ClusterService:
         self._differs: dict[str, float] = {}  # node -> since when its baseline differs
         self._alerted: dict[str, float] = {}  # node -> when its alert was last raised
         self.seen_nodes: set[str] = set()  # every node that had a heartbeat
+        self._listing: Listing | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -128,7 +150,9 @@ class ClusterService:
                       note="shared bans are sent from memory only")
             self.outbox = Outbox(Path(":memory:"))
 
-    async def start(self, state_dir: Path) -> None:
+    async def start(self, state_dir: Path, listing: Listing | None = None) -> None:
+        """Start sharing; ``listing``, asked for earlier, is the first snapshot."""
+        self._listing = listing
         self.open_outbox(state_dir)
         self.bans.on_ban.append(self._local_ban)
         self.bans.on_unban.append(self._local_unban)
@@ -155,6 +179,8 @@ class ClusterService:
                 await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
+        if self._listing is not None:
+            self._listing.cancel()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -258,8 +284,9 @@ class ClusterService:
         return None
 
     def _peer_rows(self, bans: Sequence[SharedBan]) -> list[BanRow]:
-        """Rows for the peers' bans of valid targets (this node's protected
-        addresses are refused by apply_peer, which tests them with its own)."""
+        """Rows for the peers' bans (apply_peer refuses an address not in
+        canonical form, and this node's protected addresses); a CIDR not in
+        canonical form is skipped here."""
         rows = []
         limit = self._clock() + MAX_PEER_BAN
         jails: dict[str, str] = {}
@@ -269,8 +296,7 @@ class ClusterService:
                 node, target = b.node, b.target
                 if node == me:
                     continue
-                if plain_key(target) is None and ("/" not in target or str(
-                        _network(target)) != target):
+                if "/" in target and str(_network(target)) != target:
                     self.stats["skipped"] += 1
                     log.warning("peer_ban_invalid", origin=node, target=target[:100])
                     continue
@@ -309,14 +335,13 @@ class ClusterService:
 
     async def _follow(self) -> None:
         while True:
-            t0 = time.perf_counter()
+            listing, self._listing = self._listing, None
             try:
-                snap = await self.feed.snapshot()
+                snap, self.list_seconds = await (listing or Listing(self.feed)).task
             except (EtcdError, OSError) as exc:
                 log.error("cluster_list_failed", error=str(exc)[:300])
                 await asyncio.sleep(1.0)
                 continue
-            self.list_seconds = time.perf_counter() - t0
             await self._reconcile(snap)
             self.synced.set()
             try:
@@ -334,9 +359,11 @@ class ClusterService:
         self.seen_nodes |= set(self.nodes)
         self.ban_nodes = {b.node for b in snap.bans}
         now = self._clock()
-        listed = {(peer_jail(b.node), b.target) for b in snap.bans if b.node != self.node}
         held = [(r.target, r.jail) for r in self.bans.active() if is_peer_jail(r.jail)]
-        gone = [k for k in held if (k[1], k[0]) not in listed]
+        gone: list[tuple[str, str]] = []
+        if held:  # a new node holds none: no need to index 100k listed bans
+            listed = {(peer_jail(b.node), b.target) for b in snap.bans if b.node != self.node}
+            gone = [k for k in held if (k[1], k[0]) not in listed]
         peer = [b for b in snap.bans if b.node != self.node and not self._allowed_text(b.target)]
         self.bans.withdraw_peer(gone)
         self.stats["withdrawn"] += len(gone)
@@ -428,6 +455,11 @@ class ClusterService:
     async def _heartbeat(self) -> None:
         from kfwguard import __version__
 
+        # The first beat waits for the first sync (two intervals at most): it
+        # loads the gateway client and lists the baseline table, CPU a new
+        # node needs for putting the shared bans into its kernel first.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.synced.wait(), 2 * self.ccfg.heartbeat)
         while True:
             info: dict[str, Any] = {
                 "node": self.node, "version": __version__, "at": self._clock(),
