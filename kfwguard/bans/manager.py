@@ -63,6 +63,9 @@ LOG_EACH_BAN_UP_TO = 50
 
 # Peers' bans are stored this many rows per state DB transaction, after the kernel.
 PEER_STORE_CHUNK = 5000
+# A listing's peers' bans go to the kernel in parts of this many: nft takes one
+# part in the kernel sync's worker thread while the next is checked and indexed.
+PEER_KERNEL_CHUNK = 20_000
 
 BanListener = Callable[[Sequence[BanRow]], None]
 
@@ -400,14 +403,22 @@ class BanManager:
         store (etcd) already holds them durably and a restart lists them
         again, so protection must not wait for a local commit. A peer's CIDR
         goes through the same disjoint cover as a local one."""
-        with paused_gc():
-            taken = self._peer_checked(rows, protected)
-            if not taken:
-                return []
-            add = self.index.add
-            for r in taken:
-                add(r)
-            self.kernel.queue_adds([r.target for r in taken])
+        taken: list[BanRow] = []
+        add = self.index.add
+        for i in range(0, len(rows), PEER_KERNEL_CHUNK):
+            with paused_gc():
+                part = self._peer_checked(rows[i:i + PEER_KERNEL_CHUNK], protected)
+                for r in part:
+                    add(r)
+                self.kernel.queue_adds([r.target for r in part])
+            taken += part
+            if i + PEER_KERNEL_CHUNK < len(rows):
+                # The flush task takes this part to the kernel (nft in its
+                # worker thread) while the next part is checked here.
+                self.kernel.schedule_flush()
+                await asyncio.sleep(0)
+        if not taken:
+            return []
         log.info("peer_bans", count=len(taken), origins=sorted({r.jail for r in taken}),
                  targets=[r.target for r in taken[:LOG_EACH_BAN_UP_TO]])
         await self.flush()

@@ -303,8 +303,9 @@ class ClusterService:
                 jail = jails.get(node)
                 if jail is None:
                     jail = jails[node] = peer_jail(node)
+                # Offence 0: no offence of this node (and no count to store).
                 rows.append(BanRow(target, jail, f"{node}/{b.jail}: {b.reason}",
-                                   b.banned_at, min(b.expires_at, limit), 1))
+                                   b.banned_at, min(b.expires_at, limit), 0))
         return rows
 
     async def _apply(self, bans: Sequence[SharedBan], *, live: bool = True) -> None:
