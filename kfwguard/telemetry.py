@@ -48,6 +48,7 @@ class JailTelemetry:
     tracked: int                    # addresses with failures counted
     ignored: int
     stale: int                      # failures older than findtime by their log time
+    unattributed: int               # lines without an address no session could attribute
     actions: Sequence[str]
     dry_run: bool
 
@@ -166,6 +167,8 @@ class Telemetry:
         """Every counter, now. Call it on the event loop: the parts are read
         without racing the pipeline."""
         d = self.daemon
+        unattributed = {f.jail.name: f.sessions.unattributed for rt in d.sources.values()
+                        for f in rt.feeds if f.sessions is not None}
         return Snapshot(
             version=__version__,
             config=d.cfg_path or "<embedded default>",
@@ -174,7 +177,7 @@ class Telemetry:
             table=d.cfg.nftables.table,
             sources=[_source(rt) for rt in d.sources.values()],
             matches=_matches(d.sources.values()),
-            jails=[_jail(j, d.bans) for j in d.jails.values()],
+            jails=[_jail(j, d.bans, unattributed.get(j.name, 0)) for j in d.jails.values()],
             bans=_bans(d.bans) if d.bans is not None else None,
             alerts=_alerts(self.alerts) if self.alerts is not None else None,
             baseline=_baseline(d.baseline) if d.baseline is not None else None,
@@ -199,10 +202,11 @@ def _matches(pipelines: Iterable[SourcePipeline]) -> dict[tuple[str, str], int]:
     return out
 
 
-def _jail(jail: Jail, bans: BanManager | None) -> JailTelemetry:
+def _jail(jail: Jail, bans: BanManager | None, unattributed: int) -> JailTelemetry:
     return JailTelemetry(
         name=jail.name, source=jail.cfg.source, filter=jail.cfg.filter, tracked=len(jail),
-        ignored=jail.stats.ignored, stale=jail.stats.stale, actions=list(jail.cfg.actions),
+        ignored=jail.stats.ignored, stale=jail.stats.stale, unattributed=unattributed,
+        actions=list(jail.cfg.actions),
         dry_run=bans.simulates(jail.name) if bans is not None else False)
 
 

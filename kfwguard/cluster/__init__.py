@@ -72,7 +72,7 @@ def beat_info(daemon: Host) -> dict[str, Any]:
     enforcer = daemon.baseline.enforcer if daemon.baseline is not None else None
     if enforcer is None:
         return {"baseline": False}
-    applied = getattr(enforcer, "_expected", None)
+    applied = enforcer.applied
     try:
         live: object = snapshot(enforcer.nft, enforcer.cfg.table)
     except Exception as exc:  # the table may be gone: that is drift too

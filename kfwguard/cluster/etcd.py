@@ -242,6 +242,10 @@ class EtcdFeed:
     def last_error(self) -> str | None:
         return self.client.last_error
 
+    @property
+    def endpoint(self) -> str | None:
+        return self.client.endpoint
+
     async def close(self) -> None:
         if self._beat_lease:
             try:

@@ -189,4 +189,8 @@ class DecisionFeed(Protocol):
     @property
     def last_error(self) -> str | None: ...
 
+    @property
+    def endpoint(self) -> str | None:
+        """Where the feed is connected now (None: nowhere)."""
+
     async def close(self) -> None: ...

@@ -552,7 +552,7 @@ class ClusterService:
         return {
             "node": self.node,
             "connected": self.feed.connected,
-            "endpoint": getattr(getattr(self.feed, "client", None), "endpoint", None),
+            "endpoint": self.feed.endpoint,
             "last_error": self.feed.last_error,
             "outbox": len(self.outbox) if self.outbox is not None else None,
             "allow": sorted(self.allow),

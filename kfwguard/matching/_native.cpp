@@ -510,7 +510,9 @@ PyTypeObject WindowsType = {
 // to the windows; ``settle`` does it for the hits of the per-record path, so
 // one state serves both paths of a jail.
 
-enum Kind : int { kFailure = 0, kHelper = 1, kOnce = 2, kEnd = 3, kSuccess = 4 };
+enum Kind : int {
+    kFailure = 0, kHelper = 1, kOnce = 2, kEnd = 3, kSuccess = 4, kOrigin = 5, kUnaddressed = 6
+};
 
 // A hit held back: its address, rule, log time, the daemon time it arrived,
 // and, when it came from the per-record path, its own tuple (owned).
@@ -578,11 +580,20 @@ struct Ordered {
     size_t size() const { return items.size(); }
 };
 
+// The address a session's origin line named, and its log time.
+struct Origin {
+    Key key;
+    double t;
+};
+
 struct SessionState {
     std::vector<int> kinds;  // per rule index
     std::unordered_map<std::string, int> rule_of;  // rule name -> index
     double hold;
+    double grace;  // an origin older than this (log time) is another connection's
     size_t max;
+    long long unattributed = 0;  // unaddressed hits no origin could count
+    Ordered<Origin> origins;  // sessions whose origin line named their address
     double latest = -std::numeric_limits<double>::infinity();
     Ordered<std::vector<Held>> pending;  // sessions with helpers held back
     Ordered<bool> failed;  // sessions with a counted failure
@@ -610,20 +621,41 @@ void mark_failed(SessionState& s, const std::string& sid) {
     s.failed.add(sid) = true;
 }
 
-// Every held hit of ``sid``, in order, to ``emit`` (Sessions._release).
+// The one count of ``sid``'s held hits, its first, to ``emit`` (Sessions._release).
 template <class Emit>
 bool release(SessionState& s, const std::string& sid, Emit& emit) {
     std::vector<Held> held;
-    if (!s.pending.take(sid, &held)) return true;
-    for (Held& h : held)
-        if (!emit(h)) return false;
-    return true;
+    if (!s.pending.take(sid, &held) || held.empty()) return true;
+    return emit(held.front());
 }
 
 // A success (Accepted): the session's helpers were no failure.
 void forgive(SessionState& s, const std::string& sid) {
     s.pending.take(sid, nullptr);
     s.failed.take(sid, nullptr);
+    s.origins.take(sid, nullptr);
+}
+
+enum Unaddressed { kDropped = 0, kCounts = 1, kUnattributed = 2 };
+
+// An unaddressed hit at log time ``t`` of session ``sid`` (nullptr: the line
+// named none): Sessions._unaddressed. kCounts with ``*key`` its origin's address.
+template <class Emit>
+int unaddressed(SessionState& s, const std::string* sid, double t, Emit& emit, Key* key) {
+    if (sid != nullptr && s.pending.contains(*sid)) {
+        if (!release(s, *sid, emit)) return -1;  // the session is over
+        mark_failed(s, *sid);
+        return kDropped;
+    }
+    if (sid != nullptr && s.failed.contains(*sid)) return kDropped;
+    Origin* origin = sid != nullptr ? s.origins.find(*sid) : nullptr;
+    if (origin == nullptr || !(t - origin->t >= 0.0 && t - origin->t <= s.grace)) {
+        ++s.unattributed;
+        return kUnattributed;
+    }
+    *key = origin->key;
+    mark_failed(s, *sid);
+    return kCounts;
 }
 
 // One match of kind ``kind`` (not success) in session ``sid``: Sessions.settle's
@@ -656,6 +688,14 @@ bool settle_one(SessionState& s, int kind, const std::string& sid, Held&& h, Emi
         case kEnd:
             if (s.pending.contains(sid) && !release(s, sid, emit)) return false;
             s.failed.take(sid, nullptr);
+            s.origins.take(sid, nullptr);
+            return true;
+        case kOrigin:
+            if (!sid.empty() && sid[0] != '@') {  // by its address: nothing to learn
+                s.origins.take(sid, nullptr);
+                if (s.origins.size() >= s.max) s.origins.erase(s.origins.items.begin());
+                s.origins.add(sid) = Origin{h.key, h.t};
+            }
             return true;
         default:  // a failure: its session's helpers were this same attempt
             s.pending.take(sid, nullptr);
@@ -664,28 +704,26 @@ bool settle_one(SessionState& s, int kind, const std::string& sid, Held&& h, Emi
     }
 }
 
-// Helpers held HOLD seconds (of log time, or of the daemon's clock) count now
-// (Sessions._expired), session by session in order.
+// The sessions one of whose helpers was held HOLD seconds (of log time, or of
+// the daemon's clock) count now, once each (Sessions._expired), in order.
 template <class Emit>
 bool expire(SessionState& s, double now, Emit& emit) {
+    std::vector<Held> out;
     auto it = s.pending.items.begin();
     while (it != s.pending.items.end()) {
         std::vector<Held>& held = it->second;
-        std::vector<Held> keep;
-        std::vector<Held> out;
-        for (Held& h : held) {
-            if (s.latest - h.t < s.hold && now - h.arrived < s.hold)
-                keep.push_back(std::move(h));
-            else
-                out.push_back(std::move(h));
-        }
-        held = std::move(keep);
+        bool due = false;
+        for (const Held& h : held)
+            due = due || s.latest - h.t >= s.hold || now - h.arrived >= s.hold;
         auto next = std::next(it);
-        if (held.empty()) s.pending.erase(it);
-        for (Held& h : out)
-            if (!emit(h)) return false;
+        if (due) {
+            if (!held.empty()) out.push_back(std::move(held.front()));
+            s.pending.erase(it);
+        }
         it = next;
     }
+    for (Held& h : out)
+        if (!emit(h)) return false;
     return true;
 }
 
@@ -704,15 +742,17 @@ PyObject* Sessions_new(PyTypeObject* type, PyObject*, PyObject*) {
     return reinterpret_cast<PyObject*>(self);
 }
 
-// Sessions(names: list[str], kinds: list[int], make_hit, hold: float, max_sessions: int)
+// Sessions(names: list[str], kinds: list[int], make_hit, hold: float, max_sessions: int,
+//          grace: float = 120.0)
 int Sessions_init(SessionsObject* self, PyObject* args, PyObject*) {
     PyObject* names;
     PyObject* kinds;
     PyObject* make_hit;
     double hold;
     Py_ssize_t max_sessions;
-    if (!PyArg_ParseTuple(args, "O!O!Odn", &PyList_Type, &names, &PyList_Type, &kinds,
-                          &make_hit, &hold, &max_sessions)) {
+    double grace = 120.0;
+    if (!PyArg_ParseTuple(args, "O!O!Odn|d", &PyList_Type, &names, &PyList_Type, &kinds,
+                          &make_hit, &hold, &max_sessions, &grace)) {
         return -1;
     }
     if (self->s != nullptr) {
@@ -731,14 +771,15 @@ int Sessions_init(SessionsObject* self, PyObject* args, PyObject*) {
         const char* name = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(names, i), &len);
         long kind = PyLong_AsLong(PyList_GET_ITEM(kinds, i));
         if (name == nullptr || (kind == -1 && PyErr_Occurred())) return -1;
-        if (kind < kFailure || kind > kSuccess) {
-            PyErr_SetString(PyExc_ValueError, "a rule kind is 0 to 4");
+        if (kind < kFailure || kind > kUnaddressed) {
+            PyErr_SetString(PyExc_ValueError, "a rule kind is 0 to 6");
             return -1;
         }
         s->kinds.push_back(static_cast<int>(kind));
         s->rule_of.emplace(std::string(name, static_cast<size_t>(len)), static_cast<int>(i));
     }
     s->hold = hold;
+    s->grace = grace;
     s->max = static_cast<size_t>(max_sessions);
     self->s = s.release();
     Py_INCREF(make_hit);
@@ -805,6 +846,50 @@ PyObject* Sessions_settle(SessionsObject* self, PyObject* const* args, Py_ssize_
         }
         if (t > s.latest) s.latest = t;
         bool success = std::strcmp(status, "success") == 0;
+        if (std::strcmp(status, "session") == 0) {  // an unaddressed rule's hit
+            std::string session;
+            const std::string* sid = nullptr;
+            if (sid_obj != Py_None) {
+                Py_ssize_t len;
+                const char* text = PyUnicode_AsUTF8AndSize(sid_obj, &len);
+                if (text == nullptr) {
+                    ok = false;
+                    break;
+                }
+                session.assign(text, static_cast<size_t>(len));
+                sid = &session;
+            }
+            Key key;
+            int got = unaddressed(s, sid, t, emit, &key);
+            if (got == kUnattributed) {
+                ok = PyList_Append(out, hit) == 0;
+            } else if (got == kCounts) {
+                // make_hit's tuple, with this hit's index and rule
+                int rule = -1;
+                PyObject* name = PyTuple_GET_ITEM(hit, 2);
+                const char* text = PyUnicode_Check(name) ? PyUnicode_AsUTF8(name) : nullptr;
+                if (text != nullptr) {
+                    auto found = s.rule_of.find(text);
+                    if (found != s.rule_of.end()) rule = found->second;
+                }
+                PyObject* made = rule >= 0 ? hit_object(self, Held(key, rule, t, now, nullptr))
+                                           : nullptr;
+                PyObject* counted = made != nullptr && PyTuple_Check(made) &&
+                                            PyTuple_GET_SIZE(made) == 6
+                    ? PyTuple_Pack(6, PyTuple_GET_ITEM(hit, 0), PyTuple_GET_ITEM(made, 1),
+                                   PyTuple_GET_ITEM(hit, 2), PyTuple_GET_ITEM(made, 3),
+                                   PyTuple_GET_ITEM(made, 4), PyTuple_GET_ITEM(hit, 5))
+                    : nullptr;
+                if (counted == nullptr && !PyErr_Occurred())
+                    PyErr_SetString(PyExc_ValueError, "an unaddressed hit of an unknown rule");
+                ok = counted != nullptr && PyList_Append(out, counted) == 0;
+                Py_XDECREF(made);
+                Py_XDECREF(counted);
+            } else {
+                ok = got == kDropped;
+            }
+            continue;
+        }
         if (!success && (std::strcmp(status, "match") != 0 || PyTuple_GET_ITEM(hit, 3) == Py_None)) {
             ok = PyList_Append(out, hit) == 0;
             continue;
@@ -854,20 +939,18 @@ PyObject* Sessions_settle(SessionsObject* self, PyObject* const* args, Py_ssize_
     return out;
 }
 
-// flush() -> every held hit, now (the input is over).
+// flush() -> each session's held hits as one, now (the input is over).
 PyObject* Sessions_flush(SessionsObject* self, PyObject*) {
     if (!sessions_ready(self)) return nullptr;
     PyObject* out = PyList_New(0);
     if (out == nullptr) return nullptr;
     auto& items = self->s->pending.items;
     bool ok = true;
-    for (auto& [sid, held] : items) {
-        for (Held& h : held) {
-            PyObject* hit = hit_object(self, h);
-            ok = hit != nullptr && PyList_Append(out, hit) == 0;
-            Py_XDECREF(hit);
-            if (!ok) break;
-        }
+    for (auto& [sid, held] : items) {  // one count per session: its first helper
+        if (held.empty()) continue;
+        PyObject* hit = hit_object(self, held.front());
+        ok = hit != nullptr && PyList_Append(out, hit) == 0;
+        Py_XDECREF(hit);
         if (!ok) break;
     }
     items.clear();
@@ -879,6 +962,16 @@ PyObject* Sessions_flush(SessionsObject* self, PyObject*) {
 Py_ssize_t Sessions_len(SessionsObject* self) {
     return self->s == nullptr ? 0 : static_cast<Py_ssize_t>(self->s->pending.size());
 }
+
+PyObject* Sessions_unattributed(SessionsObject* self, void*) {
+    return PyLong_FromLongLong(self->s == nullptr ? 0 : self->s->unattributed);
+}
+
+PyGetSetDef Sessions_getset[] = {
+    {"unattributed", reinterpret_cast<getter>(Sessions_unattributed), nullptr,
+     "unaddressed hits that no origin could count", nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr},
+};
 
 PyMethodDef Sessions_methods[] = {
     {"settle", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(Sessions_settle)),
@@ -973,7 +1066,8 @@ int Matcher_init(MatcherObject* self, PyObject* args, PyObject*) {
         long group = PyLong_AsLong(PyList_GET_ITEM(groups, i));
         if (group == -1 && PyErr_Occurred()) return -1;
         auto regex = std::make_unique<re2::RE2>(pattern, options);
-        if (!regex->ok() || group < 1 || group > regex->NumberOfCapturingGroups() ||
+        // Group 0 (the whole match): an unaddressed rule, whose line has no address.
+        if (!regex->ok() || group < 0 || group > regex->NumberOfCapturingGroups() ||
             group >= 64) {
             PyErr_Format(PyExc_ValueError, "rule %zd: %s", i,
                          regex->ok() ? "no such host group" : regex->error().c_str());
@@ -1296,7 +1390,42 @@ PyObject* Matcher_track(MatcherObject* self, PyObject* const* args, Py_ssize_t n
     const char* last_stamp = nullptr;
     double last_t = now;  // without a header the record's time is unknown: now
     std::string sid;
+    auto line_time = [&](const Hit& hit) -> bool {  // last_t for this hit's line
+        const char* stamp = base + hit.line_start;
+        if (!self->header || (last_stamp != nullptr && std::memcmp(stamp, last_stamp, kStamp) == 0))
+            return true;
+        PyObject* text = PyBytes_FromStringAndSize(stamp, kStamp);
+        PyObject* got = text != nullptr ? PyObject_CallOneArg(stamp_time, text) : nullptr;
+        Py_XDECREF(text);
+        double t = got != nullptr ? PyFloat_AsDouble(got) : -1.0;
+        Py_XDECREF(got);
+        if (got == nullptr || (t == -1.0 && PyErr_Occurred())) return false;
+        last_stamp = stamp;
+        last_t = t;
+        return true;
+    };
     for (const Hit& hit : hits) {
+        if ((*self->rules)[static_cast<size_t>(hit.rule)].host_group == 0) {
+            // An unaddressed rule (a paired filter's: its kind says so): counts
+            // under its session's origin, as Sessions.settle's "session" hits.
+            if (paired == nullptr) continue;
+            if (!line_time(hit)) {
+                failed = true;
+                break;
+            }
+            if (last_t > paired->latest) paired->latest = last_t;
+            const char* tag = nullptr;
+            size_t tag_len = 0;
+            if (self->header) plain_header(base + hit.line_start, base + hit.line_end, &tag, &tag_len);
+            bool named = tag_session(tag, tag_len, &sid);
+            Key key;
+            int got = unaddressed(*paired, named ? &sid : nullptr, last_t, emit, &key);
+            if (got < 0 || (got == kCounts && !count(key, static_cast<int>(hit.rule), last_t))) {
+                failed = true;
+                break;
+            }
+            continue;
+        }
         if (hit.host_start < 0) {  // bad-host: no address, no failure
             if (paired != nullptr && paired->latest < 0.0) paired->latest = 0.0;
             continue;
@@ -1312,20 +1441,9 @@ PyObject* Matcher_track(MatcherObject* self, PyObject* const* args, Py_ssize_t n
             if (paired != nullptr && paired->latest < 0.0) paired->latest = 0.0;
             continue;
         }
-        const char* stamp = base + hit.line_start;
-        if (self->header &&
-            (last_stamp == nullptr || std::memcmp(stamp, last_stamp, kStamp) != 0)) {
-            PyObject* text = PyBytes_FromStringAndSize(stamp, kStamp);
-            PyObject* got = text != nullptr ? PyObject_CallOneArg(stamp_time, text) : nullptr;
-            Py_XDECREF(text);
-            double t = got != nullptr ? PyFloat_AsDouble(got) : -1.0;
-            Py_XDECREF(got);
-            if (got == nullptr || (t == -1.0 && PyErr_Occurred())) {
-                failed = true;
-                break;
-            }
-            last_stamp = stamp;
-            last_t = t;
+        if (!line_time(hit)) {
+            failed = true;
+            break;
         }
         if (paired == nullptr) {
             if (!count(key, static_cast<int>(hit.rule), last_t)) {
@@ -1488,6 +1606,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     SessionsType.tp_doc = "Sessions(names, kinds, make_hit, hold, max_sessions): a paired "
                           "filter's held hits";
     SessionsType.tp_methods = Sessions_methods;
+    SessionsType.tp_getset = Sessions_getset;
     Sessions_sequence.sq_length = reinterpret_cast<lenfunc>(Sessions_len);
     SessionsType.tp_as_sequence = &Sessions_sequence;
     SessionsType.tp_init = reinterpret_cast<initproc>(Sessions_init);

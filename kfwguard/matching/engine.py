@@ -26,6 +26,7 @@ they agree.
 from __future__ import annotations
 
 import functools
+import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -43,7 +44,12 @@ _HOST_CACHE_MAX: Final = 16384  # per generation of a filter's host cache
 
 # "success": a rule of kind success matched (sshd's "Accepted ..."): it never
 # counts, and matching/sessions.py uses it to forgive the session's helpers.
-Status = Literal["match", "nomatch", "ignored", "bad-host", "too-long", "success"]
+# "session": a rule of kind unaddressed matched a line that carries no address;
+# only its session's origin can give it one (matching/sessions.py).
+Status = Literal["match", "nomatch", "ignored", "bad-host", "too-long", "success", "session"]
+# The Match.host of a "session" outcome: the unspecified address, a placeholder
+# for explaining tools; its hit's host is None, so nothing counts it.
+NO_ADDRESS: Final = ipaddress.IPv6Address("::")
 # "message repeated N times: [ msg ]" (rsyslog) counts as N failures, at most this many.
 REPEAT_MAX: Final = 100
 # How a text filter may scan a block of lines: True = with the C++ block
@@ -90,6 +96,8 @@ def _hit(end: int, check: Check) -> Hit:
     m = check[2]
     if m is None:
         return end, check[0], check[1], None, 0, 0.0
+    if check[0] == "session":  # no address: the session's origin gives it one
+        return end, "session", check[1], None, 0, m.time
     if check[0] != "match":  # success: no host to count, the key for the session
         return end, check[0], check[1], None, host_key(m.host), m.time
     return end, check[0], check[1], m.host, host_key(m.host), m.time

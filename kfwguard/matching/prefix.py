@@ -15,6 +15,10 @@ write)::
     Nov 26 04:57:45 host auth.info prog[pid]: msg   busybox syslogd -S off: facility.level first
     Nov 26 04:57:45.123456 host prog[pid]: msg  journalctl -o short-precise
     2026-11-26T04:57:45.123+00:00 host prog[pid]: msg   RFC 3339 stamp (rsyslog default)
+    2026-11-26T04:57:45+0000 host prog[pid]: msg        journalctl -o short-iso
+    2020-03-23 06:47:42.801612-0700  host prog[pid]: msg   macOS log show --style syslog
+    Thu 2026-11-26 04:57:45 UTC host prog[pid]: msg     journalctl -o short-full
+    1795697865.123456 host prog[pid]: msg               journalctl -o short-unix
     <38>Nov 26 04:57:45 host prog[pid]: msg     a priority first (forwarded syslog)
     <38>1 2026-11-26T04:57:45Z host prog 123 - - msg    RFC 5424, structured data skipped
 
@@ -33,6 +37,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, Final
+
+from kfwguard.timestamps import format_rfc3339
 
 _MONTHS: Final = frozenset(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -61,6 +67,30 @@ def _pri(line: str) -> int:
     return close + 1
 
 
+_WEEKDAYS: Final = frozenset(("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"))
+_UTC_NAMES: Final = frozenset(("UTC", "GMT"))
+
+
+def _journal_stamp(line: str, at: int) -> tuple[int, str] | None:
+    """(end, RFC 3339 stamp) of journalctl's short-full (``Thu 2026-11-26 04:57:45
+    UTC``: the zone's abbreviation, read as UTC for UTC/GMT and as the node's
+    local time otherwise, as a BSD stamp is) or short-unix (``1795697865.123456``:
+    seconds since the epoch) stamp at ``at``."""
+    if line[at : at + 3] in _WEEKDAYS and line[at + 3 : at + 4] == " " and _iso_clock(
+            line, at + 4) and line[at + 23 : at + 24] == " ":
+        zone_end = line.find(" ", at + 24, at + 24 + 7)
+        zone = line[at + 24 : zone_end]
+        if zone_end == -1 or not zone.isalpha() or not zone.isascii():
+            return None
+        return zone_end, line[at + 4 : at + 23] + ("Z" if zone in _UTC_NAMES else "")
+    dot = at + 10
+    if line[dot : dot + 1] == "." and line[at : dot].isdigit() and line[at : dot].isascii() and (
+            line[dot + 7 : dot + 8] == " " and line[dot + 1 : dot + 7].isdigit()
+            and line[dot + 1 : dot + 7].isascii()):
+        return dot + 7, format_rfc3339(int(line[at:dot]) + int(line[dot + 1 : dot + 7]) / 1e6)
+    return None
+
+
 def _stamp_end(line: str, at: int) -> tuple[int, str] | None:
     """(end of the stamp starting at ``at``, kind) for a BSD or RFC 3339 stamp."""
     if line[at : at + 3] in _MONTHS and line[at + 3 : at + 4] == " ":
@@ -75,12 +105,29 @@ def _stamp_end(line: str, at: int) -> tuple[int, str] | None:
             end = line.find(" ", s + 12, s + 26)
             return None if end == -1 else (end, "syslog")
         return None
-    if line[at + 10 : at + 11] in ("T", "t") and line[at + 4 : at + 5] == "-" and (
-        line[at + 7 : at + 8] == "-"
-    ):
+    if line[at + 4 : at + 5] != "-" or line[at + 7 : at + 8] != "-":
+        return None
+    sep = line[at + 10 : at + 11]
+    if sep in ("T", "t"):
         end = line.find(" ", at + 19, at + 48)
         return None if end == -1 else (end, "iso")
+    if sep == " " and _iso_clock(line, at):
+        # macOS's "log show --style syslog": a space for the T, a zone of
+        # "-0700", and two spaces before the host (read as one).
+        end = line.find(" ", at + 19, at + 48)
+        if end == -1:
+            return None
+        return (end + 1 if line[end + 1 : end + 2] == " " else end), "iso"
     return None
+
+
+def _iso_clock(line: str, at: int) -> bool:
+    """``YYYY-MM-DD hh:mm:ss`` at ``at``: digits where they belong (the space-separated
+    form is read only when it is a date and a time; a T-form stamp names itself)."""
+    stamp = line[at : at + 19]
+    return (len(stamp) == 19 and stamp[13] == ":" and stamp[16] == ":"
+            and (stamp[:4] + stamp[5:7] + stamp[8:10] + stamp[11:13] + stamp[14:16]
+                 + stamp[17:19]).isdigit() and stamp.isascii())
 
 
 def _bsd_stamp(line: str, at: int, end: int) -> str:
@@ -166,9 +213,13 @@ def split_syslog(line: str) -> tuple[str, str, str, str | None, str | None] | No
             return message, stamp, "iso", program, pid
     found = _stamp_end(line, at)
     if found is None:
-        return None
-    end, kind = found
-    stamp = _bsd_stamp(line, at, end) if kind == "syslog" else line[at:end]
+        journal = _journal_stamp(line, at)
+        if journal is None:
+            return None
+        end, stamp, kind = journal[0], journal[1], "iso"
+    else:
+        end, kind = found
+        stamp = _bsd_stamp(line, at, end) if kind == "syslog" else line[at:end].rstrip(" ")
     host_end = line.find(" ", end + 1, end + 2 + _MAX_HOST)
     if host_end <= end + 1:
         return None

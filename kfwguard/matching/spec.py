@@ -31,7 +31,8 @@ counts N times (at most engine.REPEAT_MAX).
 
 Rules are RE2 patterns matched at the start of the message (a leading ^
 is implied) over the message after the headers. Each has exactly one
-``<HOST>``; its text must parse as an IPv4/IPv6 address. Other named groups
+``<HOST>`` (but a rule of kind ``unaddressed``, which has none); its text
+must parse as an IPv4/IPv6 address. Other named groups
 become ``Match.fields``. The event time is read from the header (klog before
 syslog), else the record's time, else ``now``.
 
@@ -110,8 +111,14 @@ F = TypeVar("F", bound="FilterSpec")
 #   once     counts only if the session has nothing counted or pending yet
 #            (a pre-auth disconnect after failures already counted)
 #   end      counts nothing; the session is over, its pending helpers count now
-RuleKind = Literal["failure", "helper", "success", "once", "end"]
-RULE_KINDS: tuple[str, ...] = ("failure", "helper", "success", "once", "end")
+#   origin   counts nothing; names the session's address (sshd's VERBOSE
+#            "Connection from IP port N") for its unaddressed lines
+#   unaddressed  a line that carries no address (its regex has no <HOST>):
+#            counts as ``once``, under the address its session's ``origin``
+#            line named; nothing when no such line came (never a guess)
+RuleKind = Literal["failure", "helper", "success", "once", "end", "origin", "unaddressed"]
+RULE_KINDS: tuple[str, ...] = ("failure", "helper", "success", "once", "end", "origin",
+                               "unaddressed")
 # Named address sets a rule may exclude (``outside``); the daemon fills them
 # from the config (control_plane: baseline.control_plane_cidrs).
 NETWORK_SETS: tuple[str, ...] = ("control_plane",)

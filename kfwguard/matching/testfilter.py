@@ -274,6 +274,9 @@ def run(filt: Filter, stream: BinaryIO, name: str, as_json: bool, out: TextIO, n
         "(ignoreregex, or an address the rule leaves out)",
         f"bad host  {statuses['bad-host']}{partial} (rule matched, text is not an IP address)",
         f"too long  {statuses['too-long']} (over {MAX_LINE} bytes, skipped)",
+        *([f"no origin {feed.sessions.unattributed} (a line without an address whose "
+           "session named none: not counted)"]
+          if feed.sessions is not None and "unaddressed" in filt.kinds.values() else []),
         "rules:",
         *(f"  {rule:<{width}}  {per_rule[rule]}" for rule in filt.rules),
         f"time      {elapsed:.3f} s ({rate})",

@@ -14,7 +14,8 @@ Annotations: ``# match: RULE [key=value …]``, ``# nomatch``,
 ``# ignored: RULE`` (a rule matched but ignoreregex or an ``outside``
 condition vetoed it), ``# bad-host: RULE`` (a rule matched but the host text
 is not an address) and ``# success: RULE`` (a ``success`` rule matched: it
-forgives, never counts).
+forgives, never counts) and ``# session: RULE`` (an ``unaddressed`` rule
+matched a line without an address: only its session's origin can count it).
 
 A filter with modes is checked in each of them: RULE may be a list
 ``a|b``, and the line must give the first of those rules that the mode has,
@@ -37,7 +38,7 @@ from kfwguard.matching.engine import Filter
 from kfwguard.model import Match, Record
 from kfwguard.timestamps import parse_rfc3339
 
-_STATUSES = ("match", "nomatch", "ignored", "bad-host", "success")
+_STATUSES = ("match", "nomatch", "ignored", "bad-host", "success", "session")
 
 
 def run_filter(
@@ -161,7 +162,8 @@ def check_samples(filter: Filter, path: Path | Traversable, now: float) -> list[
     seen: set[str] = set()
     for sample in read_samples(path):
         problems.extend(check_sample(filter, sample, now))
-        if sample.expect.status in ("match", "success", "ignored") and sample.expect.rule:
+        if (sample.expect.status in ("match", "success", "ignored", "session")
+                and sample.expect.rule):
             seen.update(sample.expect.rule.split("|"))
     for rule in filter.rules:
         if rule not in seen:

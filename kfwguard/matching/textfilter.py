@@ -19,6 +19,7 @@ from kfwguard.matching.engine import (
     _HOST_CACHE_MAX,
     _NO_MATCH_T,
     _TOO_LONG_T,
+    NO_ADDRESS,
     Accel,
     Check,
     Filter,
@@ -101,22 +102,26 @@ class TextFilter(Filter):
         rules: list[_TextRule] = []
         literals: list[tuple[str, int]] = []
         rule_set = re2.Set.MatchSet()
+        full: list[str] = []
         for i, rule in enumerate(spec.rules):
             where = lines.where(["rules", i, "regex"])
             try:
-                expanded = patterns.expand_host(rule.regex)
+                expanded = (_unaddressed(rule) if rule.kind == "unaddressed"
+                            else patterns.expand_host(rule.regex))
                 compiled = _compile(expanded)
                 rule_set.Add(expanded)
             except (ValueError, re2.error) as exc:
                 problems.append(f"{where} (rule {rule.name!r}): {exc}")
                 continue
             index: dict[str, int] = compiled.groupindex
+            full.append(expanded)
             rules.append(
                 _TextRule(
                     name=rule.name,
                     index=len(rules),
                     spans=_spans(compiled),
-                    host=index["host"],
+                    # 0 (the whole match) for an unaddressed rule: no address
+                    host=index.get("host", 0),
                     fields=tuple((k, v) for k, v in sorted(index.items()) if k != "host"),
                     kind=rule.kind,
                     outside=None if rule.outside is None else tuple(
@@ -180,8 +185,7 @@ class TextFilter(Filter):
         self._hosts_old: dict[bytes, tuple[IPAddress, int] | None] = {}
         # The C++ block scanner, where it was built and can read these rules.
         self._native = _native_matcher(
-            rules, [patterns.expand_host(r.regex) for r in spec.rules], spec,
-            ignore=ignore_pattern) if accelerate else None
+            rules, full, spec, ignore=ignore_pattern) if accelerate else None
         self._header = bool(spec.prefix)
 
     @property
@@ -260,15 +264,18 @@ class TextFilter(Filter):
         rules = self._rules
         for nl, rule_id, host_start, host_end in found:
             name = names[rule_id]
-            text = data[host_start:host_end] if host_start >= 0 else b""
-            try:
-                host = hosts[text]
-            except KeyError:
-                host = self._new_host(text)
+            rule = rules[rule_id]
+            if not rule.host:  # unaddressed: the scanner reported the whole match
+                host: tuple[IPAddress, int] | None = (NO_ADDRESS, 0)
+            else:
+                text = data[host_start:host_end] if host_start >= 0 else b""
+                try:
+                    host = hosts[text]
+                except KeyError:
+                    host = self._new_host(text)
             if host is None:
                 out.append((nl, "bad-host", name, None, 0, 0.0))
                 continue
-            rule = rules[rule_id]
             if rule.outside is not None and not _outside(rule.outside, host[0]):
                 out.append((nl, "ignored", name, None, 0, 0.0))
                 continue
@@ -289,6 +296,8 @@ class TextFilter(Filter):
                     last_t = now if t is None else t
             if rule.kind == "success":
                 out.append((nl, "success", name, None, host[1], last_t))
+            elif not rule.host:
+                out.append((nl, "session", name, None, 0, last_t))
             else:
                 out.append((nl, "match", name, host[0], host[1], last_t))
         return out
@@ -370,10 +379,13 @@ class TextFilter(Filter):
                 spans = found if found[0][0] >= 0 else None
         if spans is None or data is None:
             return _NO_MATCH_T
-        start, end = spans[rule.host]
-        host = self._host(data[start:end].decode("ascii", "replace"))
-        if host is None:
-            return "bad-host", rule.name, None
+        if rule.host:
+            start, end = spans[rule.host]
+            host = self._host(data[start:end].decode("ascii", "replace"))
+            if host is None:
+                return "bad-host", rule.name, None
+        else:  # unaddressed: the session's origin may give it one
+            host = NO_ADDRESS
         if self._ignore is not None and self._ignore.search(data) is not None:
             return "ignored", rule.name, None
         if rule.outside is not None and not _outside(rule.outside, host):
@@ -400,8 +412,20 @@ class TextFilter(Filter):
         }
         if repeat > 1:
             fields["repeat"] = str(repeat)
-        status: Status = "success" if rule.kind == "success" else "match"
+        status: Status = ("success" if rule.kind == "success" else
+                          "match" if rule.host else "session")
         return status, rule.name, Match(host, t, self.name, rule.name, fields)
+
+
+def _unaddressed(rule: TextRuleSpec) -> str:
+    """The regex of an ``unaddressed`` rule: it must name no address (a line that
+    carries one is read by a rule that takes it), and can have no ``outside``."""
+    if patterns.HOST_TAG in rule.regex or "(?P<host>" in rule.regex or "(?<host>" in rule.regex:
+        raise ValueError("an unaddressed rule has no <HOST>: its session's origin gives the "
+                         "address")
+    if rule.outside is not None:
+        raise ValueError("an unaddressed rule has no address to hold against 'outside'")
+    return rule.regex
 
 
 # Program names the C++ scanner compares as the tag's text up to "[" or ":":

@@ -132,6 +132,8 @@ def status_json(snap: Snapshot) -> dict[str, Any]:
             # Failures dropped as older than findtime by their log time: many
             # here on a live log means the stamps are read in the wrong zone.
             "stale": j.stale,
+            # Lines without an address whose session named none: counted nothing.
+            "unattributed": j.unattributed,
             "actions": list(j.actions),
             "dry_run": j.dry_run,
             "simulated_active": per_jail_simulated.get(j.name, 0),

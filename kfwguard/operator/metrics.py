@@ -171,11 +171,18 @@ def _jails(snap: Snapshot) -> Iterator[Metric]:
         "kfwguard_jail_stale_failures",
         "Failures dropped as older than findtime by their log time (a wrong time "
         "zone shows here)", labels=["jail"])
+    unattributed = CounterMetricFamily(
+        "kfwguard_jail_unattributed_lines",
+        "Lines without an address (e.g. sshd's 'Too many authentication failures') "
+        "that no session of the same process had named an address for, so counted "
+        "nothing", labels=["jail"])
     for jail in snap.jails:
         tracked.add_metric([jail.name], jail.tracked)
         stale.add_metric([jail.name], jail.stale)
+        unattributed.add_metric([jail.name], jail.unattributed)
     yield tracked
     yield stale
+    yield unattributed
 
 
 def _alerts(snap: Snapshot) -> Iterator[Metric]:

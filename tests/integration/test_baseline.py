@@ -532,10 +532,12 @@ asyncio.run(main())
             assert "READY" == proc.stdout.readline().strip()
             applied = listing(node)
             node.run("nft", "delete", "table", "inet", TABLE)
-            assert f"DRIFT 1 table inet {TABLE} was deleted" == proc.stdout.readline().strip()
+            assert (f"DRIFT 1 it had drifted (table inet {TABLE} was deleted) and was put back"
+                    == proc.stdout.readline().strip())
             assert applied == wait_for(lambda: listing(node), lambda v: v == applied)
             node.run("nft", "flush", "chain", "inet", TABLE, "input")
-            assert "DRIFT 2 chain input was flushed" == proc.stdout.readline().strip()
+            assert ("DRIFT 2 it had drifted (chain input was flushed) and was put back"
+                    == proc.stdout.readline().strip())
             assert applied == wait_for(lambda: listing(node), lambda v: v == applied)
         finally:
             proc.kill()

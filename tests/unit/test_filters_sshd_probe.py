@@ -40,12 +40,31 @@ class TestMethodProbes:
         assert [ip] * 3 == counted(sshd, lines)
 
     def test_probe_alone_counts_once_per_connection(self, sshd: Filter) -> None:
-        """A connection that only probes (user enumeration) is counted when it ends (its
-        'Invalid user' line and its probe are both held helpers of the session, and a
-        session's end releases each: two, not one; see the README's known limits)."""
+        """A connection that only probes (user enumeration: 'Invalid user' and its
+        'Failed none', two helpers of one session) counts once when it ends."""
         ip = "203.0.113.32"
         lines = [line("00:01", 130, f"Invalid user test from {ip} port 4001"),
                  line("00:01", 130, f"Failed none for invalid user test from {ip} port 4001 ssh2"),
                  line("00:02", 130, f"Connection closed by invalid user test {ip} port 4001 "
                                     "[preauth]")]
-        assert [ip, ip] == counted(sshd, lines)
+        assert [ip] == counted(sshd, lines)
+
+    def test_probe_alone_counts_once_after_the_hold(self, sshd: Filter) -> None:
+        """The same connection with no end line counts once when its helpers have been
+        held 30 s (here: a later line of the log shows the time has passed)."""
+        ip = "203.0.113.33"
+        lines = [line("00:01", 131, f"Invalid user test from {ip} port 4002"),
+                 line("00:01", 131, f"Failed none for invalid user test from {ip} port 4002 ssh2"),
+                 line("01:01", 132, "Failed password for root from 198.51.100.9 port 4003 ssh2")]
+        assert sorted([ip, "198.51.100.9"]) == sorted(counted(sshd, lines))
+
+    def test_one_password_s_two_pam_lines_count_once(self, sshd: Filter) -> None:
+        """pam_unix's line and sshd's 'error: PAM: Authentication failure' of one attempt
+        whose 'Failed' line never comes (the client left) count once."""
+        ip = "203.0.113.34"
+        lines = [line("00:01", 133, "pam_unix(sshd:auth): authentication failure; logname= "
+                                    f"uid=0 euid=0 tty=ssh ruser= rhost={ip}  user=root"),
+                 line("00:01", 133, f"error: PAM: Authentication failure for root from {ip}"),
+                 line("00:02", 133, f"Connection closed by authenticating user root {ip} port "
+                                    "4004 [preauth]")]
+        assert [ip] == counted(sshd, lines)

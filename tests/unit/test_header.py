@@ -30,6 +30,18 @@ CORPUS = [
     f"2026-11-26T04:57:45.123+00:00 node-1 sshd[123]: {MSG}",  # rsyslog RFC 3339
     f"<38>Nov 26 04:57:45 node-1 sshd[123]: {MSG}",  # forwarded with a priority
     f"<38>1 2026-11-26T04:57:45Z node-1 sshd 123 - - {MSG}",  # RFC 5424
+    f"<38>1 2026-11-26T04:57:45.003-07:00 node-1 sshd 123 - [origin ip=\"10.0.0.1\"] {MSG}",
+    f"2026-11-26T04:57:45+0000 node-1 sshd[123]: {MSG}",  # journalctl -o short-iso
+    f"2026-11-26T04:57:45.123456-0800 node-1 sshd[123]: {MSG}",  # short-iso-precise (old)
+    f"2020-03-23 06:47:42.801612-0700  localhost sshd[123]: {MSG}",  # macOS log show
+    f"2020-03-23 06:47:42 node-1 sshd[123]: {MSG}",  # a date and a time, no zone
+    f"2020-03-23 06:47:4x node-1 sshd[123]: {MSG}",
+    f"2020-03-23 06:47:42.801612-0700   localhost sshd[123]: {MSG}",  # three spaces
+    f"<86>2020-03-23T06:47:42-07:00 node-1 sshd[123]: {MSG}",  # a priority, then RFC 3339
+    f"Thu 2026-11-26 04:57:45 UTC node-1 sshd[123]: {MSG}",  # journalctl -o short-full
+    f"Thu 2026-11-26 04:57:45 PST node-1 sshd[123]: {MSG}",
+    f"1795697865.123456 node-1 sshd[123]: {MSG}",  # journalctl -o short-unix
+    f"1795697865.12345 node-1 sshd[123]: {MSG}",
     f"I1126 04:57:45.123456    1234 server.go:123] {MSG}",  # klog
     f"Nov 26 04:57:45 node-1 sshd: {MSG}",  # tag without a pid
     f"Nov 26 04:57:45 node-1 sshd[1x]: {MSG}",

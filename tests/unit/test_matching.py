@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import functools
 import ipaddress
 import json
@@ -598,7 +599,55 @@ class TestPrefix:
         assert ("msg", "2026-11-26T04:57:45.123+00:00", "iso", "sshd") == strip_syslog(line)
 
     @pytest.mark.parametrize(
-        "line", ["Failed password for x", "Nov 26 04:57:45 node1 a b: x", "Nov 26 04:57:45 nohost"]
+        ("line", "stamp"),
+        [
+            ("2020-03-23 06:47:42.801612-0700  localhost sshd[3186]: msg",
+             "2020-03-23 06:47:42.801612-0700"),  # macOS log show --style syslog
+            ("2026-11-26T04:57:45+0000 node1 sshd[3186]: msg",
+             "2026-11-26T04:57:45+0000"),  # journalctl -o short-iso
+            ("<86>2026-11-26T04:57:45.5-08:00 node1 sshd[3186]: msg",
+             "2026-11-26T04:57:45.5-08:00"),
+            ("<86>1 2026-11-26T04:57:45.5-08:00 node1 sshd 3186 - - msg",
+             "2026-11-26T04:57:45.5-08:00"),  # RFC 5424
+            ("Thu 2026-11-26 04:57:45 UTC node1 sshd[3186]: msg",
+             "2026-11-26 04:57:45Z"),  # journalctl -o short-full
+            ("Thu 2026-11-26 04:57:45 CET node1 sshd[3186]: msg",
+             "2026-11-26 04:57:45"),  # another zone's name: the node's local time
+            ("1795697865.123456 node1 sshd[3186]: msg",
+             "2026-11-26T12:57:45.123456Z"),  # journalctl -o short-unix
+        ],
+    )
+    def test_iso_forms(self, line: str, stamp: str) -> None:
+        """Headers with a dated stamp (macOS's space-separated ISO one, journalctl's
+        short-iso, short-full and short-unix, RFC 5424) give the message, the stamp
+        (as RFC 3339) and the program."""
+        assert ("msg", stamp, "iso", "sshd") == strip_syslog(line)
+
+    @pytest.mark.parametrize(
+        ("line", "utc"),
+        [
+            ("2020-03-24 08:38:42.344447-0700  localhost sshd[2519]: ", (2020, 3, 24, 15, 38, 42)),
+            ("2026-11-26T04:57:45-0800 node1 sshd[1]: ", (2026, 11, 26, 12, 57, 45)),
+            ("<38>1 2026-11-26T04:57:45-05:00 node1 sshd 1 - - ", (2026, 11, 26, 9, 57, 45)),
+            ("1795697865.000000 node1 sshd[1]: ", (2026, 11, 26, 12, 57, 45)),
+        ],
+    )
+    def test_zones_west_of_utc_give_the_instant(self, line: str,
+                                                utc: tuple[int, ...]) -> None:
+        """A stamp with a zone west of UTC is read as the instant it names, whatever the
+        node's own zone: an attempt's time is not shifted by hours."""
+        flt = load_filter("sshd")
+        got = flt.evaluate(Record(line + "Failed password for root from 192.0.2.9 port 22 ssh2"),
+                           NOW)
+        assert got.match is not None
+        assert calendar.timegm((*utc, 0, 0, 0)) == int(got.match.time)
+
+    @pytest.mark.parametrize(
+        "line", ["Failed password for x", "Nov 26 04:57:45 node1 a b: x", "Nov 26 04:57:45 nohost",
+                 "2020-03-23 06:47:4x node1 sshd[1]: x", "2020-03-23 nohost sshd[1]: x",
+                 "2020-03-23 06:47:42.8-0700   node1 sshd[1]: x",
+                 "Thu 2026-11-26 04:57:45 U1C node1 sshd[1]: x", "Thu 2026-11-26 04:57:45",
+                 "179569786.123456 node1 sshd[1]: x", "1795697865.1234567 node1 sshd[1]: x"]
     )
     def test_not_syslog(self, line: str) -> None:
         """Lines without the exact header shape are left alone."""

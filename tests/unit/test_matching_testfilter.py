@@ -192,6 +192,23 @@ class TestTestFilterSummary:
             assert expected in out
         assert re.search(r"\n  failed-auth +1\n", out)
 
+    def test_lines_without_an_address_are_counted_or_skipped_by_their_session(
+            self, tmp_path: Path) -> None:
+        """A line without an address counts under its session's 'Connection from', and
+        without one it is a skip the summary counts ('no origin')."""
+        body = (b"Nov 26 04:57:45 n sshd[7]: Connection from 192.0.2.7 port 1\n"
+                b"Nov 26 04:57:46 n sshd[7]: Disconnecting: Too many authentication failures "
+                b"[preauth]\n"
+                b"Nov 26 04:57:46 n sshd[8]: Disconnecting: Too many authentication failures "
+                b"[preauth]\n")
+        _, out, _ = run(tmp_path, body, as_json=False)
+        for expected in ("matched   1 from 1 distinct hosts", "no origin 1 "):
+            assert expected in out, out
+        assert re.search(r"\n  too-many-unaddressed +1\n", out), out
+        _, out, _ = run(tmp_path, body, as_json=True)
+        assert [(2, "192.0.2.7")] == [(r["line"], r["host"])
+                                      for r in map(json.loads, out.splitlines())]
+
     def test_unknown_filter(self, tmp_path: Path) -> None:
         """An unknown filter is exit 1 with the reason on stderr, nothing on stdout."""
         code, out, err = run(tmp_path, b"", as_json=True, filt="nope")

@@ -66,6 +66,18 @@ MESSAGES = [
     "Failed publickey for {user} from {ip} port {port} ssh2: RSA SHA256:xyz",
     "pam_unix(sshd:session): session opened for user {user}(uid=0) by (uid=0)",
     "Failed password for {user} from 999.1.1.1 port {port} ssh2",
+    # an origin, and lines without an address that count under it
+    "Connection from {ip} port {port} on 10.0.0.1 port 22",
+    "Disconnecting: Too many authentication failures [preauth]",
+    "error: kex_exchange_identification: Connection closed by remote host",
+    "fatal: Unable to negotiate a key exchange method [preauth]",
+    "banner exchange: Connection from {ip} port {port}: invalid format",
+    # summaries and refusals that count once per connection
+    "User {user} from {ip} not allowed because not listed in AllowUsers",
+    "error: maximum authentication attempts exceeded for {user} from {ip} port {port} ssh2 "
+    "[preauth]",
+    "Received disconnect from {ip} port {port}:3: com.jcraft.jsch.JSchException: Auth fail "
+    "[preauth]",
 ]
 IPS = ["203.0.113.9", "203.0.113.10", "198.51.100.7", "2001:db8::1", "2001:db8::2",
        "::ffff:203.0.113.9", "10.9.9.9"]
@@ -131,6 +143,7 @@ def compare(mode: str, blocks: list[bytes], steps: list[float], maxretry: int, f
         assert (seen(got[0]), got[1]) == (seen(expected[0]), expected[1])
         assert cc.stats == py.stats
         assert len(native) == len(reference)
+        assert native.unattributed == reference.unattributed
         taken += flt._block_scanner(data) is not None
     assert cc._windows.by_age() == py._windows.by_age()
     assert [cc._windows.count(k) for k in cc._windows.by_age()] == [
@@ -209,6 +222,60 @@ class TestNativeSessions:
         later = jail.add_lines(sshd("normal"), b"", NOW + 31, sessions)
         assert later is not None and len(later[0]) == 1 and len(sessions) == 0
 
+    def test_a_session_s_helpers_count_once_in_cxx(self) -> None:
+        """In the C++ pass, a session's several held helpers (user enumeration:
+        'Invalid user' + 'Failed none'; one password's two PAM lines) count once
+        when it ends, after the hold, and at flush, as the reference counts them."""
+        stamp = time.strftime("%b %d %H:%M:%S", time.localtime(NOW))
+        ip = "198.51.100.8"
+        lines = []
+        for pid in range(300, 306):
+            lines += [f"{stamp} host sshd[{pid}]: Invalid user test from {ip} port {pid}",
+                      f"{stamp} host sshd[{pid}]: Failed none for invalid user test from {ip} "
+                      f"port {pid} ssh2",
+                      f"{stamp} host sshd[{pid}]: error: PAM: Authentication failure for "
+                      f"illegal user test from {ip}"]
+            if pid % 3 == 0:
+                lines.append(f"{stamp} host sshd[{pid}]: Connection closed by invalid user test "
+                             f"{ip} port {pid} [preauth]")
+        data = ("\n".join(lines) + "\n").encode()
+        assert compare("normal", [data, b""], [0.0, 31.0], 50, 600.0, 50_000, IgnoreList()) == 2
+        jail = Jail(cfg(50, 600.0), IgnoreList(), clock=lambda: NOW)
+        sessions = sessions_for(sshd("normal"))
+        assert NativeSessions is not None and isinstance(sessions, NativeSessions)
+        first = jail.add_lines(sshd("normal"), data, NOW, sessions)
+        assert first is not None and sum(first[1].values()) == 2 and len(sessions) == 4
+        later = jail.add_lines(sshd("normal"), b"", NOW + 31, sessions)
+        assert later is not None and sum(later[1].values()) == 4 and len(sessions) == 0
+        jail.add_lines(sshd("normal"), data, NOW + 32, sessions)
+        assert 4 == len(sessions.flush())
+
+    def test_unaddressed_lines_settle_alike_in_cxx(self) -> None:
+        """Address-less lines counted under their session's origin (and not after its
+        end, past the grace time, or without a PID) decide alike in the C++ pass and
+        the reference, and the C++ pass takes such a block whole."""
+        def at(second: int, pid: str, message: str) -> str:
+            stamp = time.strftime("%b %d %H:%M:%S", time.localtime(NOW + second))
+            return f"{stamp} host {pid}: {message}"
+        too_many = "Disconnecting: Too many authentication failures [preauth]"
+        lines = [at(0, "sshd[500]", "Connection from 203.0.113.60 port 1 on 10.0.0.1 port 22"),
+                 at(1, "sshd[500]", too_many),  # counts
+                 at(1, "sshd[501]", too_many),  # no origin
+                 at(2, "sshd[502]", "Connection from 203.0.113.61 port 2"),
+                 at(3, "sshd[502]", "Connection closed by 203.0.113.61 port 2 [preauth]"),
+                 at(4, "sshd[502]", too_many),  # its origin ended
+                 at(5, "sshd[503]", "Connection from 203.0.113.62 port 3"),
+                 at(200, "sshd[503]", too_many),  # past the grace time
+                 at(201, "sshd", too_many)]  # no PID
+        data = ("\n".join(lines) + "\n").encode()
+        assert compare("normal", [data], [0.0], 1, 600.0, 50_000, IgnoreList()) == 1
+        jail = Jail(cfg(5, 600.0), IgnoreList(), clock=lambda: NOW)
+        sessions = sessions_for(sshd("normal"))
+        assert NativeSessions is not None and isinstance(sessions, NativeSessions)
+        done = jail.add_lines(sshd("normal"), data, NOW + 200, sessions)
+        assert done is not None and {"too-many-unaddressed": 1} == done[1]
+        assert 4 == sessions.unattributed
+
 
 class TestTagSessions:
     @settings(max_examples=400, deadline=None)
@@ -258,7 +325,8 @@ class TestHeadDispatch:
 
         flt = sshd(mode)
         assert isinstance(flt, TextFilter) and flt._native is not None
-        full = [patterns.expand_host(r.regex) for r in _spec_rules(mode)]
+        full = [r.regex if r.kind == "unaddressed" else patterns.expand_host(r.regex)
+                for r in _spec_rules(mode)]
         heads = [[h.encode() for h in patterns.literal_prefixes(p)] for p in full]
         args = ([p.encode() for p in full], [r.host for r in flt._rules],
                 [b"sshd", b"sshd-session", b"sshd-auth"], True, None)

@@ -61,6 +61,11 @@ class BaselineEnforcer:
         self._expected: dict[str, Any] | None = None
 
     @property
+    def applied(self) -> dict[str, Any] | None:
+        """The kernel's view of the table right after the last apply (None: not yet)."""
+        return self._expected
+
+    @property
     def drift_count(self) -> int:
         return self.stats.drift
 
