@@ -57,6 +57,7 @@ BASELINE_ALERT_HOLD = 3
 BASELINE_ALERT_REFRESH = 12 * 3600.0
 
 PUBLISH_BATCH = 8192  # outbox entries per publish() call
+ROWS_SLICE = 20_000  # peers' bans made into rows between two turns of the event loop
 
 PROPAGATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -283,10 +284,19 @@ class ClusterService:
                 return f"{target} is on the cluster allowlist ({cidr})"
         return None
 
-    def _peer_rows(self, bans: Sequence[SharedBan]) -> list[BanRow]:
+    async def _peer_rows(self, bans: Sequence[SharedBan]) -> list[BanRow]:
         """Rows for the peers' bans (apply_peer refuses an address not in
         canonical form, and this node's protected addresses); a CIDR not in
-        canonical form is skipped here."""
+        canonical form is skipped here. A listing's are made in slices, the
+        event loop turning between them (the local pipeline runs beside)."""
+        rows: list[BanRow] = []
+        for i in range(0, len(bans), ROWS_SLICE):
+            if i:
+                await asyncio.sleep(0)
+            rows += self._peer_rows_of(bans[i:i + ROWS_SLICE])
+        return rows
+
+    def _peer_rows_of(self, bans: Sequence[SharedBan]) -> list[BanRow]:
         rows = []
         limit = self._clock() + MAX_PEER_BAN
         jails: dict[str, str] = {}
@@ -311,7 +321,7 @@ class ClusterService:
     async def _apply(self, bans: Sequence[SharedBan], *, live: bool = True) -> None:
         """Enforce peers' bans; ``live`` ones (from the watch) are propagation
         samples, a listing's are not (they may have been decided hours ago)."""
-        rows = self._peer_rows(bans)
+        rows = await self._peer_rows(bans)
         marks: list[float] = []
         refused = self.bans.stats.refused_peer
         taken = await self.bans.apply_peer(rows, applied=lambda: marks.append(time.time()),
