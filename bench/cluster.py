@@ -147,15 +147,15 @@ def spread(times: list[float], start: float) -> dict[str, float] | None:
             "last": round(max(times) - start, 3)}
 
 
-def run(quick: bool, profile: Path | None = None, parts: set[str] | None = None,
+def run(quick: bool, profile: Path | None = None, *, new_node_only: bool = False,
+        repeat: int = 1, compare: Path | None = None, new_node: bool = True,
         burst_size: int | None = None) -> dict[str, Any]:
-    from tests.integration.daemon_harness import DaemonRun, base_config, sshd_fail, wait_until
+    from tests.integration.daemon_harness import DaemonRun, base_config, wait_until
     from tests.integration.etcd_cluster import EtcdCluster
     from tests.netns import Lab
 
     n_steady, n_burst, n_load = (300, 2000, 20_000) if quick else (1000, 10_000, 100_000)
     n_burst = burst_size or n_burst
-    parts = parts or {"steady", "burst", "load"}
     lab = Lab()
     work = Path(tempfile.mkdtemp(prefix="kfwbench-cluster-"))
     etcd = EtcdCluster(lab, work / "etcd")
@@ -163,12 +163,11 @@ def run(quick: bool, profile: Path | None = None, parts: set[str] | None = None,
     logs: dict[str, Path] = {}
     out: dict[str, Any] = {"sizes": {"steady": n_steady, "burst": n_burst, "load": n_load},
                            "loadavg_start": Path("/proc/loadavg").read_text().split()[:3]}
-    py = sys.executable
 
-    def daemon(name: str) -> DaemonRun:
+    def daemon(name: str, run_dir: str | None = None) -> DaemonRun:
         host = lab.host(f"node{name}")
         etcd.attach(host)
-        d = work / name
+        d = work / (run_dir or name)
         d.mkdir()
         logs[name] = d / "auth.log"
         logs[name].write_text("")
@@ -187,136 +186,11 @@ def run(quick: bool, profile: Path | None = None, parts: set[str] | None = None,
         for d in daemons.values():
             assert wait_until(lambda d=d: '"cluster_synced"' in d.log(), 30), d.log()
 
-        # 1. steady 100 bans/s
-        probes = {}
-        if "steady" not in parts:
-            n_steady = 0
-        for name in "bc":
-            f = work / f"seen-{name}.json"
-            p = daemons[name].host.popen([py, "-m", "bench.cluster", "probe-monitor",
-                                          str(n_steady / 100 + 15), str(f)],
-                                         stdout=subprocess.PIPE)
-            assert p.stdout is not None and p.stdout.readline().strip() == b"ready"
-            probes[name] = (p, f)
-        sent: dict[str, float] = {}
-        addrs = addresses(101, n_steady)
-        t0 = time.perf_counter()
-        with logs["a"].open("a") as fh:
-            for i, a in enumerate(addrs):
-                delay = t0 + i / 100 - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-                sent[a] = time.perf_counter()
-                fh.write(sshd_fail(a))
-                fh.flush()
-        for name, (p, f) in probes.items():
-            p.wait(timeout=120)
-            seen = json.loads(f.read_text())
-            lat = [seen[a] - sent[a] for a in addrs if a in seen]
-            out[f"steady_{name}"] = {"received": len(lat), "p50_ms": 1000 * (pct(lat, .5) or 0),
-                                     "p99_ms": 1000 * (pct(lat, .99) or 0),
-                                     "max_ms": 1000 * max(lat, default=0)}
-
-        if "burst" not in parts:
-            n_burst = 0
-        # 2. burst of n_burst offenders on A
-        burst = addresses(102, n_burst)
-        bf = work / "burst.txt"
-        bf.write_text("\n".join(burst))
-        waiters = {name: daemons[name].host.popen(
-            [py, "-m", "bench.cluster", "probe-wait", str(bf), "120"], stdout=subprocess.PIPE)
-            for name in "abc"}
-        # Where the time goes: when each address reaches each node's kernel,
-        # and when etcd has each of A's keys (a watcher of A's subtree).
-        monitors = {}
-        for name in ("abc" if n_burst else ""):
-            f = work / f"burst-seen-{name}.json"
-            monitors[name] = (daemons[name].host.popen(
-                [py, "-m", "bench.cluster", "probe-monitor", "25", str(f)],
-                stdout=subprocess.PIPE), f)
-        ef = work / "burst-etcd.json"
-        etcd_probe = etcd.host.popen(
-            [py, "-m", "bench.cluster", "probe-etcd", json.dumps(etcd.tls("root")),
-             etcd.endpoints[0], "/kfwguard/v1/bans/node-a/", str(n_burst), "60", str(ef)],
-            stdout=subprocess.PIPE) if n_burst else None
-        for w in [*waiters.values(), *(m for m, _ in monitors.values()),
-                  *([etcd_probe] if etcd_probe else [])]:
-            assert w.stdout is not None and w.stdout.readline().strip() == b"ready"
-        text = "".join(sshd_fail(a) for a in burst)
-        spies = []
-        if profile is not None:
-            for name in "ab":
-                proc = daemons[name].proc
-                assert proc is not None
-                spies.append(spy(proc.pid, profile / f"burst-{name}.txt", 30))
-            time.sleep(1.0)  # py-spy attaches
-        pids = {f"daemon_{n}": d.proc.pid for n, d in daemons.items() if d.proc is not None}
-        pids.update({f"etcd_{m.name}": m.proc.pid for m in etcd.members if m.proc is not None})
-        cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
-        start = time.perf_counter()
-        with logs["a"].open("a") as fh:
-            fh.write(text)
-        for name, w in waiters.items():
-            assert w.stdout is not None
-            res = json.loads(w.stdout.readline())
-            w.wait(timeout=30)
-            out[f"burst_{name}_s"] = None if res["done"] is None else res["done"] - start
-        out["burst_start"], out["workdir"] = start, str(work)
-        out["burst_cpu_s"] = {k: round(cpu_seconds(p) - cpu0[k], 2) for k, p in pids.items()}
-        out["burst_loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
-        for sp in spies:
-            if sp is not None:
-                sp.send_signal(2)
-                sp.wait(timeout=60)
-        if n_burst:
-            split: dict[str, Any] = {}
-            for name, (m, f) in monitors.items():
-                m.wait(timeout=120)
-                seen = json.loads(f.read_text())
-                split[f"kernel_{name}"] = spread([seen[a] for a in burst if a in seen], start)
-            assert etcd_probe is not None
-            etcd_probe.wait(timeout=120)
-            seen = json.loads(ef.read_text())
-            split["etcd_has_a"] = spread([seen[a] for a in burst if a in seen], start)
-            out["burst_split"] = split
-        if "load" not in parts:
-            return out
-
-        # 3. a new node loading n_load shared bans (written by a "node-x" directly)
-        load = addresses(103, n_load)
-        lf = work / "load.txt"
-        lf.write_text("\n".join(load))
-        t = time.perf_counter()
-        writer = etcd.host.run(py, "-m", "bench.cluster", "write-bans", str(lf),
-                               json.dumps(etcd.tls("node-d")), *etcd.endpoints, timeout=600)
-        out["load_write_s"] = time.perf_counter() - t
-        out["load_write"] = writer.stdout.strip()
-        # A new node joins a settled cluster: the others have taken them in
-        # (a netlink look-up of the last one: `nft get element` would load the
-        # whole set into libnftables' cache each time).
-        lastf = work / "last.txt"
-        lastf.write_text(load[-1])
-        for name in "abc":
-            r = daemons[name].host.run(py, "-m", "bench.cluster", "probe-wait", str(lastf),
-                                       "900", timeout=960)
-            out[f"settled_{name}"] = json.loads(r.stdout.splitlines()[-1])["done"] is not None
-        d = daemons["d"] = daemon("d")
-        w = d.host.popen([py, "-m", "bench.cluster", "probe-wait", str(lf), "120"],
-                         stdout=subprocess.PIPE)
-        assert w.stdout is not None and w.stdout.readline().strip() == b"ready"
-        start = time.perf_counter()
-        d.start(wait_ready=False)
-        assert d.proc is not None
-        sp = spy(d.proc.pid, profile / "load-d.txt", 60) if profile is not None else None
-        res = json.loads(w.stdout.readline())
-        if sp is not None:
-            sp.send_signal(2)
-            sp.wait(timeout=60)
-        w.wait(timeout=30)
-        out["load_s"] = None if res["done"] is None else res["done"] - start
-        ev = {e.get("event"): e.get("timestamp") for e in d.events()}
-        out["load_timeline"] = {k: ev.get(k) for k in (
-            "bans_restored", "cluster_started", "started", "peer_bans", "cluster_synced")}
+        if not new_node_only:
+            steady_and_burst(quick, profile, daemons, logs, work, n_steady, n_burst, out,
+                             etcd)
+        if new_node:
+            new_nodes(profile, etcd, daemon, daemons, work, n_load, out, repeat, compare)
     finally:
         out["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
         for dr in daemons.values():
@@ -324,6 +198,180 @@ def run(quick: bool, profile: Path | None = None, parts: set[str] | None = None,
         etcd.stop()
         lab.close()
     return out
+
+
+def steady_and_burst(quick: bool, profile: Path | None, daemons: dict[str, Any],
+                     logs: dict[str, Path], work: Path, n_steady: int, n_burst: int,
+                     out: dict[str, Any], etcd: Any) -> None:
+    from tests.integration.daemon_harness import sshd_fail
+
+    py = sys.executable
+    # 1. steady 100 bans/s
+    probes = {}
+    for name in "bc":
+        f = work / f"seen-{name}.json"
+        p = daemons[name].host.popen([py, "-m", "bench.cluster", "probe-monitor",
+                                      str(n_steady / 100 + 15), str(f)],
+                                     stdout=subprocess.PIPE)
+        assert p.stdout is not None and p.stdout.readline().strip() == b"ready"
+        probes[name] = (p, f)
+    sent: dict[str, float] = {}
+    addrs = addresses(101, n_steady)
+    t0 = time.perf_counter()
+    with logs["a"].open("a") as fh:
+        for i, a in enumerate(addrs):
+            delay = t0 + i / 100 - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            sent[a] = time.perf_counter()
+            fh.write(sshd_fail(a))
+            fh.flush()
+    for name, (p, f) in probes.items():
+        p.wait(timeout=120)
+        seen = json.loads(f.read_text())
+        lat = [seen[a] - sent[a] for a in addrs if a in seen]
+        out[f"steady_{name}"] = {"received": len(lat), "p50_ms": 1000 * (pct(lat, .5) or 0),
+                                 "p99_ms": 1000 * (pct(lat, .99) or 0),
+                                 "max_ms": 1000 * max(lat, default=0)}
+
+    # 2. burst of n_burst offenders on A
+    burst = addresses(102, n_burst)
+    bf = work / "burst.txt"
+    bf.write_text("\n".join(burst))
+    waiters = {name: daemons[name].host.popen(
+        [py, "-m", "bench.cluster", "probe-wait", str(bf), "120"], stdout=subprocess.PIPE)
+        for name in "abc"}
+    # Where the time goes: when each address reaches each node's kernel,
+    # and when etcd has each of A's keys (a watcher of A's subtree).
+    monitors = {}
+    for name in "abc":
+        f = work / f"burst-seen-{name}.json"
+        monitors[name] = (daemons[name].host.popen(
+            [py, "-m", "bench.cluster", "probe-monitor", "25", str(f)],
+            stdout=subprocess.PIPE), f)
+    ef = work / "burst-etcd.json"
+    etcd_probe = etcd.host.popen(
+        [py, "-m", "bench.cluster", "probe-etcd", json.dumps(etcd.tls("root")),
+         etcd.endpoints[0], "/kfwguard/v1/bans/node-a/", str(n_burst), "60", str(ef)],
+        stdout=subprocess.PIPE)
+    for w in [*waiters.values(), *(m for m, _ in monitors.values()), etcd_probe]:
+        assert w.stdout is not None and w.stdout.readline().strip() == b"ready"
+    text = "".join(sshd_fail(a) for a in burst)
+    spies = []
+    if profile is not None:
+        for name in "ab":
+            proc = daemons[name].proc
+            assert proc is not None
+            spies.append(spy(proc.pid, profile / f"burst-{name}.txt", 30))
+        time.sleep(1.0)  # py-spy attaches
+    pids = {f"daemon_{n}": d.proc.pid for n, d in daemons.items() if d.proc is not None}
+    pids.update({f"etcd_{m.name}": m.proc.pid for m in etcd.members if m.proc is not None})
+    cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+    start = time.perf_counter()
+    with logs["a"].open("a") as fh:
+        fh.write(text)
+    for name, w in waiters.items():
+        assert w.stdout is not None
+        res = json.loads(w.stdout.readline())
+        w.wait(timeout=30)
+        out[f"burst_{name}_s"] = None if res["done"] is None else res["done"] - start
+    out["burst_cpu_s"] = {k: round(cpu_seconds(p) - cpu0[k], 2) for k, p in pids.items()}
+    out["burst_loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    for sp in spies:
+        if sp is not None:
+            sp.send_signal(2)
+            sp.wait(timeout=60)
+    split: dict[str, Any] = {}
+    for name, (m, f) in monitors.items():
+        m.wait(timeout=120)
+        seen = json.loads(f.read_text())
+        split[f"kernel_{name}"] = spread([seen[a] for a in burst if a in seen], start)
+    etcd_probe.wait(timeout=120)
+    seen = json.loads(ef.read_text())
+    split["etcd_has_a"] = spread([seen[a] for a in burst if a in seen], start)
+    out["burst_split"] = split
+
+
+def new_nodes(profile: Path | None, etcd: Any, daemon: Any, daemons: dict[str, Any],
+              work: Path, n_load: int, out: dict[str, Any], repeat: int,
+              compare: Path | None) -> None:
+    """A new node loading n_load shared bans (written by a "node-x" directly),
+    ``repeat`` times, each a fresh node (namespace, state, table). With
+    ``compare`` (a source tree), each start of this tree's daemon follows one
+    of that tree's (PYTHONPATH), back to back under the same load."""
+    py = sys.executable
+    load = addresses(103, n_load)
+    lf = work / "load.txt"
+    lf.write_text("\n".join(load))
+    t = time.perf_counter()
+    writer = etcd.host.run(py, "-m", "bench.cluster", "write-bans", str(lf),
+                           json.dumps(etcd.tls("node-d")), *etcd.endpoints, timeout=600)
+    out["load_write_s"] = time.perf_counter() - t
+    out["load_write"] = writer.stdout.strip()
+    # A new node joins a settled cluster: the others have taken them in
+    # (a netlink look-up of the last one: `nft get element` would load the
+    # whole set into libnftables' cache each time).
+    lastf = work / "last.txt"
+    lastf.write_text(load[-1])
+    for name in "abc":
+        r = daemons[name].host.run(py, "-m", "bench.cluster", "probe-wait", str(lastf),
+                                   "900", timeout=960)
+        out[f"settled_{name}"] = json.loads(r.stdout.splitlines()[-1])["done"] is not None
+    variants: list[tuple[str, dict[str, str]]] = [("", {})]
+    if compare is not None:
+        # PYTHONSAFEPATH: the current directory (this tree) does not come first.
+        variants.insert(0, ("before_", {"PYTHONPATH": str(compare), "PYTHONSAFEPATH": "1"}))
+    for i in range(repeat):
+        for tag, env in variants:
+            key = f"{tag}load" + (f"_{i}" if i else "")
+            res = one_new_node(profile, daemon, daemons, lf, f"d-{tag}{i}", env)
+            out[f"{key}_s"] = res["load_s"]
+            out[f"{key}_cpu_s"] = res["cpu_s"]
+            out[f"{key}_timeline"] = res["timeline"]
+            out[f"{key}_loadavg"] = res["loadavg"]
+            print(key, json.dumps(res), file=sys.stderr, flush=True)
+
+
+def one_new_node(profile: Path | None, daemon: Any, daemons: dict[str, Any], lf: Path,
+                 run_dir: str, env: dict[str, str]) -> dict[str, Any]:
+    from tests.integration.daemon_harness import wait_until
+
+    py = sys.executable
+    d = daemons["d"] = daemon("d", run_dir)
+    w = d.host.popen([py, "-m", "bench.cluster", "probe-wait", str(lf), "120"],
+                     stdout=subprocess.PIPE)
+    assert w.stdout is not None and w.stdout.readline().strip() == b"ready"
+    loadavg = Path("/proc/loadavg").read_text().split()[:3]
+    start, start_wall = time.perf_counter(), time.time()
+    d.start(wait_ready=False, env=env)
+    assert d.proc is not None
+    sp = (spy(d.proc.pid, profile / f"load-{run_dir}.txt", 60) if profile is not None
+          else None)
+    res = json.loads(w.stdout.readline())
+    # The daemon's CPU time (all threads) until then: what the load does not inflate.
+    stat = Path(f"/proc/{d.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+    if sp is not None:
+        sp.send_signal(2)
+        sp.wait(timeout=60)
+    w.wait(timeout=30)
+    # The rest of the start (the state DB) finishes before the next node starts.
+    wait_until(lambda: '"cluster_synced"' in d.log(), 120)
+    ev = {e.get("event"): e.get("timestamp") for e in d.events()}
+    d.stop()
+
+    def since_start(stamp: str | None) -> float | None:
+        if stamp is None:
+            return None
+        from datetime import datetime
+        return round(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+                     - start_wall, 2)
+    return {"load_s": None if res["done"] is None else res["done"] - start,
+            "cpu_s": cpu, "loadavg": loadavg,
+            # seconds from the daemon's start to each of these lines of its log
+            "timeline": {k: since_start(ev.get(k)) for k in (
+                "bans_restored", "cluster_started", "started", "peer_bans",
+                "cluster_synced")}}
 
 
 def write_bans(addr_file: Path, tls_json: str, endpoints: list[str]) -> None:
@@ -421,9 +469,16 @@ def main() -> None:
     ap.add_argument("--profile", type=Path, metavar="DIR",
                     help="py-spy A and B during the burst and the new node at start "
                          "(collapsed stacks in DIR)")
-    ap.add_argument("--parts", default="steady,burst,load",
-                    help="which figures to measure (comma-separated; a partial run "
-                         "only prints)")
+    ap.add_argument("--new-node", action="store_true",
+                    help="only the new node's figure (no steady rate, no burst); prints only")
+    ap.add_argument("--repeat", type=int, default=1, help="start a new node this many times")
+    ap.add_argument("--compare", type=Path, metavar="SRC",
+                    help="before each new node, one running the kfwguard package in SRC "
+                         "(e.g. a `git worktree` of the old commit): before/after under "
+                         "the same load")
+    ap.add_argument("--no-new-node", action="store_true",
+                    help="only the steady rate and the burst (with where the burst's "
+                         "time goes); prints only")
     ap.add_argument("--burst", type=int, metavar="N", help="offenders in the burst")
     a = ap.parse_args()
     if a.cmd == "probe-monitor":
@@ -437,10 +492,10 @@ def main() -> None:
     else:
         if a.profile is not None:
             a.profile.mkdir(parents=True, exist_ok=True)
-        parts = set(a.parts.split(","))
-        r = run(a.quick, a.profile, parts, a.burst)
+        r = run(a.quick, a.profile, new_node_only=a.new_node, repeat=a.repeat,
+                compare=a.compare, new_node=not a.no_new_node, burst_size=a.burst)
         print(json.dumps(r, indent=1, default=str))
-        if parts != {"steady", "burst", "load"}:
+        if a.new_node or a.no_new_node or a.burst:
             return
         text = report(r)
         print(text)

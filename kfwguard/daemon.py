@@ -176,6 +176,8 @@ class Daemon:
 
     async def _start(self) -> None:
         cfg = self.cfg
+        for component in self.components:
+            component.prepare(cfg)
         self.store = self._open_store(cfg.state_dir)
         # The node's own addresses come from a child process; look them up while
         # the bans go back into the kernel, which comes first: it is what protects.

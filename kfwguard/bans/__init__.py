@@ -16,9 +16,10 @@ from kfwguard.bans.model import (
     BanRefused,
     BanStats,
     is_peer_jail,
+    paused_gc,
     peer_jail,
     plain_key,
 )
 
 __all__ = ["ADOPTED_JAIL", "DEFAULT_MANUAL_BANTIME", "MANUAL_JAIL", "BanManager",
-           "BanRefused", "BanStats", "is_peer_jail", "peer_jail", "plain_key"]
+           "BanRefused", "BanStats", "is_peer_jail", "paused_gc", "peer_jail", "plain_key"]

@@ -109,6 +109,16 @@ class KernelEnforcer:
         self._deferred.discard(key)
         self._deferred_remove.discard(key)
 
+    def queue_adds(self, keys: list[str]) -> None:
+        """queue_add() of each of ``keys``, as set operations (a listing's 100k)."""
+        addrs = {k for k in keys if "/" not in k}
+        if len(addrs) < len(keys):
+            self._nets_dirty = True
+        self._pending |= addrs
+        for other in (self._pending_remove, self._deferred, self._deferred_remove):
+            if other:
+                other -= addrs
+
     def queue_remove(self, key: str) -> None:
         if "/" in key:
             self._nets_dirty = True
@@ -201,17 +211,19 @@ class KernelEnforcer:
         now = self._now()
         batch = Batch(adds, removes, self._monotonic())
         mono = batch.mono
+        # Names bound once: a new node's listing plans 100k adds in one pass.
+        expiry_of, backoff, kernel = self._index.expiry_lookup(), self._backoff, self._kernel
+        planned, new, refresh = batch.planned, batch.new, batch.refresh
         for key in adds:
-            expiry = self._index.expiry(key) or 0.0
+            expiry = expiry_of(key) or 0.0
             if expiry <= now:
-                self._backoff.pop(key, None)
+                backoff.pop(key, None)
                 continue
-            if self._waiting(key, mono):
+            if backoff and self._waiting(key, mono):
                 self._deferred.add(key)
                 continue
-            batch.planned[key] = expiry
-            (batch.refresh if key in self._kernel else batch.new).append(
-                Element(key, expiry - now))
+            planned[key] = expiry
+            (refresh if key in kernel else new).append(Element(key, expiry - now))
         for key in removes:
             if self._waiting(key, mono):
                 self._deferred_remove.add(key)
@@ -244,16 +256,19 @@ class KernelEnforcer:
                 self._kernel.pop(key, None)
                 self._backoff.pop(key, None)
         done = self._clock()
-        for el in (*batch.new, *batch.refresh):
-            key = str(el.target)
-            if key in refused:
-                continue
-            self._kernel[key] = batch.planned[key]
-            self._backoff.pop(key, None)
-            decided = self._decided_at.pop(key, None)
-            if decided is not None:
-                for cb in self.on_applied:
-                    cb(max(0.0, done - decided))
+        taken = ({k: x for k, x in batch.planned.items() if k not in refused} if refused
+                 else batch.planned)
+        self._kernel.update(taken)
+        # Most passes (a new node's 100k peers' bans) have neither.
+        if self._backoff:
+            for key in taken:
+                self._backoff.pop(key, None)
+        if self._decided_at:
+            for key in taken:
+                decided = self._decided_at.pop(key, None)
+                if decided is not None:
+                    for cb in self.on_applied:
+                        cb(max(0.0, done - decided))
         if failed:
             self.stats.kernel_errors += 1
             log.error("kernel_update_failed", error=self._why_refused(failed),

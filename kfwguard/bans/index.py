@@ -13,7 +13,7 @@ kernel.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from kfwguard.firewall.cover import CoverIndex
 from kfwguard.store import BanRow
@@ -56,6 +56,10 @@ class BanIndex:
     def expiry(self, target: str) -> float | None:
         """The latest expiry of ``target`` over its jails (None: not banned)."""
         return self._expiry.get(target)
+
+    def expiry_lookup(self) -> Callable[[str], float | None]:
+        """expiry() as one bound lookup, for a pass over many targets."""
+        return self._expiry.get
 
     def address_expiries(self, now: float) -> dict[str, float]:
         """Single-address targets in force at ``now`` -> their latest expiry."""

@@ -27,6 +27,7 @@ in force are enforced. Manual bans are never simulated.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import ipaddress
 import time
 from collections.abc import Callable, Sequence
@@ -43,9 +44,10 @@ from kfwguard.bans.model import (
     BanStats,
     is_peer_jail,
     normalise,
+    paused_gc,
     plain_key,
 )
-from kfwguard.bans.refusals import BanGuard, Protected, checked
+from kfwguard.bans.refusals import BanGuard, Protected, checked, refusal_ranges
 from kfwguard.bans.restore import Start, from_kernel, from_store
 from kfwguard.config import BaselineConfig, JailConfig
 from kfwguard.durations import check_ban_duration
@@ -61,6 +63,9 @@ LOG_EACH_BAN_UP_TO = 50
 
 # Peers' bans are stored this many rows per state DB transaction, after the kernel.
 PEER_STORE_CHUNK = 5000
+# A listing's peers' bans go to the kernel in parts of this many: nft takes one
+# part in the kernel sync's worker thread while the next is checked and indexed.
+PEER_KERNEL_CHUNK = 20_000
 
 BanListener = Callable[[Sequence[BanRow]], None]
 
@@ -384,49 +389,36 @@ class BanManager:
     # -- bans decided by peers (cluster mode) ----------------------------------
 
     async def apply_peer(self, rows: Sequence[BanRow], *,
-                         applied: Callable[[], None] | None = None) -> list[BanRow]:
+                         applied: Callable[[], None] | None = None,
+                         protected: IgnoreList | None = None) -> list[BanRow]:
         """Enforce bans another node decided (``row.jail`` is ``peer_jail(node)``),
         with their own expiry. Protected and ignored addresses are refused here as
-        for a local ban; a row already in force unchanged is skipped. No listener
-        hears of them: they are not published again and raise no alert, and no
-        local jail counts them as offences. Returns the rows taken; ``applied``
-        is called when the kernel has them.
+        for a local ban, and so is anything on ``protected`` (what the cluster
+        service protects beyond that); a row already in force unchanged is
+        skipped. No listener hears of them: they are not published again and
+        raise no alert, and no local jail counts them as offences. Returns the
+        rows taken; ``applied`` is called when the kernel has them.
 
         Kernel first, store after (the reverse of a local ban): the peers'
         store (etcd) already holds them durably and a restart lists them
         again, so protection must not wait for a local commit. A peer's CIDR
         goes through the same disjoint cover as a local one."""
-        now = self.now()
         taken: list[BanRow] = []
-        for row in rows:
-            if not is_peer_jail(row.jail) or row.expires_at <= now:
-                continue
-            old = self.index.get((row.target, row.jail))
-            if old is not None and old.expires_at == row.expires_at:
-                continue
-            try:
-                key = None if "/" in row.target else plain_key(row.target)
-                if key is not None and not self.guards:
-                    # The common case without building objects: check_target's
-                    # test for one address.
-                    if (self.ignore.has_key(key) or self.admin.has_key(key)
-                            or self.cluster.has_key(key)):
-                        raise BanRefused(f"{row.target} is on an ignore list or is protected")
-                else:
-                    self.check_target(ipaddress.ip_network(row.target, strict=False)
-                                      if "/" in row.target
-                                      else ipaddress.ip_address(row.target))
-            except (BanRefused, ValueError) as exc:
-                self.stats.refused += 1
-                log.warning("peer_ban_refused", target=row.target, origin=row.jail,
-                            why=str(exc))
-                continue
-            taken.append(row)
+        add = self.index.add
+        for i in range(0, len(rows), PEER_KERNEL_CHUNK):
+            with paused_gc():
+                part = self._peer_checked(rows[i:i + PEER_KERNEL_CHUNK], protected)
+                for r in part:
+                    add(r)
+                self.kernel.queue_adds([r.target for r in part])
+            taken += part
+            if i + PEER_KERNEL_CHUNK < len(rows):
+                # The flush task takes this part to the kernel (nft in its
+                # worker thread) while the next part is checked here.
+                self.kernel.schedule_flush()
+                await asyncio.sleep(0)
         if not taken:
             return []
-        for r in taken:
-            self.index.add(r)
-            self.kernel.queue_add(r.target)
         log.info("peer_bans", count=len(taken), origins=sorted({r.jail for r in taken}),
                  targets=[r.target for r in taken[:LOG_EACH_BAN_UP_TO]])
         await self.flush()
@@ -440,6 +432,58 @@ class BanManager:
                                if self.index.get((r.target, r.jail)) is r])
             await asyncio.sleep(0)
         return taken
+
+    def _peer_checked(self, rows: Sequence[BanRow],
+                      protected: IgnoreList | None) -> list[BanRow]:
+        """The rows of ``rows`` to take: a peer's, in force, changed, and not
+        refused. A single address (canonical text, else refused) is tested on
+        ints against one sorted list of every range that may refuse it (a
+        listing brings 100k of them); one that falls in a range, a CIDR and
+        anything while guards are set go through check_target, which says why."""
+        now = self.now()
+        lists = [self.admin, self.ignore, self.cluster]
+        if protected is not None:
+            lists.append(protected)
+        starts, ends = refusal_ranges(lists)
+        first = bisect.bisect_right
+        get = self.index.get
+        taken: list[BanRow] = []
+        fast = not self.guards
+        for row in rows:
+            if row.expires_at <= now or not is_peer_jail(row.jail):
+                continue
+            old = get((row.target, row.jail))
+            if old is not None and old.expires_at == row.expires_at:
+                continue
+            try:
+                if "/" not in row.target:
+                    key = plain_key(row.target)
+                    if key is None:
+                        raise ValueError("not an address in the form nodes share")
+                    if fast:
+                        i = first(starts, key) - 1
+                        if i < 0 or key > ends[i]:
+                            taken.append(row)
+                            continue
+                self._check_peer(row.target, protected)
+            except (BanRefused, ValueError) as exc:
+                self.stats.refused += 1
+                self.stats.refused_peer += 1
+                log.warning("peer_ban_refused", target=row.target, origin=row.jail,
+                            why=str(exc))
+                continue
+            taken.append(row)
+        return taken
+
+    def _check_peer(self, text: str, protected: IgnoreList | None) -> None:
+        """check_target for a peer's target text, and ``protected`` on top."""
+        target: Target = (ipaddress.ip_network(text, strict=False) if "/" in text
+                          else ipaddress.ip_address(text))
+        target = self.check_target(target)
+        if protected is not None and (protected.overlaps(target) if isinstance(
+                target, ipaddress.IPv4Network | ipaddress.IPv6Network) else target in protected):
+            raise BanRefused(f"{text} is a protected address of this node "
+                             "(admin, cluster, etcd)")
 
     def withdraw_peer(self, keys: Sequence[tuple[str, str]]) -> list[BanRow]:
         """Lift peers' bans given as (target, peer jail); local bans of the same

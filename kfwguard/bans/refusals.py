@@ -14,7 +14,7 @@ import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from kfwguard.addresses import IgnoreList, IPAddress
+from kfwguard.addresses import IgnoreList, IPAddress, host_key
 from kfwguard.bans.model import MEANINGLESS, BanRefused, as_net, normalise
 from kfwguard.firewall.bantable import Target
 
@@ -28,6 +28,33 @@ class Protected:
     ignore: IgnoreList  # ignoreip, the node's own addresses, loopback
     cluster: IgnoreList  # banned only with force
     guards: Sequence[BanGuard] = ()  # extra refusals (the cluster allowlist)
+
+
+# host_key ranges (kfwguard.addresses) of MEANINGLESS, and of IPv4-mapped IPv6,
+# which checked() folds to IPv4 before judging it.
+_MEANINGLESS_KEYS = [*((host_key(n.network_address),
+                        host_key(n.network_address) + n.num_addresses - 1)
+                       for n, _ in MEANINGLESS),
+                     (host_key(ipaddress.IPv6Address("::ffff:0:0")),
+                      host_key(ipaddress.IPv6Address("::ffff:ffff:ffff")))]
+
+
+def refusal_ranges(lists: Sequence[IgnoreList]) -> tuple[list[int], list[int]]:
+    """Every host_key range in which an address may be refused (MEANINGLESS,
+    IPv4-mapped, and ``lists``), merged and sorted: (starts, ends), for a
+    bisect per address where a batch of 100k cannot afford an object each.
+    An address outside them passes checked() without force; one inside goes
+    to checked(), which decides and says why."""
+    spans = sorted([*_MEANINGLESS_KEYS, *(r for lst in lists for r in lst.key_ranges())])
+    starts: list[int] = []
+    ends: list[int] = []
+    for a, b in spans:
+        if ends and a <= ends[-1] + 1:
+            ends[-1] = max(ends[-1], b)
+        else:
+            starts.append(a)
+            ends.append(b)
+    return starts, ends
 
 
 def checked(target: Target, protected: Protected, *, force: bool = False) -> Target:

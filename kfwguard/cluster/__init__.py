@@ -24,7 +24,8 @@ from kfwguard.operator.http import Request, Response, Route, error_response, jso
 from kfwguard.operator.surface import Operator
 
 if TYPE_CHECKING:
-    from kfwguard.cluster.service import ClusterService
+    from kfwguard.cluster.feed import DecisionFeed
+    from kfwguard.cluster.service import ClusterService, Listing
 
 log = structlog.get_logger("kfwguard.cluster")
 
@@ -40,20 +41,24 @@ class Host(Protocol):
     def baseline(self) -> BaselineKeeper | None: ...
 
 
-def build_service(daemon: Host) -> ClusterService:
-    # Imported only in cluster mode: the etcd client loads aiohttp.
+def build_feed(cfg: Config) -> DecisionFeed:
+    # Imported only in cluster mode: the etcd client and its transports.
     from kfwguard.cluster.etcd import EtcdFeed
     from kfwguard.cluster.etcdclient import EtcdClient
     from kfwguard.cluster.etcdtypes import TLSFiles
-    from kfwguard.cluster.service import ClusterService
 
-    cfg = daemon.cfg
     cc = cfg.cluster
-    assert cc is not None and daemon.bans is not None
+    assert cc is not None
     tls = (TLSFiles(str(cc.tls.ca), str(cc.tls.cert), str(cc.tls.key))
            if cc.tls is not None else None)
-    feed = EtcdFeed(EtcdClient(cc.endpoints, tls), cc.prefix, heartbeat=cc.heartbeat)
-    return ClusterService(cfg, daemon.bans, feed)
+    return EtcdFeed(EtcdClient(cc.endpoints, tls), cc.prefix, heartbeat=cc.heartbeat)
+
+
+def build_service(daemon: Host, feed: DecisionFeed | None = None) -> ClusterService:
+    from kfwguard.cluster.service import ClusterService
+
+    assert daemon.bans is not None
+    return ClusterService(daemon.cfg, daemon.bans, feed or build_feed(daemon.cfg))
 
 
 def _sha(data: object) -> str:
@@ -85,14 +90,30 @@ class ClusterHooks:
         self.daemon = daemon
         self.operator = operator
         self.service: ClusterService | None = None
+        self._feed: DecisionFeed | None = None
+        self._listing: Listing | None = None
+
+    def prepare(self, cfg: Config) -> None:
+        """Ask for the listing of the shared bans now: etcd serves it (~15 MB
+        for 100k bans) while the daemon restores its own bans, compiles its
+        filters and applies its baseline; the service applies it when it
+        starts, once the node's protected addresses are known."""
+        if cfg.cluster is None:
+            return
+        from kfwguard.cluster.service import Listing
+
+        self._feed = build_feed(cfg)
+        self._listing = Listing.begin(self._feed)
+        log.info("cluster_listing_asked", note="applied when cluster mode starts")
 
     async def start(self, cfg: Config) -> None:
         if cfg.cluster is None:
             return
         daemon = self.daemon
-        svc = self.service = build_service(daemon)
+        svc = self.service = build_service(daemon, self._feed)
         svc.beat_info = lambda: beat_info(daemon)
-        await svc.start(cfg.state_dir)
+        listing, self._listing, self._feed = self._listing, None, None
+        await svc.start(cfg.state_dir, listing)
         self.operator.telemetry.cluster = svc
         control = self.operator.control
         if control is not None:
@@ -106,6 +127,9 @@ class ClusterHooks:
             svc.on_baseline_alert.append(alerts.on_cluster_baseline)
 
     async def stop(self) -> None:
+        if self._listing is not None:  # prepared, never started
+            self._listing.cancel()
+            self._listing = None
         if self.service is not None:
             await self.service.stop()
             self.service = None

@@ -51,6 +51,7 @@ BUCKET = 60.0  # seconds of expiry per shared lease
 UNBAN_TTL = 600
 TXN_OPS = 128  # etcd's default --max-txn-ops
 TXN_IN_FLIGHT = 8
+LISTING_SLICE = 10_000  # listed keys decoded between two turns of the event loop
 
 
 class EtcdFeed:
@@ -186,7 +187,11 @@ class EtcdFeed:
         bans_at = self.prefix + "/bans/"
         n = len(bans_at)
         decode, bans = SharedBan.decode, snap.bans
-        for kv in kvs:
+        for i, kv in enumerate(kvs):
+            if i % LISTING_SLICE == LISTING_SLICE - 1:
+                # A new node's listing is decoded while its daemon starts
+                # (ClusterHooks.prepare): its local bans must not wait for all of it.
+                await asyncio.sleep(0)
             key = kv.key
             if key.startswith(bans_at):
                 # Nearly all of a listing: a ban, decoded here without _parse's

@@ -33,9 +33,8 @@ import json
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import aiohttp
 import structlog
 
 from kfwguard.cluster import etcdgrpc
@@ -51,6 +50,9 @@ from kfwguard.cluster.etcdtypes import (
     prefix_end,
     unb64,
 )
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = structlog.get_logger("kfwguard.cluster.etcdclient")
 
@@ -100,6 +102,11 @@ class EtcdClient:
         return ctx
 
     def session(self) -> aiohttp.ClientSession:
+        # aiohttp is imported when first used, not with this module: a new
+        # node lists the shared bans over gRPC, and importing aiohttp (~0.5 s
+        # of CPU here) before they are in its kernel would delay them.
+        import aiohttp
+
         if self._session is None or self._session.closed:
             # Idle connections are kept for two minutes: a burst after a quiet
             # spell then needs no TLS handshake per transaction in flight.
@@ -134,6 +141,8 @@ class EtcdClient:
 
     async def _post(self, endpoint: str, path: str, body: dict[str, Any],
                     timeout: float) -> dict[str, Any]:  # noqa: ASYNC109 - per-request deadline
+        import aiohttp  # on first use (session())
+
         try:
             async with self.session().post(
                     endpoint + path, json=body,
@@ -345,6 +354,8 @@ class EtcdClient:
             async for batch in self._watch_grpc(g, prefix, start_revision):
                 yield batch
             return
+        import aiohttp  # on first use (session())
+
         ep = self.endpoint
         body = {"create_request": {"key": b64(prefix), "range_end": b64(prefix_end(prefix)),
                                    "start_revision": str(start_revision),

@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from kfwguard.addresses import IgnoreList
-from kfwguard.bans import BanManager, is_peer_jail, peer_jail, plain_key
+from kfwguard.bans import BanManager, is_peer_jail, paused_gc, peer_jail
 from kfwguard.cluster.etcdtypes import EtcdError
 from kfwguard.cluster.feed import (
     AllowGone,
@@ -63,8 +63,30 @@ BASELINE_ALERT_REFRESH = 12 * 3600.0
 # costs two turns: large calls keep the publishing up with the detection.
 PUBLISH_CHUNK = 1024
 PUBLISH_IN_FLIGHT = 4
+ROWS_SLICE = 20_000  # peers' bans made into rows between two turns of the event loop
 
 PROPAGATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Listing:
+    """A snapshot of the feed, and the seconds it took, asked for ahead of the
+    service's start (ClusterHooks.prepare)."""
+
+    def __init__(self, feed: DecisionFeed) -> None:
+        self.task = asyncio.create_task(self._list(feed), name="cluster:listing")
+
+    @staticmethod
+    async def _list(feed: DecisionFeed) -> tuple[Snapshot, float]:
+        t0 = time.perf_counter()
+        snap = await feed.snapshot()
+        return snap, time.perf_counter() - t0
+
+    @classmethod
+    def begin(cls, feed: DecisionFeed) -> Listing:
+        return cls(feed)
+
+    def cancel(self) -> None:
+        self.task.cancel()
 
 
 def node_name(cfg: ClusterConfig) -> str:
@@ -130,6 +152,7 @@ class ClusterService:
         self._differs: dict[str, float] = {}  # node -> since when its baseline differs
         self._alerted: dict[str, float] = {}  # node -> when its alert was last raised
         self.seen_nodes: set[str] = set()  # every node that had a heartbeat
+        self._listing: Listing | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -141,7 +164,9 @@ class ClusterService:
                       note="shared bans are sent from memory only")
             self.outbox = Outbox(Path(":memory:"))
 
-    async def start(self, state_dir: Path) -> None:
+    async def start(self, state_dir: Path, listing: Listing | None = None) -> None:
+        """Start sharing; ``listing``, asked for earlier, is the first snapshot."""
+        self._listing = listing
         self.open_outbox(state_dir)
         self.bans.on_ban.append(self._local_ban)
         self.bans.on_unban.append(self._local_unban)
@@ -168,6 +193,8 @@ class ClusterService:
                 await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
+        if self._listing is not None:
+            self._listing.cancel()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -336,41 +363,49 @@ class ClusterService:
                 return f"{target} is on the cluster allowlist ({cidr})"
         return None
 
-    def _peer_rows(self, bans: Sequence[SharedBan]) -> list[BanRow]:
+    async def _peer_rows(self, bans: Sequence[SharedBan]) -> list[BanRow]:
+        """Rows for the peers' bans (apply_peer refuses an address not in
+        canonical form, and this node's protected addresses); a CIDR not in
+        canonical form is skipped here. A listing's are made in slices, the
+        event loop turning between them (the local pipeline runs beside)."""
+        rows: list[BanRow] = []
+        for i in range(0, len(bans), ROWS_SLICE):
+            if i:
+                await asyncio.sleep(0)
+            rows += self._peer_rows_of(bans[i:i + ROWS_SLICE])
+        return rows
+
+    def _peer_rows_of(self, bans: Sequence[SharedBan]) -> list[BanRow]:
         rows = []
         limit = self._clock() + MAX_PEER_BAN
         jails: dict[str, str] = {}
-        for b in bans:
-            if b.node == self.node:
-                continue
-            key = plain_key(b.target) if "/" not in b.target else None
-            if key is not None:
-                protected = self.protected.has_key(key)
-            else:
-                net = _network(b.target)
-                if net is None or str(net) != b.target:
-                    self.stats["skipped"] += 1
-                    log.warning("peer_ban_invalid", origin=b.node, target=b.target[:100])
+        me = self.node
+        with paused_gc():
+            for b in bans:
+                node, target = b.node, b.target
+                if node == me:
                     continue
-                protected = self.protected.overlaps(net)
-            if protected:
-                self.stats["refused"] += 1
-                log.warning("peer_ban_refused", target=b.target, origin=b.node,
-                            why="a protected address of this node (admin, cluster, etcd)")
-                continue
-            jail = jails.get(b.node)
-            if jail is None:
-                jail = jails[b.node] = peer_jail(b.node)
-            rows.append(BanRow(b.target, jail, f"{b.node}/{b.jail}: {b.reason}",
-                               b.banned_at, min(b.expires_at, limit), 1))
+                if "/" in target and str(_network(target)) != target:
+                    self.stats["skipped"] += 1
+                    log.warning("peer_ban_invalid", origin=node, target=target[:100])
+                    continue
+                jail = jails.get(node)
+                if jail is None:
+                    jail = jails[node] = peer_jail(node)
+                # Offence 0: no offence of this node (and no count to store).
+                rows.append(BanRow(target, jail, f"{node}/{b.jail}: {b.reason}",
+                                   b.banned_at, min(b.expires_at, limit), 0))
         return rows
 
     async def _apply(self, bans: Sequence[SharedBan], *, live: bool = True) -> None:
         """Enforce peers' bans; ``live`` ones (from the watch) are propagation
         samples, a listing's are not (they may have been decided hours ago)."""
-        rows = self._peer_rows(bans)
+        rows = await self._peer_rows(bans)
         marks: list[float] = []
-        taken = await self.bans.apply_peer(rows, applied=lambda: marks.append(time.time()))
+        refused = self.bans.stats.refused_peer
+        taken = await self.bans.apply_peer(rows, applied=lambda: marks.append(time.time()),
+                                           protected=self.protected)
+        self.stats["refused"] += self.bans.stats.refused_peer - refused
         if not taken:
             return
         done = marks[0] if marks else time.time()
@@ -390,14 +425,13 @@ class ClusterService:
 
     async def _follow(self) -> None:
         while True:
-            t0 = time.perf_counter()
+            listing, self._listing = self._listing, None
             try:
-                snap = await self.feed.snapshot()
+                snap, self.list_seconds = await (listing or Listing(self.feed)).task
             except (EtcdError, OSError) as exc:
                 log.error("cluster_list_failed", error=str(exc)[:300])
                 await asyncio.sleep(1.0)
                 continue
-            self.list_seconds = time.perf_counter() - t0
             await self._reconcile(snap)
             self.synced.set()
             try:
@@ -415,9 +449,11 @@ class ClusterService:
         self.seen_nodes |= set(self.nodes)
         self.ban_nodes = {b.node for b in snap.bans}
         now = self._clock()
-        listed = {(peer_jail(b.node), b.target) for b in snap.bans if b.node != self.node}
         held = [(r.target, r.jail) for r in self.bans.active() if is_peer_jail(r.jail)]
-        gone = [k for k in held if (k[1], k[0]) not in listed]
+        gone: list[tuple[str, str]] = []
+        if held:  # a new node holds none: no need to index 100k listed bans
+            listed = {(peer_jail(b.node), b.target) for b in snap.bans if b.node != self.node}
+            gone = [k for k in held if (k[1], k[0]) not in listed]
         peer = [b for b in snap.bans if b.node != self.node and not self._allowed_text(b.target)]
         self.bans.withdraw_peer(gone)
         self.stats["withdrawn"] += len(gone)
@@ -509,6 +545,11 @@ class ClusterService:
     async def _heartbeat(self) -> None:
         from kfwguard import __version__
 
+        # The first beat waits for the first sync (two intervals at most): it
+        # loads the gateway client and lists the baseline table, CPU a new
+        # node needs for putting the shared bans into its kernel first.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.synced.wait(), 2 * self.ccfg.heartbeat)
         while True:
             info: dict[str, Any] = {
                 "node": self.node, "version": __version__, "at": self._clock(),

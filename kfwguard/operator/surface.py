@@ -44,6 +44,9 @@ class Operator:
         self.alerts: AlertService | None = None
         self.control: ControlServer | None = None
 
+    def prepare(self, cfg: Config) -> None:
+        """Nothing to begin early."""
+
     async def start(self, cfg: Config) -> None:
         daemon = self.daemon
         bans = daemon.bans

@@ -59,12 +59,14 @@ class BanTables(Database):
             [(r.target, r.jail, r.reason, r.banned_at, r.expires_at, r.offence,
               int(r.simulated)) for r in rows],
         )
+        # A ban that is no offence here (a peer's: offence 0) has no count to
+        # keep: a new node's 100k peers' bans write one table, not two.
         _many(
             self._db,
             "INSERT INTO offences (target, jail, count, last_at) VALUES {} "
             "ON CONFLICT (target, jail) DO UPDATE SET count=excluded.count, "
             "last_at=excluded.last_at", "(?, ?, ?, ?)",
-            [(r.target, r.jail, r.offence, r.banned_at) for r in rows],
+            [(r.target, r.jail, r.offence, r.banned_at) for r in rows if r.offence],
         )
 
     def apply_changes(self, saves: Sequence[BanRow],

@@ -516,6 +516,24 @@ asyncio.run(main())
         assert cluster.keys("c") == []
         assert wait_until(lambda: cluster.a.states().get("node-c") == "up", 20)
 
+    def test_listing_asked_before_the_restore(self, cluster: Cluster) -> None:
+        """A starting node asks etcd for the shared bans before it restores its
+        own (etcd serves the listing while the rest of the start runs), and
+        syncs from that listing after the restore: a ban A decided while B
+        was down is enforced on B."""
+        b = cluster.b.daemon
+        b.stop()
+        addr = "10.204.0.7"
+        cluster.a.ban(addr)
+        assert wait_until(lambda: cluster.c.has(addr), 15)
+        b.start()
+        assert wait_until(lambda: cluster.b.has(addr), 20), logs(cluster)
+        assert wait_until(lambda: '"cluster_synced"' in b.log()[b.log_offset:], 20)
+        names = [json.loads(line).get("event") for line in b.log()[b.log_offset:].splitlines()
+                 if line.startswith("{")]
+        assert names.index("cluster_listing_asked") < names.index("bans_restored")
+        assert names.index("bans_restored") < names.index("cluster_synced")
+
     def test_outage_and_restart_lose_nothing(self, cluster: Cluster) -> None:
         """With every etcd member down, A's ban is in A's kernel at once; A is then
         restarted, etcd comes back, and the ban from A's outbox reaches B."""

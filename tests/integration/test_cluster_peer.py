@@ -62,6 +62,25 @@ class TestPeerBans:
         """))
         assert (["198.51.100.1"], ["198.51.100.1"], 3) == (r["taken"], r["kernel"], r["refused"])
 
+    def test_peer_ban_of_meaningless_or_cluster_protected_address_refused(
+            self, lab: Lab, tmp_path: Path) -> None:
+        """A peer's ban of a multicast or broadcast address (the ban sets'
+        sentinel among them), of an IPv4-mapped form of an ignored address, or
+        of an address the cluster service protects is refused; the table stays
+        intact and only the plain ban is in the kernel."""
+        r = run_in(lab, PEER + dedent(f"""
+            async def main():
+                m = manager({str(tmp_path)!r}, ignore=IgnoreList(["10.9.0.0/16"])); m.restore()
+                rows = [prow(t) for t in ("224.0.0.5", "255.255.255.255", "::ffff:10.9.1.1",
+                                          "172.31.0.9", "ff02::1", "198.51.100.7")]
+                taken = await m.apply_peer(rows, protected=IgnoreList(["172.31.0.0/16"]))
+                return dict(taken=[r.target for r in taken], kernel=sorted(m.table.list()),
+                            refused=m.stats.refused_peer, intact=m.table.is_intact())
+            print(json.dumps(asyncio.run(main())))
+        """))
+        assert ["198.51.100.7"] == r["taken"]
+        assert (["198.51.100.7"], 5, True) == (r["kernel"], r["refused"], r["intact"])
+
     def test_overlapping_peer_cidrs_reach_the_kernel_as_one_cover(self, lab: Lab,
                                                                    tmp_path: Path) -> None:
         """Peers' overlapping CIDRs (a /24 inside another node's /23, beside a

@@ -82,6 +82,25 @@ class TestParseHostFastPath:
                 expected = expected.ipv4_mapped
             assert expected == parse_host(text), text
 
+    def test_plain_key_takes_only_canonical_text(self) -> None:
+        """plain_key (a peer's 100k targets) gives host_key of exactly the
+        canonical texts of single addresses and None for everything else:
+        leading zeros, short forms, blanks, other digits, upper case, CIDRs."""
+        from kfwguard.addresses import host_key
+        from kfwguard.bans.model import plain_key
+
+        cases = ["1.2.3.4", "01.2.3.4", "1.2.3.04", "1.2.3", "256.1.1.1", " 1.2.3.4",
+                 "1.2.3.4 ", "1.2.3.4\x00", "0x1.2.3.4", "1.2.3.٣", "0.0.0.0", "1.2.3.4/32",
+                 "::", "::1", "::FFFF:1.2.3.4", "2001:DB8::1", "2001:db8::1",
+                 "2001:db8:0:0:0:0:0:1", "1:2:3:4:5:6:7:8", "", "a.b.c.d"]
+        for text in cases:
+            try:
+                addr = ipaddress.ip_address(text)
+            except ValueError:
+                addr = None
+            expected = host_key(addr) if addr is not None and str(addr) == text else None
+            assert expected == plain_key(text), text
+
     def test_ignore_ranges(self) -> None:
         """Network ranges and exact addresses of both families are found by key."""
         ig = IgnoreList(["10.0.0.0/8", "2001:db8::/32", "192.0.2.7", "::1"])

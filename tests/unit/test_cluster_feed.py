@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from kfwguard.cluster.etcd import EtcdFeed
 from kfwguard.cluster.etcdclient import EtcdClient
@@ -23,6 +25,12 @@ from kfwguard.cluster.feed import (
 from kfwguard.cluster.outbox import Outbox
 
 PREFIX = "/kfwguard/v1"
+
+# Any JSON value a peer could put where a ban value's field goes.
+_ANY_JSON = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**12),
+                      st.floats(allow_nan=False), st.text(max_size=300),
+                      st.sampled_from(["12.5", "1e3", "7", "nan"]),
+                      st.lists(st.integers(), max_size=2))
 
 
 def feed() -> EtcdFeed:
@@ -50,6 +58,38 @@ class TestSharedBan:
         """Malformed, infinite, NaN or absurd times raise ValueError (a counted skip)."""
         with pytest.raises((ValueError, KeyError, TypeError)):
             SharedBan.decode("n", "10.0.0.1", raw)
+
+    def test_fast_decoder_in_use(self) -> None:
+        """With the cluster extra installed, values are decoded by msgspec (a
+        broken import would silently cost a new node ~1 s per 100k bans)."""
+        from kfwguard.cluster import feed as feed_module
+
+        assert feed_module._FAST is not None
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.fixed_dictionaries({}, optional={
+        k: st.one_of(good, _ANY_JSON) for k, good in {
+            "jail": st.text(max_size=100), "reason": st.text(max_size=300),
+            "banned_at": st.floats(0, 2e9),
+            "expires_at": st.floats(0, 2e9) | st.integers(0, 2 * 10**9),
+            "decided_at": st.floats(0, 2e9), "x": st.none()}.items()}),
+        st.sampled_from(["", " ", "\n"]))
+    @example({"jail": "j" * 99, "reason": "r" * 250, "banned_at": 1, "expires_at": 2.5}, "")
+    @example({"banned_at": 1.0, "expires_at": 2.0, "decided_at": None}, "")
+    @example({"banned_at": "1", "expires_at": 2.0, "jail": 5}, " ")
+    @example({"banned_at": True, "expires_at": 2.0, "decided_at": 3e11}, "")
+    def test_fast_path_agrees_with_the_stdlib(self, doc: dict[str, object], pad: str) -> None:
+        """The msgspec path gives exactly what the stdlib path gives, or refuses
+        the same values (whatever a peer writes: wrong types, nulls, strings for
+        times, out-of-range times, blanks around)."""
+        raw = (pad + json.dumps(doc) + pad).encode()
+
+        def outcome(f: object) -> object:
+            try:
+                return f("n", "10.0.0.1", raw)  # type: ignore[operator]
+            except (ValueError, KeyError, TypeError):
+                return "refused"
+        assert outcome(SharedBan.decode_lenient) == outcome(SharedBan.decode)
 
     def test_long_reason_cut(self) -> None:
         """A peer's reason and jail are cut to bounded lengths."""

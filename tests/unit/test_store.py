@@ -20,6 +20,16 @@ class TestStore:
         assert ["1.2.3.4"] == [r.target for r in s.active_bans(now=160.0)]
         assert {"5.6.7.8": 2} == s.offence_counts("sshd", ["5.6.7.8"])
 
+    def test_no_offence_row_for_a_ban_that_is_no_offence(self, tmp_path: Path) -> None:
+        """A ban stored with offence 0 (a peer's) is kept and listed, and writes
+        no offence count (a new node stores 100k of them after its kernel)."""
+        s = Store.in_dir(tmp_path)
+        s.save_bans([BanRow("1.2.3.4", "peer:node-a", "r", 100.0, 200.0, 0),
+                     BanRow("5.6.7.8", "sshd", "r", 100.0, 200.0, 1)])
+        assert {"1.2.3.4", "5.6.7.8"} == {r.target for r in s.active_bans(now=150.0)}
+        assert [("5.6.7.8", "sshd", 1)] == list(
+            s._db.execute("SELECT target, jail, count FROM offences"))
+
     def test_reban_refreshes(self, tmp_path: Path) -> None:
         """Saving the same (target, jail) again replaces its expiry, not duplicates it."""
         s = Store.in_dir(tmp_path)
