@@ -415,9 +415,9 @@ def report(r: dict[str, Any]) -> str:
         "",
         f"Three daemons and a 3-member etcd 3.4.23 (mutual TLS) on this 2-core machine, "
         f"each in its own namespace; run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
-        f"The machine was shared with other test runs: load average "
-        f"{' '.join(r['loadavg_start'])} at the start, {' '.join(r['loadavg_end'])} at the end "
-        "(2 cores), so every figure here is pessimistic.",
+        f"Load average {' '.join(r['loadavg_start'])} at the start, "
+        f"{' '.join(r['loadavg_end'])} at the end (2 cores; the bench's own six processes "
+        "make most of it when nothing else runs).",
         "",
         "| figure | node B | node C | target |",
         "| --- | --- | --- | --- |",
