@@ -38,6 +38,14 @@ HOOK_PORT = 8089
 ADMIN_CIDR_B = "10.66.0.0/24"
 
 
+def need_path(path: str) -> None:
+    """Skip a ``grpc`` case where the cluster extra (aetcd, grpcio) is missing."""
+    if path == "grpc":
+        from kfwguard.cluster import etcdgrpc
+
+        need(etcdgrpc.available(), "needs the cluster extra (aetcd, grpcio)")
+
+
 @dataclass
 class Node:
     name: str
@@ -322,10 +330,7 @@ class TestResilience:
         """A listing fetched in pages (through the JSON gateway, or over gRPC with
         the cluster extra) returns every key once, at the revision of its first
         page, even with writes landing between the pages."""
-        if path == "grpc":
-            from kfwguard.cluster import etcdgrpc
-
-            need(etcdgrpc.available(), "needs the cluster extra (aetcd, grpcio)")
+        need_path(path)
         code = f"""
 import asyncio, json
 from kfwguard.cluster.etcdclient import EtcdClient
@@ -370,10 +375,7 @@ asyncio.run(main())
         (etcd's default --max-txn-ops, 128) is split so that etcd takes every
         transaction (through the gateway, or over gRPC with the cluster extra),
         and a put on a revoked lease raises LeaseNotFound."""
-        if path == "grpc":
-            from kfwguard.cluster import etcdgrpc
-
-            need(etcdgrpc.available(), "needs the cluster extra (aetcd, grpcio)")
+        need_path(path)
         code = f"""
 import asyncio, json, time
 from kfwguard.cluster.etcd import EtcdFeed
@@ -415,10 +417,7 @@ asyncio.run(main())
         """A watch (through the JSON gateway, or over gRPC with the cluster extra)
         yields puts and deletes in revision order from its start revision, and
         ends with EtcdCompacted when that revision was compacted away."""
-        if path == "grpc":
-            from kfwguard.cluster import etcdgrpc
-
-            need(etcdgrpc.available(), "needs the cluster extra (aetcd, grpcio)")
+        need_path(path)
         code = f"""
 import asyncio, json
 from kfwguard.cluster.etcdclient import EtcdClient
