@@ -25,6 +25,35 @@ from typing import Any, NamedTuple, Protocol
 _raw_decode = json.JSONDecoder().raw_decode
 
 
+def _fast_encoder() -> Callable[[dict[str, Any]], bytes] | None:
+    """msgspec's JSON encoder (the ``cluster`` extra), or None. Node A queues
+    every ban of a burst for publishing on its event loop: 0.6 µs a value
+    instead of 6-9 µs with json.dumps (which also builds an encoder per call;
+    a 10,000-ban burst spent ~0.2 s of A's loop there)."""
+    try:
+        import msgspec
+    except ImportError:
+        return None
+    return msgspec.json.Encoder().encode
+
+
+_FAST_ENCODE = _fast_encoder()
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _encode(value: dict[str, Any]) -> bytes:
+    """Compact JSON; both encoders give the same JSON values (msgspec leaves
+    non-ASCII as UTF-8). A lone surrogate (a hostile line's undecodable byte,
+    kept by surrogateescape) is no UTF-8: msgspec refuses it, the stdlib
+    escapes it."""
+    if _FAST_ENCODE is not None:
+        try:
+            return _FAST_ENCODE(value)
+        except UnicodeEncodeError:
+            pass
+    return _compact(value).encode()
+
+
 def _fast_decoder() -> tuple[Callable[[bytes], Any], type[Exception]] | None:
     """msgspec's typed decoder of a ban value (the ``cluster`` extra), or None.
 
@@ -64,9 +93,9 @@ class SharedBan(NamedTuple):
     decided_at: float
 
     def encode(self) -> bytes:
-        return json.dumps({"jail": self.jail, "reason": self.reason[:200],
-                           "banned_at": self.banned_at, "expires_at": self.expires_at,
-                           "decided_at": self.decided_at}, separators=(",", ":")).encode()
+        return _encode({"jail": self.jail, "reason": self.reason[:200],
+                        "banned_at": self.banned_at, "expires_at": self.expires_at,
+                        "decided_at": self.decided_at})
 
     @classmethod
     def decode(cls, node: str, target: str, raw: bytes) -> SharedBan:

@@ -15,6 +15,9 @@ from typing import Any
 
 from kfwguard.store.connection import Database, StoreError
 
+# One encoder for every payload (json.dumps with separators builds one per call).
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
@@ -33,7 +36,7 @@ class OutboxTable(Database):
             with self._tx():
                 self._db.executemany(
                     "INSERT INTO outbox (action, payload, created, next_at) VALUES (?, ?, ?, ?)",
-                    [(a, json.dumps(p, separators=(",", ":")), now, now) for a, p in items],
+                    [(a, _compact(p), now, now) for a, p in items],
                 )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot queue alerts: {exc}") from exc

@@ -91,6 +91,36 @@ class TestSharedBan:
                 return "refused"
         assert outcome(SharedBan.decode_lenient) == outcome(SharedBan.decode)
 
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(max_size=80),
+           st.text(st.characters(blacklist_categories=()), max_size=250),
+           st.floats(0, 1e11 - 1),
+           st.floats(0, 1e11 - 1), st.floats(0, 1e11 - 1))
+    @example("sshd\u2028", "x\"\\\x00\ud7ff\U0001f600", 0.0, 1e11 - 1, 1857130589.347476)
+    @example("sshd", "user \udcff\udc80 from a hostile line", 1.0, 2.0, 1.0)
+    def test_encoded_value_reads_back_on_every_path(self, jail: str, reason: str,
+                                                    at: float, exp: float,
+                                                    decided: float) -> None:
+        """What a node publishes (msgspec's encoder with the cluster extra) reads
+        back as the same ban through both decoders, and as the same JSON values
+        as the stdlib's compact encoding (what nodes without msgspec write); a
+        lone surrogate (an undecodable byte of a hostile line) is published too."""
+        b = SharedBan("n", "10.0.0.1", jail[:64], reason, at, exp, decided)
+        raw = b.encode()
+        want = b._replace(reason=reason[:200])
+        assert want == SharedBan.decode("n", "10.0.0.1", raw)
+        assert want == SharedBan.decode_lenient("n", "10.0.0.1", raw)
+        stdlib = json.dumps({"jail": b.jail, "reason": reason[:200], "banned_at": at,
+                             "expires_at": exp, "decided_at": decided},
+                            separators=(",", ":"))
+        assert json.loads(stdlib) == json.loads(raw)
+
+    def test_fast_encoder_in_use(self) -> None:
+        """With the cluster extra installed, values are encoded by msgspec."""
+        from kfwguard.cluster import feed as feed_module
+
+        assert feed_module._FAST_ENCODE is not None
+
     def test_long_reason_cut(self) -> None:
         """A peer's reason and jail are cut to bounded lengths."""
         raw = json.dumps({"jail": "j" * 500, "reason": "r" * 5000, "banned_at": 1,
