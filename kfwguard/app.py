@@ -11,7 +11,6 @@ protocols, and all counters go out through one ``Telemetry``.
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,9 +32,6 @@ from kfwguard.store import Store, StoreError
 from kfwguard.telemetry import Telemetry
 
 log = structlog.get_logger("kfwguard.app")
-
-# Allocations between two collections of young objects (CPython's default: 700).
-GC_YOUNG = 20_000
 
 
 def open_store(state_dir: Path, clock: Callable[[], float] = time.time) -> Store | None:
@@ -99,10 +95,6 @@ def run(cfg_path: Path | None) -> int:
     except ConfigError as exc:
         log.error("config_invalid", error=str(exc))
         return 2
-    # Young objects are collected every GC_YOUNG allocations, not 700: each
-    # collection costs its fixed part plus the objects it scans, and a busy
-    # daemon allocates (records, hits, rows) far faster than it makes cycles.
-    gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
     try:
         app = build(cfg, None if origin == "<embedded default>" else origin)
         asyncio.run(app.daemon.serve())

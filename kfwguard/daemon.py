@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -209,10 +208,6 @@ class Daemon:
         status = (f"{len(self.bans.active())} bans in force, "
                   f"{len(self.sources)} sources, {len(self.jails)} jails")
         self.notifier.ready(status)
-        # What the start made (modules, compiled filters, the restored bans) lives
-        # as long as the daemon: keep it out of every later collection, so a burst
-        # of bans does not pay for scanning the whole heap again and again.
-        gc.freeze()
         log.info("started", config=self.cfg_path or "<embedded default>",
                  sources=sorted(self.sources), jails=sorted(self.jails),
                  bans=len(self.bans.active()),
