@@ -97,6 +97,14 @@ class DaemonRun:
         doc: dict[str, Any] = json.loads(r.stdout)
         return doc
 
+    def metrics(self) -> str:
+        """The daemon's /metrics text, fetched inside its namespace from the address
+        its config's ``metrics.listen`` names."""
+        url = f"http://{self.config['metrics']['listen']}/metrics"
+        return self.host.python(
+            f"import urllib.request;print(urllib.request.urlopen({url!r}).read().decode())"
+        ).stdout
+
     def lines_read(self, source: str) -> int:
         doc = self.status()
         return int(doc["sources"][source]["lines_read"]) if doc else -1

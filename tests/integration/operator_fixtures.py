@@ -8,9 +8,10 @@ loopback that records what it is sent.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,9 @@ from kfwguard.config import Config, parse_config
 from kfwguard.daemon import Daemon
 from kfwguard.firewall.bantable import BanTable
 from kfwguard.firewall.nft import Nft
+from kfwguard.operator.control import ControlServer
 from kfwguard.store import Store
+from kfwguard.telemetry import Telemetry
 from tests.conftest import HOST_NETNS
 
 
@@ -37,6 +40,20 @@ def jails_named(tmp_path: Path, *names: str, **options: Any) -> dict[str, Any]:
             "jails": [{"name": n, "source": "auth", "filter": "sshd", **options}
                       for n in names]}
 
+
+
+@contextlib.asynccontextmanager
+async def serving(d: Daemon) -> AsyncIterator[Daemon]:
+    """``d`` with its control API served on its socket; the server stopped and the
+    store closed afterwards."""
+    server = ControlServer(d, d.cfg.control_socket, Telemetry(d))
+    await server.start()
+    try:
+        yield d
+    finally:
+        await server.stop()
+        assert d.store is not None
+        d.store.close()
 
 def make_daemon(tmp_path: Path, **config: Any) -> tuple[Daemon, BanTable]:
     """A Daemon (not started) with a store and a BanManager over a fresh ban table

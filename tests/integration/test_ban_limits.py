@@ -15,9 +15,7 @@ from kfwguard.daemon import Daemon
 from kfwguard.durations import MAX_BAN, check_ban_duration, parse_duration
 from kfwguard.firewall.bantable import nft_timeout
 from kfwguard.operator.client import ControlClient, ControlError
-from kfwguard.operator.control import ControlServer
-from kfwguard.telemetry import Telemetry
-from tests.integration.operator_fixtures import make_daemon
+from tests.integration.operator_fixtures import make_daemon, serving
 
 HUGE = "9" * 400  # parses to inf as a float
 
@@ -82,15 +80,8 @@ class TestCli:
 
 @pytest.fixture
 async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
-    d, _ = make_daemon(tmp_path)
-    server = ControlServer(d, d.cfg.control_socket, Telemetry(d))
-    await server.start()
-    try:
+    async with serving(make_daemon(tmp_path)[0]) as d:
         yield d
-    finally:
-        await server.stop()
-        assert d.store is not None
-        d.store.close()
 
 
 @pytest.mark.usefixtures("private_netns")

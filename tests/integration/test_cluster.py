@@ -290,9 +290,7 @@ class TestSharedBans:
         refused, and has observed propagation delays."""
         cluster.a.ban("10.207.0.1")
         assert wait_until(lambda: cluster.b.has("10.207.0.1"), 15)
-        text = cluster.b.host.python(
-            "import urllib.request;print(urllib.request.urlopen("
-            "'http://127.0.0.1:9741/metrics').read().decode())").stdout
+        text = cluster.b.daemon.metrics()
         values = {ln.split(" ")[0]: float(ln.split(" ")[1]) for ln in text.splitlines()
                   if ln.startswith("kfwguard_cluster")}
         assert values["kfwguard_cluster_connected"] == 1

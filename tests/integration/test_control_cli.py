@@ -15,9 +15,7 @@ from click.testing import CliRunner
 from kfwguard.cli import main
 from kfwguard.cli.control import format_table
 from kfwguard.daemon import Daemon
-from kfwguard.operator.control import ControlServer
-from kfwguard.telemetry import Telemetry
-from tests.integration.operator_fixtures import jails_named, make_daemon
+from tests.integration.operator_fixtures import jails_named, make_daemon, serving
 
 # A real ban table in a network namespace of the test's own (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("private_netns")
@@ -44,15 +42,8 @@ async def cli(cfg: Path, *args: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
-    d, _ = make_daemon(tmp_path, **jails_named(tmp_path, "web"))
-    server = ControlServer(d, d.cfg.control_socket, Telemetry(d))
-    await server.start()
-    try:
+    async with serving(make_daemon(tmp_path, **jails_named(tmp_path, "web"))[0]) as d:
         yield d
-    finally:
-        await server.stop()
-        assert d.store is not None
-        d.store.close()
 
 
 class TestControlCommands:
