@@ -274,14 +274,16 @@ class TestOwnChanges:
 
 
 class _CountingClient:
-    """Counts lease grants (no etcd: only the feed's lease cache is under test)."""
+    """Counts lease grants and holds each until the test releases it (no etcd:
+    only the feed's lease cache is under test)."""
 
     def __init__(self) -> None:
         self.grants = 0
+        self.release = asyncio.Event()
 
     async def lease_grant(self, ttl: int, *, retry: bool = True) -> int:
         self.grants += 1
-        await asyncio.sleep(0.05)
+        await self.release.wait()
         return 1000 + self.grants
 
 
@@ -289,10 +291,15 @@ class TestLeases:
     async def test_one_grant_per_expiry_minute_however_many_ask(self) -> None:
         """Senders that need the same new expiry-minute lease at once share one
         grant (etcd revokes leases one by one: a lease each would cost it)."""
+        from tests.conftest import eventually
+
         client = _CountingClient()
         f = EtcdFeed(client, PREFIX)  # type: ignore[arg-type]
-        leases = await asyncio.gather(*(f._lease_for(7201.0 + i) for i in range(8)))
-        assert [1001] * 8 == leases
+        asking = asyncio.gather(*(f._lease_for(7201.0 + i) for i in range(8)))
+        # The eight asked in one loop turn; the first grant is held until all did.
+        await eventually(lambda: client.grants >= 1)
+        client.release.set()
+        assert [1001] * 8 == await asking
         assert 1 == client.grants
 
 
@@ -342,7 +349,9 @@ class TestPublisher:
             svc._wake.set()
             await eventually(lambda: len(held.calls) == 2)
             assert (["10.0.0.2"], []) == held.calls[1]
-            await asyncio.sleep(0.1)  # give a wrong publisher the chance to send it
+            # The newer intent for 10.0.0.1 was taken with 10.0.0.2's and held back
+            # behind the publish in flight, not sent beside it.
+            await eventually(lambda: "10.0.0.1" in svc._blocked)
             assert 2 == len(held.calls)
             held.release.set()
             await eventually(lambda: len(held.calls) == 3 and len(svc.outbox or ()) == 0)
