@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kfwguard.store import open_wal
+from kfwguard.store import execute_rows, open_wal
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cluster_outbox (
@@ -26,9 +26,6 @@ CREATE TABLE IF NOT EXISTS cluster_outbox (
 -- it is still being queued): without it, every read sorts the whole table.
 CREATE INDEX IF NOT EXISTS cluster_outbox_seq ON cluster_outbox (seq);
 """
-
-
-ROWS_PER_STATEMENT = 300  # 900 parameters: under SQLite's oldest limit (999)
 
 
 class OutboxError(Exception):
@@ -80,16 +77,10 @@ class Outbox:
 
     def _write(self, sql: str, row: str, rows: Sequence[tuple[object, ...]]) -> bool:
         """Run ``sql`` (its ``{}`` is a list of ``row``) for every row in one
-        transaction, ROWS_PER_STATEMENT rows per statement; False if the file
-        failed. Not executemany: it gives up the interpreter lock for every
-        row, and in a burst each time costs the event loop a wait for the
-        threads that take it (etcd's, gRPC's, the kernel's)."""
+        transaction (execute_rows); False if the file failed."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            for i in range(0, len(rows), ROWS_PER_STATEMENT):
-                part = rows[i:i + ROWS_PER_STATEMENT]
-                self._db.execute(sql.format(", ".join([row] * len(part))),
-                                 [v for r in part for v in r])
+            execute_rows(self._db, sql, row, rows)
             self._db.execute("COMMIT")
         except sqlite3.Error:
             try:

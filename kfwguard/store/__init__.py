@@ -6,8 +6,9 @@ one connection.
 """
 
 from kfwguard.store.bans import BanRow
-from kfwguard.store.connection import SCHEMA_VERSION, StoreError, open_wal
+from kfwguard.store.connection import SCHEMA_VERSION, StoreError, execute_rows, open_wal
 from kfwguard.store.outbox import OutboxRow
 from kfwguard.store.state import Store
 
-__all__ = ["SCHEMA_VERSION", "BanRow", "OutboxRow", "Store", "StoreError", "open_wal"]
+__all__ = ["SCHEMA_VERSION", "BanRow", "OutboxRow", "Store", "StoreError", "execute_rows",
+           "open_wal"]

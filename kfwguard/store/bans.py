@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from kfwguard.store.connection import Database, StoreError
+from kfwguard.store.connection import Database, StoreError, execute_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,19 +20,6 @@ class BanRow:
     offence: int
     # Decided in observe mode (dry_run): stored, listed, alerted, never in the kernel.
     simulated: bool = False
-
-
-def _many(db: sqlite3.Connection, sql: str, row: str,
-          rows: Sequence[tuple[object, ...]]) -> None:
-    """Run ``sql`` (its ``{}`` a list of ``row``) for all ``rows``, as many per
-    statement as 999 parameters allow. Not executemany: it gives up the
-    interpreter lock for every row, and in a burst of thousands each time
-    costs the event loop a wait for the threads that take it (the kernel's,
-    etcd's, gRPC's)."""
-    per = max(1, 999 // row.count("?"))
-    for i in range(0, len(rows), per):
-        part = rows[i:i + per]
-        db.execute(sql.format(", ".join([row] * len(part))), [v for r in part for v in r])
 
 
 class BanTables(Database):
@@ -49,7 +36,7 @@ class BanTables(Database):
     def _save(self, rows: Sequence[BanRow]) -> None:
         if not rows:
             return
-        _many(
+        execute_rows(
             self._db,
             "INSERT INTO bans (target, jail, reason, banned_at, expires_at, offence, simulated) "
             "VALUES {} ON CONFLICT (target, jail) DO UPDATE SET "
@@ -61,7 +48,7 @@ class BanTables(Database):
         )
         # A ban that is no offence here (a peer's: offence 0) has no count to
         # keep: a new node's 100k peers' bans write one table, not two.
-        _many(
+        execute_rows(
             self._db,
             "INSERT INTO offences (target, jail, count, last_at) VALUES {} "
             "ON CONFLICT (target, jail) DO UPDATE SET count=excluded.count, "

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 _SCHEMA_1 = """
@@ -66,6 +66,19 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE bans ADD COLUMN simulated INTEGER NOT NULL DEFAULT 0",),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+def execute_rows(db: sqlite3.Connection, sql: str, row: str,
+                 rows: Sequence[tuple[object, ...]]) -> None:
+    """Run ``sql`` (its ``{}`` a list of ``row``) for all ``rows``, as many per
+    statement as 999 parameters (SQLite's oldest limit) allow. Not
+    executemany: it gives up the interpreter lock for every row, and in a
+    burst of thousands each time costs the event loop a wait for the threads
+    that take it (the kernel's, etcd's, gRPC's)."""
+    per = max(1, 999 // row.count("?"))
+    for i in range(0, len(rows), per):
+        part = rows[i:i + per]
+        db.execute(sql.format(", ".join([row] * len(part))), [v for r in part for v in r])
 
 
 class StoreError(Exception):
