@@ -103,7 +103,7 @@ class ClusterHooks:
         from kfwguard.cluster.service import Listing
 
         self._feed = build_feed(cfg)
-        self._listing = Listing.begin(self._feed)
+        self._listing = Listing(self._feed)
         log.info("cluster_listing_asked", note="applied when cluster mode starts")
 
     async def start(self, cfg: Config) -> None:

@@ -90,25 +90,14 @@ class Outbox:
             return False
         return True
 
-    def due(self, limit: int = 128) -> list[Pending]:
-        out = list(self._memory.values())[:limit]
-        try:
-            cur = self._db.execute(
-                "SELECT target, value, seq FROM cluster_outbox ORDER BY seq LIMIT ?",
-                (limit - len(out),))
-            seen = {p.target for p in out}
-            out += [Pending(t, v, s) for t, v, s in cur if t not in seen]
-        except sqlite3.Error:
-            pass
-        return out
-
-    def due_after(self, seq: int, limit: int) -> list[Pending]:
-        """Up to ``limit`` intents queued (or replaced) after ``seq``, oldest first."""
-        out = sorted((p for p in self._memory.values() if p.seq > seq), key=lambda p: p.seq)
+    def due(self, limit: int = 128, *, after: int = 0) -> list[Pending]:
+        """Up to ``limit`` intents queued (or replaced) after seq ``after``
+        (0: all of them), oldest first."""
+        out = sorted((p for p in self._memory.values() if p.seq > after), key=lambda p: p.seq)
         try:
             cur = self._db.execute(
                 "SELECT target, value, seq FROM cluster_outbox WHERE seq > ? "
-                "ORDER BY seq LIMIT ?", (seq, limit))
+                "ORDER BY seq LIMIT ?", (after, limit))
             seen = {p.target for p in out}
             out += [Pending(t, v, s) for t, v, s in cur if t not in seen]
         except sqlite3.Error:

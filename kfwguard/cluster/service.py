@@ -81,10 +81,6 @@ class Listing:
         snap = await feed.snapshot()
         return snap, time.perf_counter() - t0
 
-    @classmethod
-    def begin(cls, feed: DecisionFeed) -> Listing:
-        return cls(feed)
-
     def cancel(self) -> None:
         self.task.cancel()
 
@@ -286,7 +282,7 @@ class ClusterService:
             elif (old := out.get(p.target)) is None or old.seq < p.seq:
                 out[p.target] = p
         if len(out) < PUBLISH_CHUNK:
-            for p in self.outbox.due_after(self._cursor, PUBLISH_CHUNK - len(out)):
+            for p in self.outbox.due(PUBLISH_CHUNK - len(out), after=self._cursor):
                 self._cursor = max(self._cursor, p.seq)
                 if p.target in self._inflight:
                     old = self._blocked.get(p.target)

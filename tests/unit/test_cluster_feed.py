@@ -240,18 +240,18 @@ key: /etc/kfwguard/etcd/node.key}
 
 
 class TestOutboxReadOn:
-    def test_due_after_reads_on_from_a_seq(self, tmp_path: Path) -> None:
-        """due_after gives, oldest first, only intents queued or replaced after a
+    def test_due_reads_on_from_a_seq(self, tmp_path: Path) -> None:
+        """due(after=) gives, oldest first, only intents queued or replaced after a
         seq: a target queued again comes back with its new intent."""
         o = Outbox(tmp_path / "cluster.db")
         o.queue([("10.0.0.1", b"a"), ("10.0.0.2", b"b")])
-        first = o.due_after(0, 10)
+        first = o.due(10, after=0)
         assert ["10.0.0.1", "10.0.0.2"] == [p.target for p in first]
         o.queue([("10.0.0.3", b"c"), ("10.0.0.1", None)])
-        later = o.due_after(first[-1].seq, 10)
+        later = o.due(10, after=first[-1].seq)
         assert [("10.0.0.3", b"c"), ("10.0.0.1", None)] == [(p.target, p.value) for p in later]
-        assert [] == o.due_after(later[-1].seq, 10)
-        assert 1 == len(o.due_after(0, 1))
+        assert [] == o.due(10, after=later[-1].seq)
+        assert 1 == len(o.due(1, after=0))
 
 
 class TestOwnChanges:
