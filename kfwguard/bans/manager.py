@@ -31,7 +31,6 @@ import bisect
 import ipaddress
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 import structlog
 
@@ -348,7 +347,7 @@ class BanManager:
         for r in due:
             self.index.unsimulate((r.target, r.jail))
         # An address protected since (ignoreip, the node's own) stays unbanned.
-        rows = [replace(r, simulated=False) for r in due
+        rows = [r._replace(simulated=False) for r in due
                 if r.expires_at > now and self._stored_net_ok(r)]
         dropped = [(r.target, r.jail) for r in due
                    if r.expires_at > now and (r.target, r.jail) not in

@@ -32,7 +32,7 @@ side; ``kfwguard unban`` lifts it again).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import structlog
 
@@ -122,7 +122,7 @@ def from_store(s: Start, now: float) -> int:
             if not s.enforceable(r):
                 s.index.simulate(r)
                 continue
-            r = replace(r, simulated=False)  # dry_run was turned off while we were down
+            r = r._replace(simulated=False)  # dry_run was turned off while we were down
             enforce.append(r)
         if "/" not in r.target or s.net_ok(r):
             s.index.add(r)

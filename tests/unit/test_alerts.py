@@ -444,7 +444,7 @@ class TestSimulatedMarking:
     def test_simulated_ban_marked_in_chat_and_alertmanager(self) -> None:
         """An observe-mode ban is marked in the event, the chat line and as an
         Alertmanager label and summary; an enforced one is not."""
-        sim = event(Ban, replace(row("192.0.2.9"), simulated=True))
+        sim = event(Ban, row("192.0.2.9")._replace(simulated=True))
         real = event(Ban, row("192.0.2.8"))
         assert (True, False) == (sim.simulated, real.simulated)
         lines = summarise([sim, real], load_format("slack"), "node-1").splitlines()
