@@ -138,6 +138,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def settle(pids: dict[str, int], timeout: float = 60.0) -> dict[str, float]:
+    """Wait until ``pids`` together use under 10 % of a core over a second
+    (the others finished storing what they took in). Returns the wait and
+    each process's share of a core over the last second."""
+    t0 = time.perf_counter()
+    before = {k: cpu_seconds(p) for k, p in pids.items()}
+    use: dict[str, float] = {}
+    while time.perf_counter() - t0 < timeout:
+        time.sleep(1.0)
+        now = {k: cpu_seconds(p) for k, p in pids.items()}
+        use = {k: round(now[k] - before[k], 3) for k in pids}
+        if sum(use.values()) < 0.1:
+            break
+        before = now
+    return {"wait_s": round(time.perf_counter() - t0, 2), **use}
+
+
 def spread(times: list[float], start: float) -> dict[str, float] | None:
     """First, median and last of ``times`` (seconds after ``start``)."""
     if not times:
@@ -317,6 +334,10 @@ def new_nodes(profile: Path | None, etcd: Any, daemon: Any, daemons: dict[str, A
         r = daemons[name].host.run(py, "-m", "bench.cluster", "probe-wait", str(lastf),
                                    "900", timeout=960)
         out[f"settled_{name}"] = json.loads(r.stdout.splitlines()[-1])["done"] is not None
+    # ...and are idle again: taking 100k bans in is seconds of their CPU after
+    # their kernel (the state DB), which a new node started then would share.
+    pids = {f"daemon_{n}": d.proc.pid for n, d in daemons.items() if d.proc is not None}
+    pids.update({f"etcd_{m.name}": m.proc.pid for m in etcd.members if m.proc is not None})
     variants: list[tuple[str, dict[str, str]]] = [("", {})]
     if compare is not None:
         # PYTHONSAFEPATH: the current directory (this tree) does not come first.
@@ -324,6 +345,7 @@ def new_nodes(profile: Path | None, etcd: Any, daemon: Any, daemons: dict[str, A
     for i in range(repeat):
         for tag, env in variants:
             key = f"{tag}load" + (f"_{i}" if i else "")
+            out[f"{key}_settled"] = settle(pids)
             res = one_new_node(profile, daemon, daemons, lf, f"d-{tag}{i}", env)
             out[f"{key}_s"] = res["load_s"]
             out[f"{key}_cpu_s"] = res["cpu_s"]
