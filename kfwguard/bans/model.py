@@ -130,16 +130,26 @@ def plain_key(text: str) -> int | None:
     return int.from_bytes(packed, "big") | V6_FLAG
 
 
+_gc_pauses = 0
+_gc_was_enabled = False
+
+
 @contextlib.contextmanager
 def paused_gc() -> Iterator[None]:
-    """No cyclic garbage collection inside (a synchronous stretch, no await):
-    a batch of 100k new rows would otherwise trigger full collections that
-    walk every object of the process, about half the cost of indexing them.
-    The objects made are not cycles; collection resumes after."""
-    was = gc.isenabled()
-    gc.disable()
+    """No cyclic garbage collection inside: a batch of 100k new rows would
+    otherwise trigger full collections that walk every object of the
+    process, about half the cost of indexing them. The objects made are not
+    cycles; collection resumes when the last pause ends. Pauses may span
+    awaits and overlap (a new node's listing and its apply): collection is
+    on again once every one has ended, if it was on before the first."""
+    global _gc_pauses, _gc_was_enabled
+    if _gc_pauses == 0:
+        _gc_was_enabled = gc.isenabled()
+        gc.disable()
+    _gc_pauses += 1
     try:
         yield
     finally:
-        if was:
+        _gc_pauses -= 1
+        if _gc_pauses == 0 and _gc_was_enabled:
             gc.enable()

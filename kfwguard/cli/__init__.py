@@ -65,6 +65,9 @@ def main() -> None:
               type=click.Choice(["debug", "info", "warning", "error"]))
 def run(config_path: Path | None, log_level: str) -> None:
     """Run the daemon in the foreground."""
+    from kfwguard.node import read_addresses_early
+
+    read_addresses_early()  # while the daemon's modules load
     from kfwguard import app, logs
 
     logs.configure(log_level)

@@ -47,6 +47,30 @@ def test_missing_interpreter_falls_back(monkeypatch: pytest.MonkeyPatch) -> None
     assert [] == node.local_addresses()
 
 
+def test_early_child_answers_the_next_lookup_once(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    """The child started early (``kfwguard run`` before its imports) answers the
+    next lookup; the one after starts a child of its own (a reload's answer is
+    the namespace's addresses then, not at start)."""
+    fake_child(monkeypatch, tmp_path, """echo '["192.0.2.8"]'""")
+    node.read_addresses_early()
+    (tmp_path / "later").mkdir()
+    fake_child(monkeypatch, tmp_path / "later", """echo '["192.0.2.9"]'""")
+    assert [ipaddress.ip_address("192.0.2.8")] == node.local_addresses()
+    assert [ipaddress.ip_address("192.0.2.9")] == node.local_addresses()
+
+
+def test_early_child_that_hangs_is_killed(monkeypatch: pytest.MonkeyPatch,
+                                         tmp_path: Path) -> None:
+    """An early child that never answers is given up on (and killed) after the timeout."""
+    fake_child(monkeypatch, tmp_path, "exec sleep 30")
+    node.read_addresses_early()
+    proc = node._early
+    assert proc is not None
+    assert [] == node.local_addresses(timeout=0.3)
+    assert proc.returncode is not None
+
+
 def test_child_timeout_falls_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A child that hangs is given up on after the timeout."""
     fake_child(monkeypatch, tmp_path, "exec sleep 30")
