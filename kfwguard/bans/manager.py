@@ -389,7 +389,8 @@ class BanManager:
 
     async def apply_peer(self, rows: Sequence[BanRow], *,
                          applied: Callable[[], None] | None = None,
-                         protected: IgnoreList | None = None) -> list[BanRow]:
+                         protected: IgnoreList | None = None,
+                         settle: bool = True) -> list[BanRow]:
         """Enforce bans another node decided (``row.jail`` is ``peer_jail(node)``),
         with their own expiry. Protected and ignored addresses are refused here as
         for a local ban, and so is anything on ``protected`` (what the cluster
@@ -401,7 +402,12 @@ class BanManager:
         Kernel first, store after (the reverse of a local ban): the peers'
         store (etcd) already holds them durably and a restart lists them
         again, so protection must not wait for a local commit. A peer's CIDR
-        goes through the same disjoint cover as a local one."""
+        goes through the same disjoint cover as a local one.
+
+        ``settle=False`` (a listing read part by part): the rows are queued for
+        the kernel and returned at once, the next part is checked while the
+        kernel takes this one; the caller then awaits flush() and hands every
+        part's rows to store_peer()."""
         taken: list[BanRow] = []
         add = self.index.add
         for i in range(0, len(rows), PEER_KERNEL_CHUNK):
@@ -420,17 +426,24 @@ class BanManager:
             return []
         log.info("peer_bans", count=len(taken), origins=sorted({r.jail for r in taken}),
                  targets=[r.target for r in taken[:LOG_EACH_BAN_UP_TO]])
+        if not settle:
+            self.kernel.schedule_flush()
+            return taken
         await self.flush()
         if applied is not None:
             applied()
-        # In chunks, the loop running between them (100k rows are seconds of
-        # SQLite), and only what is still in force as taken: a withdraw (an
-        # unban) may come in meanwhile and must not be stored back.
+        await self.store_peer(taken)
+        return taken
+
+    async def store_peer(self, taken: Sequence[BanRow]) -> None:
+        """Store peers' bans the kernel has (apply_peer), in chunks, the loop
+        running between them (100k rows are seconds of SQLite), and only what
+        is still in force as taken: a withdraw (an unban) may come in
+        meanwhile and must not be stored back."""
         for i in range(0, len(taken), PEER_STORE_CHUNK):
             self.journal.save([r for r in taken[i:i + PEER_STORE_CHUNK]
                                if self.index.get((r.target, r.jail)) is r])
             await asyncio.sleep(0)
-        return taken
 
     def _peer_checked(self, rows: Sequence[BanRow],
                       protected: IgnoreList | None) -> list[BanRow]:

@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from kfwguard.bans.model import paused_gc
 from kfwguard.cluster.etcdclient import EtcdClient
 from kfwguard.cluster.etcdtypes import (
     EtcdCompacted,
@@ -36,6 +37,7 @@ from kfwguard.cluster.feed import (
     AllowPut,
     BanGone,
     BanPut,
+    BansHandler,
     Change,
     FeedResync,
     NodeBeat,
@@ -181,9 +183,31 @@ class EtcdFeed:
 
     # -- reading ---------------------------------------------------------------
 
-    async def snapshot(self) -> Snapshot:
-        revision, kvs = await self.client.range_prefix(self.prefix + "/")
-        snap = Snapshot(position=revision)
+    async def snapshot(self, on_bans: BansHandler | None = None) -> Snapshot:
+        """The whole prefix at one revision. With ``on_bans``, each page's bans
+        are handed to it as soon as they are decoded, with the snapshot so far:
+        keys come in order, so the allowlist (``allow/`` < ``bans/``) is whole
+        by the first ban; the unban requests and heartbeats come after."""
+        snap = Snapshot()
+
+        async def page(kvs: list[KeyValue], first: bool) -> None:
+            nonlocal snap
+            if first:  # a listing started again on another endpoint
+                snap = Snapshot()
+            start = len(snap.bans)
+            with paused_gc():  # a page's 20k bans made (see paused_gc)
+                await self._take(kvs, snap)
+            if on_bans is not None and len(snap.bans) > start:
+                on_bans(snap, snap.bans[start:])
+
+        revision, _ = await self.client.range_prefix(self.prefix + "/", on_page=page)
+        snap.position = revision
+        snap.skipped = self.skipped
+        self.revision = revision
+        return snap
+
+    async def _take(self, kvs: list[KeyValue], snap: Snapshot) -> None:
+        """Decode a listing's page into ``snap``."""
         bans_at = self.prefix + "/bans/"
         n = len(bans_at)
         decode, bans = SharedBan.decode, snap.bans
@@ -212,9 +236,6 @@ class EtcdFeed:
                 snap.unbans.append(item)
             elif isinstance(item, NodeBeat):
                 snap.nodes[item.node] = item.info
-        snap.skipped = self.skipped
-        self.revision = revision
-        return snap
 
     async def changes(self, after: Snapshot, *, own: str = "") -> AsyncIterator[list[Change]]:
         """Every change after ``after``, across reconnects to any endpoint, but

@@ -44,6 +44,7 @@ from kfwguard.cluster.etcdtypes import (
     EtcdUnavailable,
     KeyValue,
     LeaseNotFound,
+    PageHandler,
     TLSFiles,
     WatchEvent,
     b64,
@@ -203,25 +204,27 @@ class EtcdClient:
 
     # -- kv --------------------------------------------------------------------
 
-    async def range_prefix(self, prefix: str, *, page: int = 5000,
-                           retry: bool = True) -> tuple[int, list[KeyValue]]:
+    async def range_prefix(self, prefix: str, *, page: int = 5000, retry: bool = True,
+                           on_page: PageHandler | None = None) -> tuple[int, list[KeyValue]]:
         """Every key under ``prefix`` at one revision, fetched in pages (a large
-        listing does not have to fit one response). Returns (revision, kvs).
-        Over gRPC when the ``cluster`` extra is installed (etcdgrpc.py), else
-        through the gateway in pages of ``page``."""
+        listing does not have to fit one response), each handed to ``on_page``
+        as it comes. Returns (revision, kvs). Over gRPC when the ``cluster``
+        extra is installed (etcdgrpc.py), else through the gateway in pages of
+        ``page``."""
         g = self._grpc_client()
         if g is not None:
             start, end = prefix.encode(), prefix_end(prefix)
 
             async def listing(ep: str) -> tuple[int, list[KeyValue]]:
-                out: tuple[int, list[KeyValue]] = await g.range_prefix(ep, start, end, 30.0)
+                out: tuple[int, list[KeyValue]] = await g.range_prefix(ep, start, end, 30.0,
+                                                                       on_page)
                 return out
 
             return await self._on_endpoints(listing, retry)
-        return await self._range_gateway(prefix, page, retry)
+        return await self._range_gateway(prefix, page, retry, on_page)
 
-    async def _range_gateway(self, prefix: str, page: int,
-                             retry: bool) -> tuple[int, list[KeyValue]]:
+    async def _range_gateway(self, prefix: str, page: int, retry: bool,
+                             on_page: PageHandler | None) -> tuple[int, list[KeyValue]]:
         end = b64(prefix_end(prefix))
 
         async def fetch(start: bytes, revision: int) -> dict[str, Any]:
@@ -239,7 +242,10 @@ class EtcdClient:
             if data.get("more") and raw:
                 # etcd encodes the next page while this one is decoded here.
                 ahead = asyncio.create_task(fetch(unb64(raw[-1]["key"]) + b"\x00", revision))
-            out += [_kv(d) for d in raw]
+            kvs = [_kv(d) for d in raw]
+            if on_page is not None:
+                await on_page(kvs, not out)
+            out += kvs
             if ahead is None:
                 return revision, out
             data = await ahead

@@ -22,12 +22,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from kfwguard.bans.model import paused_gc
 from kfwguard.cluster.etcdtypes import (
     EtcdCompacted,
     EtcdError,
     EtcdUnavailable,
     KeyValue,
     LeaseNotFound,
+    PageHandler,
     TLSFiles,
     WatchEvent,
 )
@@ -35,7 +37,7 @@ from kfwguard.cluster.etcdtypes import (
 # A page of this many keys is ~8 MB for kfwguard's ban values; gRPC's default
 # receive limit (4 MiB) is raised to fit it. Few large pages: etcd walks the
 # rest of the range for every page it serves.
-PAGE = 50_000
+PAGE = 20_000  # a new node applies each page while etcd serves the next
 MAX_MESSAGE = 64 << 20
 TXN_THREADS = 8  # txns() calls at once (the cluster service's senders)
 
@@ -163,10 +165,12 @@ class GrpcClient:
             self._pool = None
 
     async def range_prefix(self, endpoint: str, start: bytes, end: bytes,
-                           timeout: float) -> tuple[int, list[KeyValue]]:  # noqa: ASYNC109
+                           timeout: float,  # noqa: ASYNC109
+                           on_page: PageHandler | None = None) -> tuple[int, list[KeyValue]]:
         """Every key in [start, end) at one revision, in pages; the next page
-        is asked for while this one is decoded. Raises EtcdUnavailable when
-        ``endpoint`` cannot serve it (the caller moves on), EtcdError else."""
+        is asked for while this one is decoded (and handed to ``on_page``).
+        Raises EtcdUnavailable when ``endpoint`` cannot serve it (the caller
+        moves on), EtcdError else."""
         from aetcd.rpc import rpc_pb2_grpc
 
         grpc = self._grpc
@@ -181,8 +185,12 @@ class GrpcClient:
                 ahead = (asyncio.ensure_future(self._page(kv, resp.kvs[-1].key + b"\x00", end,
                                                           revision, timeout))
                          if resp.more and resp.kvs else None)
-                out += [KeyValue(k.key.decode(errors="replace"), k.value, k.mod_revision,
-                                 k.lease) for k in resp.kvs]
+                with paused_gc():  # 20k tuples (see paused_gc)
+                    page = [KeyValue(k.key.decode(errors="replace"), k.value,
+                                     k.mod_revision, k.lease) for k in resp.kvs]
+                if on_page is not None:
+                    await on_page(page, not out)
+                out += page
                 if ahead is None:
                     return revision, out
                 resp = await ahead

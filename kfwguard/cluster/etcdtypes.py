@@ -6,6 +6,7 @@ except the gateway client, which picks the gRPC paths when they are installed.""
 from __future__ import annotations
 
 import base64
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -60,6 +61,11 @@ class KeyValue(NamedTuple):
     value: bytes
     mod_revision: int
     lease: int = 0
+
+
+# A listing's page as it comes (the keys in order), and whether it is the first
+# of a listing: a listing retried on another endpoint starts again.
+PageHandler = Callable[[list[KeyValue], bool], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -196,6 +196,9 @@ class Snapshot:
     skipped: int = 0  # malformed entries
 
 
+BansHandler = Callable[[Snapshot, list[SharedBan]], None]
+
+
 class FeedResync(Exception):
     """The feed lost its place (history compacted): take a new snapshot."""
 
@@ -206,7 +209,11 @@ class DecisionFeed(Protocol):
         """``encoded``: the puts' values as ``encode()`` gives them, when the caller
         has them already (the outbox holds them)."""
 
-    async def snapshot(self) -> Snapshot: ...
+    async def snapshot(self, on_bans: BansHandler | None = None) -> Snapshot:
+        """Everything shared, at one position. ``on_bans``: called with the
+        snapshot so far (its allowlist whole) and each part of its bans as
+        they come, so that they can be enforced before the rest is read."""
+        ...
 
     def changes(self, after: Snapshot, *, own: str = "") -> AsyncIterator[list[Change]]:
         """``own``: a node whose bans' changes are left out (this node's)."""

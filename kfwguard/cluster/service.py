@@ -70,15 +70,21 @@ PROPAGATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 
 class Listing:
     """A snapshot of the feed, and the seconds it took, asked for ahead of the
-    service's start (ClusterHooks.prepare)."""
+    service's start (ClusterHooks.prepare). Its bans come out part by part
+    in ``parts`` as the feed reads them, ended by None, for the service to
+    enforce while the rest is read."""
 
     def __init__(self, feed: DecisionFeed) -> None:
+        self.parts: asyncio.Queue[tuple[Snapshot, list[SharedBan]] | None] = asyncio.Queue()
         self.task = asyncio.create_task(self._list(feed), name="cluster:listing")
 
-    @staticmethod
-    async def _list(feed: DecisionFeed) -> tuple[Snapshot, float]:
+    async def _list(self, feed: DecisionFeed) -> tuple[Snapshot, float]:
         t0 = time.perf_counter()
-        snap = await feed.snapshot()
+        try:
+            snap = await feed.snapshot(
+                on_bans=lambda head, bans: self.parts.put_nowait((head, bans)))
+        finally:
+            self.parts.put_nowait(None)
         return snap, time.perf_counter() - t0
 
     def cancel(self) -> None:
@@ -393,21 +399,23 @@ class ClusterService:
                                    b.banned_at, min(b.expires_at, limit), 0))
         return rows
 
-    async def _apply(self, bans: Sequence[SharedBan], *, live: bool = True) -> None:
+    async def _apply(self, bans: Sequence[SharedBan], *, live: bool = True) -> list[BanRow]:
         """Enforce peers' bans; ``live`` ones (from the watch) are propagation
-        samples, a listing's are not (they may have been decided hours ago)."""
+        samples, stored once in the kernel. A listing's are not samples (they
+        may have been decided hours ago) and are only queued for the kernel
+        (apply_peer's settle=False): the caller flushes and stores them."""
         rows = await self._peer_rows(bans)
         marks: list[float] = []
         refused = self.bans.stats.refused_peer
         taken = await self.bans.apply_peer(rows, applied=lambda: marks.append(time.time()),
-                                           protected=self.protected)
+                                           protected=self.protected, settle=live)
         self.stats["refused"] += self.bans.stats.refused_peer - refused
         if not taken:
-            return
+            return []
         done = marks[0] if marks else time.time()
         self.stats["received"] += len(taken)
         if not live:
-            return
+            return taken
         decided = {b.target: b.decided_at for b in bans}
         for r in taken:
             d = decided.get(r.target)
@@ -418,12 +426,21 @@ class ClusterService:
                 for cb in self.on_propagation:
                     cb(delay)
         del self.propagation[:-1000]
+        return taken
 
     async def _follow(self) -> None:
         while True:
             listing, self._listing = self._listing, None
+            listing = listing or Listing(self.feed)
             try:
-                snap, self.list_seconds = await (listing or Listing(self.feed)).task
+                taken: list[BanRow] = []
+                while (part := await listing.parts.get()) is not None:
+                    # Not across the wait: a listing waits out an etcd outage.
+                    with paused_gc():  # a listing's 100k rows, index entries, elements
+                        taken += await self._apply_listed(*part)
+                await self.bans.flush()
+                await self.bans.store_peer(taken)
+                snap, self.list_seconds = await listing.task
             except (EtcdError, OSError) as exc:
                 log.error("cluster_list_failed", error=str(exc)[:300])
                 await asyncio.sleep(1.0)
@@ -437,25 +454,31 @@ class ClusterService:
                 self.stats["resyncs"] += 1
                 continue
 
+    async def _apply_listed(self, head: Snapshot, bans: list[SharedBan]) -> list[BanRow]:
+        """Put a part of a listing's bans in the kernel's queue as soon as it
+        is read (the allowlist comes before them, whole); returns the rows
+        taken, for the store once the kernel has them all."""
+        if len(head.allow) != len(self.allow):
+            self._set_allow({c: n for c in head.allow if (n := _network(c)) is not None})
+        return await self._apply([b for b in bans if b.node != self.node
+                                  and not self._allowed_text(b.target)], live=False)
+
     async def _reconcile(self, snap: Snapshot) -> None:
-        """Make this node match a full listing: add what is missing, lift peers'
-        bans that are gone, and republish own bans the store lost."""
+        """Make this node match a full listing whose bans are already enforced
+        (_apply_listed): lift peers' bans that are gone, take in the unban
+        requests, and republish own bans the store lost."""
         self._set_allow({c: n for c in snap.allow if (n := _network(c)) is not None})
         self.nodes = dict(snap.nodes)
         self.seen_nodes |= set(self.nodes)
         self.ban_nodes = {b.node for b in snap.bans}
         now = self._clock()
         held = [(r.target, r.jail) for r in self.bans.active() if is_peer_jail(r.jail)]
-        gone: list[tuple[str, str]] = []
-        if held:  # a new node holds none: no need to index 100k listed bans
-            listed = {(peer_jail(b.node), b.target) for b in snap.bans if b.node != self.node}
-            gone = [k for k in held if (k[1], k[0]) not in listed]
-        peer = [b for b in snap.bans if b.node != self.node and not self._allowed_text(b.target)]
+        listed = {(peer_jail(b.node), b.target) for b in snap.bans if b.node != self.node}
+        gone = [k for k in held if (k[1], k[0]) not in listed]
         self.bans.withdraw_peer(gone)
         self.stats["withdrawn"] += len(gone)
         for u in snap.unbans:
             self._unban_asked(u)
-        await self._apply(peer, live=False)
         # Own subtree: what the store holds must be what this node enforces.
         mine = {b.target for b in snap.bans if b.node == self.node and b.expires_at > now}
         pending = self.outbox.targets() if self.outbox is not None else set()
@@ -467,7 +490,7 @@ class ClusterService:
         self._check_baselines()
         log.info("cluster_synced", revision=snap.position,
                  list_seconds=round(self.list_seconds, 3), bans=len(snap.bans),
-                 peers_bans=len(peer), withdrawn=len(gone), allow=len(self.allow),
+                 peers_bans=len(listed), withdrawn=len(gone), allow=len(self.allow),
                  nodes=sorted(self.nodes), skipped=snap.skipped)
 
     def _allowed_text(self, target: str) -> bool:
