@@ -360,3 +360,50 @@ class TestPublisher:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+class _PagedClient:
+    """Serves listings page by page, as EtcdClient.range_prefix does (no etcd:
+    only the feed's handling of pages is under test). Each listing is a list
+    of pages; a second listing stands for one retried on another endpoint."""
+
+    def __init__(self, listings: list[list[list[KeyValue]]]) -> None:
+        self.listings = listings
+
+    async def range_prefix(self, prefix: str, *, on_page: object = None,
+                           **_: object) -> tuple[int, list[KeyValue]]:
+        assert callable(on_page)
+        out: list[KeyValue] = []
+        for pages in self.listings:
+            out = []
+            for i, page in enumerate(pages):
+                await on_page(page, i == 0)
+                out += page
+        return 42, out
+
+
+class TestListingByPages:
+    async def test_bans_handed_on_page_by_page_allowlist_first(self) -> None:
+        """A listing's bans reach on_bans as each page is decoded, with the
+        snapshot so far: its allowlist (keys in order: ``allow/`` before
+        ``bans/``) is whole by the first ban. A listing started again (another
+        endpoint) starts a fresh snapshot: the result holds the last
+        attempt's entries only, once each."""
+        ban = SharedBan("x", "10.0.0.1", "sshd", "r", 1.0, 2.0, 1.0).encode()
+        first = [[kv(f"{PREFIX}/allow/192.0.2.0/24"),
+                  kv(f"{PREFIX}/bans/node-a/10.0.0.1", ban)],
+                 [kv(f"{PREFIX}/bans/node-a/10.0.0.9", ban)]]
+        again = [[kv(f"{PREFIX}/allow/192.0.2.0/24"),
+                  kv(f"{PREFIX}/bans/node-a/10.0.0.1", ban)],
+                 [kv(f"{PREFIX}/bans/node-b/10.0.0.2", ban),
+                  kv(f"{PREFIX}/unban/10.0.0.1", json.dumps({"by": "n", "at": 5.0}))]]
+        f = EtcdFeed(_PagedClient([first, again]), PREFIX)  # type: ignore[arg-type]
+        seen: list[tuple[list[str], list[str]]] = []
+        snap = await f.snapshot(on_bans=lambda head, bans: seen.append(
+            (list(head.allow), [b.target for b in bans])))
+        assert seen == [(["192.0.2.0/24"], ["10.0.0.1"]), (["192.0.2.0/24"], ["10.0.0.9"]),
+                        (["192.0.2.0/24"], ["10.0.0.1"]), (["192.0.2.0/24"], ["10.0.0.2"])]
+        assert [(b.node, b.target) for b in snap.bans] == [("node-a", "10.0.0.1"),
+                                                           ("node-b", "10.0.0.2")]
+        assert snap.allow == ["192.0.2.0/24"] and snap.position == 42
+        assert [u.target for u in snap.unbans] == ["10.0.0.1"]
