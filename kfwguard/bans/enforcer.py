@@ -30,6 +30,7 @@ from kfwguard.bans.model import BanStats
 from kfwguard.firewall.bantable import BanTable, Element
 from kfwguard.firewall.nft import NftError
 
+_new = tuple.__new__
 log = structlog.get_logger("kfwguard.bans")
 
 # An element the kernel refused is tried again after this, doubling up to the cap.
@@ -223,7 +224,8 @@ class KernelEnforcer:
                 self._deferred.add(key)
                 continue
             planned[key] = expiry
-            (refresh if key in kernel else new).append(Element(key, expiry - now))
+            # tuple.__new__: a new node plans 100k (Element's __new__ is a Python call)
+            (refresh if key in kernel else new).append(_new(Element, (key, expiry - now)))
         for key in removes:
             if self._waiting(key, mono):
                 self._deferred_remove.add(key)

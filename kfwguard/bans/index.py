@@ -100,6 +100,19 @@ class BanIndex:
             if "/" in key:
                 self._cover.set(key, row.expires_at)
 
+    def add_many(self, rows: Iterable[BanRow]) -> None:
+        """add() of each row; a target not banned yet (a new node's listing:
+        nearly all) is put in without add()'s call and checks."""
+        by_target, expiry, all_rows, add = self._by_target, self._expiry, self._rows, self.add
+        for row in rows:
+            key = row.target
+            if key in by_target or "/" in key:
+                add(row)
+                continue
+            all_rows[(key, row.jail)] = row
+            by_target[key] = {row.jail}
+            expiry[key] = row.expires_at
+
     def remove(self, row: BanRow) -> None:
         """Lift the ban of ``row``'s target and jail."""
         self._rows.pop((row.target, row.jail), None)

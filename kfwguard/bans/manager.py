@@ -409,12 +409,11 @@ class BanManager:
         kernel takes this one; the caller then awaits flush() and hands every
         part's rows to store_peer()."""
         taken: list[BanRow] = []
-        add = self.index.add
+        add = self.index.add_many
         for i in range(0, len(rows), PEER_KERNEL_CHUNK):
             with paused_gc():
                 part = self._peer_checked(rows[i:i + PEER_KERNEL_CHUNK], protected)
-                for r in part:
-                    add(r)
+                add(part)
                 self.kernel.queue_adds([r.target for r in part])
             taken += part
             if i + PEER_KERNEL_CHUNK < len(rows):
@@ -461,8 +460,12 @@ class BanManager:
         get = self.index.get
         taken: list[BanRow] = []
         fast = not self.guards
+        peer: dict[str, bool] = {}  # jail -> is a peer's (a listing has a few, 100k rows)
         for row in rows:
-            if row.expires_at <= now or not is_peer_jail(row.jail):
+            ok = peer.get(row.jail)
+            if ok is None:
+                ok = peer[row.jail] = is_peer_jail(row.jail)
+            if row.expires_at <= now or not ok:
                 continue
             old = get((row.target, row.jail))
             if old is not None and old.expires_at == row.expires_at:

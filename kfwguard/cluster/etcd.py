@@ -30,6 +30,7 @@ from kfwguard.cluster.etcdtypes import (
     EtcdUnavailable,
     KeyValue,
     LeaseNotFound,
+    RawKV,
     WatchEvent,
 )
 from kfwguard.cluster.feed import (
@@ -190,7 +191,7 @@ class EtcdFeed:
         by the first ban; the unban requests and heartbeats come after."""
         snap = Snapshot()
 
-        async def page(kvs: list[KeyValue], first: bool) -> None:
+        async def page(kvs: Sequence[RawKV], first: bool) -> None:
             nonlocal snap
             if first:  # a listing started again on another endpoint
                 snap = Snapshot()
@@ -206,9 +207,9 @@ class EtcdFeed:
         self.revision = revision
         return snap
 
-    async def _take(self, kvs: list[KeyValue], snap: Snapshot) -> None:
+    async def _take(self, kvs: Sequence[RawKV], snap: Snapshot) -> None:
         """Decode a listing's page into ``snap``."""
-        bans_at = self.prefix + "/bans/"
+        bans_at = (self.prefix + "/bans/").encode()
         n = len(bans_at)
         decode, bans = SharedBan.decode, snap.bans
         for i, kv in enumerate(kvs):
@@ -220,14 +221,14 @@ class EtcdFeed:
             if key.startswith(bans_at):
                 # Nearly all of a listing: a ban, decoded here without _parse's
                 # dispatch; a bad one goes through _parse to be counted and logged.
-                node, _, target = key[n:].partition("/")
+                node, _, target = key[n:].decode(errors="replace").partition("/")
                 if node and target:
                     try:
                         bans.append(decode(node, target, kv.value))
                         continue
                     except (ValueError, KeyError, TypeError):
                         pass
-            item = self._parse(kv, "put")
+            item = self._parse(KeyValue(key.decode(errors="replace"), kv.value, 0), "put")
             if isinstance(item, SharedBan):
                 snap.bans.append(item)
             elif isinstance(item, AllowPut):

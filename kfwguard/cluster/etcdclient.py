@@ -45,6 +45,7 @@ from kfwguard.cluster.etcdtypes import (
     KeyValue,
     LeaseNotFound,
     PageHandler,
+    RawPair,
     TLSFiles,
     WatchEvent,
     b64,
@@ -207,10 +208,10 @@ class EtcdClient:
     async def range_prefix(self, prefix: str, *, page: int = 5000, retry: bool = True,
                            on_page: PageHandler | None = None) -> tuple[int, list[KeyValue]]:
         """Every key under ``prefix`` at one revision, fetched in pages (a large
-        listing does not have to fit one response), each handed to ``on_page``
-        as it comes. Returns (revision, kvs). Over gRPC when the ``cluster``
-        extra is installed (etcdgrpc.py), else through the gateway in pages of
-        ``page``."""
+        listing does not have to fit one response). Returns (revision, kvs);
+        with ``on_page``, each page goes to it as it comes (RawKV) instead.
+        Over gRPC when the ``cluster`` extra is installed (etcdgrpc.py), else
+        through the gateway in pages of ``page``."""
         g = self._grpc_client()
         if g is not None:
             start, end = prefix.encode(), prefix_end(prefix)
@@ -236,16 +237,19 @@ class EtcdClient:
         data = await fetch(prefix.encode(), 0)
         revision = int(data["header"]["revision"])
         out: list[KeyValue] = []
+        first = True
         while True:
             raw = data.get("kvs", [])
             ahead: asyncio.Task[dict[str, Any]] | None = None
             if data.get("more") and raw:
                 # etcd encodes the next page while this one is decoded here.
                 ahead = asyncio.create_task(fetch(unb64(raw[-1]["key"]) + b"\x00", revision))
-            kvs = [_kv(d) for d in raw]
             if on_page is not None:
-                await on_page(kvs, not out)
-            out += kvs
+                await on_page([RawPair(unb64(d.get("key")), unb64(d.get("value")))
+                               for d in raw], first)
+                first = False
+            else:
+                out += [_kv(d) for d in raw]
             if ahead is None:
                 return revision, out
             data = await ahead

@@ -22,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from kfwguard.bans.model import paused_gc
 from kfwguard.cluster.etcdtypes import (
     EtcdCompacted,
     EtcdError,
@@ -168,7 +167,8 @@ class GrpcClient:
                            timeout: float,  # noqa: ASYNC109
                            on_page: PageHandler | None = None) -> tuple[int, list[KeyValue]]:
         """Every key in [start, end) at one revision, in pages; the next page
-        is asked for while this one is decoded (and handed to ``on_page``).
+        is asked for while this one is decoded. With ``on_page``, each page
+        goes to it as etcd's protobuf KeyValues (RawKV) and none is returned.
         Raises EtcdUnavailable when ``endpoint`` cannot serve it (the caller
         moves on), EtcdError else."""
         from aetcd.rpc import rpc_pb2_grpc
@@ -181,16 +181,17 @@ class GrpcClient:
             resp = await self._page(kv, start, end, 0, timeout)
             revision = int(resp.header.revision)
             out: list[KeyValue] = []
+            first = True
             while True:
                 ahead = (asyncio.ensure_future(self._page(kv, resp.kvs[-1].key + b"\x00", end,
                                                           revision, timeout))
                          if resp.more and resp.kvs else None)
-                with paused_gc():  # 20k tuples (see paused_gc)
-                    page = [KeyValue(k.key.decode(errors="replace"), k.value,
-                                     k.mod_revision, k.lease) for k in resp.kvs]
                 if on_page is not None:
-                    await on_page(page, not out)
-                out += page
+                    await on_page(resp.kvs, first)
+                    first = False
+                else:
+                    out += [KeyValue(k.key.decode(errors="replace"), k.value, k.mod_revision,
+                                     k.lease) for k in resp.kvs]
                 if ahead is None:
                     return revision, out
                 resp = await ahead

@@ -6,9 +6,9 @@ except the gateway client, which picks the gRPC paths when they are installed.""
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 
 class EtcdError(Exception):
@@ -63,9 +63,26 @@ class KeyValue(NamedTuple):
     lease: int = 0
 
 
+class RawKV(Protocol):
+    """A listed key and value as bytes: etcd's protobuf KeyValue as the gRPC
+    listing gives it (a new node's 100k are read without a KeyValue each)."""
+
+    @property
+    def key(self) -> bytes: ...
+
+    @property
+    def value(self) -> bytes: ...
+
+
+class RawPair(NamedTuple):
+    """RawKV from the JSON gateway."""
+    key: bytes
+    value: bytes
+
+
 # A listing's page as it comes (the keys in order), and whether it is the first
 # of a listing: a listing retried on another endpoint starts again.
-PageHandler = Callable[[list[KeyValue], bool], Awaitable[None]]
+PageHandler = Callable[[Sequence[RawKV], bool], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,6 +77,7 @@ def _fast_decoder() -> tuple[Callable[[bytes], Any], type[Exception]] | None:
 
 
 _FAST = _fast_decoder()
+_new = tuple.__new__
 
 
 class SharedBan(NamedTuple):
@@ -107,16 +108,19 @@ class SharedBan(NamedTuple):
         and range tests that NaN and infinities fail by themselves; msgspec
         first when installed (_fast_decoder)."""
         if _FAST is not None:
-            fast, error = _FAST
             try:
-                v = fast(raw)
-            except error:
+                v = _FAST[0](raw)
+            except _FAST[1]:
                 pass
             else:
-                exp, at = v.expires_at, v.banned_at
-                decided = v.decided_at if isinstance(v.decided_at, float) else at
+                exp, at, decided = v.expires_at, v.banned_at, v.decided_at
+                if type(decided) is not float:
+                    decided = at
                 if 0 <= exp < 1e11 and 0 <= at < 1e11 and 0 <= decided < 1e11:
-                    return cls(node, target, v.jail[:64], v.reason[:200], at, exp, decided)
+                    # tuple.__new__: the NamedTuple's own __new__ is a Python
+                    # call, a third of a listing's decoding.
+                    return _new(cls, (node, target, v.jail[:64], v.reason[:200], at, exp,
+                                      decided))
         return cls.decode_lenient(node, target, raw)
 
     @classmethod

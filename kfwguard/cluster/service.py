@@ -65,6 +65,8 @@ PUBLISH_CHUNK = 1024
 PUBLISH_IN_FLIGHT = 4
 ROWS_SLICE = 20_000  # peers' bans made into rows between two turns of the event loop
 
+_new = tuple.__new__
+
 PROPAGATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -395,8 +397,12 @@ class ClusterService:
                 if jail is None:
                     jail = jails[node] = peer_jail(node)
                 # Offence 0: no offence of this node (and no count to store).
-                rows.append(BanRow(target, jail, f"{node}/{b.jail}: {b.reason}",
-                                   b.banned_at, min(b.expires_at, limit), 0))
+                # tuple.__new__: a new node makes 100k (the NamedTuple's __new__
+                # is a Python call).
+                exp = b.expires_at
+                rows.append(_new(BanRow, (target, jail, f"{node}/{b.jail}: {b.reason}",
+                                          b.banned_at, exp if exp < limit else limit, 0,
+                                          False)))
         return rows
 
     async def _apply(self, bans: Sequence[SharedBan], *, live: bool = True) -> list[BanRow]:
@@ -458,7 +464,7 @@ class ClusterService:
         """Put a part of a listing's bans in the kernel's queue as soon as it
         is read (the allowlist comes before them, whole); returns the rows
         taken, for the store once the kernel has them all."""
-        if len(head.allow) != len(self.allow):
+        if set(head.allow) != set(self.allow):
             self._set_allow({c: n for c in head.allow if (n := _network(c)) is not None})
         return await self._apply([b for b in bans if b.node != self.node
                                   and not self._allowed_text(b.target)], live=False)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from kfwguard.cluster.etcd import EtcdFeed
 from kfwguard.cluster.etcdclient import EtcdClient
-from kfwguard.cluster.etcdtypes import KeyValue, prefix_end
+from kfwguard.cluster.etcdtypes import KeyValue, RawPair, prefix_end
 from kfwguard.cluster.feed import (
     AllowPut,
     BanGone,
@@ -373,12 +373,10 @@ class _PagedClient:
     async def range_prefix(self, prefix: str, *, on_page: object = None,
                            **_: object) -> tuple[int, list[KeyValue]]:
         assert callable(on_page)
-        out: list[KeyValue] = []
+        out: list[KeyValue] = []  # with on_page, the pages go there only
         for pages in self.listings:
-            out = []
             for i, page in enumerate(pages):
-                await on_page(page, i == 0)
-                out += page
+                await on_page([RawPair(k.key.encode(), k.value) for k in page], i == 0)
         return 42, out
 
 
