@@ -26,7 +26,7 @@ import structlog
 
 from kfwguard.bans.index import BanIndex
 from kfwguard.bans.kernel_io import Batch, Rebuilt, Refused, send, send_all
-from kfwguard.bans.model import BanStats
+from kfwguard.bans.model import BanStats, paused_gc
 from kfwguard.firewall.bantable import BanTable, Element
 from kfwguard.firewall.nft import NftError
 
@@ -174,9 +174,11 @@ class KernelEnforcer:
                 adds, removes, nets = self._take_pending()
                 self._inflight = len(adds) + len(removes) + int(nets)
                 try:
-                    batch = self._plan(adds, removes, nets)
+                    with paused_gc():  # a new node plans 20k elements at a time
+                        batch = self._plan(adds, removes, nets)
                     refused = await asyncio.to_thread(send, self.table, batch)
-                    self._settle(batch, refused)
+                    with paused_gc():
+                        self._settle(batch, refused)
                 except Exception:
                     # A bug must not end the flush task and drop the batch with
                     # it: keep the batch, count it, try again after a pause.
