@@ -531,6 +531,40 @@ asyncio.run(main())
         assert names.index("cluster_listing_asked") < names.index("bans_restored")
         assert names.index("bans_restored") < names.index("cluster_synced")
 
+    def test_listing_honours_allowlist_and_unban_requests(self, cluster: Cluster) -> None:
+        """A starting node enforces its listing page by page as it is read:
+        a listed ban on the cluster allowlist (``allow/`` lists before
+        ``bans/``) never reaches its kernel, a listed ban an unban request
+        (``unban/``, listed after the bans) covers is lifted once the
+        listing is whole, and the other listed bans are enforced."""
+        c = cluster.c.daemon
+        c.stop()
+        now = time.time()
+
+        def value(banned_at: float) -> str:
+            return json.dumps({"jail": "sshd", "reason": "test", "banned_at": banned_at,
+                               "expires_at": now + 3600, "decided_at": banned_at})
+        keys = {f"{PREFIX}/allow/10.205.0.0/24": "",
+                f"{PREFIX}/bans/node-x/10.205.0.1": value(now),
+                f"{PREFIX}/bans/node-x/10.206.0.1": value(now),
+                f"{PREFIX}/bans/node-x/10.206.0.2": value(now - 10),
+                f"{PREFIX}/unban/10.206.0.2": json.dumps({"by": "node-b", "at": now})}
+        for k, v in keys.items():
+            cluster.etcd.ctl("put", k, v)
+        try:
+            c.start()
+            assert wait_until(lambda: '"cluster_synced"' in c.log()[c.log_offset:], 30), \
+                logs(cluster)
+            assert cluster.c.has("10.206.0.1")
+            assert not cluster.c.has("10.205.0.1")
+            assert wait_until(lambda: not cluster.c.has("10.206.0.2"), 10), logs(cluster)
+            # lifted, not never taken: the unban request was read and acted on
+            assert any(e.get("target") == "10.206.0.2"
+                       for e in events(cluster.c, "cluster_unban")), logs(cluster)
+        finally:
+            for k in keys:
+                cluster.etcd.ctl("del", k)
+
     def test_outage_and_restart_lose_nothing(self, cluster: Cluster) -> None:
         """With every etcd member down, A's ban is in A's kernel at once; A is then
         restarted, etcd comes back, and the ban from A's outbox reaches B."""
