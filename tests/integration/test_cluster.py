@@ -327,7 +327,8 @@ class TestResilience:
     def test_listing_in_pages_at_one_revision(self, cluster: Cluster, path: str) -> None:
         """A listing fetched in pages (through the JSON gateway, or over gRPC with
         the cluster extra) returns every key once, at the revision of its first
-        page, even with writes landing between the pages."""
+        page, even with writes landing between the pages; handed on page by
+        page (a new node's listing), the pages hold the same keys."""
         need_path(path)
         code = f"""
 import asyncio, json
@@ -359,13 +360,29 @@ async def main():
             return out
         c._post = post
     rev, kvs = await c.range_prefix("/pagetest/", page=7)
+    # Handed on page by page (as a new node reads its listing), no writes now.
+    if {path!r} == "grpc":
+        c._grpc._page = real
+    else:
+        c._post = real
+    pages = []
+    async def on_page(p, first):
+        pages.append([first, [bytes(k.key).decode() for k in p]])
+    _, none = await c.range_prefix("/pagetest/", page=7, on_page=on_page)
+    _, again = await c.range_prefix("/pagetest/", page=7)
     await c.delete("/pagetest/", prefix=True)
     await c.close()
-    print(json.dumps([kv.key for kv in kvs]))
+    print(json.dumps(dict(keys=[kv.key for kv in kvs], pages=pages, none=len(none),
+                          again=[kv.key for kv in again])))
 asyncio.run(main())
 """
-        keys = json.loads(cluster.etcd.host.python(code).stdout)
-        assert [f"/pagetest/k{i:03}" for i in range(50)] == keys
+        r = json.loads(cluster.etcd.host.python(code).stdout)
+        assert [f"/pagetest/k{i:03}" for i in range(50)] == r["keys"]
+        # Streamed: the same keys as a plain listing, in pages, the first marked.
+        assert [k for _, page in r["pages"] for k in page] == r["again"]
+        assert len(r["pages"]) > 1 and [f for f, _ in r["pages"]] == [True] + [False] * (
+            len(r["pages"]) - 1)
+        assert r["none"] == 0
 
     @pytest.mark.parametrize("path", ["gateway", "grpc"])
     def test_publish_in_transactions_etcd_takes(self, cluster: Cluster, path: str) -> None:
