@@ -244,12 +244,17 @@ class EtcdClient:
             if data.get("more") and raw:
                 # etcd encodes the next page while this one is decoded here.
                 ahead = asyncio.create_task(fetch(unb64(raw[-1]["key"]) + b"\x00", revision))
-            if on_page is not None:
-                await on_page([RawPair(unb64(d.get("key")), unb64(d.get("value")))
-                               for d in raw], first)
-                first = False
-            else:
-                out += [_kv(d) for d in raw]
+            try:
+                if on_page is not None:
+                    await on_page([RawPair(unb64(d.get("key")), unb64(d.get("value")))
+                                   for d in raw], first)
+                    first = False
+                else:
+                    out += [_kv(d) for d in raw]
+            except BaseException:
+                if ahead is not None:
+                    ahead.cancel()
+                raise
             if ahead is None:
                 return revision, out
             data = await ahead

@@ -451,6 +451,10 @@ class ClusterService:
                 log.error("cluster_list_failed", error=str(exc)[:300])
                 await asyncio.sleep(1.0)
                 continue
+            finally:
+                # Stopped (or failed) while the listing is still read: it ends too.
+                if not listing.task.done():
+                    listing.cancel()
             await self._reconcile(snap)
             self.synced.set()
             try:

@@ -25,7 +25,7 @@ import structlog
 
 from kfwguard.addresses import IPAddress, IPNetwork
 from kfwguard.firewall.nft import Nft, NftError
-from kfwguard.firewall.nlsets import PREFIX, TIMEOUT_HEADER, SetWriter
+from kfwguard.firewall.nlsets import PREFIX, TIMEOUT_HEADER, NetlinkUnavailable, SetWriter
 
 log = structlog.get_logger("kfwguard.firewall")
 
@@ -339,9 +339,14 @@ class BanTable:
             writer.change(verb, name, items)
         try:
             writer.commit()
-        except OSError as exc:
+        except NetlinkUnavailable as exc:
             log.warning("netlink_unusable", error=str(exc), note="ban sets written through nft")
             self.netlink = False
+            return False
+        except OSError as exc:
+            # This batch only (a buffer, a timeout): nft sends it again (it is
+            # idempotent, and says why if the kernel refuses it).
+            log.warning("netlink_batch_failed", error=str(exc), note="sent through nft")
             return False
         return True
 

@@ -28,6 +28,7 @@ NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
 SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
 
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN = 0x10
@@ -58,6 +59,10 @@ _NLMSG = struct.Struct("=IHHII")
 _NFGEN = struct.Struct("=BBH")
 _NLA = struct.Struct("=HH")
 _ERR = struct.Struct("=i")
+
+class NetlinkUnavailable(OSError):
+    """No nfnetlink socket here (no such protocol, no permission): use nft."""
+
 
 def _nla(kind: int, payload: bytes) -> bytes:
     raw = _NLA.pack(4 + len(payload), kind) + payload
@@ -129,8 +134,10 @@ class SetWriter:
 
     def commit(self) -> None:
         """Send the batch as one transaction; raise NftError if the kernel
-        refused it (then nothing of it is in force), OSError if netlink
-        itself failed."""
+        refused it (then nothing of it is in force), NetlinkUnavailable if no
+        netlink socket for nf_tables can be had here, OSError if this batch
+        could not be sent or answered (it may or may not be in force: the
+        caller sends it again through nft, which is idempotent)."""
         if not self._acks:
             return
         begin = _NLMSG.pack(20, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, 0) + _NFGEN.pack(
@@ -139,12 +146,25 @@ class SetWriter:
         end = _NLMSG.pack(20, NFNL_MSG_BATCH_END, NLM_F_REQUEST, self._seq, 0) + _NFGEN.pack(
             0, 0, socket.htons(NFNL_SUBSYS_NFTABLES))
         data = b"".join([begin, *self._parts, end])
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        except OSError as exc:
+            raise NetlinkUnavailable(str(exc)) from exc
+        with sock:
+            try:
+                sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)  # errors without the request
+                sock.bind((0, 0))
+            except OSError as exc:
+                raise NetlinkUnavailable(str(exc)) from exc
             sock.settimeout(ACK_TIMEOUT)
-            sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)  # errors without the request
-            if len(data) > 200_000:
+            # The kernel takes the batch in one message (it must fit the send
+            # buffer) and queues every message's ack before it is read (~1 KiB
+            # of receive buffer each): nft sizes both the same way.
+            if len(data) > sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) - 32:
                 sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, len(data) + 65536)
-            sock.bind((0, 0))
+            acks = 1024 * (len(self._acks) + 1) + 65536
+            if acks > sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF):
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, acks)
             sock.send(data)
             self._read_acks(sock)
 

@@ -116,3 +116,35 @@ class TestNetlinkElements:
             print(json.dumps(dict(left=sorted(t.list()))))
         """)
         assert r["left"] == ["192.0.2.8", "198.51.100.0/24"]
+
+    def test_batch_of_hundreds_of_messages_answered_in_full(self, lab: Lab) -> None:
+        """A batch of ~290 messages (600k addresses: the whole table at once
+        after a refusal, say) gets every ack back (the kernel queues them all
+        before one is read; a default receive buffer held ~230) and is in
+        force; the same batch into a set too small for it is refused in
+        words, by netlink itself: nft is not asked (an overflowed answer
+        would have hidden the refusal and sent it all again as text)."""
+        r = run(lab, """
+            import ipaddress
+            from bench.nlsets import SetQuery
+            class NoNft:
+                def run(self, script):
+                    raise AssertionError("fell back to nft")
+            els = [Element(str(ipaddress.IPv4Address(0x0A000000 + i)), 3600.0)
+                   for i in range(600_000)]
+            big = table("kfwbig", size=700_000)
+            big.nft = NoNft()
+            big.add(els)
+            present = SetQuery("kfwbig").all_present(
+                "ban_v4", [ipaddress.IPv4Address(e.target).packed for e in els])
+            small = table("kfwsmall", size=300_000)
+            small.nft = NoNft()
+            try:
+                small.add(els); why = None
+            except NftError as exc:
+                why = small.refusal_text("10.0.0.1", exc)
+            print(json.dumps(dict(present=present, why=why, nl=[big.netlink, small.netlink])))
+        """)
+        assert r["present"] is True
+        assert "is full" in str(r["why"])
+        assert r["nl"] == [True, True]
