@@ -145,3 +145,56 @@ class TestPeerBans:
         assert [[2000, 0]] == r["calls"]  # one batch, nothing stored yet
         assert [0] == r["at_applied"]
         assert (2000, 2000, 2000) == (r["taken"], r["stored"], r["kernel"])
+
+
+class TestListingService:
+    def test_listing_enforced_as_read_and_ended_with_the_service(self, lab: Lab,
+                                                                 tmp_path: Path) -> None:
+        """The cluster service enforces a listing's first page while the rest
+        is still being read (a feed that hands one page, then waits), and a
+        service stopped then leaves no listing running against its feed."""
+        r = run_in(lab, PEER + dedent(f"""
+            from kfwguard.cluster.feed import SharedBan, Snapshot
+            from kfwguard.cluster.service import ClusterService, Listing
+            from kfwguard.config import Config
+            class Feed:
+                def __init__(self):
+                    self.more = asyncio.Event()
+                    self.cancelled = False
+                async def snapshot(self, on_bans=None):
+                    snap = Snapshot()
+                    now = time.time()
+                    page = [SharedBan("node-x", f"198.51.100.{{i}}", "sshd", "r", now,
+                                      now + 600, now) for i in range(1, 6)]
+                    snap.bans += page
+                    on_bans(snap, page)
+                    try:
+                        await self.more.wait()  # the rest of the listing never comes
+                    except asyncio.CancelledError:
+                        self.cancelled = True
+                        raise
+                    return snap
+                async def close(self):
+                    pass
+            async def main():
+                m = manager({str(tmp_path)!r}); m.restore()
+                cfg = Config.model_validate({{"cluster": {{
+                    "endpoints": ["https://192.0.2.250:2379"], "node_name": "node-t"}}}})
+                feed = Feed()
+                svc = ClusterService(cfg, m, feed)
+                listing = Listing(feed)
+                svc._heartbeat = svc._publisher = lambda: asyncio.sleep(3600)
+                await svc.start(Path({str(tmp_path)!r}), listing)
+                for _ in range(500):
+                    if len(m.table.list()) == 5:
+                        break
+                    await asyncio.sleep(0.01)
+                in_kernel = sorted(m.table.list())
+                await svc.stop()
+                await asyncio.sleep(0)
+                return dict(in_kernel=in_kernel, done=listing.task.done(),
+                            cancelled=feed.cancelled)
+            print(json.dumps(asyncio.run(main())))
+        """))
+        assert r["in_kernel"] == [f"198.51.100.{i}" for i in range(1, 6)]
+        assert r["done"] is True and r["cancelled"] is True
