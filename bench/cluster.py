@@ -250,7 +250,12 @@ def steady_and_burst(quick: bool, profile: Path | None, daemons: dict[str, Any],
         lat = [seen[a] - sent[a] for a in addrs if a in seen]
         out[f"steady_{name}"] = {"received": len(lat), "p50_ms": 1000 * (pct(lat, .5) or 0),
                                  "p99_ms": 1000 * (pct(lat, .99) or 0),
-                                 "max_ms": 1000 * max(lat, default=0)}
+                                 "max_ms": 1000 * max(lat, default=0),
+                                 # the slowest, as (seconds into the run, ms): a stall
+                                 # shows as a run of consecutive sends
+                                 "slowest": sorted(
+                                     ((round(sent[a] - t0, 2), round(1000 * (seen[a] - sent[a])))
+                                      for a in addrs if a in seen), key=lambda x: -x[1])[:12]}
 
     # 2. burst of n_burst offenders on A
     burst = addresses(102, n_burst)
