@@ -305,7 +305,7 @@ class BanTable:
         if not self.netlink:
             return False
         groups: list[tuple[str, str, list[bytes]]] = []
-        pton, v4, v6, ceil = socket.inet_pton, socket.AF_INET, socket.AF_INET6, math.ceil
+        pton, v4, v6 = socket.inet_pton, socket.AF_INET, socket.AF_INET6
         for verb, elements in steps:
             if not elements:
                 continue
@@ -325,7 +325,7 @@ class BanTable:
                     else:
                         return False
                     if add:
-                        ms = max(1000, ceil(e.timeout * 1000))
+                        ms = timeout_ms(e.timeout)
                         out[six].append((pre6 if six else pre4) + key + TIMEOUT_HEADER
                                         + ms.to_bytes(8, "big"))
                     else:

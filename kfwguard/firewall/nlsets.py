@@ -85,14 +85,6 @@ TIMEOUT_HEADER = _NLA.pack(12, NFTA_SET_ELEM_TIMEOUT)
 PREFIX = {(size, t): _element_prefix(size, t) for size in (4, 16) for t in (True, False)}
 
 
-def element(key: bytes, ms: int | None) -> bytes:
-    """One element's attributes: ``key`` (4 or 16 bytes), with a timeout of
-    ``ms`` milliseconds (None: none, for a delete)."""
-    if ms is None:
-        return PREFIX[(len(key), False)] + key
-    return PREFIX[(len(key), True)] + key + TIMEOUT_HEADER + ms.to_bytes(8, "big")
-
-
 class SetWriter:
     """One batch of element changes to sets of ``table`` (family inet)."""
 
@@ -109,7 +101,8 @@ class SetWriter:
                                        self._seq, 0) + body)
 
     def change(self, verb: str, set_name: str, elements: Sequence[bytes]) -> None:
-        """Queue ``add`` or ``delete`` of ``elements`` (element()) in ``set_name``."""
+        """Queue ``add`` or ``delete`` of ``elements`` (each laid out as PREFIX
+        says) in ``set_name``."""
         kind = NFT_MSG_NEWSETELEM if verb == "add" else NFT_MSG_DELSETELEM
         flags = NLM_F_ACK | (NLM_F_CREATE if verb == "add" else 0)
         head = (_NFGEN.pack(NFPROTO_INET, 0, 0) + self._head
