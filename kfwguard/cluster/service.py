@@ -109,6 +109,11 @@ def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
         return None
 
 
+def _networks(cidrs: Sequence[str]) -> dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """An allowlist as listed (CIDR text -> network), its unreadable entries left out."""
+    return {c: n for c in cidrs if (n := _network(c)) is not None}
+
+
 class ClusterService:
     def __init__(self, cfg: Config, bans: BanManager, feed: DecisionFeed, *,
                  clock: Any = time.time) -> None:
@@ -469,7 +474,7 @@ class ClusterService:
         is read (the allowlist comes before them, whole); returns the rows
         taken, for the store once the kernel has them all."""
         if set(head.allow) != set(self.allow):
-            self._set_allow({c: n for c in head.allow if (n := _network(c)) is not None})
+            self._set_allow(_networks(head.allow))
         return await self._apply([b for b in bans if b.node != self.node
                                   and not self._allowed_text(b.target)], live=False)
 
@@ -477,7 +482,7 @@ class ClusterService:
         """Make this node match a full listing whose bans are already enforced
         (_apply_listed): lift peers' bans that are gone, take in the unban
         requests, and republish own bans the store lost."""
-        self._set_allow({c: n for c in snap.allow if (n := _network(c)) is not None})
+        self._set_allow(_networks(snap.allow))
         self.nodes = dict(snap.nodes)
         self.seen_nodes |= set(self.nodes)
         self.ban_nodes = {b.node for b in snap.bans}
