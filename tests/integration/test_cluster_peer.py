@@ -183,11 +183,11 @@ class TestListingService:
                 feed = Feed()
                 svc = ClusterService(cfg, m, feed)
                 listing = Listing(feed)
-                svc._heartbeat = svc._publisher = lambda: asyncio.sleep(3600)
+                # Only the listing is under test: the other loops idle until stop().
+                svc._heartbeat = svc._publisher = lambda: asyncio.Event().wait()
                 await svc.start(Path({str(tmp_path)!r}), listing)
-                for _ in range(500):
-                    if len(m.table.list()) == 5:
-                        break
+                deadline = time.monotonic() + 60  # the first page's 5 bans in the kernel
+                while len(m.table.list()) < 5 and time.monotonic() < deadline:
                     await asyncio.sleep(0.01)
                 in_kernel = sorted(m.table.list())
                 await svc.stop()
