@@ -9,7 +9,8 @@ the plain hash sets ``ban_v4``/``ban_v6``. Interval sets (CIDR bans) stay
 with libnftables: their elements are start/end pairs that nft computes.
 
 The semantics are nft's ``add element`` (NLM_F_CREATE without NLM_F_EXCL:
-an element already present is no error and keeps its timeout) and ``delete
+an element already present is no error; before Linux 6.10 it keeps its
+timeout, after it takes the new one, as with nft's text) and ``delete
 element``. A refusal (a full set, a missing table) aborts the whole batch,
 as in nft, and raises NftError with the kernel's reason in nft's words.
 """
