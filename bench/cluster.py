@@ -122,14 +122,17 @@ def addresses(base: int, n: int) -> list[str]:
 
 
 def spy(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes] | None:
-    """py-spy (if installed) sampling ``pid`` into ``out`` (collapsed stacks)."""
+    """py-spy (if installed) sampling ``pid`` into ``out``: collapsed stacks, or
+    $SPY_FORMAT (``speedscope`` keeps the samples' order: what ran before the
+    kernel had the listing can be told from what ran after)."""
     exe = Path(sys.executable).with_name("py-spy")
     if not exe.exists():
         print(f"no {exe}: pip install py-spy to profile", file=sys.stderr)
         return None
     return subprocess.Popen([str(exe), "record", "--pid", str(pid), "--rate", "200",
-                             "--format", "raw", "--output", str(out), "--duration",
-                             str(int(seconds)), "--nonblocking"],
+                             "--format", os.environ.get("SPY_FORMAT", "raw"),
+                             "--output", str(out), "--duration", str(int(seconds)),
+                             "--nonblocking"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

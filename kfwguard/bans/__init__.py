@@ -15,6 +15,7 @@ from kfwguard.bans.model import (
     MANUAL_JAIL,
     BanRefused,
     BanStats,
+    GcHold,
     is_peer_jail,
     paused_gc,
     peer_jail,
@@ -22,4 +23,5 @@ from kfwguard.bans.model import (
 )
 
 __all__ = ["ADOPTED_JAIL", "DEFAULT_MANUAL_BANTIME", "MANUAL_JAIL", "BanManager",
-           "BanRefused", "BanStats", "is_peer_jail", "paused_gc", "peer_jail", "plain_key"]
+           "BanRefused", "BanStats", "GcHold", "is_peer_jail", "paused_gc", "peer_jail",
+           "plain_key"]

@@ -153,3 +153,32 @@ def paused_gc() -> Iterator[None]:
         _gc_pauses -= 1
         if _gc_pauses == 0 and _gc_was_enabled:
             gc.enable()
+
+
+class GcHold:
+    """paused_gc() taken and given back by hand, across awaits: ``hold()``
+    and ``release()`` may each be called any number of times; leaving a
+    ``with`` block releases."""
+
+    def __init__(self) -> None:
+        self._pause: contextlib.AbstractContextManager[None] | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._pause is not None
+
+    def hold(self) -> None:
+        if self._pause is None:
+            self._pause = paused_gc()
+            self._pause.__enter__()
+
+    def release(self) -> None:
+        if self._pause is not None:
+            pause, self._pause = self._pause, None
+            pause.__exit__(None, None, None)
+
+    def __enter__(self) -> GcHold:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -405,3 +405,68 @@ class TestListingByPages:
                                                            ("node-b", "10.0.0.2")]
         assert snap.allow == ["192.0.2.0/24"] and snap.position == 42
         assert [u.target for u in snap.unbans] == ["10.0.0.1"]
+
+
+class TestListingGcPause:
+    async def test_gc_off_from_first_part_to_the_end_but_not_across_a_late_part(
+            self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A new node applies a listing with cyclic GC off from its first part
+        until the caller's block ends (one collection after, not one per part),
+        but a part that comes LISTING_GC_WAIT late (etcd slow or out) is
+        awaited with collection on again; the block's end turns it back on."""
+        import gc
+
+        from kfwguard.bans import GcHold
+        from kfwguard.cluster import service
+
+        monkeypatch.setattr(service, "LISTING_GC_WAIT", 0.05)
+        assert gc.isenabled()
+
+        class _Listing:
+            parts: asyncio.Queue[tuple[object, list[object]] | None] = asyncio.Queue()
+
+        released = asyncio.Event()
+
+        class _Hold(GcHold):
+            def release(self) -> None:
+                super().release()
+                released.set()
+
+        listing = _Listing()
+        listing.parts.put_nowait(("head", ["a"]))
+        listing.parts.put_nowait(("head", ["b"]))
+        next_part = service.ClusterService._next_part
+        with _Hold() as gc_off:
+            assert await next_part(listing, gc_off) == ("head", ["a"])  # type: ignore[arg-type]
+            assert not gc.isenabled()
+            assert await next_part(listing, gc_off) == ("head", ["b"])  # type: ignore[arg-type]
+            assert not gc.isenabled()
+            late = asyncio.create_task(next_part(listing, gc_off))  # type: ignore[arg-type]
+            await asyncio.sleep(0.01)
+            assert not gc.isenabled() and not late.done()  # within the wait: still off
+            async with asyncio.timeout(30):
+                await released.wait()
+            assert gc.isenabled()  # the part is late: collection is back on
+            listing.parts.put_nowait(("head", ["c"]))
+            assert await late == ("head", ["c"])
+            assert not gc.isenabled()  # off again while the part is applied
+            listing.parts.put_nowait(None)
+            assert await next_part(listing, gc_off) is None  # type: ignore[arg-type]
+        assert gc.isenabled()
+
+    def test_gc_hold_nests_and_restores(self) -> None:
+        """GcHold's hold and release may repeat; collection stays off while a
+        paused_gc block is still open, and is on again when the last ends."""
+        import gc
+
+        from kfwguard.bans import GcHold, paused_gc
+
+        hold = GcHold()
+        hold.hold()
+        hold.hold()
+        assert hold.held and not gc.isenabled()
+        with paused_gc():
+            hold.release()
+            hold.release()
+            assert not hold.held and not gc.isenabled()
+        assert gc.isenabled()
