@@ -20,7 +20,7 @@ absolute expiry, the same basis as the manager's ``now()``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import structlog
 
@@ -29,6 +29,7 @@ from kfwguard.bans.kernel_io import Batch, Rebuilt, Refused, send, send_all
 from kfwguard.bans.model import BanStats, paused_gc
 from kfwguard.firewall.bantable import BanTable, Element
 from kfwguard.firewall.nft import NftError
+from kfwguard.store import BanRow
 
 _new = tuple.__new__
 log = structlog.get_logger("kfwguard.bans")
@@ -55,6 +56,8 @@ class KernelEnforcer:
         self._kernel: dict[str, float] = {}
         self._pending: set[str] = set()
         self._pending_remove: set[str] = set()
+        # Single addresses to the kernel ahead of the index (queue_ahead): -> expiry.
+        self._ahead: dict[str, float] = {}
         self._nets_dirty = False
         # Elements the kernel refused, each with its own back-off:
         # element -> (delay, monotonic time of the next try).
@@ -76,8 +79,9 @@ class KernelEnforcer:
     def pending(self) -> int:
         """Changes decided but not yet confirmed by the kernel (queued, in flight
         or waiting to be tried again)."""
-        return (len(self._pending) + len(self._pending_remove) + len(self._deferred)
-                + len(self._deferred_remove) + self._inflight + int(self._nets_dirty))
+        return (len(self._pending) + len(self._pending_remove) + len(self._ahead)
+                + len(self._deferred) + len(self._deferred_remove) + self._inflight
+                + int(self._nets_dirty))
 
     def in_kernel(self, key: str) -> bool:
         """True if the kernel holds the ban of ``key`` as decided (not pending)."""
@@ -120,6 +124,35 @@ class KernelEnforcer:
             if other:
                 other -= addrs
 
+    def queue_ahead(self, rows: Iterable[BanRow]) -> list[BanRow]:
+        """Put the single addresses of ``rows`` in the kernel with their
+        expiries before the index holds them: a new node's listing of
+        peers' bans is enforced first and indexed after. An address queued
+        twice gets the later expiry, and a ban the index holds of it too the
+        latest of all. Once the index has them, catch_up() queues again each
+        one whose element is not what the index says. Returns the CIDR rows,
+        which cannot go ahead (their elements are the index's cover)."""
+        ahead = self._ahead
+        get = ahead.get
+        nets = []
+        for row in rows:
+            key, x = row.target, row.expires_at
+            if "/" in key:
+                nets.append(row)
+            elif x > get(key, 0.0):
+                ahead[key] = x
+        return nets
+
+    def catch_up(self, targets: Iterable[str]) -> None:
+        """After the index took bans sent ahead (queue_ahead): queue every
+        one of ``targets`` whose kernel element is not the index's latest
+        expiry (refused by the kernel, a table rebuilt meanwhile, a ban of
+        the same address decided here since)."""
+        expiry_of, kernel, ahead = self._index.expiry_lookup(), self._kernel.get, self._ahead
+        for key in targets:
+            if kernel(key) != expiry_of(key) and key not in ahead:
+                self.queue_add(key)
+
     def queue_remove(self, key: str) -> None:
         if "/" in key:
             self._nets_dirty = True
@@ -142,7 +175,7 @@ class KernelEnforcer:
             self.schedule_flush()
 
     def _ready(self) -> bool:
-        return bool(self._pending or self._pending_remove or self._nets_dirty)
+        return bool(self._pending or self._pending_remove or self._nets_dirty or self._ahead)
 
     def schedule_flush(self) -> None:
         if self._flush_task is None or self._flush_task.done():
@@ -171,11 +204,11 @@ class KernelEnforcer:
     async def _flush(self) -> None:
         async with self._lock:
             while self._ready():
-                adds, removes, nets = self._take_pending()
-                self._inflight = len(adds) + len(removes) + int(nets)
+                adds, removes, nets, ahead = self._take_pending()
+                self._inflight = len(adds) + len(removes) + len(ahead) + int(nets)
                 try:
                     with paused_gc():  # a new node plans 20k elements at a time
-                        batch = self._plan(adds, removes, nets)
+                        batch = self._plan(adds, removes, nets, ahead)
                     refused = await asyncio.to_thread(send, self.table, batch)
                     with paused_gc():
                         self._settle(batch, refused)
@@ -201,23 +234,37 @@ class KernelEnforcer:
         batch = self._plan(*self._take_pending())
         return self._settle(batch, send(self.table, batch))
 
-    def _take_pending(self) -> tuple[set[str], set[str], bool]:
+    def _take_pending(self) -> tuple[set[str], set[str], bool, dict[str, float]]:
         adds, removes, nets = self._pending, self._pending_remove, self._nets_dirty
+        ahead = self._ahead
         self._pending, self._pending_remove, self._nets_dirty = set(), set(), False
-        return adds, removes, nets
+        self._ahead = {}
+        return adds, removes, nets, ahead
 
     def _waiting(self, element: str, mono: float) -> bool:
         b = self._backoff.get(element)
         return b is not None and b[1] > mono
 
-    def _plan(self, adds: set[str], removes: set[str], nets: bool) -> Batch:
+    def _plan(self, adds: set[str], removes: set[str], nets: bool,
+              ahead: dict[str, float] | None = None) -> Batch:
         now = self._now()
         batch = Batch(adds, removes, self._monotonic())
         mono = batch.mono
         # Names bound once: a new node's listing plans 100k adds in one pass.
         expiry_of, backoff, kernel = self._index.expiry_lookup(), self._backoff, self._kernel
         planned, new, refresh = batch.planned, batch.new, batch.refresh
+        if ahead:
+            for key, expiry in ahead.items():
+                held = expiry_of(key)
+                if held is not None and held > expiry:
+                    expiry = held
+                if expiry <= now or (backoff and self._waiting(key, mono)):
+                    continue  # (catch_up queues it again if it is still due)
+                planned[key] = expiry
+                (refresh if key in kernel else new).append(_new(Element, (key, expiry - now)))
         for key in adds:
+            if ahead and key in ahead:
+                continue  # planned above, with the latest expiry
             expiry = expiry_of(key) or 0.0
             if expiry <= now:
                 backoff.pop(key, None)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import ipaddress
+import socket
 import time
 from collections.abc import Callable, Sequence
 
@@ -389,8 +390,7 @@ class BanManager:
 
     async def apply_peer(self, rows: Sequence[BanRow], *,
                          applied: Callable[[], None] | None = None,
-                         protected: IgnoreList | None = None,
-                         settle: bool = True) -> list[BanRow]:
+                         protected: IgnoreList | None = None) -> list[BanRow]:
         """Enforce bans another node decided (``row.jail`` is ``peer_jail(node)``),
         with their own expiry. Protected and ignored addresses are refused here as
         for a local ban, and so is anything on ``protected`` (what the cluster
@@ -402,12 +402,8 @@ class BanManager:
         Kernel first, store after (the reverse of a local ban): the peers'
         store (etcd) already holds them durably and a restart lists them
         again, so protection must not wait for a local commit. A peer's CIDR
-        goes through the same disjoint cover as a local one.
-
-        ``settle=False`` (a listing read part by part): the rows are queued for
-        the kernel and returned at once, the next part is checked while the
-        kernel takes this one; the caller then awaits flush() and hands every
-        part's rows to store_peer()."""
+        goes through the same disjoint cover as a local one. A listing's
+        parts take a shorter way: take_listed()."""
         taken: list[BanRow] = []
         add = self.index.add_many
         for i in range(0, len(rows), PEER_KERNEL_CHUNK):
@@ -423,16 +419,49 @@ class BanManager:
                 await asyncio.sleep(0)
         if not taken:
             return []
-        log.info("peer_bans", count=len(taken), origins=sorted({r.jail for r in taken}),
-                 targets=[r.target for r in taken[:LOG_EACH_BAN_UP_TO]])
-        if not settle:
-            self.kernel.schedule_flush()
-            return taken
+        self._log_peer_bans(taken)
         await self.flush()
         if applied is not None:
             applied()
         await self.store_peer(taken)
         return taken
+
+    def _log_peer_bans(self, taken: Sequence[BanRow]) -> None:
+        log.info("peer_bans", count=len(taken), origins=sorted({r.jail for r in taken}),
+                 targets=[r.target for r in taken[:LOG_EACH_BAN_UP_TO]])
+
+    def take_listed(self, rows: Sequence[BanRow], protected: IgnoreList | None = None
+                    ) -> list[BanRow]:
+        """A part of a listing of peers' bans (a new node's 100k, read part by
+        part), checked as apply_peer checks, put in the kernel's queue at
+        once (the next part is checked while the kernel takes this one),
+        and returned. Kernel first, then index, then store: a single
+        address goes to the kernel ahead of the index, which takes the
+        whole listing's rows afterwards (index_listed(), then flush() and
+        store_peer()); a CIDR is indexed here (its elements are the cover's)."""
+        with paused_gc():
+            taken = self._peer_checked(rows, protected)
+            nets = self.kernel.queue_ahead(taken)
+            if nets:
+                self.index.add_many(nets)
+                self.kernel.queue_adds([r.target for r in nets])
+        if taken:
+            self._log_peer_bans(taken)
+            self.kernel.schedule_flush()
+        return taken
+
+    async def index_listed(self, taken: Sequence[BanRow]) -> None:
+        """The index takes the single addresses take_listed() sent ahead, in
+        chunks (the event loop runs between them); each whose kernel element
+        is not the index's latest expiry (refused, a table rebuilt, a local
+        ban of it meanwhile) is queued again."""
+        for i in range(0, len(taken), PEER_KERNEL_CHUNK):
+            with paused_gc():
+                one = [r for r in taken[i:i + PEER_KERNEL_CHUNK] if "/" not in r.target]
+                self.index.add_many(one)
+                self.kernel.catch_up([r.target for r in one])
+            await asyncio.sleep(0)
+        self.kernel.schedule_flush()
 
     async def store_peer(self, taken: Sequence[BanRow]) -> None:
         """Store peers' bans the kernel has (apply_peer), in chunks, the loop
@@ -460,6 +489,7 @@ class BanManager:
         get = self.index.get
         taken: list[BanRow] = []
         fast = not self.guards
+        pton, from_bytes, v4 = socket.inet_pton, int.from_bytes, socket.AF_INET
         peer: dict[str, bool] = {}  # jail -> is a peer's (a listing has a few, 100k rows)
         for row in rows:
             ok = peer.get(row.jail)
@@ -471,8 +501,15 @@ class BanManager:
             if old is not None and old.expires_at == row.expires_at:
                 continue
             try:
-                if "/" not in row.target:
-                    key = plain_key(row.target)
+                t = row.target
+                if "/" not in t:
+                    if ":" in t:
+                        key = plain_key(t)
+                    else:  # plain_key's IPv4 way, without the call (100k a listing)
+                        try:
+                            key = from_bytes(pton(v4, t), "big")
+                        except (OSError, ValueError):
+                            key = None
                     if key is None:
                         raise ValueError("not an address in the form nodes share")
                     if fast:

@@ -411,23 +411,19 @@ class ClusterService:
                                           False)))
         return rows
 
-    async def _apply(self, bans: Sequence[SharedBan], *, live: bool = True) -> list[BanRow]:
-        """Enforce peers' bans; ``live`` ones (from the watch) are propagation
-        samples, stored once in the kernel. A listing's are not samples (they
-        may have been decided hours ago) and are only queued for the kernel
-        (apply_peer's settle=False): the caller flushes and stores them."""
+    async def _apply(self, bans: Sequence[SharedBan]) -> list[BanRow]:
+        """Enforce peers' bans from the watch: propagation samples, stored once
+        in the kernel."""
         rows = await self._peer_rows(bans)
         marks: list[float] = []
         refused = self.bans.stats.refused_peer
         taken = await self.bans.apply_peer(rows, applied=lambda: marks.append(time.time()),
-                                           protected=self.protected, settle=live)
+                                           protected=self.protected)
         self.stats["refused"] += self.bans.stats.refused_peer - refused
         if not taken:
             return []
         done = marks[0] if marks else time.time()
         self.stats["received"] += len(taken)
-        if not live:
-            return taken
         decided = {b.target: b.decided_at for b in bans}
         for r in taken:
             d = decided.get(r.target)
@@ -449,7 +445,9 @@ class ClusterService:
                 with GcHold() as gc_off:
                     while (part := await self._next_part(listing, gc_off)) is not None:
                         taken += await self._apply_listed(*part)
-                    await self.bans.flush()
+                    await self.bans.flush()  # every listed ban is in the kernel
+                    await self.bans.index_listed(taken)
+                await self.bans.flush()
                 await self.bans.store_peer(taken)
                 snap, self.list_seconds = await listing.task
             except (EtcdError, OSError) as exc:
@@ -495,11 +493,18 @@ class ClusterService:
     async def _apply_listed(self, head: Snapshot, bans: list[SharedBan]) -> list[BanRow]:
         """Put a part of a listing's bans in the kernel's queue as soon as it
         is read (the allowlist comes before them, whole); returns the rows
-        taken, for the store once the kernel has them all."""
+        taken, for the index and the store once the kernel has them all. Not
+        propagation samples: they may have been decided hours ago."""
         if set(head.allow) != set(self.allow):
             self._set_allow(_networks(head.allow))
-        return await self._apply([b for b in bans if b.node != self.node
-                                  and not self._allowed_text(b.target)], live=False)
+        if self.allow:
+            bans = [b for b in bans if not self._allowed_text(b.target)]
+        rows = await self._peer_rows(bans)
+        refused = self.bans.stats.refused_peer
+        taken = self.bans.take_listed(rows, self.protected)
+        self.stats["refused"] += self.bans.stats.refused_peer - refused
+        self.stats["received"] += len(taken)
+        return taken
 
     async def _reconcile(self, snap: Snapshot) -> None:
         """Make this node match a full listing whose bans are already enforced

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import socket
+import struct
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
@@ -25,7 +26,7 @@ import structlog
 
 from kfwguard.addresses import IPAddress, IPNetwork
 from kfwguard.firewall.nft import Nft, NftError
-from kfwguard.firewall.nlsets import PREFIX, TIMEOUT_HEADER, NetlinkUnavailable, SetWriter
+from kfwguard.firewall.nlsets import PREFIX, TIMED, TIMEOUT_HEADER, NetlinkUnavailable, SetWriter
 
 log = structlog.get_logger("kfwguard.firewall")
 
@@ -305,7 +306,8 @@ class BanTable:
         if not self.netlink:
             return False
         groups: list[tuple[str, str, list[bytes]]] = []
-        pton, v4, v6 = socket.inet_pton, socket.AF_INET, socket.AF_INET6
+        pton, v4, v6, ceil = socket.inet_pton, socket.AF_INET, socket.AF_INET6, math.ceil
+        pack4, pack6 = TIMED[4].pack, TIMED[16].pack
         for verb, elements in steps:
             if not elements:
                 continue
@@ -325,12 +327,14 @@ class BanTable:
                     else:
                         return False
                     if add:
-                        ms = timeout_ms(e.timeout)
-                        out[six].append((pre6 if six else pre4) + key + TIMEOUT_HEADER
-                                        + ms.to_bytes(8, "big"))
+                        ms = ceil(e.timeout * 1000)  # timeout_ms(), without the call
+                        if ms < 1000:
+                            ms = 1000
+                        out[six].append(pack6(pre6, key, TIMEOUT_HEADER, ms) if six
+                                        else pack4(pre4, key, TIMEOUT_HEADER, ms))
                     else:
                         out[six].append((pre6 if six else pre4) + key)
-            except (OSError, ValueError, OverflowError):
+            except (OSError, ValueError, OverflowError, struct.error):
                 return False  # not an address, or no finite timeout: nft says why
             groups += [(verb, name, els) for name, els in zip(("ban_v4", "ban_v6"), out,
                                                               strict=True) if els]

@@ -84,6 +84,9 @@ def _element_prefix(size: int, timeout: bool) -> bytes:
 # timeout, TIMEOUT_HEADER + the milliseconds as 8 big-endian bytes.
 TIMEOUT_HEADER = _NLA.pack(12, NFTA_SET_ELEM_TIMEOUT)
 PREFIX = {(size, t): _element_prefix(size, t) for size in (4, 16) for t in (True, False)}
+# The same, with a timeout, in one pack() (prefix, key, TIMEOUT_HEADER, ms): a
+# new node lays out 100k elements, and four concatenations cost twice as much.
+TIMED = {size: struct.Struct(f">{len(PREFIX[(size, True)])}s{size}s4sQ") for size in (4, 16)}
 
 
 class SetWriter:
