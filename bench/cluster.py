@@ -424,9 +424,12 @@ def one_new_node(profile: Path | None, daemon: Any, daemons: dict[str, Any], lf:
             "cpu_s": cpu, "loadavg": loadavg,
             # from asking etcd for the listing to all of it decoded
             "list_s": events.get("cluster_synced", {}).get("list_seconds"),
+            # from asking etcd for the listing to all of it in the kernel (the daemon's view)
+            "enforced_s": events.get("cluster_synced", {}).get("enforced_seconds"),
             # seconds from the daemon's start to each of these lines of its log
             "timeline": {k: since_start(ev.get(k)) for k in (
-                "bans_restored", "cluster_started", "started", "peer_bans",
+                "cluster_listing_asked", "bans_restored", "cluster_started", "started",
+                "peer_bans",
                 "cluster_synced")}}
 
 

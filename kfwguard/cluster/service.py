@@ -64,6 +64,7 @@ BASELINE_ALERT_REFRESH = 12 * 3600.0
 PUBLISH_CHUNK = 1024
 PUBLISH_IN_FLIGHT = 4
 ROWS_SLICE = 20_000  # peers' bans made into rows between two turns of the event loop
+LISTED_SLICE = 5_000  # a listing's bans checked and queued for the kernel at a time
 LISTING_GC_WAIT = 1.0  # seconds a listing's next part is awaited with cyclic GC off
 
 _new = tuple.__new__
@@ -78,6 +79,7 @@ class Listing:
     enforce while the rest is read."""
 
     def __init__(self, feed: DecisionFeed) -> None:
+        self.asked = time.perf_counter()
         self.parts: asyncio.Queue[tuple[Snapshot, list[SharedBan]] | None] = asyncio.Queue()
         self.task = asyncio.create_task(self._list(feed), name="cluster:listing")
 
@@ -154,6 +156,7 @@ class ClusterService:
         self.on_propagation: list[Any] = []
         self.synced = asyncio.Event()
         self.list_seconds = 0.0
+        self.enforce_seconds = 0.0  # from asking for the last listing to all of it in the kernel
         # Extra heartbeat fields (baseline fingerprints, drift), set by the hooks.
         self.beat_info: Any = lambda: {}
         self.ban_nodes: set[str] = set()  # nodes that have shared bans
@@ -446,6 +449,7 @@ class ClusterService:
                     while (part := await self._next_part(listing, gc_off)) is not None:
                         taken += await self._apply_listed(*part)
                     await self.bans.flush()  # every listed ban is in the kernel
+                    self.enforce_seconds = time.perf_counter() - listing.asked
                     await self.bans.index_listed(taken)
                 await self.bans.flush()
                 await self.bans.store_peer(taken)
@@ -499,9 +503,16 @@ class ClusterService:
             self._set_allow(_networks(head.allow))
         if self.allow:
             bans = [b for b in bans if not self._allowed_text(b.target)]
-        rows = await self._peer_rows(bans)
         refused = self.bans.stats.refused_peer
-        taken = self.bans.take_listed(rows, self.protected)
+        taken: list[BanRow] = []
+        for i in range(0, len(bans), LISTED_SLICE):
+            if i:
+                # The flush task plans this slice and hands it to its thread,
+                # which sends it while the next slice is checked here: the
+                # kernel has a page one slice after it is read, not one page.
+                await asyncio.sleep(0)
+            taken += self.bans.take_listed(self._peer_rows_of(bans[i:i + LISTED_SLICE]),
+                                           self.protected)
         self.stats["refused"] += self.bans.stats.refused_peer - refused
         self.stats["received"] += len(taken)
         return taken
@@ -532,7 +543,8 @@ class ClusterService:
             self._queue(fix)
         self._check_baselines()
         log.info("cluster_synced", revision=snap.position,
-                 list_seconds=round(self.list_seconds, 3), bans=len(snap.bans),
+                 list_seconds=round(self.list_seconds, 3),
+                 enforced_seconds=round(self.enforce_seconds, 3), bans=len(snap.bans),
                  peers_bans=len(listed), withdrawn=len(gone), allow=len(self.allow),
                  nodes=sorted(self.nodes), skipped=snap.skipped)
 
