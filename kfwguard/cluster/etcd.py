@@ -190,11 +190,13 @@ class EtcdFeed:
         keys come in order, so the allowlist (``allow/`` < ``bans/``) is whole
         by the first ban; the unban requests and heartbeats come after."""
         snap = Snapshot()
+        skipped_before = self.skipped  # self.skipped counts every listing's and the watch's
 
         async def page(kvs: Sequence[RawKV], first: bool) -> None:
-            nonlocal snap
+            nonlocal snap, skipped_before
             if first:  # a listing started again on another endpoint
                 snap = Snapshot()
+                skipped_before = self.skipped
             start = len(snap.bans)
             with paused_gc():  # a page's 20k bans made (see paused_gc)
                 await self._take(kvs, snap)
@@ -203,7 +205,7 @@ class EtcdFeed:
 
         revision, _ = await self.client.range_prefix(self.prefix + "/", on_page=page)
         snap.position = revision
-        snap.skipped = self.skipped
+        snap.skipped = self.skipped - skipped_before
         self.revision = revision
         return snap
 

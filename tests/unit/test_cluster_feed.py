@@ -386,13 +386,15 @@ class TestListingByPages:
         snapshot so far: its allowlist (keys in order: ``allow/`` before
         ``bans/``) is whole by the first ban. A listing started again (another
         endpoint) starts a fresh snapshot: the result holds the last
-        attempt's entries only, once each."""
+        attempt's entries only, once each, and counts only its malformed ones."""
         ban = SharedBan("x", "10.0.0.1", "sshd", "r", 1.0, 2.0, 1.0).encode()
         first = [[kv(f"{PREFIX}/allow/192.0.2.0/24"),
                   kv(f"{PREFIX}/bans/node-a/10.0.0.1", ban)],
-                 [kv(f"{PREFIX}/bans/node-a/10.0.0.9", ban)]]
+                 [kv(f"{PREFIX}/bans/node-a/10.0.0.9", ban),
+                  kv(f"{PREFIX}/bans/node-a/10.0.0.8", b"not json")]]
         again = [[kv(f"{PREFIX}/allow/192.0.2.0/24"),
-                  kv(f"{PREFIX}/bans/node-a/10.0.0.1", ban)],
+                  kv(f"{PREFIX}/bans/node-a/10.0.0.1", ban),
+                  kv(f"{PREFIX}/bans/node-a/10.0.0.8", b"not json")],
                  [kv(f"{PREFIX}/bans/node-b/10.0.0.2", ban),
                   kv(f"{PREFIX}/unban/10.0.0.1", json.dumps({"by": "n", "at": 5.0}))]]
         f = EtcdFeed(_PagedClient([first, again]), PREFIX)  # type: ignore[arg-type]
@@ -404,6 +406,7 @@ class TestListingByPages:
         assert [(b.node, b.target) for b in snap.bans] == [("node-a", "10.0.0.1"),
                                                            ("node-b", "10.0.0.2")]
         assert snap.allow == ["192.0.2.0/24"] and snap.position == 42
+        assert snap.skipped == 1  # the bad value once: the retried listing's, not both
         assert [u.target for u in snap.unbans] == ["10.0.0.1"]
 
 
