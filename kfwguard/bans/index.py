@@ -13,6 +13,7 @@ kernel.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 from kfwguard.firewall.cover import CoverIndex
@@ -24,6 +25,9 @@ Key = tuple[str, str]  # (target text, jail)
 class BanIndex:
     def __init__(self) -> None:
         self._rows: dict[Key, BanRow] = {}
+        # No enforced ban expires before this (a lower bound: removals leave it):
+        # expired() looks at 100k rows only when one may be due.
+        self._due = math.inf
         self._simulated: dict[Key, BanRow] = {}
         self._by_target: dict[str, set[str]] = {}
         # target text -> latest expiry over its jails
@@ -78,13 +82,28 @@ class BanIndex:
                 if (r := self._rows[(target, j)]).expires_at > now]
 
     def expired(self, now: float) -> list[BanRow]:
-        return [r for r in self._rows.values() if r.expires_at <= now]
+        """The enforced bans whose time is up at ``now`` (a scan only when one
+        may be: the daemon asks every two seconds)."""
+        if now < self._due:
+            return []
+        out: list[BanRow] = []
+        due = math.inf
+        for r in self._rows.values():
+            x = r.expires_at
+            if x < due:
+                due = x  # the expired ones too: they are due until removed
+            if x <= now:
+                out.append(r)
+        self._due = due
+        return out
 
     def add(self, row: BanRow) -> None:
         """Put ``row`` in force (replacing the ban of the same target and jail)."""
         key = row.target
         old = self._rows.get((key, row.jail))
         self._rows[(key, row.jail)] = row
+        if row.expires_at < self._due:
+            self._due = row.expires_at
         jails = self._by_target.get(key)
         if jails is None:
             self._by_target[key] = {row.jail}
@@ -104,6 +123,7 @@ class BanIndex:
         """add() of each row; a target not banned yet (a new node's listing:
         nearly all) is put in without add()'s call and checks."""
         by_target, expiry, all_rows, add = self._by_target, self._expiry, self._rows, self.add
+        due = math.inf
         for row in rows:
             key = row.target
             if key in by_target or "/" in key:
@@ -111,7 +131,11 @@ class BanIndex:
                 continue
             all_rows[(key, row.jail)] = row
             by_target[key] = {row.jail}
-            expiry[key] = row.expires_at
+            x = expiry[key] = row.expires_at
+            if x < due:
+                due = x
+        if due < self._due:
+            self._due = due
 
     def remove(self, row: BanRow) -> None:
         """Lift the ban of ``row``'s target and jail."""

@@ -72,6 +72,37 @@ class TestBanIndex:
         assert ["peer:b"] == [r.jail for r in ix.rows_of("192.0.2.1", now=150.0)]
         assert ["sshd"] == [r.jail for r in ix.expired(now=150.0)]
 
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.tuples(
+        st.sampled_from(["add", "add_many", "remove", "expire", "look"]),
+        st.sampled_from(["192.0.2.1", "192.0.2.2", "10.0.0.0/16", "2001:db8::1"]),
+        st.sampled_from(["sshd", "peer:b"]),
+        st.integers(0, 30).map(float)), max_size=60))
+    def test_expired_is_every_row_due_whatever_came_before(
+            self, ops: list[tuple[str, str, str, float]]) -> None:
+        """expired(now) is exactly the rows with expires_at <= now after any
+        sequence of adds (one by one or many at once), removals, expiries
+        the caller removes and look-ups it does not act on, the clock going
+        forward: it skips its scan only when no row can be due."""
+        ix = BanIndex()
+        now = 0.0
+        for op, target, jail, x in ops:
+            if op == "add":
+                ix.add(row(target, jail, now + x))
+            elif op == "add_many":
+                ix.add_many([row(target, jail, now + x), row("198.51.100.7", jail, now + x + 1)])
+            elif op == "remove":
+                r = ix.get((target, jail))
+                if r is not None:
+                    ix.remove(r)
+            else:
+                now += x / 3
+                got = sorted(ix.expired(now))
+                assert got == sorted(r for r in ix.rows() if r.expires_at <= now)
+                if op == "expire":
+                    for r in got:
+                        ix.remove(r)
+
     @settings(max_examples=200, deadline=None)
     @given(st.lists(st.tuples(
         st.booleans(),
