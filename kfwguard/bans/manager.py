@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import ipaddress
-import socket
 import time
 from collections.abc import Callable, Sequence
 
@@ -489,7 +488,6 @@ class BanManager:
         get = self.index.get
         taken: list[BanRow] = []
         fast = not self.guards
-        pton, from_bytes, v4 = socket.inet_pton, int.from_bytes, socket.AF_INET
         peer: dict[str, bool] = {}  # jail -> is a peer's (a listing has a few, 100k rows)
         for row in rows:
             ok = peer.get(row.jail)
@@ -501,15 +499,8 @@ class BanManager:
             if old is not None and old.expires_at == row.expires_at:
                 continue
             try:
-                t = row.target
-                if "/" not in t:
-                    if ":" in t:
-                        key = plain_key(t)
-                    else:  # plain_key's IPv4 way, without the call (100k a listing)
-                        try:
-                            key = from_bytes(pton(v4, t), "big")
-                        except (OSError, ValueError):
-                            key = None
+                if "/" not in row.target:
+                    key = plain_key(row.target)
                     if key is None:
                         raise ValueError("not an address in the form nodes share")
                     if fast:
