@@ -422,7 +422,9 @@ class TestListingGcPause:
         from kfwguard.bans import GcHold
         from kfwguard.cluster import service
 
-        monkeypatch.setattr(service, "LISTING_GC_WAIT", 0.05)
+        # Long enough that the check right after the late part is awaited
+        # cannot race it on a busy machine; the test then waits it out once.
+        monkeypatch.setattr(service, "LISTING_GC_WAIT", 1.0)
         assert gc.isenabled()
 
         class _Listing:
@@ -445,7 +447,7 @@ class TestListingGcPause:
             assert await next_part(listing, gc_off) == ("head", ["b"])  # type: ignore[arg-type]
             assert not gc.isenabled()
             late = asyncio.create_task(next_part(listing, gc_off))  # type: ignore[arg-type]
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0)  # one turn: the task is waiting for the part
             assert not gc.isenabled() and not late.done()  # within the wait: still off
             async with asyncio.timeout(30):
                 await released.wait()
